@@ -1,0 +1,83 @@
+from fednode.proto.v1 import tensor_pb2 as _tensor_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ModelLayout(_message.Message):
+    __slots__ = ("parameters", "numel", "digest")
+    class Parameter(_message.Message):
+        __slots__ = ("name", "shape", "dtype")
+        NAME_FIELD_NUMBER: _ClassVar[int]
+        SHAPE_FIELD_NUMBER: _ClassVar[int]
+        DTYPE_FIELD_NUMBER: _ClassVar[int]
+        name: str
+        shape: _containers.RepeatedScalarFieldContainer[int]
+        dtype: _tensor_pb2.DType
+        def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[_tensor_pb2.DType, str]] = ...) -> None: ...
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    NUMEL_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    parameters: _containers.RepeatedCompositeFieldContainer[ModelLayout.Parameter]
+    numel: int
+    digest: str
+    def __init__(self, parameters: _Optional[_Iterable[_Union[ModelLayout.Parameter, _Mapping]]] = ..., numel: _Optional[int] = ..., digest: _Optional[str] = ...) -> None: ...
+
+class UpdateHeader(_message.Message):
+    __slots__ = ("federation_id", "sender_peer_id", "round", "group_id", "base_model_version", "layout_digest", "payload_sha256", "payload_size", "codec", "num_samples", "local_steps", "train_loss", "created_unix_ms", "seconds_per_step", "inline_payload")
+    FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SENDER_PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_PER_STEP_FIELD_NUMBER: _ClassVar[int]
+    INLINE_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    federation_id: str
+    sender_peer_id: str
+    round: int
+    group_id: bytes
+    base_model_version: int
+    layout_digest: str
+    payload_sha256: bytes
+    payload_size: int
+    codec: _tensor_pb2.Codec
+    num_samples: int
+    local_steps: int
+    train_loss: float
+    created_unix_ms: int
+    seconds_per_step: float
+    inline_payload: bytes
+    def __init__(self, federation_id: _Optional[str] = ..., sender_peer_id: _Optional[str] = ..., round: _Optional[int] = ..., group_id: _Optional[bytes] = ..., base_model_version: _Optional[int] = ..., layout_digest: _Optional[str] = ..., payload_sha256: _Optional[bytes] = ..., payload_size: _Optional[int] = ..., codec: _Optional[_Union[_tensor_pb2.Codec, str]] = ..., num_samples: _Optional[int] = ..., local_steps: _Optional[int] = ..., train_loss: _Optional[float] = ..., created_unix_ms: _Optional[int] = ..., seconds_per_step: _Optional[float] = ..., inline_payload: _Optional[bytes] = ...) -> None: ...
+
+class SnapshotHeader(_message.Message):
+    __slots__ = ("federation_id", "model_version", "round", "layout_digest", "payload_sha256", "payload_size", "state_sha256", "state_size", "created_unix_ms")
+    FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    STATE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    STATE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    federation_id: str
+    model_version: int
+    round: int
+    layout_digest: str
+    payload_sha256: bytes
+    payload_size: int
+    state_sha256: bytes
+    state_size: int
+    created_unix_ms: int
+    def __init__(self, federation_id: _Optional[str] = ..., model_version: _Optional[int] = ..., round: _Optional[int] = ..., layout_digest: _Optional[str] = ..., payload_sha256: _Optional[bytes] = ..., payload_size: _Optional[int] = ..., state_sha256: _Optional[bytes] = ..., state_size: _Optional[int] = ..., created_unix_ms: _Optional[int] = ...) -> None: ...
