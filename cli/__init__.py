@@ -1,1 +1,1 @@
-"""fednode cli."""
+"""fednode.cli: the `fednode` command (typer). It only parses, calls and prints."""

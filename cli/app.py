@@ -1,0 +1,249 @@
+"""The `fednode` command line.
+
+Every command accepts `--format json` where it prints data; errors are one line on stderr with
+what to do next, and the exit codes are those of `fednode.node.errors.ExitCode`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fednode.node import __version__
+from fednode.node.errors import ExitCode, FednodeError
+
+app = typer.Typer(
+    name="fednode",
+    help="Decentralized federated-learning node: train together without a server.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+identity_app = typer.Typer(help="Show or create this node's Ed25519 identity.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
+app.add_typer(identity_app, name="identity")
+app.add_typer(config_app, name="config")
+
+out = Console()
+err = Console(stderr=True)
+
+
+class OutputFormat(str, Enum):
+    human = "human"
+    json = "json"
+
+
+class LogFormat(str, Enum):
+    human = "human"
+    json = "json"
+
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML config file (default: $FEDNODE_CONFIG or ~/.config/fednode/config.toml)")
+]
+StateDirOption = Annotated[Path | None, typer.Option("--state-dir", help="state directory (identity, checkpoints)")]
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", help="override any config key: section.key=value (repeatable)")
+]
+FormatOption = Annotated[OutputFormat, typer.Option("--format", help="output format")]
+
+
+def fail(error: FednodeError) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {error.message}", highlight=False, soft_wrap=True)
+    return typer.Exit(int(error.exit_code))
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def collect_overrides(state_dir: Path | None, settings: list[str] | None, **flags: Any) -> dict[str, Any]:
+    """CLI flags -> {dotted config key: value}; flags left at None are not overrides."""
+    from fednode.node.config import parse_value
+    from fednode.node.errors import ConfigError
+
+    overrides: dict[str, Any] = {}
+    for item in settings or []:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"--set {item!r} must look like section.key=value (e.g. training.lr=0.1)")
+        overrides[key.strip()] = parse_value(raw.strip())
+    if state_dir is not None:
+        overrides["node.state_dir"] = str(state_dir)
+    for dotted, value in flags.items():
+        if value is not None:
+            overrides[dotted.replace("__", ".")] = value.value if isinstance(value, Enum) else value
+    return overrides
+
+
+@app.command()
+def version(output: FormatOption = OutputFormat.human) -> None:
+    """Print the fednode version and its key dependencies."""
+    import google.protobuf
+    import grpc
+    import torch
+
+    info = {
+        "fednode": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "grpcio": grpc.__version__,
+        "protobuf": google.protobuf.__version__,
+        "wire_protocol": "fednode.v1",
+    }
+    if output is OutputFormat.json:
+        print_json(info)
+    else:
+        out.print(f"fednode {__version__} (wire protocol fednode.v1, torch {torch.__version__}, "
+                  f"{'CUDA available' if info['cuda_available'] else 'CPU only'})", highlight=False)
+
+
+@app.command()
+def start(
+    config: ConfigOption = None,
+    state_dir: StateDirOption = None,
+    log_format: Annotated[LogFormat | None, typer.Option("--log-format", help="human or json log lines")] = None,
+    log_level: Annotated[str | None, typer.Option("--log-level", help="debug, info, warning, error")] = None,
+    shard: Annotated[str | None, typer.Option("--shard", help="this node's data shard, i/N")] = None,
+    rounds: Annotated[int | None, typer.Option("--rounds", help="stop after N rounds (0 = run until stopped)")] = None,
+    target_accuracy: Annotated[
+        float | None, typer.Option("--target-accuracy", help="stop once test accuracy reaches this")
+    ] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N")] = None,
+    settings: SetOption = None,
+) -> None:
+    """Run the node daemon in the foreground until stopped (Ctrl-C / SIGTERM)."""
+    from fednode.node.config import load_config
+    from fednode.node.daemon import Daemon
+    from fednode.node.logs import configure_logging
+
+    try:
+        overrides = collect_overrides(
+            state_dir,
+            settings,
+            node__log_format=log_format,
+            node__log_level=log_level,
+            task__shard=shard,
+            training__rounds=rounds,
+            training__target_accuracy=target_accuracy,
+            node__device=device,
+        )
+        effective, _sources = load_config(config, overrides)
+        configure_logging(effective.node.log_format, effective.node.log_level)
+        code = asyncio.run(Daemon(effective).run())
+    except FednodeError as error:
+        raise fail(error) from None
+    raise typer.Exit(int(code))
+
+
+@identity_app.command("show")
+def identity_show(
+    config: ConfigOption = None,
+    state_dir: StateDirOption = None,
+    output: FormatOption = OutputFormat.human,
+) -> None:
+    """Print this node's peer id and public key."""
+    from fednode.node.config import load_config
+    from fednode.node.errors import IdentityError
+    from fednode.node.identity import identity_path, load_identity
+
+    try:
+        effective, _ = load_config(config, collect_overrides(state_dir, None))
+        path = identity_path(effective.resolved_state_dir())
+        if not path.exists():
+            raise IdentityError(f"no identity in {path.parent}; run `fednode identity create` or `fednode start`")
+        ident = load_identity(path)
+    except FednodeError as error:
+        raise fail(error) from None
+    info = {"peer_id": ident.peer_id, "public_key": ident.public_key.hex(), "key_file": str(path)}
+    if output is OutputFormat.json:
+        print_json(info)
+    else:
+        out.print(f"peer id     {info['peer_id']}\npublic key  {info['public_key']}\nkey file    {path}", highlight=False)
+
+
+@identity_app.command("create")
+def identity_create(
+    config: ConfigOption = None,
+    state_dir: StateDirOption = None,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing key (changes the peer id)")] = False,
+    output: FormatOption = OutputFormat.human,
+) -> None:
+    """Create a new Ed25519 identity in the state dir (mode 0600)."""
+    from fednode.node.config import load_config
+    from fednode.node.daemon import prepare_state_dir
+    from fednode.node.identity import create_identity, identity_path
+
+    try:
+        effective, _ = load_config(config, collect_overrides(state_dir, None))
+        directory = effective.resolved_state_dir()
+        prepare_state_dir(directory)
+        ident = create_identity(identity_path(directory), overwrite=force)
+    except FednodeError as error:
+        raise fail(error) from None
+    info = {"peer_id": ident.peer_id, "public_key": ident.public_key.hex(), "key_file": str(identity_path(directory))}
+    if output is OutputFormat.json:
+        print_json(info)
+    else:
+        out.print(f"created identity {ident.peer_id} in {info['key_file']}", highlight=False)
+
+
+@config_app.command("show")
+def config_show(
+    config: ConfigOption = None,
+    state_dir: StateDirOption = None,
+    settings: SetOption = None,
+    output: Annotated[str, typer.Option("--format", help="toml, json or keys (every key with its default)")] = "toml",
+    origins: Annotated[bool, typer.Option("--origins", help="annotate where each value came from")] = False,
+) -> None:
+    """Print the effective configuration (file < environment < command line)."""
+    import tomli_w
+
+    from fednode.node.config import describe_keys, effective_tree, load_config
+
+    try:
+        effective, sources = load_config(config, collect_overrides(state_dir, settings))
+    except FednodeError as error:
+        raise fail(error) from None
+    tree = effective_tree(effective)
+    tree["node"].setdefault("state_dir", str(effective.resolved_state_dir()))
+    if output == "json":
+        print_json({"config": tree, "sources": sources} if origins else tree)
+    elif output == "keys":
+        table = Table("key", "env", "default", "description")
+        for row in describe_keys():
+            table.add_row(row["key"], row["env"], json.dumps(row["default"]), row["description"])
+        out.print(table)
+    elif output == "toml":
+        text = tomli_w.dumps(tree)
+        if origins:
+            lines = []
+            section = ""
+            for line in text.splitlines():
+                if line.startswith("["):
+                    section = line.strip("[]")
+                key = line.split("=", 1)[0].strip()
+                origin = sources.get(f"{section}.{key}")
+                lines.append(f"{line}  # {origin}" if origin and "=" in line else line)
+            text = "\n".join(lines) + "\n"
+        sys.stdout.write(text)
+    else:
+        err.print(f"[bold red]error:[/] --format must be toml, json or keys, got {output!r}")
+        raise typer.Exit(int(ExitCode.USAGE))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

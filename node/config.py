@@ -1,0 +1,285 @@
+"""Daemon configuration: TOML file, FEDNODE_* environment variables and CLI flags.
+
+Precedence, highest first: CLI flags > environment > config file > built-in defaults.
+
+* File: TOML with one table per section (`[node]`, `[task]`, `[training]`, ...). Unknown sections
+  or keys are errors, so a typo never silently falls back to a default.
+* Environment: `FEDNODE_<SECTION>_<KEY>`, e.g. `FEDNODE_TRAINING_LR=0.1`. Values are read as TOML
+  values when they parse (numbers, booleans, `["a", "b"]`, `{alpha = 0.5}`), else as strings.
+  `FEDNODE_CONFIG` names the config file.
+* CLI: dedicated flags of `fednode start` plus `--set section.key=value` (same value syntax).
+
+Every effective value remembers where it came from (`ConfigSources`), so `fednode config show`
+can explain it and validation errors can name the origin of a bad value.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fednode.node.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+ENV_PREFIX = "FEDNODE_"
+ENV_CONFIG_FILE = "FEDNODE_CONFIG"
+DEFAULT_TASK = "fednode.node.tasks.digits:build_task"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class NodeSection(_Section):
+    """Process-level settings."""
+
+    state_dir: Path | None = Field(
+        default=None, description="where identity, checkpoints and logs live; default $XDG_DATA_HOME/fednode"
+    )
+    log_format: Literal["human", "json"] = Field(default="human", description="human-readable or JSON lines")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    device: str = Field(default="auto", description='"auto" (CUDA when available), "cpu", "cuda" or "cuda:N"')
+    shutdown_timeout: float = Field(
+        default=20.0, gt=0, le=600, description="seconds a graceful stop may take before it is forced"
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError('must be "auto", "cpu", "cuda" or "cuda:N"')
+
+
+class TaskSection(_Section):
+    """What to train: a task plug-in named `module:function` plus its parameters."""
+
+    name: str = Field(default=DEFAULT_TASK, description="task factory as module:function")
+    shard: str = Field(default="0/1", description="this node's data shard as i/N (0 <= i < N)")
+    seed: int = Field(default=0, ge=0, description="seeds the data split; identical on every peer")
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the task factory")
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        module, sep, function = value.partition(":")
+        if not sep or not module or not function:
+            raise ValueError('must look like "package.module:function"')
+        return value
+
+    @field_validator("shard")
+    @classmethod
+    def _check_shard(cls, value: str) -> str:
+        parse_shard(value)
+        return value
+
+    @property
+    def shard_index(self) -> int:
+        return parse_shard(self.shard)[0]
+
+    @property
+    def shard_count(self) -> int:
+        return parse_shard(self.shard)[1]
+
+
+class TrainingSection(_Section):
+    """Local training."""
+
+    local_steps: int = Field(default=20, ge=1, le=1_000_000, description="optimizer steps per round")
+    batch_size: int = Field(default=32, ge=1, le=65536)
+    lr: float = Field(default=0.05, gt=0, le=100)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    rounds: int = Field(default=0, ge=0, description="stop after this many rounds; 0 = run until stopped")
+    target_accuracy: float = Field(
+        default=0.0, ge=0, le=1, description="stop once test accuracy reaches this; 0 = never"
+    )
+    torch_threads: int = Field(default=1, ge=0, le=256, description="torch CPU threads; 0 = torch default")
+    slowdown: float = Field(
+        default=1.0, ge=1.0, le=1000.0, description="emulate a slower machine: each step takes this factor longer"
+    )
+
+
+class FednodeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    node: NodeSection = Field(default_factory=NodeSection)
+    task: TaskSection = Field(default_factory=TaskSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+
+    def resolved_state_dir(self) -> Path:
+        return Path(self.node.state_dir) if self.node.state_dir else default_state_dir()
+
+
+def parse_shard(value: str) -> tuple[int, int]:
+    index_text, sep, count_text = value.partition("/")
+    try:
+        index, count = int(index_text), int(count_text)
+    except ValueError:
+        index, count = -1, -1
+    if not sep or count < 1 or not 0 <= index < count:
+        raise ValueError(f'shard must be "i/N" with 0 <= i < N, got {value!r}')
+    return index, count
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "fednode"
+
+
+def default_config_file() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "fednode" / "config.toml"
+
+
+ConfigSources = dict[str, str]
+"""Dotted key ("training.lr") -> where its value came from ("default", "file:...", "env:...", "cli:...")."""
+
+
+def parse_value(text: str) -> Any:
+    """Read a CLI/env value as a TOML value when possible ("0.1" -> 0.1, "[1, 2]" -> list), else str."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    section, _, key = dotted.partition(".")
+    if not section or not key:
+        raise ConfigError(f"config key {dotted!r} must look like section.key (e.g. training.lr)")
+    tree.setdefault(section, {})
+    if not isinstance(tree[section], dict):
+        raise ConfigError(f"config section [{section}] must be a table")
+    tree[section][key] = value
+
+
+def _flatten(tree: dict[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for section, table in tree.items():
+        if isinstance(table, dict):
+            for key, value in table.items():
+                flat[f"{section}.{key}"] = value
+        else:
+            flat[section] = table
+    return flat
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, tuple[Any, str]]:
+    """FEDNODE_<SECTION>_<KEY> variables -> {dotted key: (value, origin)}."""
+    sections = {name: model.annotation for name, model in FednodeConfig.model_fields.items()}
+    result: dict[str, tuple[Any, str]] = {}
+    for var, raw in sorted(environ.items()):
+        if not var.startswith(ENV_PREFIX) or var == ENV_CONFIG_FILE:
+            continue
+        rest = var[len(ENV_PREFIX) :].lower()
+        for section, model in sections.items():
+            if rest.startswith(section + "_"):
+                key = rest[len(section) + 1 :]
+                if key in model.model_fields:  # type: ignore[union-attr]
+                    result[f"{section}.{key}"] = (parse_value(raw), f"env:{var}")
+                    break
+        else:
+            raise ConfigError(
+                f"environment variable {var} is not a fednode setting; expected FEDNODE_<SECTION>_<KEY> "
+                f"such as FEDNODE_TRAINING_LR (run `fednode config show` for the keys), or unset it"
+            )
+    return result
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist; check --config / FEDNODE_CONFIG") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def load_config(
+    config_file: Path | None = None,
+    cli_overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> tuple[FednodeConfig, ConfigSources]:
+    """Build the effective configuration. Raises ConfigError with a one-line message."""
+    environ = dict(os.environ if environ is None else environ)
+    tree: dict[str, Any] = {}
+    sources: ConfigSources = {}
+
+    if config_file is None and environ.get(ENV_CONFIG_FILE):
+        config_file = Path(environ[ENV_CONFIG_FILE])
+    if config_file is None and default_config_file().is_file():
+        config_file = default_config_file()
+    if config_file is not None:
+        file_tree = read_config_file(config_file)
+        for dotted, value in _flatten(file_tree).items():
+            _set_dotted(tree, dotted, copy.deepcopy(value))
+            sources[dotted] = f"file:{config_file}"
+
+    for dotted, (value, origin) in _env_overrides(environ).items():
+        _set_dotted(tree, dotted, value)
+        sources[dotted] = origin
+
+    for dotted, value in (cli_overrides or {}).items():
+        _set_dotted(tree, dotted, value)
+        sources[dotted] = "cli"
+
+    try:
+        config = FednodeConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_describe_validation_error(exc, tree, sources)) from exc
+    return config, sources
+
+
+def _describe_validation_error(exc: ValidationError, tree: dict[str, Any], sources: ConfigSources) -> str:
+    error = exc.errors()[0]
+    location = ".".join(str(part) for part in error["loc"])
+    dotted = ".".join(str(part) for part in error["loc"][:2])
+    origin = sources.get(dotted, "default")
+    if error["type"] == "extra_forbidden":
+        if len(error["loc"]) == 1:
+            known = ", ".join(FednodeConfig.model_fields)
+            return f"unknown config section [{location}] (from {origin}); known sections: {known}"
+        section = str(error["loc"][0])
+        known = ", ".join(FednodeConfig.model_fields[section].annotation.model_fields)  # type: ignore[union-attr]
+        return f"unknown config key {location} (from {origin}); keys of [{section}]: {known}"
+    value = error.get("input")
+    more = f" ({len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
+    return f"invalid config value {location} = {value!r} (from {origin}): {error['msg']}{more}"
+
+
+def effective_tree(config: FednodeConfig) -> dict[str, Any]:
+    """The effective configuration as plain TOML-serialisable data (None values left out)."""
+    data = config.model_dump(mode="json")
+    return {section: {k: v for k, v in table.items() if v is not None} for section, table in data.items()}
+
+
+def describe_keys() -> list[dict[str, Any]]:
+    """Every config key with its default and description, for `fednode config show --keys`."""
+    rows: list[dict[str, Any]] = []
+    for section, field in FednodeConfig.model_fields.items():
+        model = field.annotation
+        for key, info in model.model_fields.items():  # type: ignore[union-attr]
+            default = info.get_default(call_default_factory=True)
+            rows.append(
+                {
+                    "key": f"{section}.{key}",
+                    "env": f"{ENV_PREFIX}{section.upper()}_{key.upper()}",
+                    "default": default if not isinstance(default, Path) else str(default),
+                    "description": info.description or "",
+                }
+            )
+    return rows

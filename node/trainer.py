@@ -1,0 +1,140 @@
+"""Local training and evaluation on the node's own data.
+
+Pure compute: no networking, no files. The daemon calls `train_round` in a worker thread; it
+checks `stop` between steps so a shutdown never waits for a whole round.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fednode.node.tasks import Task
+
+
+def resolve_device(setting: str) -> torch.device:
+    """"auto" picks CUDA when present; an explicit "cuda" without a GPU is an error."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f'node.device = "{setting}" but torch sees no CUDA device; use "auto" or "cpu"')
+    return torch.device(setting)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    steps: int
+    num_samples: int
+    mean_loss: float
+    seconds: float
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.seconds / max(self.steps, 1)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    accuracy: float
+    loss: float
+    num_samples: int
+
+
+class LocalTrainer:
+    """SGD on this node's shard, batches drawn with replacement from a seeded generator.
+
+    The optimizer is recreated every round (as FedCompass's clients do): after aggregation the
+    model moved, so stale momentum from the previous local round would point the wrong way.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        device: torch.device,
+        *,
+        batch_size: int,
+        lr: float,
+        momentum: float,
+        weight_decay: float = 0.0,
+        seed: int = 0,
+        slowdown: float = 1.0,
+    ) -> None:
+        self.task = task
+        self.device = device
+        self.batch_size = batch_size
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.slowdown = slowdown
+        self._generator = torch.Generator().manual_seed(seed)
+        features, labels = _materialise(task.train_data)
+        self._train_x, self._train_y = features.to(device), labels.to(device)
+        test_x, test_y = _materialise(task.test_data)
+        self._test_x, self._test_y = test_x.to(device), test_y.to(device)
+
+    @property
+    def num_train_samples(self) -> int:
+        return len(self._train_y)
+
+    def generator_state(self) -> torch.Tensor:
+        return self._generator.get_state()
+
+    def set_generator_state(self, state: torch.Tensor) -> None:
+        self._generator.set_state(state)
+
+    def train_round(self, model: nn.Module, steps: int, stop: threading.Event | None = None) -> TrainResult:
+        model.train()
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
+        started = time.perf_counter()
+        total_loss, done = 0.0, 0
+        for _ in range(steps):
+            if stop is not None and stop.is_set():
+                break
+            step_started = time.perf_counter()
+            index = torch.randint(0, self.num_train_samples, (self.batch_size,), generator=self._generator)
+            index = index.to(self.device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = self.task.loss_fn(model(self._train_x[index]), self._train_y[index])
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss.detach())
+            done += 1
+            if self.slowdown > 1.0:
+                # Heterogeneity emulation: a machine `slowdown` times slower than this one.
+                time.sleep((time.perf_counter() - step_started) * (self.slowdown - 1.0))
+        return TrainResult(
+            steps=done,
+            num_samples=done * self.batch_size,
+            mean_loss=total_loss / done if done else math.nan,
+            seconds=time.perf_counter() - started,
+        )
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> EvalResult:
+        model.eval()
+        correct, loss_sum = 0, 0.0
+        for start in range(0, len(self._test_y), 1024):
+            x = self._test_x[start : start + 1024]
+            y = self._test_y[start : start + 1024]
+            logits = model(x)
+            loss_sum += float(self.task.loss_fn(logits, y)) * len(y)
+            correct += int((logits.argmax(dim=1) == y).sum())
+        count = len(self._test_y)
+        return EvalResult(accuracy=correct / count, loss=loss_sum / count, num_samples=count)
+
+
+def _materialise(dataset: torch.utils.data.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack a map-style dataset into two tensors (tasks here fit in memory)."""
+    features = getattr(dataset, "features", None)
+    labels = getattr(dataset, "labels", None)
+    if isinstance(features, torch.Tensor) and isinstance(labels, torch.Tensor):
+        return features, labels
+    rows = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
+    return torch.stack([r[0] for r in rows]), torch.stack([torch.as_tensor(r[1]) for r in rows])
