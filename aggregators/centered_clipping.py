@@ -1,0 +1,64 @@
+"""Centered clipping (Karimireddy, He, Jaggi 2021). The centre is state the caller owns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import Aggregator, CallContext
+from .errors import AggregationError
+from .numerics import WORK_DTYPE, gram, quadratic_forms, row_combination
+from .result import Combination
+
+
+@dataclass(frozen=True, kw_only=True)
+class CenteredClipping(Aggregator):
+    """v_{l+1} = v_l + sum_i w_i (x_i - v_l) min(1, tau / ||x_i - v_l||), for l < iters.
+
+    v_0 is the `center=` passed to the call (zeros when omitted). The rule itself is stateless:
+    the caller stores `result.aggregate` as the next call's centre, checkpoints it with the model,
+    keeps it identical on every peer, and resets it to zeros when the model is reset.
+    """
+
+    name = "centered_clipping"
+    description = (
+        "Centered clipping: iters steps of clipped averaging around the centre passed as center= "
+        "(caller-owned state: pass the previous aggregate; zeros when omitted)."
+    )
+    uses_weights = True
+    uses_center = True
+
+    tau: float = 1.0
+    iters: int = 1
+
+    def validate_parameters(self) -> None:
+        if not self.tau > 0:
+            raise AggregationError(f"rule 'centered_clipping': tau must be > 0, got {self.tau!r}")
+        if isinstance(self.iters, bool) or not isinstance(self.iters, int) or self.iters < 1:
+            raise AggregationError(f"rule 'centered_clipping': iters must be a positive int, got {self.iters!r}")
+
+    def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
+        n, d = rows.shape
+        center = context.center
+        if center is None:
+            center = torch.zeros(d, dtype=rows.dtype, device=rows.device)
+        # Row n of the augmented Gram matrix is the centre; v is kept as coefficients over the
+        # n rows plus the centre, so each step costs O(n^2).
+        gram_matrix = gram(rows, centered=True, extra=center[None, :])
+        weights = context.normalized_weights(n)
+        unit = torch.eye(n + 1, dtype=WORK_DTYPE)
+        v = unit[n].clone()
+        for _ in range(self.iters):
+            offsets = unit[:n] - v[None, :]  # coefficients of x_i - v
+            distances = quadratic_forms(gram_matrix, offsets).clamp_min(0.0).sqrt()
+            clip = torch.where(distances > self.tau, self.tau / distances.clamp_min(1e-300), 1.0)
+            v = v + ((weights * clip)[:, None] * offsets).sum(dim=0)
+        final_offsets = unit[:n] - v[None, :]
+        aggregate = row_combination(
+            rows, v[:n], extra=center[None, :], extra_coefficients=v[n:]
+        )
+        return Combination(
+            aggregate=aggregate,
+            scores=quadratic_forms(gram_matrix, final_offsets).clamp_min(0.0).sqrt(),
+        )

@@ -1,0 +1,159 @@
+"""Distance-based selection rules: Krum, Multi-Krum (Blanchard et al. 2017) and Bulyan
+(El Mhamdi et al. 2018), textbook definitions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .base import Aggregator, CallContext
+from .errors import AggregationError
+from .numerics import (
+    SORT_BLOCK,
+    WORK_DTYPE,
+    column_blocks,
+    gram,
+    middle_average,
+    row_combination,
+    sorted_columns,
+    squared_distances,
+    stable_order,
+)
+from .result import Combination
+
+
+def pairwise_squared_distances(rows: torch.Tensor) -> torch.Tensor:
+    """Float64 n x n squared distances from a centred, thread-independent Gram matrix."""
+    return squared_distances(gram(rows, centered=True))
+
+
+def krum_scores(distances: torch.Tensor, f: int) -> torch.Tensor:
+    """Krum score of each row: the sum of its squared distances to its n-f-2 nearest *other* rows."""
+    n = distances.shape[0]
+    neighbours = max(n - f - 2, 0)
+    if neighbours == 0:
+        return torch.zeros(n, dtype=WORK_DTYPE)
+    others = distances + torch.diag(torch.full((n,), torch.inf, dtype=WORK_DTYPE))
+    nearest = torch.sort(others, dim=1).values[:, :neighbours]
+    return nearest.sum(dim=1)
+
+
+def iterated_krum(distances: torch.Tensor, f: int, count: int) -> list[int]:
+    """Pick `count` rows one at a time: Krum on the remaining rows, remove the winner, repeat."""
+    remaining = list(range(distances.shape[0]))
+    chosen: list[int] = []
+    for _ in range(count):
+        index = torch.tensor(remaining)
+        scores = krum_scores(distances[index][:, index], f)
+        winner = remaining[int(stable_order(scores)[0])]
+        chosen.append(winner)
+        remaining.remove(winner)
+    return chosen
+
+
+@dataclass(frozen=True, kw_only=True)
+class Krum(Aggregator):
+    """Return the row with the smallest Krum score (ties: lowest index)."""
+
+    name = "krum"
+    description = "Krum: the row whose n-f-2 nearest other rows are closest (sum of squared distances)."
+    requirement = "n >= 2f+3"
+
+    def minimum_rows(self) -> int:
+        return 2 * self.f + 3
+
+    def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
+        scores = krum_scores(pairwise_squared_distances(rows), self.f)
+        winner = int(stable_order(scores)[0])
+        return Combination(aggregate=rows[winner].to(WORK_DTYPE), scores=scores, selected=(winner,))
+
+
+@dataclass(frozen=True, kw_only=True)
+class MultiKrum(Aggregator):
+    """(Weighted) mean of the m rows with the smallest Krum scores, scores computed once."""
+
+    name = "multi_krum"
+    description = "Multi-Krum: mean of the m rows with the smallest Krum scores (m = n-f by default)."
+    requirement = "n >= 2f+3"
+    uses_weights = True
+
+    m: int | None = None
+
+    def validate_parameters(self) -> None:
+        if self.m is not None and (isinstance(self.m, bool) or not isinstance(self.m, int) or self.m < 1):
+            raise AggregationError(f"rule 'multi_krum': m must be a positive int or None, got {self.m!r}")
+
+    def minimum_rows(self) -> int:
+        return max(2 * self.f + 3, self.m or 0)
+
+    def requirement_text(self) -> str:
+        if self.m is None:
+            return super().requirement_text()
+        return f"n >= max(2f+3, m) with m={self.m} (= {self.minimum_rows()} rows)"
+
+    def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
+        n = rows.shape[0]
+        count = n - self.f if self.m is None else self.m
+        scores = krum_scores(pairwise_squared_distances(rows), self.f)
+        chosen = stable_order(scores)[:count]
+        weights = torch.zeros(n, dtype=WORK_DTYPE)
+        weights[chosen] = context.normalized_weights(n)[chosen]
+        if not float(weights.sum()) > 0.0:
+            raise AggregationError("rule 'multi_krum': every selected row has weight zero")
+        aggregate = row_combination(rows, weights / weights.sum())
+        return Combination(aggregate=aggregate, scores=scores, selected=tuple(int(i) for i in chosen))
+
+
+def mean_around_median(sorted_rows: Sequence[torch.Tensor], count: int) -> torch.Tensor:
+    """Per coordinate, the mean of the `count` values closest to the median (ties: lower values).
+
+    The values closest to the median form a contiguous window of the sorted values; the window
+    that contains them is the one whose farther endpoint is closest to the median.
+    """
+    median = middle_average(sorted_rows)
+    best_cost = torch.full_like(median, torch.inf)
+    best_start = torch.zeros(median.shape, dtype=torch.long, device=median.device)
+    for start in range(len(sorted_rows) - count + 1):
+        low = (sorted_rows[start].to(WORK_DTYPE) - median).abs()
+        high = (sorted_rows[start + count - 1].to(WORK_DTYPE) - median).abs()
+        cost = torch.maximum(low, high)
+        better = cost < best_cost
+        best_cost = torch.where(better, cost, best_cost)
+        best_start = torch.where(better, start, best_start)
+    stacked = torch.stack(list(sorted_rows)).to(WORK_DTYPE)
+    offsets = torch.arange(count, device=median.device)[:, None]
+    return stacked.gather(0, best_start[None, :] + offsets).sum(dim=0) / count
+
+
+@dataclass(frozen=True, kw_only=True)
+class Bulyan(Aggregator):
+    """Textbook Bulyan: theta = n-2f rows by iterated Krum, then per coordinate the mean of the
+    beta = theta-2f selected values closest to their median."""
+
+    name = "bulyan"
+    description = (
+        "Bulyan: n-2f rows chosen by iterated Krum, then per coordinate the mean of the n-4f "
+        "chosen values closest to their median."
+    )
+    requirement = "n >= 4f+3"
+
+    def minimum_rows(self) -> int:
+        return 4 * self.f + 3
+
+    def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
+        n = rows.shape[0]
+        distances = pairwise_squared_distances(rows)
+        theta = n - 2 * self.f
+        chosen = torch.tensor(sorted(iterated_krum(distances, self.f, theta)), device=rows.device)
+        beta = theta - 2 * self.f
+        out = torch.empty(rows.shape[1], dtype=WORK_DTYPE, device=rows.device)
+        for cols in column_blocks(rows.shape[1], SORT_BLOCK):
+            block = rows[:, cols].index_select(0, chosen)
+            out[cols] = mean_around_median(sorted_columns(block), beta)
+        return Combination(
+            aggregate=out,
+            scores=krum_scores(distances, self.f),
+            selected=tuple(int(i) for i in chosen),
+        )

@@ -1,0 +1,74 @@
+"""Nearest-neighbour mixing (Allouah et al. 2023): a pre-aggregator composable with any rule."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .base import Aggregator, CallContext
+from .errors import AggregationError
+from .krum import pairwise_squared_distances
+from .numerics import WORK_DTYPE, column_blocks, stable_order
+from .result import Combination
+
+
+def nearest_neighbour_mixing(rows: torch.Tensor, f: int) -> torch.Tensor:
+    """Replace each row by the mean of its n-f nearest rows, itself included.
+
+    Neighbours are ranked by float64 squared distance, ties by row index; the row itself always
+    comes first. The mixed rows are stored in the input dtype (at least float32).
+    """
+    n, d = rows.shape
+    distances = pairwise_squared_distances(rows)
+    distances.fill_diagonal_(-1.0)  # each row is its own first neighbour
+    mixing = torch.zeros(n, n, dtype=WORK_DTYPE)
+    for i in range(n):
+        mixing[i, stable_order(distances[i])[: n - f]] = 1.0 / (n - f)
+    storage = torch.promote_types(rows.dtype, torch.float32)
+    mixed = torch.empty(n, d, dtype=storage, device=rows.device)
+    for cols in column_blocks(d):
+        block = rows[:, cols].to(WORK_DTYPE)
+        for i in range(n):
+            mixed[i, cols] = (block * mixing[i][:, None]).sum(dim=0).to(storage)
+    return mixed
+
+
+def build_base(owner: str, base: str, f: int, base_params: Mapping[str, Any]) -> Aggregator:
+    from .registry import build  # local import: the registry imports this module
+
+    if base == owner:
+        raise AggregationError(f"rule {owner!r} cannot wrap itself")
+    return build(base, f=f, **dict(base_params))
+
+
+@dataclass(frozen=True, kw_only=True)
+class NearestNeighbourMixing(Aggregator):
+    """NNM(f) followed by the rule `base` (built with the same f and `base_params`)."""
+
+    name = "nnm"
+    description = "Nearest-neighbour mixing: each row becomes the mean of its n-f nearest rows, then `base` runs."
+    requirement = "n >= f+1 and the base rule's requirement"
+
+    base: str = "trimmed_mean"
+    base_params: Mapping[str, Any] = field(default_factory=dict)
+    base_rule: Aggregator = field(init=False, repr=False, compare=False)
+
+    def validate_parameters(self) -> None:
+        object.__setattr__(self, "base_rule", build_base(self.name, self.base, self.f, self.base_params))
+        # NNM passes weights and the centre straight to its base rule.
+        object.__setattr__(self, "uses_weights", self.base_rule.uses_weights)
+        object.__setattr__(self, "uses_center", self.base_rule.uses_center)
+
+    def minimum_rows(self) -> int:
+        return max(self.f + 1, self.base_rule.minimum_rows())
+
+    def requirement_text(self) -> str:
+        return f"n >= f+1 and {self.base_rule.requirement} for base {self.base!r} (= {self.minimum_rows()} rows)"
+
+    def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
+        if context.weights is not None and not self.base_rule.uses_weights:
+            context = context.with_weights(None)  # uniform weights, checked by the caller
+        return self.base_rule.combine(nearest_neighbour_mixing(rows, self.f), context)

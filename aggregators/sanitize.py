@@ -1,0 +1,70 @@
+"""Rejection of non-finite and absurdly large rows before any rule sees them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import AggregationError
+from .numerics import finite_rows, median_value, row_squared_norms
+
+DEFAULT_MAX_NORM = 1e12
+DEFAULT_MAX_NORM_RATIO = 1e4
+
+
+@dataclass(frozen=True)
+class RowRejection:
+    """Which input rows were dropped, and why."""
+
+    non_finite: tuple[int, ...]
+    too_large: tuple[int, ...]
+
+    @property
+    def indices(self) -> tuple[int, ...]:
+        return tuple(sorted(self.non_finite + self.too_large))
+
+
+@dataclass(frozen=True)
+class RejectionPolicy:
+    """Sanitation applied to every call, before preconditions are checked.
+
+    A row is rejected when
+      1. any entry is NaN or +-inf; or
+      2. its L2 norm (float64) exceeds `max_norm` (absolute cap; None disables it) or is not
+         finite (overflow); or
+      3. its norm exceeds `max_norm_ratio` x the median norm of the finite rows (relative cap;
+         None disables it; skipped when that median is 0).
+
+    The caps are sanitation, not robustness: they protect the arithmetic (overflow, a single row
+    dominating float64 Gram sums) and are far above honest spreads. The defaults (1e12 absolute,
+    1e4 x median relative) reject nothing in the digits experiment, including the -10*mean and
+    Gaussian attacks, which the robust rules must handle themselves.
+    """
+
+    max_norm: float | None = DEFAULT_MAX_NORM
+    max_norm_ratio: float | None = DEFAULT_MAX_NORM_RATIO
+
+    def __post_init__(self) -> None:
+        for name in ("max_norm", "max_norm_ratio"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise AggregationError(f"{name} must be a positive number or None, got {value!r}")
+
+    def find(self, matrix: torch.Tensor) -> RowRejection:
+        finite = finite_rows(matrix)
+        non_finite = tuple(int(i) for i in torch.nonzero(~finite).flatten())
+        candidates = torch.nonzero(finite).flatten()
+        if candidates.numel() == 0:
+            return RowRejection(non_finite=non_finite, too_large=())
+        finite_matrix = matrix if candidates.numel() == matrix.shape[0] else matrix[candidates]
+        norms = row_squared_norms(finite_matrix).sqrt()
+        too_large_mask = ~torch.isfinite(norms)
+        if self.max_norm is not None:
+            too_large_mask |= norms > self.max_norm
+        if self.max_norm_ratio is not None:
+            median_norm = median_value(norms[torch.isfinite(norms)]) if bool(torch.isfinite(norms).any()) else 0.0
+            if median_norm > 0.0:
+                too_large_mask |= norms > self.max_norm_ratio * median_norm
+        too_large = tuple(int(candidates[i]) for i in torch.nonzero(too_large_mask).flatten())
+        return RowRejection(non_finite=non_finite, too_large=too_large)
