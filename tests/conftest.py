@@ -6,6 +6,7 @@ Each daemon gets its own state dir under tmp_path, runs in its own process group
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -59,22 +60,18 @@ class DaemonProcess:
         return processes_in_group(self.process.pid)
 
     def kill_group(self) -> None:
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.process.wait(timeout=10)
+        # Always signal the group: the daemon may be gone while something it started lingers.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
 
 
 def child_pids(pid: int) -> list[int]:
     """Direct children of a process, from /proc (no psutil needed)."""
     children: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
             children += [int(x) for x in (task / "children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError):
-            pass
     return children
 
 
