@@ -1,0 +1,150 @@
+"""Synchronous k-of-n rounds without hand-tuned timeouts.
+
+A round closes as soon as every *expected* member has delivered its update. Otherwise it closes
+at its deadline, provided at least `min_participants` updates (own included) are in; it never
+closes with fewer, because the robust rule's precondition (e.g. n >= 2f+3 for Krum) would fail.
+
+The deadline is derived, not configured: round start + `patience` x the typical time updates
+take to arrive after a round starts (median over peers of a per-peer moving average), clamped to
+[`min_wait`, `max_wait`]. Before any measurement exists, the node's own training time stands in.
+A member that missed `absent_after` consecutive rounds, or announced its departure, is no longer
+expected, so a dead peer costs at most `absent_after` deadlines and then nothing.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SyncPolicy:
+    min_participants: int = 2
+    patience: float = 3.0
+    min_wait: float = 1.0
+    max_wait: float = 300.0
+    absent_after: int = 2
+    smoothing: float = 0.5  # weight of the newest arrival sample in the moving average
+
+    def __post_init__(self) -> None:
+        if self.min_participants < 1:
+            raise ValueError("min_participants must be >= 1")
+        if not 0 < self.min_wait <= self.max_wait:
+            raise ValueError("need 0 < min_wait <= max_wait")
+        if self.patience < 1:
+            raise ValueError("patience must be >= 1")
+
+
+class ArrivalEstimator:
+    """Per-peer moving average of how long after a round starts its update arrives."""
+
+    def __init__(self, smoothing: float) -> None:
+        self.smoothing = smoothing
+        self._offsets: dict[str, float] = {}
+
+    def observe(self, peer_id: str, offset_seconds: float) -> None:
+        offset = max(0.0, offset_seconds)
+        previous = self._offsets.get(peer_id)
+        self._offsets[peer_id] = (
+            offset if previous is None else (1 - self.smoothing) * previous + self.smoothing * offset
+        )
+
+    def typical(self) -> float | None:
+        return statistics.median(self._offsets.values()) if self._offsets else None
+
+    def of(self, peer_id: str) -> float | None:
+        return self._offsets.get(peer_id)
+
+
+@dataclass(frozen=True)
+class Decision:
+    close: bool
+    wait_until: float  # when to ask again if nothing else happens (== now when closing)
+    reason: str
+    missing: tuple[str, ...] = ()
+
+
+@dataclass
+class SyncRound:
+    """Bookkeeping for the rounds of one node; one instance lives as long as the daemon."""
+
+    own_peer_id: str
+    policy: SyncPolicy = field(default_factory=SyncPolicy)
+    round: int = 0
+    started_at: float = 0.0
+    reported: set[str] = field(default_factory=set)
+    _first_seen: dict[str, int] = field(default_factory=dict)
+    _last_update: dict[str, int] = field(default_factory=dict)
+    _departed: set[str] = field(default_factory=set)
+    _fallback: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.arrivals = ArrivalEstimator(self.policy.smoothing)
+
+    # -------------------------------------------------------------------------- membership
+    def note_member(self, peer_id: str) -> None:
+        """A sign of life (e.g. an announcement) from a peer that has not contributed yet.
+
+        A newcomer is expected for `absent_after` rounds from first sight; after that only its
+        updates keep it expected, so a peer that announces but never delivers stops costing
+        deadlines.
+        """
+        if peer_id == self.own_peer_id:
+            return
+        self._departed.discard(peer_id)
+        self._first_seen.setdefault(peer_id, self.round)
+
+    def depart(self, peer_id: str) -> None:
+        self._departed.add(peer_id)
+
+    def expected(self) -> set[str]:
+        """Peers this round waits for: not departed, and contributing recently or newly seen."""
+        horizon = self.round - self.policy.absent_after
+        expected = {self.own_peer_id}
+        for peer, first_seen in self._first_seen.items():
+            if peer in self._departed:
+                continue
+            last_update = self._last_update.get(peer)
+            recent = last_update >= horizon if last_update is not None else first_seen >= horizon
+            if recent:
+                expected.add(peer)
+        return expected
+
+    # -------------------------------------------------------------------------- rounds
+    def start(self, round_number: int, now: float, own_train_seconds: float) -> None:
+        self.round = round_number
+        self.started_at = now
+        self.reported = set()
+        self._fallback = max(own_train_seconds, 1e-3)
+
+    def record(self, peer_id: str, arrived_at: float, round_number: int) -> None:
+        """An accepted update for `round_number` from `peer_id` (own updates included)."""
+        if peer_id != self.own_peer_id:
+            self._departed.discard(peer_id)
+            self._first_seen.setdefault(peer_id, round_number)
+            self._last_update[peer_id] = max(self._last_update.get(peer_id, round_number), round_number)
+        if round_number == self.round:
+            self.reported.add(peer_id)
+            self.arrivals.observe(peer_id, arrived_at - self.started_at)
+
+    def deadline(self) -> float:
+        typical = self.arrivals.typical()
+        budget = self.policy.patience * (typical if typical is not None else self._fallback)
+        return self.started_at + min(max(budget, self.policy.min_wait), self.policy.max_wait)
+
+    def decide(self, now: float) -> Decision:
+        expected = self.expected()
+        missing = tuple(sorted(expected - self.reported))
+        count = len(self.reported)
+        if not missing and count >= self.policy.min_participants:
+            return Decision(True, now, "all expected members reported")
+        deadline = self.deadline()
+        if now >= deadline:
+            if count >= self.policy.min_participants:
+                return Decision(True, now, f"deadline passed; {len(missing)} member(s) missing", missing)
+            # Below the minimum: keep waiting (bounded re-checks), never aggregate too few.
+            retry = now + min(max(self.policy.min_wait, deadline - self.started_at), self.policy.max_wait)
+            return Decision(
+                False, retry, f"have {count} of the {self.policy.min_participants} updates needed", missing
+            )
+        return Decision(False, deadline, "waiting for updates", missing)

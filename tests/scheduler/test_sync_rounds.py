@@ -1,0 +1,115 @@
+"""Synchronous k-of-n round decisions on a simulated clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from fednode.node.scheduler import SyncPolicy, SyncRound
+
+ME, A, B, C = "me", "peer-a", "peer-b", "peer-c"
+
+
+def tracker(min_participants: int = 2, **kw: float) -> SyncRound:
+    return SyncRound(ME, SyncPolicy(min_participants=min_participants, **kw))
+
+
+def test_closes_at_once_when_every_expected_member_reported() -> None:
+    rounds = tracker(min_participants=3)
+    rounds.start(1, now=0.0, own_train_seconds=0.2)
+    for peer in (A, B):
+        rounds.note_member(peer)
+    rounds.record(ME, 0.2, 1)
+    rounds.record(A, 0.3, 1)
+    assert not rounds.decide(0.3).close
+    rounds.record(B, 0.4, 1)
+    decision = rounds.decide(0.4)
+    assert decision.close and decision.reason == "all expected members reported"
+
+
+def test_a_dead_peer_costs_one_deadline_then_is_no_longer_expected() -> None:
+    rounds = tracker(min_participants=2, min_wait=0.5, absent_after=1)
+    for peer in (A, B):
+        rounds.note_member(peer)
+    now = 0.0
+    closes = []
+    for number in range(1, 5):
+        rounds.start(number, now, own_train_seconds=0.2)
+        rounds.record(ME, now + 0.2, number)
+        rounds.record(A, now + 0.25, number)  # B died before round 1
+        t = now + 0.25
+        decision = rounds.decide(t)
+        while not decision.close:
+            t = decision.wait_until
+            decision = rounds.decide(t)
+        closes.append(round(t - now, 3))
+        now = t
+    # Round 1 waits for B until the deadline; afterwards B is absent and rounds close at once.
+    assert closes[0] >= 0.5
+    assert closes[1:] == [0.25, 0.25, 0.25]
+    assert B not in rounds.expected()
+
+
+def test_deadline_follows_measured_arrivals_within_bounds() -> None:
+    rounds = tracker(min_participants=2, patience=3.0, min_wait=0.1, max_wait=10.0)
+    rounds.note_member(A)
+    rounds.start(1, 100.0, own_train_seconds=2.0)
+    assert rounds.deadline() == pytest.approx(106.0)  # before measurements: own training time
+    rounds.record(ME, 101.0, 1)
+    rounds.record(A, 101.0, 1)
+    rounds.start(2, 200.0, own_train_seconds=2.0)
+    assert rounds.deadline() == pytest.approx(203.0)  # 3 x the typical 1 s arrival
+    slow = tracker(min_participants=2, patience=3.0, max_wait=5.0)
+    slow.start(1, 0.0, own_train_seconds=100.0)
+    assert slow.deadline() == 5.0
+
+
+def test_never_closes_below_min_participants_and_keeps_rechecking() -> None:
+    rounds = tracker(min_participants=3, min_wait=0.5)
+    rounds.note_member(A)
+    rounds.start(1, 0.0, own_train_seconds=0.1)
+    rounds.record(ME, 0.1, 1)
+    rounds.record(A, 0.1, 1)
+    decision = rounds.decide(100.0)
+    assert not decision.close and decision.wait_until > 100.0
+    assert "needed" in decision.reason
+    rounds.record(B, 100.5, 1)  # a newcomer's update completes the minimum
+    assert rounds.decide(100.5).close
+
+
+def test_departed_peer_is_not_waited_for_and_returns_with_an_update() -> None:
+    rounds = tracker(min_participants=2)
+    for peer in (A, B):
+        rounds.note_member(peer)
+    rounds.depart(B)
+    rounds.start(1, 0.0, own_train_seconds=0.1)
+    rounds.record(ME, 0.1, 1)
+    rounds.record(A, 0.1, 1)
+    assert rounds.decide(0.1).close
+    rounds.start(2, 1.0, own_train_seconds=0.1)
+    rounds.record(B, 1.05, 2)
+    assert B in rounds.expected()
+
+
+def test_announcing_but_silent_peer_stops_being_expected() -> None:
+    rounds = tracker(min_participants=1, absent_after=2)
+    rounds.note_member(C)
+    for number in range(1, 5):
+        rounds.start(number, float(number), own_train_seconds=0.1)
+        rounds.note_member(C)  # keeps announcing, never sends an update
+    assert C not in rounds.expected()
+
+
+def test_updates_for_other_rounds_do_not_count_for_this_one() -> None:
+    rounds = tracker(min_participants=2)
+    rounds.note_member(A)
+    rounds.start(5, 0.0, own_train_seconds=0.1)
+    rounds.record(ME, 0.1, 5)
+    rounds.record(A, 0.1, 4)
+    assert not rounds.decide(0.1).close
+
+
+def test_policy_validation() -> None:
+    with pytest.raises(ValueError):
+        SyncPolicy(min_participants=0)
+    with pytest.raises(ValueError):
+        SyncPolicy(min_wait=2.0, max_wait=1.0)
