@@ -109,12 +109,78 @@ class TrainingSection(_Section):
     )
 
 
+class MeshSection(_Section):
+    """Networking (py-libp2p): addresses, bootstrap peers, relay role."""
+
+    listen: list[str] = Field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"], description="TCP multiaddrs to listen on")
+    announce: list[str] = Field(default_factory=list, description="addresses to advertise instead (public IP, port mapping)")
+    bootstrap: list[str] = Field(default_factory=list, description="peers to dial first: /ip4/.../tcp/.../p2p/<id>")
+    relay_hop: bool = Field(default=False, description="serve as a circuit relay v2 for other peers")
+    fast_path: bool = Field(default=True, description="encrypted direct TCP data channel for payloads (faster than libp2p streams)")
+    fast_path_port: int = Field(default=0, ge=0, le=65535, description="port of the fast path; 0 = any free port")
+
+    @field_validator("listen", "announce", "bootstrap")
+    @classmethod
+    def _check_multiaddrs(cls, value: list[str]) -> list[str]:
+        for address in value:
+            if not address.startswith("/"):
+                raise ValueError(f"{address!r} is not a multiaddr (expected e.g. /ip4/1.2.3.4/tcp/4001/p2p/12D3KooW...)")
+        return value
+
+
+class FederationSection(_Section):
+    """Which federation to train with and how rounds are run."""
+
+    id: str = Field(default="", description="federation to join; empty = train alone, without the mesh")
+    min_participants: int = Field(
+        default=2, ge=1, le=10_000, description="updates (own included) a round needs before it may aggregate"
+    )
+    schedule: Literal["sync"] = Field(default="sync", description="round schedule")
+    announce_interval: float = Field(default=2.0, gt=0, le=300, description="seconds between liveness announcements")
+    max_clock_skew: float = Field(default=300.0, gt=0, description="accepted difference between a message's clock and ours (s)")
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, value: str) -> str:
+        if value and not all(c.isalnum() or c in "-_." for c in value) or len(value) > 128:
+            raise ValueError("may contain only letters, digits, '-', '_' and '.', at most 128 characters")
+        return value
+
+
+class AggregationSection(_Section):
+    """How received updates are combined (fednode.aggregators)."""
+
+    rule: str = Field(default="mean", description="rule name; list them with the aggregators docs")
+    f: int = Field(default=0, ge=0, description="Byzantine peers the rule must tolerate")
+    params: dict[str, Any] = Field(default_factory=dict, description="rule parameters")
+
+
+class CompressionSection(_Section):
+    """How this node encodes its updates (fednode.node.compression)."""
+
+    codec: str = Field(default="int8", description="none, fp16, bf16, int8, int4, topk, topk_int8, randk, powersgd")
+    params: dict[str, Any] = Field(default_factory=dict, description="codec parameters, e.g. {fraction = 0.01}")
+    error_feedback: bool = Field(default=True, description="carry what lossy codecs dropped into the next update")
+
+
+class AttackSection(_Section):
+    """Byzantine behaviour for simulations and tests only: makes this node an attacker."""
+
+    name: str = Field(default="", description="attack name (fednode.aggregators.attacks); empty = honest")
+    params: dict[str, Any] = Field(default_factory=dict, description="attack parameters")
+
+
 class FednodeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     node: NodeSection = Field(default_factory=NodeSection)
     task: TaskSection = Field(default_factory=TaskSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
+    mesh: MeshSection = Field(default_factory=MeshSection)
+    federation: FederationSection = Field(default_factory=FederationSection)
+    aggregation: AggregationSection = Field(default_factory=AggregationSection)
+    compression: CompressionSection = Field(default_factory=CompressionSection)
+    attack: AttackSection = Field(default_factory=AttackSection)
 
     def resolved_state_dir(self) -> Path:
         return Path(self.node.state_dir) if self.node.state_dir else default_state_dir()

@@ -1,0 +1,117 @@
+"""The federation's control protocol: topics, message validation, seeds and snapshot payloads.
+
+Pure functions and one small validator class; no networking. `ControlValidator.check` runs in
+the networking thread for every gossip message (it must be cheap and thread-safe: it only reads
+immutable settings), and `ControlValidator.open` runs the same checks on the asyncio side and
+returns the parsed message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+import torch
+
+from fednode.node.compression import build_codec
+from fednode.node.envelope import OpenedEnvelope, Rejected, RejectReason, open_envelope
+from fednode.proto.v1 import control_pb2, model_pb2
+
+#: GossipSub caps messages at 1 MiB and drops larger ones silently; control messages stay far below.
+MAX_CONTROL_BYTES = 64 * 1024
+#: Update payloads up to this size ride inside the gossiped header (saves a fetch round trip).
+MAX_INLINE_PAYLOAD = 32 * 1024
+
+# Bodies whose peer-id field must name the envelope's signer.
+_SELF_DESCRIBING = {"announcement": "peer_id", "departure": "peer_id", "schedule": "peer_id", "group": "creator_peer_id"}
+
+
+def topic_for(federation_id: str) -> str:
+    return f"/fednode/v1/fed/{federation_id}"
+
+
+def dht_key_for(federation_id: str) -> bytes:
+    """DHT provider key under which a federation's members announce themselves."""
+    return b"/fednode/v1/members/" + hashlib.sha256(federation_id.encode()).digest()
+
+
+def round_seed(federation_id: str, round_number: int, group_id: bytes = b"") -> int:
+    """Shared 63-bit seed for a round's randomized aggregation (e.g. GAS's permutation)."""
+    digest = hashlib.sha256(b"fednode/v1/aggregation-seed\x00" + federation_id.encode() + b"\x00"
+                            + round_number.to_bytes(8, "big") + bytes(group_id)).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class ValidControl:
+    opened: OpenedEnvelope
+    message: control_pb2.ControlMessage
+    body: str  # name of the oneof field that is set
+
+    @property
+    def sender(self) -> str:
+        return self.opened.sender_peer_id
+
+
+class ControlValidator:
+    """Envelope signature, federation, freshness, and signer-consistency checks."""
+
+    def __init__(self, federation_id: str, max_clock_skew_s: float, layout_digest: str) -> None:
+        self.federation_id = federation_id
+        self.max_skew_ms = int(max_clock_skew_s * 1000)
+        self.layout_digest = layout_digest
+
+    def check(self, data: bytes, from_peer: str) -> str | None:
+        """Mesh topic validator: None accepts, a RejectReason short name rejects."""
+        try:
+            self.open(data)
+        except Rejected as rejected:
+            return rejected.reason_name
+        return None
+
+    def open(self, data: bytes) -> ValidControl:
+        opened = open_envelope(data, control_pb2.ControlMessage, max_size=MAX_CONTROL_BYTES)
+        message = opened.message
+        assert isinstance(message, control_pb2.ControlMessage)
+        if message.federation_id != self.federation_id:
+            raise Rejected(RejectReason.REJECT_WRONG_FEDERATION, f"message for federation {message.federation_id!r}")
+        if abs(message.sent_unix_ms - now_ms()) > self.max_skew_ms:
+            raise Rejected(RejectReason.REJECT_STALE, "sent_unix_ms outside the allowed clock skew")
+        body = message.WhichOneof("body")
+        if body is None:
+            raise Rejected(RejectReason.REJECT_MALFORMED, "control message without a body")
+        field = _SELF_DESCRIBING.get(body)
+        if field is not None and getattr(getattr(message, body), field) != opened.sender_peer_id:
+            raise Rejected(RejectReason.REJECT_SENDER_MISMATCH, f"{body} names another peer than its signer")
+        if body == "update":
+            self._check_update_header(message.update, opened.sender_peer_id)
+        return ValidControl(opened, message, body)
+
+    def _check_update_header(self, header: model_pb2.UpdateHeader, signer: str) -> None:
+        if header.sender_peer_id != signer:
+            raise Rejected(RejectReason.REJECT_SENDER_MISMATCH, "update header names another sender than its signer")
+        if header.federation_id != self.federation_id:
+            raise Rejected(RejectReason.REJECT_WRONG_FEDERATION, "update for another federation")
+        if header.layout_digest != self.layout_digest:
+            raise Rejected(RejectReason.REJECT_LAYOUT_MISMATCH, "update for another model layout")
+        if len(header.payload_sha256) != 32:
+            raise Rejected(RejectReason.REJECT_MALFORMED, "payload_sha256 must have 32 bytes")
+        if header.inline_payload:
+            if len(header.inline_payload) > MAX_INLINE_PAYLOAD or len(header.inline_payload) != header.payload_size:
+                raise Rejected(RejectReason.REJECT_OVERSIZED, "inline payload larger than allowed or than declared")
+            if hashlib.sha256(header.inline_payload).digest() != header.payload_sha256:
+                raise Rejected(RejectReason.REJECT_HASH_MISMATCH, "inline payload does not match payload_sha256")
+
+
+_LOSSLESS = build_codec("none")
+
+
+def snapshot_payload(parameters: torch.Tensor) -> bytes:
+    """A model snapshot as a lossless float32 TensorPayload (what late joiners fetch)."""
+    flat = parameters.detach().to("cpu", torch.float32).contiguous().reshape(-1)
+    return _LOSSLESS.encode(flat).payload.SerializeToString(deterministic=True)

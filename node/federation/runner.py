@@ -1,0 +1,606 @@
+"""Federated training over the mesh: synchronous k-of-n rounds, robust aggregation, state sync.
+
+One `FederationRunner` per daemon and federation. It wires the pure parts together:
+
+    trainer (local SGD) -> compressor (encode, error feedback) -> mesh (gossip header, serve payload)
+    mesh events -> ControlValidator -> UpdateBook (fetch, decode, check) -> SyncRound (when to close)
+    -> aggregator (robust rule over decoded updates, canonical peer order) -> model
+
+Every round: train from the current model, announce the update (small payloads ride inline in
+the signed header, larger ones are pulled by sha256 from the sender or anyone who fetched it),
+wait until `SyncRound` says the round may close, aggregate what arrived in peer-id order with
+a seed derived from (federation, round), apply, evaluate, checkpoint. Late joiners and
+restarted nodes adopt the newest snapshot that most peers offer, fetched by hash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from fednode.aggregators import AggregationError, Aggregator
+from fednode.aggregators import attacks as attack_registry
+from fednode.node import __version__
+from fednode.node.compression import DecodeLimits, PayloadError, UpdateCompressor, decode, derive_seed
+from fednode.node.envelope import Rejected, RejectReason, reason_name, seal
+from fednode.node.federation.protocol import (
+    MAX_INLINE_PAYLOAD,
+    ControlValidator,
+    ValidControl,
+    dht_key_for,
+    now_ms,
+    round_seed,
+    snapshot_payload,
+    topic_for,
+)
+from fednode.node.federation.updates import PeerContribution, ReceivedUpdate, UpdateBook
+from fednode.node.identity import Identity
+from fednode.node.model import assign_parameters, flatten_parameters
+from fednode.node.scheduler import SyncPolicy, SyncRound
+from fednode.node.trainer import LocalTrainer, TrainResult
+from fednode.proto.v1 import control_pb2, model_pb2, tensor_pb2
+
+log = logging.getLogger("fednode.federation")
+
+_CODEC_ENUM = {name.removeprefix("CODEC_").lower(): value for name, value in tensor_pb2.Codec.items()}
+
+
+@dataclass
+class MemberView:
+    """What this node knows about another member from its announcements."""
+
+    peer_id: str
+    round: int = 0
+    model_version: int = 0
+    multiaddrs: tuple[str, ...] = ()
+    last_seen: float = 0.0  # time.time()
+    display_name: str = ""
+
+
+@dataclass
+class SnapshotOffer:
+    header: model_pb2.SnapshotHeader
+    providers: set[str] = field(default_factory=set)
+
+
+@dataclass
+class RoundOutcome:
+    round: int
+    model_version: int
+    participants: list[str]
+    selected: list[str]
+    rejected_by_aggregator: list[str]
+    train: TrainResult
+    aggregation_seconds: float
+    round_seconds: float
+    close_reason: str
+
+
+class FederationRunner:
+    """Runs rounds with the federation until `stop` is set; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        federation_id: str,
+        identity: Identity,
+        mesh: Any,  # fednode.node.mesh.Mesh (kept untyped here so tests can pass a real one built elsewhere)
+        model: torch.nn.Module,
+        trainer: LocalTrainer,
+        layout: model_pb2.ModelLayout,
+        aggregator: Aggregator,
+        compressor: UpdateCompressor,
+        local_steps: int,
+        policy: SyncPolicy,
+        announce_interval: float,
+        max_clock_skew: float,
+        stop: Any,  # threading.Event shared with the trainer
+        attack: Any = None,
+        on_round: Callable[[RoundOutcome], Awaitable[None]] | None = None,
+        display_name: str = "",
+    ) -> None:
+        self.federation_id = federation_id
+        self.identity = identity
+        self.peer_id = identity.peer_id
+        self.mesh = mesh
+        self.model = model
+        self.trainer = trainer
+        self.layout = layout
+        self.aggregator = aggregator
+        self.compressor = compressor
+        self.local_steps = local_steps
+        self.announce_interval = announce_interval
+        self.stop = stop
+        self.attack = attack
+        self.on_round = on_round
+        self.display_name = display_name
+        self.topic = topic_for(federation_id)
+        self.validator = ControlValidator(federation_id, max_clock_skew, layout.digest)
+        self.rounds = SyncRound(self.peer_id, policy)
+        self.book = UpdateBook()
+        self.limits = DecodeLimits(max_numel=layout.numel)
+        self.max_payload_bytes = 8 * layout.numel + 4096  # fp32 + headroom; larger is refused unread
+        self.round = 0
+        self.model_version = 0
+        self.aggregator_center: torch.Tensor | None = None
+        self.members: dict[str, MemberView] = {}
+        self.contributions: dict[str, PeerContribution] = {}
+        self.offers: dict[bytes, SnapshotOffer] = {}
+        self.rejections: Counter[str] = Counter()
+        self.syncs = 0
+        self._snapshot: tuple[model_pb2.SnapshotHeader, bytes] | None = None
+        self._served: deque[bytes] = deque()
+        self._wakeup = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._last_train_seconds = 1.0
+        self._connected: set[str] = set()
+
+    # ------------------------------------------------------------------------------ start / stop
+    async def start(self) -> None:
+        await self.mesh.subscribe(self.topic, self.validator.check)
+        self._spawn(self._pump_events(), "mesh-events")
+        self._spawn(self._announce_periodically(), "announcer")
+        self._spawn(self._discover_members(), "discovery")
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._publish(control_pb2.ControlMessage(
+                departure=control_pb2.Departure(peer_id=self.peer_id, reason="shutting down"))), timeout=2)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coroutine: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coroutine)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+    # ------------------------------------------------------------------------------ state
+    def restore(self, round_number: int, model_version: int, extra: dict[str, Any]) -> None:
+        self.round = round_number
+        self.model_version = model_version
+        state = extra.get("compressor")
+        if isinstance(state, dict):
+            try:
+                self.compressor.load_state_dict(state)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("compressor state in the checkpoint is unusable (%s); starting without residual", exc)
+        center = extra.get("aggregator_center")
+        if isinstance(center, torch.Tensor) and center.numel() == self.layout.numel:
+            self.aggregator_center = center
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"compressor": self.compressor.state_dict(), "federation_id": self.federation_id}
+        if self.aggregator_center is not None:
+            extra["aggregator_center"] = self.aggregator_center.clone()
+        return extra
+
+    # ------------------------------------------------------------------------------ main loop
+    async def run(self) -> None:
+        await self._initial_sync()
+        while not self.stop.is_set():
+            if self._peers_are_ahead():
+                await self._sync_from_peers()
+                continue
+            outcome = await self._run_round(self.round + 1)
+            if outcome is None:
+                continue
+            if self.on_round is not None:
+                await self.on_round(outcome)
+
+    async def _run_round(self, number: int) -> RoundOutcome | None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self.rounds.start(number, started, self._last_train_seconds)
+        for sender in self.book.senders(number):
+            self.rounds.record(sender, started, number)  # arrived before we started: count as on time
+        base = flatten_parameters(self.model)
+        result = await asyncio.to_thread(self.trainer.train_round, self.model, self.local_steps, self.stop)
+        if result.steps < self.local_steps:
+            assign_parameters(self.model, base)
+            return None
+        self._last_train_seconds = result.seconds
+        delta = flatten_parameters(self.model) - base
+        assign_parameters(self.model, base)  # the model moves only by the aggregate
+
+        if self.attack is not None and self.attack.kind == "update":
+            delta = await self._craft_attack(number, delta)
+        own = await self._publish_update(number, delta, result)
+        if own is not None:
+            self.book.add(own)
+            self.rounds.record(self.peer_id, loop.time(), number)
+
+        close_reason = await self._wait_for_close(number)
+        if close_reason is None:
+            return None  # stopped, or peers moved on and we must sync
+        return await self._aggregate(number, base, result, started, close_reason)
+
+    async def _wait_for_close(self, number: int) -> str | None:
+        loop = asyncio.get_running_loop()
+        while not self.stop.is_set():
+            decision = self.rounds.decide(loop.time())
+            if decision.close:
+                if decision.missing:
+                    log.info("round %d closes without %s: %s", number, ", ".join(p[-8:] for p in decision.missing), decision.reason)
+                return decision.reason
+            if self._peers_are_ahead():
+                log.info("peers completed round %d already; syncing instead of waiting", number)
+                return None
+            self._wakeup.clear()
+            timeout = max(0.0, min(decision.wait_until - loop.time(), self.announce_interval))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=timeout)
+        return None
+
+    async def _aggregate(
+        self, number: int, base: torch.Tensor, train: TrainResult, started: float, close_reason: str
+    ) -> RoundOutcome:
+        loop = asyncio.get_running_loop()
+        updates = self.book.for_round(number)
+        senders = sorted(updates)  # canonical order: every peer stacks rows identically
+        rows = torch.stack([updates[s].delta for s in senders])
+        seed = round_seed(self.federation_id, number)
+        agg_started = time.perf_counter()
+        kwargs: dict[str, Any] = {"seed": seed}
+        if self.aggregator.name == "centered_clipping":
+            kwargs["center"] = self.aggregator_center
+        try:
+            result = await asyncio.to_thread(self.aggregator, rows, **kwargs)
+        except AggregationError as exc:
+            log.error("round %d: aggregation failed (%s); keeping the model unchanged", number, exc)
+            result = None
+        aggregation_seconds = time.perf_counter() - agg_started
+        selected: list[str] = []
+        dropped: list[str] = []
+        if result is not None:
+            new = base + result.aggregate.to(base.dtype)
+            assign_parameters(self.model, new)
+            if self.aggregator.name == "centered_clipping":
+                self.aggregator_center = result.aggregate.detach().clone()
+            chosen = set(range(len(senders))) if result.selected is None else {int(i) for i in result.selected}
+            rejected = {int(i) for i in (result.rejected or [])}
+            for index, sender in enumerate(senders):
+                contribution = self.contributions.setdefault(sender, PeerContribution())
+                if result.scores is not None:
+                    contribution.last_score = float(result.scores[index])
+                if index in rejected:
+                    contribution.reject("non_finite_or_absurd")
+                    dropped.append(sender)
+                elif index in chosen:
+                    contribution.selected += 1
+                    selected.append(sender)
+                else:
+                    dropped.append(sender)
+            if dropped:
+                log.info("round %d: aggregator left out %s", number, ", ".join(p[-8:] for p in dropped))
+        self.round = number
+        self.model_version += 1
+        self.book.prune(number)
+        self._refresh_snapshot()
+        self._wakeup.set()
+        return RoundOutcome(
+            round=number,
+            model_version=self.model_version,
+            participants=senders,
+            selected=selected,
+            rejected_by_aggregator=dropped,
+            train=train,
+            aggregation_seconds=aggregation_seconds,
+            round_seconds=loop.time() - started,
+            close_reason=close_reason,
+        )
+
+    # ------------------------------------------------------------------------------ sending
+    async def _publish_update(self, number: int, delta: torch.Tensor, train: TrainResult) -> ReceivedUpdate | None:
+        seed = derive_seed(self.federation_id, self.peer_id, round_number=number)
+        payload = self.compressor.compress(delta, seed=seed, step=number)
+        data = payload.SerializeToString(deterministic=True)
+        digest = hashlib.sha256(data).digest()
+        # Aggregate exactly what the others will decode, so every peer sums the same rows.
+        decoded = decode(payload, limits=self.limits, expected_numel=self.layout.numel).reshape(-1)
+        header = model_pb2.UpdateHeader(
+            federation_id=self.federation_id,
+            sender_peer_id=self.peer_id,
+            round=number,
+            base_model_version=self.model_version,
+            layout_digest=self.layout.digest,
+            payload_sha256=digest,
+            payload_size=len(data),
+            codec=payload.codec,
+            num_samples=train.num_samples,
+            local_steps=train.steps,
+            train_loss=train.mean_loss,
+            created_unix_ms=now_ms(),
+            seconds_per_step=train.seconds_per_step,
+        )
+        if len(data) <= MAX_INLINE_PAYLOAD:
+            header.inline_payload = data
+        else:
+            self._serve(digest, data)
+        self.book.claim(self.peer_id, number, digest)
+        await self._publish(control_pb2.ControlMessage(update=header))
+        return ReceivedUpdate(self.peer_id, number, header, decoded, asyncio.get_running_loop().time())
+
+    async def _publish(self, message: control_pb2.ControlMessage) -> None:
+        message.federation_id = self.federation_id
+        message.sent_unix_ms = now_ms()
+        await self.mesh.publish(self.topic, seal(self.identity, message))
+
+    def _serve(self, digest: bytes, data: bytes) -> None:
+        self.mesh.serve_blob(digest, data)
+        self._served.append(digest)
+        # Keep the last few payloads and snapshots available to late fetchers; drop the rest.
+        while len(self._served) > 64:
+            self.mesh.unserve_blob(self._served.popleft())
+
+    def _refresh_snapshot(self) -> None:
+        data = snapshot_payload(flatten_parameters(self.model))
+        digest = hashlib.sha256(data).digest()
+        header = model_pb2.SnapshotHeader(
+            federation_id=self.federation_id,
+            model_version=self.model_version,
+            round=self.round,
+            layout_digest=self.layout.digest,
+            payload_sha256=digest,
+            payload_size=len(data),
+            created_unix_ms=now_ms(),
+        )
+        self._serve(digest, data)
+        self._snapshot = (header, data)
+
+    async def _announce_periodically(self) -> None:
+        while True:
+            await self._announce()
+            await asyncio.sleep(self.announce_interval)
+
+    async def _announce(self) -> None:
+        announcement = control_pb2.PeerAnnouncement(
+            peer_id=self.peer_id,
+            multiaddrs=self.mesh.listen_multiaddrs(),
+            model_version=self.model_version,
+            round=self.round,
+            reachability=self.mesh.reachability().status,
+            capabilities=["snapshot"],
+            display_name=self.display_name,
+            software_version=__version__,
+        )
+        try:
+            await self._publish(control_pb2.ControlMessage(announcement=announcement))
+            if self._snapshot is not None:
+                await self._publish(control_pb2.ControlMessage(
+                    snapshot=control_pb2.SnapshotOffer(header=self._snapshot[0])))
+        except Exception as exc:  # a failed announcement is retried at the next interval
+            log.debug("announcement failed: %s", exc)
+
+    # ------------------------------------------------------------------------------ receiving
+    async def _pump_events(self) -> None:
+        while True:
+            event = await self.mesh.events.get()
+            kind = type(event).__name__
+            if kind == "GossipMessage" and event.topic == self.topic:
+                self._on_gossip(event.data, event.from_peer)
+            elif kind == "PeerConnected":
+                self._connected.add(event.peer_id)
+            elif kind == "PeerDisconnected":
+                self._connected.discard(event.peer_id)
+
+    def _reject(self, sender: str | None, rejected: Rejected) -> None:
+        name = reason_name(rejected.reason)
+        self.rejections[name] += 1
+        if sender:
+            self.contributions.setdefault(sender, PeerContribution()).reject(name)
+        log.info("rejected message from %s: %s", (sender or "?")[-8:], rejected, extra={"reject_reason": name})
+
+    def _on_gossip(self, data: bytes, from_peer: str) -> None:
+        try:
+            valid = self.validator.open(data)
+        except Rejected as rejected:
+            self._reject(None, rejected)
+            return
+        if valid.sender == self.peer_id:
+            return
+        body = valid.body
+        message = valid.message
+        member = self.members.setdefault(valid.sender, MemberView(valid.sender))
+        member.last_seen = time.time()
+        if body == "announcement":
+            announcement = message.announcement
+            member.round = max(member.round, announcement.round)
+            member.model_version = announcement.model_version
+            member.multiaddrs = tuple(announcement.multiaddrs)
+            member.display_name = announcement.display_name
+            self.rounds.note_member(valid.sender)
+            self._wakeup.set()
+        elif body == "update":
+            self._on_update_header(valid)
+        elif body == "snapshot":
+            self._on_snapshot_offer(valid)
+        elif body == "departure":
+            self.rounds.depart(valid.sender)
+            self._wakeup.set()
+
+    def _on_snapshot_offer(self, valid: ValidControl) -> None:
+        header = valid.message.snapshot.header
+        if header.layout_digest != self.layout.digest or len(header.payload_sha256) != 32:
+            return
+        if header.payload_size > self.max_payload_bytes:
+            return
+        member = self.members[valid.sender]
+        member.round = max(member.round, header.round)
+        offer = self.offers.setdefault(bytes(header.payload_sha256), SnapshotOffer(header))
+        offer.providers.add(valid.sender)
+        # Keep offers for recent rounds only.
+        newest = max(o.header.round for o in self.offers.values())
+        for digest in [d for d, o in self.offers.items() if o.header.round < newest - 4]:
+            del self.offers[digest]
+
+    def _on_update_header(self, valid: ValidControl) -> None:
+        header = valid.message.update
+        sender = valid.sender
+        if header.round <= self.round:
+            self._reject(sender, Rejected(RejectReason.REJECT_STALE, f"update for closed round {header.round}"))
+            return
+        if header.round > self.round + 16:
+            self._reject(sender, Rejected(RejectReason.REJECT_STALE, f"update for far-future round {header.round}"))
+            return
+        if header.payload_size > self.max_payload_bytes:
+            self._reject(sender, Rejected(RejectReason.REJECT_OVERSIZED, f"{header.payload_size} byte payload"))
+            return
+        try:
+            if not self.book.claim(sender, header.round, header.payload_sha256):
+                return  # duplicate delivery
+        except Rejected as rejected:
+            self._reject(sender, rejected)
+            return
+        self.rounds.note_member(sender)
+        self._spawn(self._obtain_update(sender, header), f"update-{sender[-6:]}-{header.round}")
+
+    async def _obtain_update(self, sender: str, header: model_pb2.UpdateHeader) -> None:
+        digest = bytes(header.payload_sha256)
+        if header.inline_payload:
+            data = bytes(header.inline_payload)  # hash checked by the validator
+        else:
+            try:
+                data = await self.mesh.fetch_blob(digest, [sender], max_size=self.max_payload_bytes)
+            except Exception as exc:
+                self.book.release(sender, header.round)
+                self._reject(sender, Rejected(RejectReason.REJECT_HASH_MISMATCH if "hash" in str(exc).lower()
+                                              else RejectReason.REJECT_MALFORMED, f"payload fetch failed: {exc}"))
+                return
+            self._serve(digest, data)  # peers that fetched an update can serve it
+        try:
+            payload = tensor_pb2.TensorPayload.FromString(data)
+            delta = decode(payload, limits=self.limits, expected_numel=self.layout.numel).reshape(-1)
+        except PayloadError as exc:
+            reason = RejectReason.REJECT_NON_FINITE if "non_finite" in str(exc.reason) else RejectReason.REJECT_BAD_PAYLOAD
+            self._reject(sender, Rejected(reason, str(exc)))
+            return
+        except Exception as exc:  # protobuf DecodeError and friends
+            self._reject(sender, Rejected(RejectReason.REJECT_MALFORMED, f"payload does not parse: {exc}"))
+            return
+        if header.round <= self.round:
+            self._reject(sender, Rejected(RejectReason.REJECT_STALE, f"update for round {header.round} arrived after it closed"))
+            return
+        now = asyncio.get_running_loop().time()
+        self.book.add(ReceivedUpdate(sender, header.round, header, delta, now))
+        self.contributions.setdefault(sender, PeerContribution()).accepted += 1
+        self.rounds.record(sender, now, header.round)
+        self._wakeup.set()
+
+    # ------------------------------------------------------------------------------ attacks
+    async def _craft_attack(self, number: int, own: torch.Tensor) -> torch.Tensor:
+        """An omniscient attacker: waits for the honest updates it can see, then forges its own."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(1.0, 2 * self._last_train_seconds)
+        while loop.time() < deadline and not self.stop.is_set():
+            others = self.book.senders(number) - {self.peer_id}
+            if others and others >= (self.rounds.expected() - {self.peer_id}):
+                break
+            self._wakeup.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=0.05)
+        honest = [u.delta for s, u in sorted(self.book.for_round(number).items()) if s != self.peer_id]
+        rows = torch.stack(honest) if honest else own.unsqueeze(0)
+        forged = self.attack(rows).to(torch.float32)
+        return torch.nan_to_num(forged, nan=0.0, posinf=1e30, neginf=-1e30)
+
+    # ------------------------------------------------------------------------------ membership
+    async def _discover_members(self) -> None:
+        """Announce ourselves under the federation's DHT key and dial the members found there."""
+        key = dht_key_for(self.federation_id)
+        interval = max(5.0, 5 * self.announce_interval)
+        while True:
+            try:
+                await self.mesh.provide(key)
+                for peer in await self.mesh.find_providers(key):
+                    if peer != self.peer_id and peer not in self._connected:
+                        with contextlib.suppress(Exception):
+                            await self.mesh.connect_peer(peer)
+            except Exception as exc:
+                log.debug("member discovery failed: %s", exc)
+            await asyncio.sleep(interval)
+
+    # ------------------------------------------------------------------------------ state sync
+    def _peers_are_ahead(self) -> bool:
+        """True when members already completed the round after ours: our updates would be stale."""
+        best = self._best_offer()
+        return best is not None and best.header.round > self.round + 1
+
+    def _best_offer(self) -> SnapshotOffer | None:
+        if not self.offers:
+            return None
+        newest = max(o.header.round for o in self.offers.values())
+        candidates = [o for o in self.offers.values() if o.header.round == newest]
+        # Most providers first (majority view of the model), then the smallest hash (deterministic).
+        return min(candidates, key=lambda o: (-len(o.providers), bytes(o.header.payload_sha256)))
+
+    async def _initial_sync(self) -> None:
+        """Give announcements a moment to arrive, then catch up if the federation is ahead."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2 * self.announce_interval + 1.0
+        while loop.time() < deadline and not self.stop.is_set() and not self.offers:
+            self._wakeup.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=0.2)
+        best = self._best_offer()
+        if best is not None and best.header.round > self.round:
+            await self._sync_from_peers()
+
+    async def _sync_from_peers(self) -> bool:
+        best = self._best_offer()
+        if best is None:
+            return False
+        header = best.header
+        providers = sorted(best.providers)
+        digest = bytes(header.payload_sha256)
+        try:
+            data = await self.mesh.fetch_blob(digest, providers, max_size=self.max_payload_bytes)
+            payload = tensor_pb2.TensorPayload.FromString(data)
+            if payload.codec != tensor_pb2.CODEC_NONE:
+                raise PayloadError("bad_codec_params", "snapshots must be lossless")  # type: ignore[arg-type]
+            parameters = decode(payload, limits=self.limits, expected_numel=self.layout.numel).reshape(-1)
+        except Exception as exc:
+            log.warning("state sync from %d peer(s) failed (%s); will retry", len(providers), exc)
+            self.offers.pop(digest, None)  # re-offered by honest peers at their next announcement
+            await asyncio.sleep(min(self.announce_interval, 1.0))
+            return False
+        assign_parameters(self.model, parameters)
+        previous = self.round
+        self.round = header.round
+        self.model_version = header.model_version
+        self.compressor.reset()  # the residual refers to a model we no longer have
+        self.book.prune(self.round + 1)
+        self.offers = {d: o for d, o in self.offers.items() if o.header.round > self.round}
+        self.syncs += 1
+        self._serve(digest, data)
+        self._snapshot = (header, data)
+        log.info(
+            "synced model from %d peer(s): round %d -> %d, model version %d",
+            len(providers), previous, self.round, self.model_version,
+            extra={"event": "sync", "round": self.round},
+        )
+        return True
+
+
+def build_attack(name: str, params: dict[str, Any]) -> Any:
+    """The configured attack, or None for an honest node."""
+    if not name:
+        return None
+    return attack_registry.build(name, **params)
