@@ -1,0 +1,945 @@
+"""Everything that touches py-libp2p. Lives in the networking (trio) thread, never in asyncio.
+
+The host is hardened as ../shared/docs/libp2p-notes.md §4 recommends: TCP only (QUIC is broken in
+0.8.1), Noise only (the library also accepts plaintext and SECIO inbound by default, which lets a
+peer claim any identity), Yamux only, GossipSub with a 1 s heartbeat, an explicit spam limit and
+adaptive gossip off (it stretches the heartbeat to 60 s on a "poor health" small mesh), a Kademlia
+DHT in server mode, circuit relay v2, AutoNAT and DCUtR.
+
+Public methods are coroutines the asyncio side runs through the bridge (``bridge.call(fn, ...)``,
+where ``fn`` is one of them, unbound, and receives this node first). They take and return plain
+Python values; libp2p exceptions are translated to :mod:`.errors` here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.connection_types import ConnectionType
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.host.autonat import AutoNATService, AutoNATStatus
+from libp2p.host.autonat.autonat import AUTONAT_PROTOCOL_ID
+from libp2p.host.basic_host import BasicHost
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.network.stream.exceptions import StreamEOF
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo as Libp2pPeerInfo
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.pubsub.gossipsub import PROTOCOL_ID as GOSSIPSUB_V10
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, PROTOCOL_ID_V13, GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
+from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
+from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as RELAY_HOP_PROTOCOL
+from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
+from libp2p.relay.circuit_v2.resources import RelayLimits as Libp2pRelayLimits
+from libp2p.relay.circuit_v2.transport import CircuitV2Transport
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.tools.anyio_service import background_trio_service
+from libp2p.transport.tcp.tcp import TCP
+from libp2p.utils.address_validation import expand_wildcard_address
+
+from fednode.proto.v1 import transfer_pb2
+
+from .config import MeshConfig
+from .errors import DialError, MeshError
+from .identity import NodeIdentity
+from .transfer import (
+    FASTPATH_INFO_PROTOCOL,
+    MAX_HEADER_FRAME,
+    TRANSFER_PROTOCOL,
+    BlobStore,
+    FetchState,
+    TransferProtocolError,
+    answer_request,
+    build_request,
+    chunk_prefix,
+    encode_varint,
+    parse_chunk,
+    status_name,
+)
+from .types import (
+    ConnectionKind,
+    GossipMessage,
+    MeshEvent,
+    PeerConnected,
+    PeerDisconnected,
+    PeerInfo,
+    Reachability,
+    ReachabilityChanged,
+    ReachabilityStatus,
+    StatsCollector,
+    Validator,
+)
+
+log = logging.getLogger(__name__)
+
+PING_PROTOCOL = TProtocol("/ipfs/ping/1.0.0")
+_LIBP2P_WRITE = 64 * 1024  # py-libp2p moves 64 KiB writes fastest (Noise frames are <= 64 KiB)
+_READ_SIZE = 1024 * 1024
+_WILDCARDS = {"0.0.0.0", "::", ""}
+_FASTPATH_INFO_TTL_S = 300.0
+_AUTONAT_MAX_SERVERS = 5
+_STATUS_NAMES: dict[int, ReachabilityStatus] = {
+    AutoNATStatus.UNKNOWN: "unknown",
+    AutoNATStatus.PUBLIC: "public",
+    AutoNATStatus.PRIVATE: "private",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Stream helpers
+# --------------------------------------------------------------------------------------------
+
+
+class _FrameReader:
+    """Reads varint-delimited frames from a libp2p stream, each step bounded by a time-out."""
+
+    def __init__(self, stream: INetStream, timeout: float) -> None:
+        self._stream = stream
+        self._timeout = timeout
+        self._buf = bytearray()
+
+    async def _fill(self, want: int) -> None:
+        while len(self._buf) < want:
+            with trio.fail_after(self._timeout):
+                try:
+                    data = await self._stream.read(max(want - len(self._buf), _READ_SIZE))
+                except StreamEOF:
+                    data = b""
+            if not data:
+                raise TransferProtocolError("stream closed mid-frame")
+            self._buf += data
+
+    async def read_frame(self, max_size: int) -> bytes:
+        length = 0
+        shift = 0
+        pos = 0
+        while True:
+            await self._fill(pos + 1)
+            byte = self._buf[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                break
+            shift += 7
+            if shift > 35:
+                raise TransferProtocolError("bad varint")
+        if length > max_size:
+            raise TransferProtocolError(f"frame of {length} bytes exceeds {max_size}")
+        await self._fill(pos + length)
+        frame = bytes(self._buf[pos : pos + length])
+        del self._buf[: pos + length]
+        return frame
+
+
+async def _write_frame(stream: INetStream, payload: bytes | memoryview, timeout: float) -> None:
+    data = encode_varint(len(payload)) + bytes(payload)
+    view = memoryview(data)
+    for start in range(0, len(view), _LIBP2P_WRITE):
+        with trio.fail_after(timeout):
+            await stream.write(bytes(view[start : start + _LIBP2P_WRITE]))
+
+
+async def _close_stream(stream: INetStream) -> None:
+    """Half-close then close: the dialer side otherwise stays in SwarmConn.streams forever."""
+    with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+        with contextlib.suppress(Exception):
+            await stream.close_write()
+        with contextlib.suppress(Exception):
+            await stream.close()
+
+
+def _is_relayed(conn: INetConn) -> bool:
+    muxed = getattr(conn, "muxed_conn", None)
+    with contextlib.suppress(Exception):
+        if muxed is not None and muxed.get_connection_type() == ConnectionType.RELAYED:
+            return True
+    with contextlib.suppress(Exception):
+        if conn.get_connection_type() == ConnectionType.RELAYED:
+            return True
+    with contextlib.suppress(Exception):
+        if muxed is not None:
+            return any("/p2p-circuit" in str(a) for a in muxed.get_transport_addresses())
+    return False
+
+
+def _remote_addr(conn: INetConn) -> str:
+    muxed = getattr(conn, "muxed_conn", None)
+    if _is_relayed(conn):
+        with contextlib.suppress(Exception):
+            addrs = muxed.get_transport_addresses()  # type: ignore[union-attr]
+            if addrs:
+                return str(addrs[0])
+        return "/p2p-circuit"
+    with contextlib.suppress(Exception):
+        ip, port = muxed.get_remote_address()  # type: ignore[union-attr]
+        family = "ip6" if ":" in ip else "ip4"
+        return f"/{family}/{ip}/tcp/{port}"
+    return ""
+
+
+def _remote_ip(conn: INetConn) -> str | None:
+    with contextlib.suppress(Exception):
+        return str(conn.muxed_conn.get_remote_address()[0])  # type: ignore[attr-defined]
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Peer bookkeeping (read from the asyncio thread under a lock)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _PeerRecord:
+    latency_ms: float | None = None
+    last_seen: float = field(default_factory=time.time)
+    was_relayed: bool = False  # a relayed connection existed before the direct one: hole-punched
+
+
+class _Notifee(INotifee):
+    def __init__(self, node: Libp2pNode) -> None:
+        self._node = node
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        self._node._on_connected(conn)
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        self._node._on_disconnected(conn)
+
+    async def listen(self, network: INetwork, maddr: multiaddr.Multiaddr) -> None:
+        return None
+
+    async def listen_close(self, network: INetwork, maddr: multiaddr.Multiaddr) -> None:
+        return None
+
+
+class Libp2pNode:
+    """The libp2p host and its services; see the module docstring."""
+
+    def __init__(
+        self,
+        config: MeshConfig,
+        identity: NodeIdentity,
+        store: BlobStore,
+        stats: StatsCollector,
+        emit: Callable[[MeshEvent], None],
+        fast_path_info: transfer_pb2.FastPathInfo,
+    ) -> None:
+        self.config = config
+        self.identity = identity
+        self.store = store
+        self.stats = stats
+        self._emit = emit
+        self._fast_path_info = fast_path_info.SerializeToString()
+        self._lock = threading.Lock()  # guards the snapshots read by the asyncio thread
+        self._peers: dict[str, _PeerRecord] = {}
+        self._peer_view: dict[str, PeerInfo] = {}
+        self._addrs: list[str] = []
+        self._relay_addrs: list[str] = []
+        self._reachability = Reachability("unknown", 0, 0, (), None)
+        self._fastpath_cache: dict[str, tuple[float, transfer_pb2.FastPathInfo]] = {}
+        self._provided: set[bytes] = set()
+        self._subscriptions: dict[str, Any] = {}
+        self._bootstrap_peers: list[Libp2pPeerInfo] = []
+        self._nursery: trio.Nursery | None = None
+        self._self_id_bytes = b""
+        # Built in running():
+        self.host: BasicHost
+        self.pubsub: Pubsub
+        self.gossipsub: GossipSub
+        self.dht: KadDHT
+        self.relay: CircuitV2Protocol
+        self.circuit: CircuitV2Transport
+        self.autonat: AutoNATService | None = None
+        self.dcutr: DCUtRProtocol | None = None
+
+    # ------------------------------------------------------------------ construction
+
+    def _build(self) -> None:
+        cfg = self.config
+        key_pair = self.identity.libp2p_key_pair()
+        self.host = cast(
+            BasicHost,
+            new_host(
+                key_pair=key_pair,
+                # Noise only: the default list also has TLS, SECIO and /plaintext/2.0.0.
+                sec_opt={
+                    TProtocol(NOISE_PROTOCOL_ID): NoiseTransport(
+                        key_pair, noise_privkey=create_x25519_key_pair().private_key
+                    )
+                },
+                muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},  # Yamux only (Mplex is 6-8x slower)
+                transports=[TCP()],  # TCP only: QUIC truncates transfers silently in 0.8.1
+                enable_quic=False,
+                enable_mDNS=False,
+                enable_upnp=False,
+                addrs_factory=self._advertised_addrs,
+            ),
+        )
+        self._self_id_bytes = self.host.get_id().to_bytes()
+        # BasicHost.get_addrs() strips the first /p2p/ component of every address and appends
+        # our id, which turns "<relay>/p2p/<R>/p2p-circuit" into "<relay>/p2p/<us>" (0.8.1).
+        # Append the circuit addresses after it instead, on this instance only, so identify,
+        # the DHT and listen_multiaddrs() all advertise them correctly.
+        plain_get_addrs = self.host.get_addrs
+        me = self.host.get_id().to_base58()
+
+        def get_addrs() -> list[multiaddr.Multiaddr]:
+            circuits = [multiaddr.Multiaddr(f"{a}/p2p/{me}") for a in self._relay_addrs]
+            return list(plain_get_addrs()) + circuits
+
+        self.host.get_addrs = get_addrs  # type: ignore[method-assign]
+        gossip = cfg.gossip
+        self.gossipsub = GossipSub(
+            protocols=[PROTOCOL_ID_V13, PROTOCOL_ID_V12, PROTOCOL_ID_V11, GOSSIPSUB_V10],
+            degree=gossip.degree,
+            degree_low=gossip.degree_low,
+            degree_high=gossip.degree_high,
+            heartbeat_initial_delay=0.1,
+            heartbeat_interval=gossip.heartbeat_interval_s,
+            adaptive_gossip_enabled=False,
+            spam_protection_enabled=True,
+            max_messages_per_topic_per_second=gossip.max_messages_per_topic_per_second,
+        )
+        self.pubsub = Pubsub(self.host, self.gossipsub, strict_signing=True)
+        self.dht = KadDHT(self.host, DHTMode.SERVER, enable_random_walk=False)
+        limits = cfg.relay_limits
+        lp_limits = Libp2pRelayLimits(
+            duration=limits.max_circuit_duration_s,
+            data=limits.max_circuit_bytes,
+            max_circuit_conns=limits.max_circuits,
+            max_reservations=limits.max_reservations,
+            reservation_ttl=limits.reservation_ttl_s,
+        )
+        roles = RelayRole.STOP | RelayRole.CLIENT
+        if cfg.relay_hop:
+            roles |= RelayRole.HOP
+        timeout = max(1, int(cfg.io_timeout_s))
+        self.relay = CircuitV2Protocol(
+            self.host, limits=lp_limits, allow_hop=cfg.relay_hop, read_timeout=timeout, write_timeout=timeout
+        )
+        self.circuit = CircuitV2Transport(
+            self.host,
+            self.relay,
+            RelayConfig(roles=roles, limits=lp_limits, max_circuit_duration=limits.max_circuit_duration_s,
+                        max_circuit_bytes=limits.max_circuit_bytes),
+        )
+        if cfg.enable_autonat:
+            self.autonat = AutoNATService(self.host, serve=True, confirmations=cfg.autonat_confirmations)
+        if cfg.enable_dcutr:
+            self.dcutr = DCUtRProtocol(self.host, dial_timeout=timeout)
+        self.host.set_stream_handler(TProtocol(TRANSFER_PROTOCOL), self._handle_transfer)
+        self.host.set_stream_handler(TProtocol(FASTPATH_INFO_PROTOCOL), self._handle_fastpath_info)
+        self.host.get_network().register_notifee(_Notifee(self))
+        for addr in cfg.bootstrap_multiaddrs:
+            try:
+                self._bootstrap_peers.append(info_from_p2p_addr(multiaddr.Multiaddr(addr)))
+            except Exception as exc:
+                raise MeshError(f"bad bootstrap multiaddr {addr!r}: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Libp2pNode]:
+        """Build the host, listen, run every service; yield the running node."""
+        self._build()
+        listen = [multiaddr.Multiaddr(a) for a in self.config.listen_multiaddrs]
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self.host.run(listen_addrs=listen))
+            await stack.enter_async_context(background_trio_service(self.pubsub))
+            await stack.enter_async_context(background_trio_service(self.gossipsub))
+            await stack.enter_async_context(background_trio_service(self.dht))
+            await stack.enter_async_context(background_trio_service(self.relay))
+            if self.dcutr is not None:
+                await stack.enter_async_context(background_trio_service(self.dcutr))
+            with trio.fail_after(self.config.io_timeout_s):
+                await self.pubsub.wait_until_ready()
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            self._nursery = nursery
+            self._refresh_addrs()
+            nursery.start_soon(self._maintenance_loop)
+            nursery.start_soon(self._ping_loop)
+            if self.autonat is not None:
+                nursery.start_soon(self._autonat_loop)
+            try:
+                yield self
+            finally:
+                nursery.cancel_scope.cancel()
+                # Pubsub's seen-message cache runs a sweeper *thread* nobody stops (0.8.1).
+                with contextlib.suppress(Exception):
+                    self.pubsub.seen_messages.stop()
+
+    # ------------------------------------------------------------------ addresses
+
+    def _advertised_addrs(self, candidates: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
+        """What identify, the DHT and listen_multiaddrs() advertise (without /p2p/<self>)."""
+        if self.config.announce_multiaddrs is not None:
+            base = [multiaddr.Multiaddr(a) for a in self.config.announce_multiaddrs]
+        else:
+            base = []
+            for addr in candidates:
+                ip = addr.value_for_protocol("ip4") if "/ip4/" in str(addr) else None
+                if ip in _WILDCARDS or (ip is None and "/ip6/::/" in str(addr)):
+                    base.extend(expand_wildcard_address(addr))
+                else:
+                    base.append(addr)
+        seen: set[str] = set()
+        result = []
+        for addr in base:
+            if str(addr) not in seen:
+                seen.add(str(addr))
+                result.append(addr)
+        return result
+
+    def _refresh_addrs(self) -> None:
+        addrs = [str(a) for a in self.host.get_addrs()]
+        with self._lock:
+            self._addrs = addrs
+
+    def listen_multiaddrs(self) -> list[str]:
+        with self._lock:
+            return list(self._addrs)
+
+    def reachability(self) -> Reachability:
+        with self._lock:
+            return self._reachability
+
+    def peers(self) -> list[PeerInfo]:
+        with self._lock:
+            return list(self._peer_view.values())
+
+    # ------------------------------------------------------------------ connections
+
+    def _live_conns(self, peer: ID) -> list[INetConn]:
+        conns = self.host.get_network().connections.get(peer) or []
+        if not isinstance(conns, list):
+            conns = [conns]
+        return [c for c in conns if not getattr(c, "is_closed", False)]
+
+    def _update_peer_view(self, peer: ID) -> None:
+        """Recompute the asyncio-visible view of one peer (trio thread only)."""
+        key = peer.to_base58()
+        conns = self._live_conns(peer)
+        with self._lock:
+            record = self._peers.get(key)
+            if not conns or record is None:
+                self._peer_view.pop(key, None)
+                return
+            direct = [c for c in conns if not _is_relayed(c)]
+            kind: ConnectionKind = "relayed"
+            if direct:
+                kind = "hole-punched" if record.was_relayed else "direct"
+            self._peer_view[key] = PeerInfo(
+                peer_id=key,
+                addrs=tuple(_remote_addr(c) for c in conns),
+                connection=kind,
+                latency_ms=record.latency_ms,
+                last_seen=record.last_seen,
+            )
+
+    def _on_connected(self, conn: INetConn) -> None:
+        try:
+            peer = conn.muxed_conn.peer_id
+        except Exception:
+            return
+        key = peer.to_base58()
+        with self._lock:
+            new = key not in self._peer_view
+            record = self._peers.setdefault(key, _PeerRecord())
+            record.last_seen = time.time()
+        if _is_relayed(conn) and not any(not _is_relayed(c) for c in self._live_conns(peer)):
+            record.was_relayed = True  # a direct connection appearing later is an upgrade
+        self._update_peer_view(peer)
+        if new and self._nursery is not None:
+            with contextlib.suppress(RuntimeError):
+                self._nursery.start_soon(self._ping_later, peer)
+        if new:
+            view = self._peer_view.get(key)
+            kind: ConnectionKind = view.connection if view else ("relayed" if _is_relayed(conn) else "direct")
+            self._emit(PeerConnected(key, kind, _remote_addr(conn)))
+
+    def _on_disconnected(self, conn: INetConn) -> None:
+        try:
+            peer = conn.muxed_conn.peer_id
+        except Exception:
+            return
+        key = peer.to_base58()
+        remaining = [c for c in self._live_conns(peer) if c is not conn]
+        if remaining:
+            self._update_peer_view(peer)
+            return
+        with self._lock:
+            known = self._peer_view.pop(key, None) is not None
+            record = self._peers.get(key)
+            if record is not None:
+                record.was_relayed = False
+        self._fastpath_cache.pop(key, None)
+        if known:
+            self._emit(PeerDisconnected(key))
+
+    def _seen(self, key: str) -> None:
+        with self._lock:
+            record = self._peers.get(key)
+            view = self._peer_view.get(key)
+            if record is not None:
+                record.last_seen = time.time()
+            if view is not None and record is not None:
+                self._peer_view[key] = PeerInfo(view.peer_id, view.addrs, view.connection, record.latency_ms,
+                                                record.last_seen)
+
+    async def _dial_circuit(self, maddr: multiaddr.Multiaddr) -> ID:
+        """Dial a /p2p-circuit address (the swarm's own dialer skips them)."""
+        _, dest = self.circuit.parse_circuit_ma(maddr)
+        self.host.get_peerstore().add_addrs(dest, [maddr], 3600)
+        await self.circuit.dial(maddr)
+        return dest
+
+    async def _ensure_connected(self, peer: ID) -> None:
+        """Reuse a connection, else dial known direct addresses, then relay addresses, then ask the DHT."""
+        if self._live_conns(peer):
+            return
+        store = self.host.get_peerstore()
+        for attempt in range(2):
+            try:
+                addrs = list(store.addrs(peer))
+            except Exception:
+                addrs = []
+            direct = [a for a in addrs if "/p2p-circuit" not in str(a)]
+            relayed = [a for a in addrs if "/p2p-circuit" in str(a)]
+            errors: list[str] = []
+            if direct:
+                try:
+                    await self.host.connect(Libp2pPeerInfo(peer, direct))
+                    return
+                except Exception as exc:
+                    errors.append(f"direct: {exc}")
+            for addr in relayed:
+                try:
+                    await self._dial_circuit(addr)
+                    return
+                except Exception as exc:
+                    errors.append(f"relay: {exc}")
+            if attempt == 0:
+                with contextlib.suppress(Exception):
+                    found = await self.dht.find_peer(peer)
+                    if found is not None and found.addrs:
+                        store.add_addrs(peer, found.addrs, 3600)
+                        continue
+            raise DialError(f"cannot reach {peer.to_base58()}: {'; '.join(errors) or 'no known address'}")
+
+    async def connect(self, addr: str) -> str:
+        """Dial a full multiaddr (direct or /p2p-circuit); return the peer id."""
+        try:
+            maddr = multiaddr.Multiaddr(addr)
+        except Exception as exc:
+            raise DialError(f"bad multiaddr {addr!r}: {exc}") from exc
+        try:
+            with trio.fail_after(self.config.io_timeout_s):
+                if "/p2p-circuit" in addr:
+                    peer = await self._dial_circuit(maddr)
+                else:
+                    info = info_from_p2p_addr(maddr)
+                    peer = info.peer_id
+                    await self.host.connect(info)
+        except trio.TooSlowError as exc:
+            raise DialError(f"dialing {addr} timed out") from exc
+        except MeshError:
+            raise
+        except Exception as exc:
+            raise DialError(f"cannot dial {addr}: {exc}") from exc
+        with contextlib.suppress(Exception):
+            await self.dht.add_peer(peer)
+        return peer.to_base58()
+
+    # ------------------------------------------------------------------ start-up and maintenance
+
+    async def bootstrap(self) -> None:
+        """Dial the bootstrap peers, reserve relay slots on those that are relays, refresh the DHT."""
+        async with trio.open_nursery() as nursery:
+            for info in self._bootstrap_peers:
+                nursery.start_soon(self._join_bootstrap_peer, info)
+        with trio.move_on_after(self.config.io_timeout_s), contextlib.suppress(Exception):
+            await self.dht.refresh_routing_table()
+        self._refresh_addrs()
+
+    async def _join_bootstrap_peer(self, info: Libp2pPeerInfo) -> None:
+        if info.peer_id == self.host.get_id():
+            return
+        try:
+            with trio.fail_after(self.config.io_timeout_s):
+                await self.host.connect(info)
+                await self.dht.add_peer(info.peer_id)
+        except Exception as exc:
+            log.warning("bootstrap peer %s unreachable: %s", info.peer_id, exc)
+            return
+        if self.config.enable_relay_client and not self.config.relay_hop:
+            await self._reserve_relay(info)
+
+    async def _reserve_relay(self, info: Libp2pPeerInfo) -> None:
+        """Hold a reservation on ``info`` if it is a relay, and advertise the circuit address."""
+        relay_key = info.peer_id.to_base58()
+        if any(f"/p2p/{relay_key}/p2p-circuit" in a for a in self._relay_addrs):
+            return
+        assert self._nursery is not None
+        stream = None
+        try:
+            with trio.fail_after(self.config.io_timeout_s):
+                stream = await self.host.new_stream(info.peer_id, [RELAY_HOP_PROTOCOL])
+                ok = await self.circuit.reserve(stream, info.peer_id, self._nursery)
+        except Exception as exc:  # not a relay, or it refused: nothing to advertise
+            log.debug("no relay reservation on %s: %s", relay_key, exc)
+            return
+        finally:
+            if stream is not None:
+                await _close_stream(stream)
+        if not ok:
+            return
+        circuits = [
+            f"{a}/p2p/{relay_key}/p2p-circuit"
+            for a in info.addrs
+            if "/p2p-circuit" not in str(a) and "/p2p/" not in str(a)
+        ]
+        self._relay_addrs.extend(circuits)
+        with self._lock:
+            self._reachability = Reachability(
+                self._reachability.status, self._reachability.public_votes, self._reachability.private_votes,
+                tuple(self._relay_addrs), self._reachability.checked_at,
+            )
+        self._refresh_addrs()
+        log.info("reserved a relay slot on %s", relay_key)
+
+    async def _maintenance_loop(self) -> None:
+        """Periodic routing-table refresh, bootstrap re-dial, provider re-announcement."""
+        cfg = self.config
+        while True:
+            await trio.sleep(cfg.dht_refresh_interval_s)
+            for info in self._bootstrap_peers:
+                if info.peer_id != self.host.get_id() and not self._live_conns(info.peer_id):
+                    self._nursery.start_soon(self._join_bootstrap_peer, info)  # type: ignore[union-attr]
+            with trio.move_on_after(cfg.io_timeout_s), contextlib.suppress(Exception):
+                await self.dht.refresh_routing_table()
+            for key in list(self._provided):
+                with trio.move_on_after(cfg.io_timeout_s), contextlib.suppress(Exception):
+                    await self.dht.provider_store.provide(key)
+            self._refresh_addrs()
+
+    async def _ping_loop(self) -> None:
+        while True:
+            async with trio.open_nursery() as nursery:
+                for peer in list(self.host.get_network().connections):
+                    nursery.start_soon(self._ping, peer)
+            await trio.sleep(self.config.ping_interval_s)
+
+    async def _ping_later(self, peer: ID) -> None:
+        await trio.sleep(0.5)  # let identify and the rest of the connection set-up go first
+        await self._ping(peer)
+
+    async def _ping(self, peer: ID) -> None:
+        stream = None
+        try:
+            with trio.fail_after(self.config.io_timeout_s):
+                stream = await self.host.new_stream(peer, [PING_PROTOCOL])
+                payload = os.urandom(32)
+                started = time.perf_counter()
+                await stream.write(payload)
+                echo = b""
+                while len(echo) < 32:
+                    piece = await stream.read(32 - len(echo))
+                    if not piece:
+                        return
+                    echo += piece
+                rtt_ms = (time.perf_counter() - started) * 1000.0
+        except Exception:
+            return
+        finally:
+            if stream is not None:
+                await _close_stream(stream)
+        if echo != payload:
+            return
+        key = peer.to_base58()
+        with self._lock:
+            record = self._peers.get(key)
+            if record is not None:
+                record.latency_ms = rtt_ms
+                record.last_seen = time.time()
+        self._update_peer_view(peer)
+
+    async def _autonat_loop(self) -> None:
+        assert self.autonat is not None
+        await trio.sleep(min(2.0, self.config.autonat_interval_s))
+        while True:
+            servers = []
+            for peer in list(self.host.get_network().connections):
+                if len(servers) >= _AUTONAT_MAX_SERVERS:
+                    break
+                if not any(not _is_relayed(c) for c in self._live_conns(peer)):
+                    continue  # AutoNAT servers refuse requests arriving over a relay
+                with contextlib.suppress(Exception):
+                    if AUTONAT_PROTOCOL_ID in (self.host.get_peerstore().get_protocols(peer) or []):
+                        servers.append(peer)
+            if servers:
+                with trio.move_on_after(2 * self.config.io_timeout_s), contextlib.suppress(Exception):
+                    await self.autonat.check_reachability(servers)
+                results = dict(self.autonat.dial_results)
+                status = _STATUS_NAMES.get(self.autonat.get_status(), "unknown")
+                with self._lock:
+                    previous = self._reachability.status
+                    self._reachability = Reachability(
+                        status,
+                        sum(1 for ok in results.values() if ok),
+                        sum(1 for ok in results.values() if not ok),
+                        tuple(self._relay_addrs),
+                        time.time(),
+                    )
+                if status != previous:
+                    self._emit(ReachabilityChanged(status))
+                if status == "public":
+                    self._refresh_addrs()
+            await trio.sleep(self.config.autonat_interval_s if servers else 2.0)
+
+    # ------------------------------------------------------------------ gossip
+
+    def _wrap_validator(self, validator: Validator) -> Callable[[ID, Any], bool]:
+        max_size = self.config.gossip.max_message_size
+        stats = self.stats
+        self_id = self._self_id_bytes
+
+        def check(_forwarder: ID, msg: Any) -> bool:
+            if msg.from_id == self_id:
+                return True  # our own publication; publish() checked the size
+            data = msg.data
+            if len(data) > max_size:
+                stats.reject("oversized")
+                return False
+            try:
+                sender = ID(msg.from_id).to_base58()
+            except Exception:
+                stats.reject("malformed")
+                return False
+            try:
+                reason = validator(bytes(data), sender)
+            except Exception:
+                log.exception("gossip validator raised; rejecting the message")
+                reason = "validator_error"
+            if reason is None:
+                return True
+            stats.reject(str(reason))
+            return False
+
+        return check
+
+    async def subscribe(self, topic: str, validator: Validator) -> None:
+        self.pubsub.set_topic_validator(topic, self._wrap_validator(validator), False)
+        if topic in self._subscriptions:
+            return
+        subscription = await self.pubsub.subscribe(topic)
+        self._subscriptions[topic] = subscription
+        assert self._nursery is not None
+        self._nursery.start_soon(self._pump, topic, subscription)
+
+    async def unsubscribe(self, topic: str) -> None:
+        if self._subscriptions.pop(topic, None) is None:
+            return
+        await self.pubsub.unsubscribe(topic)
+        self.pubsub.remove_topic_validator(topic)
+
+    async def _pump(self, topic: str, subscription: Any) -> None:
+        """Move delivered messages to the asyncio queue at once (the library's channel holds 32)."""
+        with contextlib.suppress(trio.EndOfChannel, trio.ClosedResourceError):
+            while topic in self._subscriptions:
+                msg = await subscription.get()
+                if msg.from_id == self._self_id_bytes:
+                    continue
+                try:
+                    sender = ID(msg.from_id).to_base58()
+                except Exception:
+                    continue
+                data = bytes(msg.data)
+                self.stats.add("gossip_received")
+                self.stats.add("gossip_bytes_received", len(data))
+                self._seen(sender)
+                self._emit(GossipMessage(topic, data, sender, time.time()))
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        await self.pubsub.publish(topic, data)
+        self.stats.add("gossip_published")
+        self.stats.add("gossip_bytes_published", len(data))
+
+    async def topic_peers(self, topic: str) -> list[str]:
+        return sorted(p.to_base58() for p in self.pubsub.peer_topics.get(topic, set()))
+
+    # ------------------------------------------------------------------ DHT
+
+    async def provide(self, key: bytes) -> None:
+        self._provided.add(bytes(key))
+        with trio.move_on_after(2 * self.config.io_timeout_s):
+            await self.dht.provider_store.provide(bytes(key))
+
+    async def find_providers(self, key: bytes, count: int) -> list[str]:
+        """Providers known locally plus those the closest peers know.
+
+        The library's find_providers() returns only the local record as soon as there is one (for
+        instance when this node provides the key itself) and never asks the network; a
+        federation key is provided by every member, so ask the closest peers every time.
+        """
+        key = bytes(key)
+        store = self.dht.provider_store
+        found: dict[ID, Libp2pPeerInfo] = {}
+        for info in store.get_providers(key):
+            found.setdefault(info.peer_id, info)
+        with trio.move_on_after(self.config.io_timeout_s):
+            closest = list(await self.dht.peer_routing.find_closest_peers_network(key))
+            async with trio.open_nursery() as nursery:
+                for peer in closest[:20]:
+                    if peer != self.host.get_id():
+                        nursery.start_soon(self._providers_from, peer, key, found)
+        me = self.host.get_id()
+        peerstore = self.host.get_peerstore()
+        result = []
+        for peer, info in found.items():
+            if peer == me:
+                continue
+            if info.addrs:
+                with contextlib.suppress(Exception):
+                    peerstore.add_addrs(peer, info.addrs, 3600)
+            result.append(peer.to_base58())
+            if len(result) >= count:
+                break
+        return result
+
+    async def _providers_from(self, peer: ID, key: bytes, found: dict[ID, Libp2pPeerInfo]) -> None:
+        with trio.move_on_after(self.config.io_timeout_s), contextlib.suppress(Exception):
+            providers, _ = await self.dht.provider_store._get_providers_from_peer_with_closers(peer, key)
+            for info in providers:
+                found.setdefault(info.peer_id, info)
+
+    # ------------------------------------------------------------------ blob transfer
+
+    async def _handle_transfer(self, stream: INetStream) -> None:
+        """Provider side of /fednode/transfer/1.0.0: one request per stream."""
+        io = self.config.io_timeout_s
+        answer = None
+        try:
+            reader = _FrameReader(stream, io)
+            frame = await reader.read_frame(MAX_HEADER_FRAME)
+            answer = answer_request(self.store, frame, self.config.fetch_chunk_size)
+            await _write_frame(stream, answer.response.SerializeToString(), io)
+            if answer.data is None:
+                self.stats.refuse(status_name(answer.response.status))
+                return
+            view = answer.data
+            chunk = self.config.fetch_chunk_size
+            for start in range(0, len(view), chunk):
+                piece = view[start : start + chunk]
+                message = chunk_prefix(len(piece)) + bytes(piece)
+                await _write_frame(stream, message, io)
+                self.stats.add("blob_bytes_sent", len(piece))
+            self.stats.add("uploads_served")
+        except Exception as exc:
+            log.debug("transfer stream dropped: %s", exc)
+            with contextlib.suppress(Exception):
+                await stream.reset()
+        finally:
+            if answer is not None and answer.upload_slot:
+                self.store.end_upload()
+            await _close_stream(stream)
+
+    async def fetch_range(self, peer_key: str, state: FetchState) -> None:
+        """Requester side over a libp2p stream: fill ``state`` from ``state.received`` on."""
+        io = self.config.io_timeout_s
+        peer = ID.from_base58(peer_key)
+        try:
+            with trio.fail_after(io):
+                await self._ensure_connected(peer)
+                stream = await self.host.new_stream(peer, [TProtocol(TRANSFER_PROTOCOL)])
+        except trio.TooSlowError as exc:
+            raise DialError(f"opening a transfer stream to {peer_key} timed out") from exc
+        except MeshError:
+            raise
+        except Exception as exc:
+            raise DialError(f"cannot open a transfer stream to {peer_key}: {exc}") from exc
+        try:
+            await _write_frame(stream, build_request(state), io)
+            with trio.fail_after(io), contextlib.suppress(Exception):
+                await stream.close_write()  # one request per stream: tell the provider so
+            reader = _FrameReader(stream, io)
+            remaining, chunk_size = state.accept_response(await reader.read_frame(MAX_HEADER_FRAME), peer_key)
+            while remaining > 0:
+                data = parse_chunk(await reader.read_frame(chunk_size + 8))
+                if not 0 < len(data) <= min(remaining, chunk_size):
+                    raise TransferProtocolError("chunk outside the announced range")
+                state.add(data)
+                remaining -= len(data)
+                self.stats.add("blob_bytes_received", len(data))
+        except trio.TooSlowError as exc:
+            raise TimeoutError(f"transfer from {peer_key} stalled for {io} s") from exc
+        finally:
+            await _close_stream(stream)
+
+    async def _handle_fastpath_info(self, stream: INetStream) -> None:
+        try:
+            await _write_frame(stream, self._fast_path_info, self.config.io_timeout_s)
+        except Exception as exc:
+            log.debug("fast-path info stream dropped: %s", exc)
+        finally:
+            await _close_stream(stream)
+
+    async def fastpath_target(self, peer_key: str) -> tuple[list[str], int] | None:
+        """Where to reach ``peer_key``'s fast path, or None (relayed only, disabled, unknown)."""
+        io = self.config.io_timeout_s
+        peer = ID.from_base58(peer_key)
+        try:
+            with trio.fail_after(io):
+                await self._ensure_connected(peer)
+        except Exception:
+            return None
+        direct = [c for c in self._live_conns(peer) if not _is_relayed(c)]
+        if not direct:
+            return None
+        ip = _remote_ip(direct[0])
+        cached = self._fastpath_cache.get(peer_key)
+        if cached is not None and time.monotonic() - cached[0] < _FASTPATH_INFO_TTL_S:
+            info = cached[1]
+        else:
+            info = transfer_pb2.FastPathInfo()
+            stream = None
+            try:
+                with trio.fail_after(io):
+                    stream = await self.host.new_stream(peer, [TProtocol(FASTPATH_INFO_PROTOCOL)])
+                    info = transfer_pb2.FastPathInfo.FromString(
+                        await _FrameReader(stream, io).read_frame(MAX_HEADER_FRAME)
+                    )
+            except Exception as exc:  # an older or foreign peer: no fast path
+                log.debug("no fast-path info from %s: %s", peer_key, exc)
+            finally:
+                if stream is not None:
+                    await _close_stream(stream)
+            self._fastpath_cache[peer_key] = (time.monotonic(), info)
+        if not info.port or info.version != 1:
+            return None
+        hosts = [ip] if ip else []
+        hosts += [h for h in info.hosts if h not in _WILDCARDS and h not in hosts]
+        return (hosts, info.port) if hosts else None
+
+    async def forget_fastpath(self, peer_key: str) -> None:
+        self._fastpath_cache.pop(peer_key, None)

@@ -1,0 +1,417 @@
+"""The asyncio-facing Mesh object: the only thing the node uses (see the package docstring)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from fednode.proto.v1 import transfer_pb2
+
+from . import fastpath
+from .bridge import TrioThread
+from .config import MeshConfig
+from .errors import (
+    BlobNotFoundError,
+    BlobTooLargeError,
+    DialError,
+    FastPathAuthError,
+    FetchError,
+    MeshClosedError,
+    MeshError,
+    MessageTooLargeError,
+)
+from .identity import NodeIdentity
+from .libp2p_node import Libp2pNode
+from .transfer import CONTENT_ID_LEN, BlobStore, FetchState, ProviderRefused, TransferProtocolError
+from .types import MeshEvent, MeshStats, PeerInfo, Reachability, StatsCollector, Validator
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_WILDCARD_HOSTS = {"0.0.0.0", "::"}
+
+
+def _route_libp2p_logs() -> None:
+    """Send py-libp2p's log records through the application's logging configuration.
+
+    Unless LIBP2P_DEBUG is set, libp2p detaches its logger (propagate=False, no handler), so its
+    warnings reach stderr through logging's last-resort handler, bypassing the daemon's format.
+    Its warnings are mostly expected churn (a peer closing a DHT stream); keep errors only.
+    """
+    logger = logging.getLogger("libp2p")
+    if logger.handlers or os.environ.get("LIBP2P_DEBUG"):
+        return
+    logger.propagate = True
+    if logger.level < logging.ERROR:
+        logger.setLevel(logging.ERROR)
+
+
+def _fast_path_host(listen_multiaddr: str) -> str:
+    """The host part of a /ip4/<h>/tcp/<p> or /ip6/<h>/tcp/<p> listen address."""
+    parts = listen_multiaddr.strip("/").split("/")
+    if len(parts) >= 2 and parts[0] in ("ip4", "ip6"):
+        return parts[1]
+    return "0.0.0.0"
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ProviderRefused):
+        return exc.status
+    if isinstance(exc, DialError):
+        return f"unreachable: {exc}"[:200]
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return "timeout"
+    if isinstance(exc, TransferProtocolError):
+        return f"protocol: {exc}"[:200]
+    if isinstance(exc, ConnectionError | OSError):
+        return f"connection: {exc}"[:200]
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
+class Mesh:
+    """One node's networking: libp2p host, gossip, DHT, blob transfer. Use from asyncio.
+
+    Create it, ``await start()``, use it, ``await stop()``. Not reusable after stop().
+    """
+
+    def __init__(self, config: MeshConfig) -> None:
+        self.config = config
+        self._identity = NodeIdentity(bytes(config.identity_key))
+        #: This node's libp2p peer id ("12D3KooW..."), stable for a given identity key.
+        self.peer_id: str = self._identity.peer_id
+        #: Events for the node, oldest first. Bounded: drain it promptly; overflow is dropped and
+        #: counted in stats().events_dropped rather than ever blocking the networking thread.
+        self.events: asyncio.Queue[MeshEvent] = asyncio.Queue(maxsize=config.event_queue_size)
+        self._stats = StatsCollector()
+        self._store = BlobStore(config.max_blob_size, config.max_concurrent_uploads)
+        self._bridge: TrioThread[Libp2pNode] | None = None
+        self._node: Libp2pNode | None = None
+        self._fast: fastpath.FastPathServer | None = None
+        self._hash_executor: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._state = "new"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Listen, dial the bootstrap peers, reserve relay slots, refresh the DHT.
+
+        Returns once the host listens and bootstrap was attempted; bounded by
+        ``config.start_timeout_s``. Unreachable bootstrap peers are logged, not raised (the
+        maintenance loop keeps re-dialing them). Raises :class:`MeshError` if the host cannot
+        start (bad address, port in use...), after cleaning up.
+        """
+        if self._state != "new":
+            raise MeshError("a Mesh can be started once")
+        self._state = "starting"
+        _route_libp2p_logs()
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        deadline = loop.time() + cfg.start_timeout_s
+        try:
+            info = transfer_pb2.FastPathInfo(version=fastpath.VERSION, port=0)
+            if cfg.fast_path:
+                host = _fast_path_host(cfg.listen_multiaddrs[0])
+                self._hash_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fednode-mesh-hash")
+                self._fast = fastpath.FastPathServer(
+                    self._identity, self._store, self._stats, cfg.fetch_chunk_size, cfg.io_timeout_s,
+                    max_connections=4 * cfg.max_concurrent_uploads,
+                )
+                info.port = await self._fast.start(host, cfg.fast_path_port)
+                if host not in _WILDCARD_HOSTS:
+                    info.hosts.append(host)
+            node = Libp2pNode(cfg, self._identity, self._store, self._stats, self._emit_threadsafe, info)
+            self._node = node
+            self._bridge = TrioThread(node.running, name=f"fednode-mesh-{self.peer_id[-8:]}")
+            await self._bridge.start(timeout=max(1.0, deadline - loop.time()))
+            self._state = "running"
+            try:
+                await asyncio.wait_for(self._bridge.call(Libp2pNode.bootstrap), max(0.5, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                log.warning("bootstrap did not finish within %.0f s; continuing", cfg.start_timeout_s)
+        except BaseException:
+            await self._shutdown()
+            raise
+        log.info("mesh %s listening on %s", self.peer_id, " ".join(self.listen_multiaddrs()))
+
+    async def stop(self) -> None:
+        """Close every connection and stream, stop the networking thread and the fast path.
+
+        Bounded by ``config.stop_timeout_s``; idempotent.
+        """
+        if self._state in ("new", "stopped"):
+            self._state = "stopped"
+            return
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        self._state = "stopping"
+        budget = self.config.stop_timeout_s
+        if self._bridge is not None and not await self._bridge.stop(timeout=max(1.0, budget - 2.5)):
+            log.error("the networking thread did not stop within %.1f s", budget)
+        if self._fast is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._fast.close(), 2.0)
+        if self._hash_executor is not None:
+            self._hash_executor.shutdown(wait=False, cancel_futures=True)
+        self._state = "stopped"
+
+    async def __aenter__(self) -> Mesh:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._state == "running"
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _emit_threadsafe(self, event: MeshEvent) -> None:
+        """Called in the networking thread: hand the event to the asyncio loop, never block."""
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+            loop.call_soon_threadsafe(self._deliver, event)
+
+    def _deliver(self, event: MeshEvent) -> None:
+        try:
+            self.events.put_nowait(event)
+        except asyncio.QueueFull:
+            self._stats.add("events_dropped")
+
+    async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        if self._state != "running" or self._bridge is None:
+            raise MeshClosedError("the mesh is not running")
+        return await self._bridge.call(fn, *args)
+
+    def _require_running(self) -> Libp2pNode:
+        if self._state != "running" or self._node is None:
+            raise MeshClosedError("the mesh is not running")
+        return self._node
+
+    # ------------------------------------------------------------------ addresses and peers
+
+    def listen_multiaddrs(self) -> list[str]:
+        """Full dialable addresses others should use: ``/ip4/<ip>/tcp/<port>/p2p/<peer id>``.
+
+        Wildcard listen addresses are expanded to this machine's interface addresses; announce
+        addresses replace them when configured; relay (/p2p-circuit) addresses are added once a
+        relay slot is reserved.
+        """
+        return self._node.listen_multiaddrs() if self._node is not None else []
+
+    async def connect(self, multiaddr: str) -> str:
+        """Connect to a full multiaddr (``.../p2p/<id>``, or a relay ``/p2p-circuit`` address).
+
+        Returns the peer id. Raises :class:`DialError` (bounded by ``io_timeout_s``).
+        """
+        return await self._call(Libp2pNode.connect, multiaddr)
+
+    def peers(self) -> list[PeerInfo]:
+        """Currently connected peers (connection type, addresses, latency, last seen)."""
+        return self._node.peers() if self._node is not None else []
+
+    def reachability(self) -> Reachability:
+        """AutoNAT's verdict about this node, with the relay addresses it holds."""
+        if self._node is None:
+            return Reachability("unknown", 0, 0, (), None)
+        return self._node.reachability()
+
+    def stats(self) -> MeshStats:
+        return self._stats.snapshot()
+
+    # ------------------------------------------------------------------ gossip
+
+    async def subscribe(self, topic: str, validator: Validator) -> None:
+        """Join ``topic``; deliver its accepted messages to ``events`` as GossipMessage.
+
+        ``validator(data, from_peer) -> None | reason`` runs in the networking thread for every
+        message before delivery and forwarding (see :data:`~fednode.node.mesh.types.Validator`).
+        Messages above ``gossip.max_message_size`` are rejected as "oversized" before it runs.
+        Rejected messages are counted by reason in stats() and not propagated. Subscribing again
+        replaces the validator.
+        """
+        await self._call(Libp2pNode.subscribe, topic, validator)
+
+    async def unsubscribe(self, topic: str) -> None:
+        await self._call(Libp2pNode.unsubscribe, topic)
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        """Publish ``data`` on ``topic`` (signed by this node's key).
+
+        Raises :class:`MessageTooLargeError` above ``gossip.max_message_size`` instead of letting
+        GossipSub drop the message silently. Delivery is best effort, as with any gossip.
+        """
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError("publish() takes bytes")
+        if len(data) > self.config.gossip.max_message_size:
+            raise MessageTooLargeError(
+                f"gossip message of {len(data)} bytes exceeds max_message_size "
+                f"{self.config.gossip.max_message_size}; gossip metadata and fetch the payload as a blob"
+            )
+        await self._call(Libp2pNode.publish, topic, bytes(data))
+
+    async def topic_peers(self, topic: str) -> list[str]:
+        """Peers known to be subscribed to ``topic`` (useful to wait for a mesh to form)."""
+        return await self._call(Libp2pNode.topic_peers, topic)
+
+    # ------------------------------------------------------------------ DHT
+
+    async def provide(self, key: bytes) -> None:
+        """Announce on the DHT that this node provides ``key`` (re-announced periodically)."""
+        await self._call(Libp2pNode.provide, bytes(key))
+
+    async def find_providers(self, key: bytes, count: int = 20) -> list[str]:
+        """Peer ids of providers of ``key`` (deduplicated, never this node), at most ``count``."""
+        return await self._call(Libp2pNode.find_providers, bytes(key), count)
+
+    # ------------------------------------------------------------------ blobs
+
+    def serve_blob(self, content_id: bytes, data: bytes | bytearray | memoryview) -> None:
+        """Serve ``data`` to peers under ``content_id`` = sha256(data) (checked; a copy is kept).
+
+        Raises ValueError if the hash does not match, MessageTooLargeError above max_blob_size.
+        Works before start(). Blobs stay in memory until :meth:`unserve_blob`.
+        """
+        self._store.serve(bytes(content_id), data if isinstance(data, bytes) else bytes(data))
+
+    def unserve_blob(self, content_id: bytes) -> bool:
+        """Stop serving a blob (transfers in progress finish). True if it was served."""
+        return self._store.unserve(bytes(content_id))
+
+    def serving(self) -> list[bytes]:
+        """Content ids currently served."""
+        return self._store.content_ids()
+
+    async def fetch_blob(
+        self, content_id: bytes, providers: Iterable[str], *, max_size: int | None = None
+    ) -> bytearray:
+        """Fetch a blob by content id from the first provider that has it; sha256-verified.
+
+        Providers are tried in order; the fast path first for directly connected peers, the
+        libp2p stream otherwise or when the fast path fails. A provider dying mid-transfer costs
+        nothing already received: the next attempt resumes at that offset. BUSY providers are
+        retried once after the others. A hash mismatch discards the bytes and excludes the
+        providers that sent them.
+
+        Returns a fresh ``bytearray`` owned by the caller (bytes-like everywhere: hashlib,
+        protobuf, zstd, numpy; returning ``bytes`` would copy the whole blob once more).
+        Raises :class:`BlobTooLargeError` if the blob exceeds ``max_size`` (default and ceiling:
+        ``config.max_blob_size``), :class:`BlobNotFoundError` if every provider lacks it, and
+        :class:`FetchError` (with per-provider ``reasons``) otherwise.
+        """
+        self._require_running()
+        content_id = bytes(content_id)
+        if len(content_id) != CONTENT_ID_LEN:
+            raise ValueError("content_id must be a 32-byte sha256")
+        limit = self.config.max_blob_size if max_size is None else min(max_size, self.config.max_blob_size)
+        local = self._store.get(content_id)
+        if local is not None:
+            if len(local) > limit:
+                raise BlobTooLargeError(f"blob of {len(local)} bytes exceeds max_size {limit}")
+            return bytearray(local)
+        candidates = list(dict.fromkeys(p for p in providers if p != self.peer_id))
+        if not candidates:
+            self._stats.add("fetches_failed")
+            raise FetchError("no provider to fetch from")
+        try:
+            return await self._fetch(content_id, candidates, limit)
+        except FetchError:
+            self._stats.add("fetches_failed")
+            raise
+
+    async def _fetch(self, content_id: bytes, candidates: list[str], limit: int) -> bytearray:
+        state = FetchState(content_id, limit)
+        reasons: dict[str, str] = {}
+        excluded: set[str] = set()
+        pending = deque(candidates)
+        busy: list[str] = []
+        busy_retried = False
+        while True:
+            if not pending:
+                if busy and not busy_retried:
+                    busy_retried = True
+                    pending.extend(busy)
+                    busy.clear()
+                    await asyncio.sleep(0.25)
+                    continue
+                break
+            peer = pending.popleft()
+            if peer in excluded:
+                continue
+            if state.received:
+                self._stats.add("fetch_resumes")
+            try:
+                await self._fetch_from(peer, state)
+            except ProviderRefused as refused:
+                reasons[peer] = refused.status
+                if refused.status == "too_large":
+                    raise BlobTooLargeError(
+                        f"blob is {refused.total_size} bytes, above max_size {limit}", reasons
+                    ) from None
+                if refused.status == "busy":
+                    busy.append(peer)
+                continue
+            except (MeshClosedError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                reasons[peer] = _reason(exc)
+                log.debug("fetch of %s from %s failed: %s", content_id.hex()[:12], peer, exc)
+                continue
+            if not state.complete:
+                reasons[peer] = "incomplete"
+                continue
+            if state.verified():
+                self._stats.add("fetches_ok")
+                return state.buffer
+            self._stats.add("fetch_hash_mismatches")
+            bad = set(state.contributors) or {peer}
+            for p in bad:
+                reasons[p] = "hash_mismatch"
+            excluded |= bad
+            state.reset()
+            pending = deque(p for p in candidates if p not in excluded and p not in reasons)
+        if reasons and all(r == "not_found" for r in reasons.values()):
+            raise BlobNotFoundError(f"no provider has {content_id.hex()}", reasons)
+        raise FetchError(f"could not fetch {content_id.hex()}: {reasons}", reasons)
+
+    async def _fetch_from(self, peer: str, state: FetchState) -> None:
+        """One attempt with one provider: fast path first if possible, then the libp2p stream."""
+        io = self.config.io_timeout_s
+        if self._fast is not None:
+            target = await self._call(Libp2pNode.fastpath_target, peer)
+            if target is not None:
+                hosts, port = target
+                self._stats.add("fetch_attempts_fast_path")
+                try:
+                    channel = await fastpath.open_channel(hosts, port, self._identity, peer, io)
+                except FastPathAuthError as exc:
+                    self._stats.add("fast_path_auth_failures")
+                    log.warning("fast path of %s refused: %s; using libp2p", peer, exc)
+                    await self._call(Libp2pNode.forget_fastpath, peer)
+                except (OSError, asyncio.TimeoutError) as exc:
+                    log.debug("fast path of %s unreachable: %s; using libp2p", peer, exc)
+                    await self._call(Libp2pNode.forget_fastpath, peer)
+                else:
+                    try:
+                        await fastpath.fetch_range(channel, state, self._stats, io, self._hash_executor)
+                        return
+                    except ProviderRefused:
+                        raise
+                    except (TransferProtocolError, OSError, asyncio.TimeoutError) as exc:
+                        log.debug("fast-path transfer from %s broke at %d: %s; using libp2p", peer,
+                                  state.received, exc)
+                    finally:
+                        channel.close()
+        self._stats.add("fetch_attempts_libp2p")
+        await self._call(Libp2pNode.fetch_range, peer, state)
