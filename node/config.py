@@ -142,7 +142,7 @@ class FederationSection(_Section):
     @field_validator("id")
     @classmethod
     def _check_id(cls, value: str) -> str:
-        if value and not all(c.isalnum() or c in "-_." for c in value) or len(value) > 128:
+        if (value and not all(c.isalnum() or c in "-_." for c in value)) or len(value) > 128:
             raise ValueError("may contain only letters, digits, '-', '_' and '.', at most 128 characters")
         return value
 

@@ -103,9 +103,11 @@ class StateDirLock:
         self._handle = handle
 
     def release(self) -> None:
+        # The file stays: unlinking it would let a waiting opener lock a deleted inode while a
+        # third daemon locks a fresh file at the same path.
         if self._handle is not None:
             with suppress(OSError):
-                self.path.unlink()
+                self._handle.truncate(0)
             self._handle.close()
             self._handle = None
 
@@ -117,6 +119,11 @@ def prepare_state_dir(state_dir: Path) -> None:
         raise StateDirError(f"cannot create state dir {state_dir}: {exc.strerror}; pass a writable --state-dir") from exc
     if not os.access(state_dir, os.W_OK | os.X_OK):
         raise StateDirError(f"state dir {state_dir} is not writable; pass a writable --state-dir")
+
+
+def remove_interrupted_writes(state_dir: Path) -> None:
+    """Temp files of writes a crash interrupted. Only the lock holder may do this: another
+    daemon's temp files are writes in progress."""
     remove_stale_temp_files(state_dir)
     remove_stale_temp_files(state_dir / "checkpoints")
 
@@ -144,6 +151,7 @@ class Daemon:
         """Everything that can fail on bad input, before any training starts."""
         prepare_state_dir(self.state_dir)
         self._lock.acquire()
+        remove_interrupted_writes(self.state_dir)
         self.identity, created = load_or_create_identity(self.state_dir)
         log.info("%s identity %s (%s)", "created" if created else "loaded", self.identity.peer_id, self.state_dir)
         training = self.config.training

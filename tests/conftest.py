@@ -94,7 +94,7 @@ def start_daemon(tmp_path: Path) -> Iterator:
 
     def start(*args: str, name: str = "node", env: dict[str, str] | None = None, command: str = "start") -> DaemonProcess:
         state_dir = tmp_path / name
-        log_path = tmp_path / f"{name}.log"
+        log_path = tmp_path / f"{name}-{len(started)}.log"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("FEDNODE_")}
         full_env.update(env or {})
         argv = [*FEDNODE, command, "--state-dir", str(state_dir), *args]

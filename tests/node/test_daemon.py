@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -48,7 +49,8 @@ def test_signal_stops_gracefully_with_final_checkpoint_and_nothing_left(start_da
     assert summary["stop_reason"] == signal.Signals(signum).name
     checkpoint = CheckpointStore(daemon.state_dir).load()
     assert checkpoint is not None and checkpoint.round == summary["rounds"] >= 2
-    assert not (daemon.state_dir / "daemon.lock").exists()
+    with open(daemon.state_dir / "daemon.lock") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again: raises if still held
 
 
 def test_restart_keeps_identity_and_resumes_from_checkpoint(start_daemon) -> None:
