@@ -29,11 +29,12 @@ def pairwise_squared_distances(rows: torch.Tensor) -> torch.Tensor:
     return squared_distances(gram(rows, centered=True))
 
 
-def krum_scores(distances: torch.Tensor, f: int) -> torch.Tensor:
-    """Krum score of each row: the sum of its squared distances to its n-f-2 nearest *other* rows."""
+def krum_scores(distances: torch.Tensor, f: int, minimum_neighbours: int = 0) -> torch.Tensor:
+    """Krum score of each row: the sum of its squared distances to its n-f-2 nearest *other* rows
+    (at least `minimum_neighbours`, at most n-1)."""
     n = distances.shape[0]
-    neighbours = max(n - f - 2, 0)
-    if neighbours == 0:
+    neighbours = min(max(n - f - 2, minimum_neighbours), n - 1)
+    if neighbours <= 0:
         return torch.zeros(n, dtype=WORK_DTYPE)
     others = distances + torch.diag(torch.full((n,), torch.inf, dtype=WORK_DTYPE))
     nearest = torch.sort(others, dim=1).values[:, :neighbours]
@@ -41,12 +42,18 @@ def krum_scores(distances: torch.Tensor, f: int) -> torch.Tensor:
 
 
 def iterated_krum(distances: torch.Tensor, f: int, count: int) -> list[int]:
-    """Pick `count` rows one at a time: Krum on the remaining rows, remove the winner, repeat."""
+    """Pick `count` rows one at a time: Krum on the remaining rows, remove the winner, repeat.
+
+    The last picks run on as few as 2f+1 rows, where Krum's n-f-2 neighbours drop to f-1 (0 for
+    f = 1): every score would be 0 and the pick arbitrary. Scores therefore use at least two
+    neighbours (at most all other remaining rows). Two, not one: with a single neighbour, two
+    mutually nearest rows always tie exactly, and the index would decide.
+    """
     remaining = list(range(distances.shape[0]))
     chosen: list[int] = []
     for _ in range(count):
         index = torch.tensor(remaining)
-        scores = krum_scores(distances[index][:, index], f)
+        scores = krum_scores(distances[index][:, index], f, minimum_neighbours=2)
         winner = remaining[int(stable_order(scores)[0])]
         chosen.append(winner)
         remaining.remove(winner)

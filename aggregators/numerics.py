@@ -27,6 +27,9 @@ WORK_DTYPE = torch.float64
 # Below torch's parallel grain size (32,768), so even a single-output reduction over one block
 # runs serially; with several outputs torch splits over the outputs only.
 COLUMN_BLOCK = 16_384
+# Gram blocks with at most this many pairwise products are computed in one broadcast (fewer
+# Python-level operations for small n); larger ones row by row over the upper triangle.
+BROADCAST_LIMIT = 1 << 20
 # Sorting is exact, so its block size only affects speed and memory.
 SORT_BLOCK = 65_536
 
@@ -80,10 +83,12 @@ def gram(matrix: torch.Tensor, *, centered: bool, extra: torch.Tensor | None = N
             block = torch.cat([block, extra[:, cols].to(WORK_DTYPE)])
         if centered:
             block = block - block[:n].sum(dim=0) / n
-        for i in range(m):
-            acc[i, i:] += (block[i:] * block[i]).sum(dim=1)
-    upper = torch.triu(acc)
-    return upper + torch.triu(acc, diagonal=1).T
+        if m * m * block.shape[1] <= BROADCAST_LIMIT:
+            acc += torch.triu((block[:, None, :] * block[None, :, :]).sum(dim=-1))
+        else:
+            for i in range(m):
+                acc[i, i:] += (block[i:] * block[i]).sum(dim=1)
+    return acc + torch.triu(acc, diagonal=1).T
 
 
 def squared_distances(gram_matrix: torch.Tensor) -> torch.Tensor:
