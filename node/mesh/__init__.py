@@ -17,7 +17,8 @@ Interface
 Identity and addresses
     ``mesh.peer_id`` (str), ``mesh.listen_multiaddrs() -> list[str]`` (full
     ``/ip4/.../tcp/.../p2p/<id>`` addresses, plus ``/p2p-circuit`` ones once a relay slot is
-    held), ``await mesh.connect(multiaddr) -> peer_id``, ``peer_id_from_public_key(raw32)``.
+    held), ``await mesh.connect(multiaddr) -> peer_id``, ``await mesh.connect_peer(peer_id)``
+    (addresses from the DHT or earlier dials), ``peer_id_from_public_key(raw32)``.
 
 Gossip (control messages, <= ``gossip.max_message_size``, 64 KiB by default)
     ``await mesh.subscribe(topic, validator)`` with ``validator(data, from_peer) -> None | reason``

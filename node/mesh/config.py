@@ -89,6 +89,9 @@ class MeshConfig:
     # listener binds the host of the first TCP listen address on this port (0 = any free port).
     fast_path: bool = True
     fast_path_port: int = 0
+    # Port peers should dial for the fast path when it differs from the bound one (a port
+    # forward on a NAT router, like announce_multiaddrs for libp2p). None = the bound port.
+    fast_path_announce_port: int | None = None
     io_timeout_s: float = 10.0
     stop_timeout_s: float = 10.0
     max_concurrent_uploads: int = 16  # above it, providers answer BUSY
@@ -117,6 +120,8 @@ class MeshConfig:
             raise ValueError("MeshConfig.autonat_confirmations must be positive")
         if not 0 <= self.fast_path_port <= 65535:
             raise ValueError("MeshConfig.fast_path_port must be a TCP port (0 = any)")
+        if self.fast_path_announce_port is not None and not 0 < self.fast_path_announce_port <= 65535:
+            raise ValueError("MeshConfig.fast_path_announce_port must be a TCP port")
 
     @property
     def start_timeout_s(self) -> float:

@@ -32,8 +32,10 @@ import ipaddress
 import logging
 import socket
 import struct
+import sys
+from collections.abc import Awaitable
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -57,6 +59,7 @@ from .transfer import (
 from .types import StatsCollector
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 VERSION = 1
 LABEL_RESPONDER = b"fednode/fastpath/1 responder"
@@ -65,6 +68,24 @@ KEY_INFO = b"fednode/fastpath/1 keys"
 AEAD = AESGCM
 _HEADER = struct.Struct(">I")
 _TAG_LEN = 16
+
+
+if sys.version_info >= (3, 11):
+
+    async def _bounded(awaitable: Awaitable[T], timeout: float) -> T:
+        """``await`` with a time-out that never swallows a cancellation.
+
+        asyncio.wait_for (3.11) returns the inner result when a cancellation lands just as the
+        inner operation completes, so a task looping over quick socket operations can survive
+        ``cancel()``; asyncio.timeout does not have that race.
+        """
+        async with asyncio.timeout(timeout):
+            return await awaitable
+
+else:  # pragma: no cover - Python 3.10
+
+    async def _bounded(awaitable: Awaitable[T], timeout: float) -> T:
+        return await asyncio.wait_for(awaitable, timeout)
 
 
 def _nonce(counter: int) -> bytes:
@@ -133,7 +154,7 @@ class SecureChannel:
         return plaintext
 
     async def recv_record(self, max_plaintext: int, timeout: float) -> bytes:
-        return await asyncio.wait_for(self._recv_record(max_plaintext), timeout)
+        return await _bounded(self._recv_record(max_plaintext), timeout)
 
     async def _recv_record_into(self, out: bytearray, max_plaintext: int) -> int:
         header = memoryview(self._header)
@@ -155,7 +176,7 @@ class SecureChannel:
 
     async def recv_record_into(self, out: bytearray, max_plaintext: int, timeout: float) -> int:
         """Receive one record, decrypt it into ``out`` (reused, hence cache-hot); return its size."""
-        return await asyncio.wait_for(self._recv_record_into(out, max_plaintext), timeout)
+        return await _bounded(self._recv_record_into(out, max_plaintext), timeout)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -305,6 +326,8 @@ class FastPathServer:
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._socks: set[socket.socket] = set()
+        self._closing = False
         self.port = 0
 
     async def start(self, host: str, port: int) -> int:
@@ -324,6 +347,11 @@ class FastPathServer:
         return self.port
 
     async def close(self) -> None:
+        """Stop accepting and drop every connection at once (transfers in flight fail fast)."""
+        self._closing = True
+        for sock in list(self._socks):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         if self._accept_task is not None:
             self._accept_task.cancel()
             with contextlib.suppress(BaseException):
@@ -356,6 +384,7 @@ class FastPathServer:
             task.add_done_callback(self._tasks.discard)
 
     async def _on_connection(self, sock: socket.socket) -> None:
+        self._socks.add(sock)
         try:
             await self._serve(sock)
         except asyncio.CancelledError:
@@ -363,11 +392,12 @@ class FastPathServer:
         except Exception as exc:  # any broken peer: drop the connection, keep serving others
             log.debug("fast-path connection dropped: %s", exc)
         finally:
+            self._socks.discard(sock)
             sock.close()
 
     async def _serve(self, sock: socket.socket) -> None:
         try:
-            channel = await asyncio.wait_for(respond(sock, self._identity), self._io_timeout)
+            channel = await _bounded(respond(sock, self._identity), self._io_timeout)
         except FastPathAuthError:
             self._stats.add("fast_path_auth_failures")
             raise
@@ -379,15 +409,17 @@ class FastPathServer:
             answer = answer_request(self._store, frame, self._chunk_size)
             if answer.data is None:
                 self._stats.refuse(status_name(answer.response.status))
-                await asyncio.wait_for(channel.send_record(answer.response.SerializeToString()), self._io_timeout)
+                await _bounded(channel.send_record(answer.response.SerializeToString()), self._io_timeout)
                 continue
             try:
-                await asyncio.wait_for(channel.send_record(answer.response.SerializeToString()), self._io_timeout)
+                await _bounded(channel.send_record(answer.response.SerializeToString()), self._io_timeout)
                 view = answer.data
                 chunk = self._chunk_size
                 for start in range(0, len(view), chunk):
+                    if self._closing:
+                        raise ChannelClosed("the provider is stopping")
                     piece = view[start : start + chunk]
-                    await asyncio.wait_for(channel.send_record(piece), self._io_timeout)
+                    await _bounded(channel.send_record(piece), self._io_timeout)
                     self._stats.add("blob_bytes_sent", len(piece))
                 self._stats.add("uploads_served")
             finally:
@@ -414,13 +446,13 @@ async def open_channel(
         sock = socket.socket(family, socket.SOCK_STREAM)
         _tune(sock)
         try:
-            await asyncio.wait_for(loop.sock_connect(sock, address), io_timeout)
+            await _bounded(loop.sock_connect(sock, address), io_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             sock.close()
             last = exc
             continue
         try:
-            return await asyncio.wait_for(initiate(sock, identity, expected_peer_id), io_timeout)
+            return await _bounded(initiate(sock, identity, expected_peer_id), io_timeout)
         except BaseException:
             sock.close()
             raise
@@ -439,7 +471,7 @@ async def fetch_range(
     With ``hash_executor`` (one worker), chunks are hashed in that thread while the next one is
     received; two plaintext buffers alternate so a buffer is reused only once it is hashed.
     """
-    await asyncio.wait_for(channel.send_record(build_request(state)), io_timeout)
+    await _bounded(channel.send_record(build_request(state)), io_timeout)
     frame = await channel.recv_record(MAX_HEADER_FRAME, io_timeout)
     remaining, chunk_size = state.accept_response(frame, channel.remote_peer_id)
     loop = asyncio.get_running_loop()

@@ -571,6 +571,20 @@ class Libp2pNode:
             await self.dht.add_peer(peer)
         return peer.to_base58()
 
+    async def connect_peer(self, peer_key: str) -> None:
+        """Connect to a peer by id: known addresses first (direct, then relay), then the DHT."""
+        try:
+            peer = ID.from_base58(peer_key)
+        except Exception as exc:
+            raise DialError(f"bad peer id {peer_key!r}") from exc
+        try:
+            with trio.fail_after(self.config.io_timeout_s):
+                await self._ensure_connected(peer)
+        except trio.TooSlowError as exc:
+            raise DialError(f"connecting to {peer_key} timed out") from exc
+        with contextlib.suppress(Exception):
+            await self.dht.add_peer(peer)
+
     # ------------------------------------------------------------------ start-up and maintenance
 
     async def bootstrap(self) -> None:

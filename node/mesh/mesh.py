@@ -123,8 +123,9 @@ class Mesh:
                     self._identity, self._store, self._stats, cfg.fetch_chunk_size, cfg.io_timeout_s,
                     max_connections=4 * cfg.max_concurrent_uploads,
                 )
-                info.port = await self._fast.start(host, cfg.fast_path_port)
-                if host not in _WILDCARD_HOSTS:
+                bound = await self._fast.start(host, cfg.fast_path_port)
+                info.port = cfg.fast_path_announce_port or bound
+                if host not in _WILDCARD_HOSTS and cfg.fast_path_announce_port is None:
                     info.hosts.append(host)
             node = Libp2pNode(cfg, self._identity, self._store, self._stats, self._emit_threadsafe, info)
             self._node = node
@@ -153,11 +154,11 @@ class Mesh:
     async def _shutdown(self) -> None:
         self._state = "stopping"
         budget = self.config.stop_timeout_s
-        if self._bridge is not None and not await self._bridge.stop(timeout=max(1.0, budget - 2.5)):
-            log.error("the networking thread did not stop within %.1f s", budget)
-        if self._fast is not None:
+        if self._fast is not None:  # stop serving first: it is quick and frees the port
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._fast.close(), 2.0)
+        if self._bridge is not None and not await self._bridge.stop(timeout=max(1.0, budget - 2.5)):
+            log.error("the networking thread did not stop within %.1f s", budget)
         if self._hash_executor is not None:
             self._hash_executor.shutdown(wait=False, cancel_futures=True)
         self._state = "stopped"
@@ -172,6 +173,11 @@ class Mesh:
     @property
     def running(self) -> bool:
         return self._state == "running"
+
+    @property
+    def fast_path_port(self) -> int | None:
+        """The bound fast-path TCP port (None when the fast path is off or not started)."""
+        return self._fast.port if self._fast is not None and self._fast.port else None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -216,6 +222,11 @@ class Mesh:
         Returns the peer id. Raises :class:`DialError` (bounded by ``io_timeout_s``).
         """
         return await self._call(Libp2pNode.connect, multiaddr)
+
+    async def connect_peer(self, peer_id: str) -> None:
+        """Connect to a peer by id, using addresses learned from the DHT, identify or earlier
+        dials (direct first, then relay addresses), else a DHT peer lookup. Raises DialError."""
+        await self._call(Libp2pNode.connect_peer, peer_id)
 
     def peers(self) -> list[PeerInfo]:
         """Currently connected peers (connection type, addresses, latency, last seen)."""

@@ -1,0 +1,409 @@
+"""Real meshes on 127.0.0.1: discovery, gossip, blob transfer on both paths, relay, security, shutdown.
+
+A module-scoped federation (A: bootstrap and relay; B, C: full nodes; D: fast path off) serves
+the tests that only read or add state; tests that stop nodes or need odd configs start their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fednode.node.mesh import (
+    BlobNotFoundError,
+    BlobTooLargeError,
+    GossipConfig,
+    GossipMessage,
+    Mesh,
+    MessageTooLargeError,
+    PeerConnected,
+    peer_id_from_public_key,
+)
+from fednode.node.mesh.testing import plaintext_dial
+
+from .conftest import LoopRunner, config, drain, started, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+TOPIC = "/fednode/v1/fed/test"
+
+
+@dataclass
+class Federation:
+    a: Mesh  # bootstrap + relay (hop)
+    b: Mesh
+    c: Mesh
+    d: Mesh  # fast path disabled: always the libp2p stream
+
+    @property
+    def all(self) -> list[Mesh]:
+        return [self.a, self.b, self.c, self.d]
+
+
+@pytest.fixture(scope="module")
+def fed(runner: LoopRunner) -> Iterator[Federation]:
+    meshes: list[Mesh] = []
+
+    async def start(**overrides: object) -> Mesh:
+        mesh = Mesh(config(autonat_confirmations=1, **overrides))
+        meshes.append(mesh)
+        await mesh.start()
+        return mesh
+
+    try:
+        a = runner.run(start(relay_hop=True))
+        boot = tuple(a.listen_multiaddrs())
+        b = runner.run(start(bootstrap_multiaddrs=boot))
+        c = runner.run(start(bootstrap_multiaddrs=boot))
+        d = runner.run(start(bootstrap_multiaddrs=boot, fast_path=False))
+        yield Federation(a, b, c, d)
+    finally:
+        runner.run(stop_all(meshes))
+
+
+async def stop_all(meshes: list[Mesh]) -> None:
+    await asyncio.gather(*(m.stop() for m in reversed(meshes)), return_exceptions=True)
+
+
+def blob(size: int) -> tuple[bytes, bytes]:
+    data = os.urandom(size)
+    return data, hashlib.sha256(data).digest()
+
+
+def reject_garbage(data: bytes, from_peer: str) -> str | None:
+    return "garbage" if data.startswith(b"garbage") else None
+
+
+# ------------------------------------------------------------------ identity, addresses, discovery
+
+
+def test_identity_is_the_given_key_and_stable_across_restarts(runner: LoopRunner) -> None:
+    seed = os.urandom(32)
+    public = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    expected = peer_id_from_public_key(public)
+
+    async def scenario() -> list[str]:
+        ids = []
+        for _ in range(2):
+            async with started(config(identity_key=seed, fast_path=False)) as (mesh,):
+                ids.append(mesh.peer_id)
+                addrs = mesh.listen_multiaddrs()
+                assert addrs and all(a.startswith("/ip4/127.0.0.1/tcp/") and a.endswith(f"/p2p/{expected}")
+                                     for a in addrs)
+        return ids
+
+    assert runner.run(scenario()) == [expected, expected]
+
+
+def test_members_find_each_other_through_dht_providers(fed: Federation, runner: LoopRunner) -> None:
+    key = hashlib.sha256(b"fednode federation test-fed").digest()
+
+    async def scenario() -> None:
+        for mesh in (fed.b, fed.c, fed.d):
+            await mesh.provide(key)
+        for mesh in (fed.b, fed.c, fed.d):
+            others = {m.peer_id for m in (fed.b, fed.c, fed.d)} - {mesh.peer_id}
+
+            async def found_all(mesh: Mesh = mesh, others: set[str] = others) -> bool:
+                providers = await mesh.find_providers(key)
+                assert len(providers) == len(set(providers)), "duplicate providers"
+                assert mesh.peer_id not in providers
+                return others <= set(providers)
+
+            await wait_until(found_all, 20, f"{mesh.peer_id[-6:]} to find the other providers")
+        # The bootstrap node does not provide the key but finds all three members.
+        assert {fed.b.peer_id, fed.c.peer_id, fed.d.peer_id} <= set(await fed.a.find_providers(key))
+        # Discovery connected the members to each other, not only to the bootstrap node.
+        await wait_until(lambda: {p.peer_id for p in fed.b.peers()} >= {fed.c.peer_id, fed.d.peer_id}, 20,
+                         "B connected to C and D")
+
+    runner.run(scenario())
+
+
+def test_peers_report_direct_connections_latency_and_reachability(fed: Federation, runner: LoopRunner) -> None:
+    async def scenario() -> None:
+        await wait_until(lambda: any(p.peer_id == fed.a.peer_id and p.latency_ms is not None
+                                     for p in fed.b.peers()), 20, "a ping to the bootstrap node")
+        view = {p.peer_id: p for p in fed.b.peers()}[fed.a.peer_id]
+        assert view.connection == "direct" and view.addrs[0].startswith("/ip4/127.0.0.1/tcp/")
+        assert view.last_seen <= time.time()
+        await wait_until(lambda: fed.b.reachability().status == "public", 30, "AutoNAT verdict")
+        assert fed.b.reachability().public_votes >= 1
+        # B holds a relay slot on A and advertises the circuit address.
+        relay = [a for a in fed.b.listen_multiaddrs() if "/p2p-circuit/" in a]
+        assert relay and relay[0].endswith(f"/p2p/{fed.a.peer_id}/p2p-circuit/p2p/{fed.b.peer_id}")
+        assert any(isinstance(e, PeerConnected) and e.peer_id == fed.a.peer_id for e in drain(fed.b))
+
+    runner.run(scenario())
+
+
+# ------------------------------------------------------------------ gossip
+
+
+def test_gossip_delivery_validator_rejections_and_size_cap(fed: Federation, runner: LoopRunner) -> None:
+    async def scenario() -> None:
+        for mesh in fed.all:
+            await mesh.subscribe(TOPIC, reject_garbage)
+            drain(mesh)
+        # E allows bigger messages than everyone else: the only way to put one on the wire.
+        big_sender_config = config(bootstrap_multiaddrs=tuple(fed.a.listen_multiaddrs()),
+                                   gossip=GossipConfig(max_message_size=256 * 1024), fast_path=False)
+        async with started(big_sender_config) as (e,):
+            await e.subscribe(TOPIC, reject_garbage)
+            for mesh in [*fed.all, e]:
+                others = {m.peer_id for m in [*fed.all, e]} - {mesh.peer_id}
+                await wait_until(lambda mesh=mesh, others=others: _subscribed(mesh, others), 20,
+                                 "subscriptions to propagate")
+            before = {m.peer_id: m.stats() for m in fed.all}
+            await fed.b.publish(TOPIC, b"hello federation")
+            await fed.b.publish(TOPIC, b"garbage \x00\xff")
+            await e.publish(TOPIC, b"x" * (100 * 1024))  # within E's cap, above everyone else's
+            with pytest.raises(MessageTooLargeError):
+                await fed.b.publish(TOPIC, b"y" * (64 * 1024 + 1))
+
+            receivers = [fed.a, fed.c, fed.d]
+            got: dict[str, list[GossipMessage]] = {m.peer_id: [] for m in receivers}
+
+            def delivered() -> bool:
+                for mesh in receivers:
+                    got[mesh.peer_id] += [ev for ev in drain(mesh) if isinstance(ev, GossipMessage)]
+                return all(any(m.data == b"hello federation" for m in got[r.peer_id]) for r in receivers) and all(
+                    r.stats().gossip_rejected.get("oversized", 0) > before[r.peer_id].gossip_rejected.get("oversized", 0)
+                    and r.stats().gossip_rejected.get("garbage", 0) > before[r.peer_id].gossip_rejected.get("garbage", 0)
+                    for r in receivers
+                )
+
+            await wait_until(delivered, 20, "delivery and rejections at every receiver")
+            for mesh in receivers:
+                messages = got[mesh.peer_id]
+                hello = [m for m in messages if m.data == b"hello federation"]
+                assert hello[0].from_peer == fed.b.peer_id and hello[0].topic == TOPIC
+                assert not [m for m in messages if m.data.startswith(b"garbage") or len(m.data) > 64 * 1024]
+            assert fed.b.stats().gossip_published == before[fed.b.peer_id].gossip_published + 2
+
+    runner.run(scenario())
+
+
+async def _subscribed(mesh: Mesh, others: set[str]) -> bool:
+    return others <= set(await mesh.topic_peers(TOPIC))
+
+
+# ------------------------------------------------------------------ blobs
+
+
+def test_fetch_is_verified_and_identical_on_both_paths(fed: Federation, runner: LoopRunner) -> None:
+    data, cid = blob(6_000_000)
+
+    async def scenario() -> None:
+        fed.b.serve_blob(cid, data)
+        try:
+            fast_before = fed.c.stats().fetch_attempts_fast_path
+            via_fast = await fed.c.fetch_blob(cid, [fed.b.peer_id])
+            assert via_fast == data and isinstance(via_fast, bytearray)
+            assert fed.c.stats().fetch_attempts_fast_path == fast_before + 1
+
+            libp2p_before = fed.d.stats().fetch_attempts_libp2p
+            via_libp2p = await fed.d.fetch_blob(cid, [fed.b.peer_id])
+            assert via_libp2p == data
+            assert fed.d.stats().fetch_attempts_libp2p == libp2p_before + 1
+
+            # A peer that fetched a blob serves it: D pulls it from C, which got it from B.
+            fed.c.serve_blob(cid, via_fast)
+            fed.d.unserve_blob(cid)
+            again = await fed.d.fetch_blob(cid, [fed.c.peer_id])
+            assert again == data
+        finally:
+            for mesh in (fed.b, fed.c):
+                mesh.unserve_blob(cid)
+
+    runner.run(scenario())
+
+
+def test_size_limits(fed: Federation, runner: LoopRunner) -> None:
+    data, cid = blob(2_000_000)
+
+    async def scenario() -> None:
+        fed.b.serve_blob(cid, data)
+        try:
+            for fetcher in (fed.c, fed.d):  # fast path and libp2p stream
+                with pytest.raises(BlobTooLargeError):
+                    await fetcher.fetch_blob(cid, [fed.b.peer_id], max_size=1_000_000)
+            assert fed.b.stats().uploads_refused.get("too_large", 0) >= 2
+            with pytest.raises(ValueError):
+                fed.b.serve_blob(hashlib.sha256(b"other").digest(), data)
+        finally:
+            fed.b.unserve_blob(cid)
+        async with started(config(max_blob_size=1_000_000, fast_path=False)) as (small,):
+            with pytest.raises(MessageTooLargeError):
+                small.serve_blob(cid, data)
+
+    runner.run(scenario())
+
+
+def test_unknown_content_reports_not_found_cleanly(fed: Federation, runner: LoopRunner) -> None:
+    async def scenario() -> None:
+        missing = hashlib.sha256(b"nobody has this").digest()
+        with pytest.raises(BlobNotFoundError) as error:
+            await fed.c.fetch_blob(missing, [fed.b.peer_id, fed.d.peer_id])
+        assert error.value.reasons == {fed.b.peer_id: "not_found", fed.d.peer_id: "not_found"}
+        # Nothing broke: the same peers still serve real content.
+        data, cid = blob(10_000)
+        fed.d.serve_blob(cid, data)
+        try:
+            assert await fed.c.fetch_blob(cid, [fed.d.peer_id]) == data
+        finally:
+            fed.d.unserve_blob(cid)
+
+    runner.run(scenario())
+
+
+@pytest.mark.parametrize("path", ["fast", "libp2p"])
+def test_fetch_resumes_from_another_provider_when_one_stops(runner: LoopRunner, path: str) -> None:
+    size = 96_000_000 if path == "fast" else 24_000_000
+    data, cid = blob(size)
+
+    async def scenario() -> None:
+        async with started(config(), config(), config(fast_path=(path == "fast"), fetch_chunk_size=256 * 1024)) as (
+            first, second, fetcher
+        ):
+            for provider in (first, second):
+                provider.serve_blob(cid, data)
+                await fetcher.connect(provider.listen_multiaddrs()[0])
+            task = asyncio.ensure_future(fetcher.fetch_blob(cid, [first.peer_id, second.peer_id]))
+            try:
+                await wait_until(lambda: fetcher.stats().blob_bytes_received >= 2 * 1024 * 1024 or task.done(),
+                                 30, "the transfer to start")
+                assert not task.done(), "transfer finished before the provider could be stopped"
+                await first.stop()
+                result = await asyncio.wait_for(task, 60)
+            finally:
+                task.cancel()
+            assert result == data
+            stats = fetcher.stats()
+            assert stats.fetch_resumes >= 1 and stats.fetches_ok == 1
+            served = second.stats()
+            assert served.uploads_served == 1
+            assert 0 < served.blob_bytes_sent < size, "the second provider should send only the tail"
+
+    runner.run(scenario(), timeout=110)
+
+
+# ------------------------------------------------------------------ security
+
+
+def test_plaintext_only_dialer_is_refused(fed: Federation, runner: LoopRunner) -> None:
+    result = runner.run(plaintext_dial(fed.b.listen_multiaddrs()[0], timeout=8))
+    # Control: the same dialer gets into a py-libp2p host with library defaults, in plaintext.
+    assert result.control_connected and "plaintext" in result.control_security
+    assert not result.target_connected, "the mesh accepted a plaintext connection"
+    assert fed.b.running
+
+
+def test_fast_path_listener_with_wrong_identity_is_refused_and_libp2p_delivers(runner: LoopRunner) -> None:
+    """A provider whose fast-path port is someone else's (a stale port forward, a squatter)."""
+    data, cid = blob(3_000_000)
+
+    async def scenario() -> None:
+        async with started(config()) as (squatter,):
+            assert squatter.fast_path_port is not None
+            async with started(config(fast_path_announce_port=squatter.fast_path_port), config()) as (
+                provider, fetcher
+            ):
+                provider.serve_blob(cid, data)
+                await fetcher.connect(provider.listen_multiaddrs()[0])
+                assert await fetcher.fetch_blob(cid, [provider.peer_id]) == data
+                stats = fetcher.stats()
+                assert stats.fast_path_auth_failures == 1
+                assert stats.fetch_attempts_fast_path == 1 and stats.fetch_attempts_libp2p == 1
+
+    runner.run(scenario())
+
+
+# ------------------------------------------------------------------ relay, DCUtR
+
+
+def test_relayed_connection_and_fetch_through_a_hop_node(fed: Federation, runner: LoopRunner) -> None:
+    data, cid = blob(1_000_000)
+
+    async def scenario() -> None:
+        boot = tuple(fed.a.listen_multiaddrs())
+        async with started(config(bootstrap_multiaddrs=boot, enable_dcutr=False),
+                           config(enable_dcutr=False)) as (behind, dialer):
+            circuit = [a for a in behind.listen_multiaddrs() if "/p2p-circuit/" in a]
+            assert circuit, "no relay reservation on the bootstrap relay"
+            assert await dialer.connect(circuit[0]) == behind.peer_id
+            view = {p.peer_id: p for p in dialer.peers()}[behind.peer_id]
+            assert view.connection == "relayed"
+            behind.serve_blob(cid, data)
+            assert await dialer.fetch_blob(cid, [behind.peer_id]) == data
+            stats = dialer.stats()
+            assert stats.fetch_attempts_fast_path == 0 and stats.fetch_attempts_libp2p == 1
+            assert {p.peer_id: p for p in dialer.peers()}[behind.peer_id].connection == "relayed"
+
+    runner.run(scenario())
+
+
+def test_dcutr_upgrades_a_relayed_connection(fed: Federation, runner: LoopRunner) -> None:
+    """On loopback DCUtR's first step (a direct dial) succeeds; a later issue proves real NATs."""
+
+    async def scenario() -> None:
+        boot = tuple(fed.a.listen_multiaddrs())
+        async with started(config(bootstrap_multiaddrs=boot), config()) as (behind, dialer):
+            circuit = [a for a in behind.listen_multiaddrs() if "/p2p-circuit/" in a]
+            await dialer.connect(circuit[0])
+            await wait_until(
+                lambda: any(p.peer_id == behind.peer_id and p.connection == "hole-punched" for p in dialer.peers()),
+                20, "the relayed connection to be upgraded",
+            )
+
+    runner.run(scenario())
+
+
+# ------------------------------------------------------------------ shutdown
+
+
+@pytest.mark.timeout(60)
+def test_stop_is_bounded_and_leaves_no_thread_behind(runner: LoopRunner) -> None:
+    data, cid = blob(20_000_000)
+    before = {t.ident for t in threading.enumerate()}
+
+    async def scenario() -> None:
+        meshes = [Mesh(config(fast_path=False)), Mesh(config(fast_path=False))]
+        try:
+            for mesh in meshes:
+                await mesh.start()
+            provider, fetcher = meshes
+            provider.serve_blob(cid, data)
+            await fetcher.connect(provider.listen_multiaddrs()[0])
+            # Stop both while a transfer is in flight.
+            task = asyncio.ensure_future(fetcher.fetch_blob(cid, [provider.peer_id]))
+            await wait_until(lambda: fetcher.stats().blob_bytes_received > 0 or task.done(), 20, "a transfer")
+            for mesh in meshes:
+                t0 = time.monotonic()
+                await mesh.stop()
+                assert time.monotonic() - t0 < 10
+            with pytest.raises(Exception):  # noqa: B017 - any clean error: the mesh went away
+                await asyncio.wait_for(task, 5)
+        finally:
+            for mesh in meshes:
+                await mesh.stop()
+
+    runner.run(scenario())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        leftover = [t.name for t in threading.enumerate() if t.ident not in before]
+        if not leftover:
+            break
+        time.sleep(0.05)
+    assert not leftover, f"threads left behind: {leftover}"
