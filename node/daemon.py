@@ -25,12 +25,15 @@ from typing import IO, Any
 
 import torch
 
+from fednode.aggregators import AggregationError
+from fednode.aggregators import build as build_aggregator
 from fednode.node import __version__
 from fednode.node.checkpoint import Checkpoint, CheckpointStore
 from fednode.node.config import FednodeConfig
 from fednode.node.durable import atomic_write_bytes, remove_stale_temp_files
-from fednode.node.errors import ConfigError, ExitCode, StateDirError, TaskError
+from fednode.node.errors import ConfigError, ExitCode, NetworkError, StateDirError, TaskError
 from fednode.node.identity import Identity, load_or_create_identity
+from fednode.node.logs import quiet_noisy_libraries
 from fednode.node.model import assign_parameters, flatten_parameters, model_layout
 from fednode.node.tasks import Task, TaskContext, load_task
 from fednode.node.trainer import LocalTrainer, resolve_device
@@ -48,7 +51,10 @@ class RoundRecord:
     accuracy: float
     loss: float
     train_loss: float
-    seconds: float
+    seconds: float  # local training time
+    round_seconds: float = 0.0  # whole round: training, exchange, aggregation
+    participants: int = 1
+    left_out: int = 0  # updates the aggregator did not use
 
 
 @dataclass
@@ -67,6 +73,14 @@ class RunSummary:
     best_accuracy: float = float("nan")
     stop_reason: str = ""
     resumed_from_round: int = 0
+    federation_id: str = ""
+    attack: str = ""
+    multiaddrs: list[str] = field(default_factory=list)
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    contributions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    syncs: int = 0
     history: list[RoundRecord] = field(default_factory=list)
 
     def to_json(self) -> bytes:
@@ -129,7 +143,11 @@ def remove_interrupted_writes(state_dir: Path) -> None:
 
 
 class Daemon:
-    """One node. Construct, then `await run()`; returns the process exit code."""
+    """One node. Construct, then `await run()`; returns the process exit code.
+
+    Without `federation.id` the node trains alone. With it, the node joins the mesh and trains
+    with the federation (`fednode.node.federation.FederationRunner`).
+    """
 
     def __init__(self, config: FednodeConfig) -> None:
         self.config = config
@@ -145,6 +163,14 @@ class Daemon:
         self.round = 0
         self.model_version = 0
         self.summary: RunSummary | None = None
+        self.extra_state: dict[str, Any] = {}
+        self.mesh: Any = None
+        self.runner: Any = None
+        self._started = time.perf_counter()
+
+    @property
+    def federated(self) -> bool:
+        return bool(self.config.federation.id)
 
     # ----------------------------------------------------------------------------- set-up
     def setup(self) -> None:
@@ -164,6 +190,9 @@ class Daemon:
         task_cfg = self.config.task
         context = TaskContext(task_cfg.shard_index, task_cfg.shard_count, task_cfg.seed)
         self.task = load_task(task_cfg.name, context, task_cfg.params)
+        self.attack = self._build_attack()
+        if self.attack is not None and self.attack.kind == "data":
+            self._poison_training_data()
         self.model = self.task.model_factory().to(device)
         self.layout = model_layout(self.model)
         self.trainer = LocalTrainer(
@@ -177,6 +206,8 @@ class Daemon:
             seed=task_cfg.seed * 1_000_003 + task_cfg.shard_index,
             slowdown=training.slowdown,
         )
+        if self.federated:
+            self._check_federation_settings()
         self.summary = RunSummary(
             peer_id=self.identity.peer_id,
             version=__version__,
@@ -184,6 +215,8 @@ class Daemon:
             device=str(device),
             state_dir=str(self.state_dir),
             started_unix=time.time(),
+            federation_id=self.config.federation.id,
+            attack=self.config.attack.name,
         )
         self._resume()
         log.info(
@@ -193,6 +226,51 @@ class Daemon:
             self.trainer.num_train_samples,
             self.layout.numel,
         )
+
+    def _build_attack(self) -> Any:
+        from fednode.node.federation import build_attack
+
+        spec = self.config.attack
+        if not spec.name:
+            return None
+        try:
+            attack = build_attack(spec.name, dict(spec.params))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"invalid attack.name / attack.params: {exc}") from exc
+        log.warning("this node is BYZANTINE for testing: attack %r %s", spec.name, dict(spec.params))
+        return attack
+
+    def _poison_training_data(self) -> None:
+        """Data attacks (label flip) change what this node trains on."""
+        assert self.task is not None
+        data = self.task.train_data
+        labels = getattr(data, "labels", None)
+        if not isinstance(labels, torch.Tensor):
+            raise ConfigError(f"attack {self.config.attack.name!r} needs a task whose training data has .labels")
+        data.labels = self.attack.transform_labels(labels)
+
+    def _check_federation_settings(self) -> None:
+        aggregation = self.config.aggregation
+        try:
+            self.aggregator = build_aggregator(aggregation.rule, f=aggregation.f, **aggregation.params)
+        except (AggregationError, TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid aggregation settings: {exc}") from exc
+        needed = self.aggregator.minimum_rows()
+        if self.config.federation.min_participants < needed:
+            raise ConfigError(
+                f"aggregation.rule = {aggregation.rule!r} with f = {aggregation.f} needs at least {needed} updates "
+                f"per round, but federation.min_participants = {self.config.federation.min_participants}; "
+                f"raise min_participants or lower f"
+            )
+        from fednode.node.compression import UpdateCompressor, build_codec
+
+        compression = self.config.compression
+        try:
+            self.compressor = UpdateCompressor(
+                build_codec(compression.codec, **compression.params), error_feedback=compression.error_feedback
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid compression settings: {exc}") from exc
 
     def _resume(self) -> None:
         assert self.model is not None and self.trainer is not None and self.summary is not None
@@ -208,6 +286,7 @@ class Daemon:
         assign_parameters(self.model, checkpoint.parameters)
         self.round = checkpoint.round
         self.model_version = checkpoint.model_version
+        self.extra_state = dict(checkpoint.extra)
         generator_state = checkpoint.extra.get("train_generator")
         if isinstance(generator_state, torch.Tensor):
             self.trainer.set_generator_state(generator_state)
@@ -220,6 +299,8 @@ class Daemon:
             return
         self.stop_reason = reason
         self.stop_event.set()
+        if self.runner is not None:
+            self.runner.wake()
 
     def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
         def on_signal(signum: int) -> None:
@@ -247,20 +328,26 @@ class Daemon:
         self._install_signal_handlers(loop)
         try:
             self.setup()
-            await self._run_rounds()
+            if self.federated:
+                await self._run_federated()
+            else:
+                await self._run_alone()
             self._finish()
         finally:
             self._lock.release()
         return ExitCode.OK
 
-    async def _run_rounds(self) -> None:
-        assert self.model is not None and self.trainer is not None and self.summary is not None
+    def _done(self) -> bool:
+        """Stop conditions that do not come from a signal."""
         training = self.config.training
-        started = time.perf_counter()
-        while not self.stop_event.is_set():
-            if training.rounds and self.round >= training.rounds:
-                self.request_stop("rounds")
-                break
+        if training.rounds and self.round >= training.rounds:
+            self.request_stop("rounds")
+        return self.stop_event.is_set()
+
+    async def _run_alone(self) -> None:
+        assert self.model is not None and self.trainer is not None
+        training = self.config.training
+        while not self._done():
             before = flatten_parameters(self.model)
             result = await asyncio.to_thread(
                 self.trainer.train_round, self.model, training.local_steps, self.stop_event
@@ -271,20 +358,104 @@ class Daemon:
                 break
             self.round += 1
             self.model_version += 1
-            evaluation = self.trainer.evaluate(self.model)
-            record = RoundRecord(
-                round=self.round,
-                model_version=self.model_version,
-                accuracy=evaluation.accuracy,
-                loss=evaluation.loss,
-                train_loss=result.mean_loss,
-                seconds=result.seconds,
+            self._after_round(result.mean_loss, result.seconds, result.seconds, participants=1, left_out=0)
+
+    async def _run_federated(self) -> None:
+        from fednode.node.federation import FederationRunner
+        from fednode.node.mesh import Mesh, MeshConfig, MeshError
+        from fednode.node.scheduler import SyncPolicy
+
+        assert self.identity is not None and self.model is not None and self.trainer is not None
+        mesh_cfg = self.config.mesh
+        federation = self.config.federation
+        try:
+            mesh_config = MeshConfig(
+                identity_key=self.identity.private_seed,
+                listen_multiaddrs=tuple(mesh_cfg.listen),
+                announce_multiaddrs=tuple(mesh_cfg.announce) or None,
+                bootstrap_multiaddrs=tuple(mesh_cfg.bootstrap),
+                relay_hop=mesh_cfg.relay_hop,
+                fast_path=mesh_cfg.fast_path,
+                fast_path_port=mesh_cfg.fast_path_port,
             )
-            self._record(record)
-            self._save_checkpoint()
-            if training.target_accuracy and evaluation.accuracy >= training.target_accuracy:
-                self.request_stop("target_accuracy")
-        self.summary.wall_seconds = time.perf_counter() - started
+        except ValueError as exc:
+            raise ConfigError(f"invalid [mesh] settings: {exc}") from exc
+        self.mesh = Mesh(mesh_config)
+        quiet_noisy_libraries()
+        try:
+            await self.mesh.start()
+        except MeshError as exc:
+            raise NetworkError(f"cannot start networking: {exc}; check mesh.listen and mesh.bootstrap") from exc
+        try:
+            addresses = self.mesh.listen_multiaddrs()
+            assert self.summary is not None
+            self.summary.multiaddrs = list(addresses)
+            log.info(
+                "listening; to connect other peers to this one use: --set 'mesh.bootstrap=[\"%s\"]'",
+                addresses[0] if addresses else "?",
+                extra={"event": "listening", "multiaddrs": addresses},
+            )
+            self.runner = FederationRunner(
+                federation_id=federation.id,
+                identity=self.identity,
+                mesh=self.mesh,
+                model=self.model,
+                trainer=self.trainer,
+                layout=self.layout,
+                aggregator=self.aggregator,
+                compressor=self.compressor,
+                local_steps=self.config.training.local_steps,
+                policy=SyncPolicy(min_participants=federation.min_participants),
+                announce_interval=federation.announce_interval,
+                max_clock_skew=federation.max_clock_skew,
+                stop=self.stop_event,
+                attack=self.attack,
+                on_round=self._on_federated_round,
+            )
+            if self.extra_state.get("federation_id") == federation.id:
+                self.runner.restore(self.round, self.model_version, self.extra_state)
+            await self.runner.start()
+            if not self._done():
+                await self.runner.run(should_stop=self._done)
+        finally:
+            if self.runner is not None:
+                self.round, self.model_version = self.runner.round, self.runner.model_version
+                self._record_mesh_totals()
+                await self.runner.close()
+            await self.mesh.stop()
+
+    async def _on_federated_round(self, outcome: Any) -> None:
+        self.round = outcome.round
+        self.model_version = outcome.model_version
+        self._after_round(
+            outcome.train.mean_loss,
+            outcome.train.seconds,
+            outcome.round_seconds,
+            participants=len(outcome.participants),
+            left_out=len(outcome.rejected_by_aggregator),
+        )
+
+    def _after_round(
+        self, train_loss: float, train_seconds: float, round_seconds: float, *, participants: int, left_out: int
+    ) -> None:
+        assert self.model is not None and self.trainer is not None
+        evaluation = self.trainer.evaluate(self.model)
+        record = RoundRecord(
+            round=self.round,
+            model_version=self.model_version,
+            accuracy=evaluation.accuracy,
+            loss=evaluation.loss,
+            train_loss=train_loss,
+            seconds=train_seconds,
+            round_seconds=round_seconds,
+            participants=participants,
+            left_out=left_out,
+        )
+        self._record(record)
+        self._save_checkpoint()
+        target = self.config.training.target_accuracy
+        if target and evaluation.accuracy >= target:
+            self.request_stop("target_accuracy")
 
     def _record(self, record: RoundRecord) -> None:
         assert self.summary is not None
@@ -298,15 +469,32 @@ class Daemon:
             summary.best_accuracy = record.accuracy
         target = self.config.training.rounds
         log.info(
-            "round %d%s: test accuracy %.4f, test loss %.4f, train loss %.4f (%.2f s)",
+            "round %d%s: test accuracy %.4f, test loss %.4f, train loss %.4f, %d participant(s) (%.2f s)",
             record.round,
             f"/{target}" if target else "",
             record.accuracy,
             record.loss,
             record.train_loss,
-            record.seconds,
-            extra={"round": record.round, "accuracy": record.accuracy, "loss": record.loss},
+            record.participants,
+            record.round_seconds,
+            extra={"event": "round", "round": record.round, "accuracy": record.accuracy, "loss": record.loss,
+                   "participants": record.participants},
         )
+
+    def _record_mesh_totals(self) -> None:
+        if self.summary is None or self.mesh is None or self.runner is None:
+            return
+        with suppress(Exception):
+            stats = self.mesh.stats()
+            self.summary.bytes_sent = stats.gossip_bytes_published + stats.blob_bytes_sent
+            self.summary.bytes_received = stats.gossip_bytes_received + stats.blob_bytes_received
+        self.summary.rejected = dict(self.runner.rejections)
+        self.summary.syncs = self.runner.syncs
+        self.summary.contributions = {
+            peer: {"accepted": c.accepted, "selected": c.selected, "rejected": dict(c.rejected),
+                   "reputation": c.reputation}
+            for peer, c in sorted(self.runner.contributions.items())
+        }
 
     def _save_checkpoint(self) -> None:
         assert self.model is not None and self.trainer is not None
@@ -314,6 +502,9 @@ class Daemon:
         if self.summary and self.summary.history:
             last = self.summary.history[-1]
             metrics = {"accuracy": last.accuracy, "loss": last.loss}
+        extra: dict[str, Any] = {"train_generator": self.trainer.generator_state()}
+        if self.runner is not None:
+            extra.update(self.runner.checkpoint_extra())
         self.checkpoints.save(
             Checkpoint(
                 round=self.round,
@@ -321,13 +512,14 @@ class Daemon:
                 layout_digest=self.layout.digest,
                 parameters=flatten_parameters(self.model),
                 metrics=metrics,
-                extra={"train_generator": self.trainer.generator_state()},
+                extra=extra,
             )
         )
 
     def _finish(self) -> None:
         assert self.summary is not None
         self._save_checkpoint()
+        self.summary.wall_seconds = time.perf_counter() - self._started
         self.summary.stop_reason = self.stop_reason or "stopped"
         atomic_write_bytes(self.state_dir / SUMMARY_FILE, self.summary.to_json(), mode=0o644)
         log.info(
@@ -336,6 +528,7 @@ class Daemon:
             self.summary.rounds,
             self.summary.accuracy,
             self.state_dir / SUMMARY_FILE,
+            extra={"event": "stopped", "summary_file": str(self.state_dir / SUMMARY_FILE)},
         )
 
 

@@ -30,6 +30,12 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def quiet_noisy_libraries() -> None:
+    """Some py-libp2p modules set their own INFO level at import; call after importing them."""
+    for name in ("libp2p.network.auto_connector",):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def configure_logging(log_format: str = "human", level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":

@@ -193,10 +193,15 @@ class FederationRunner:
         return extra
 
     # ------------------------------------------------------------------------------ main loop
-    async def run(self) -> None:
+    def wake(self) -> None:
+        """Re-evaluate waits now (e.g. after a stop request)."""
+        self._wakeup.set()
+
+    async def run(self, should_stop: Callable[[], bool]) -> None:
+        """Run rounds until `should_stop()` (checked between rounds) or the stop event."""
         await self._initial_sync()
-        while not self.stop.is_set():
-            if self._peers_are_ahead():
+        while not should_stop():
+            if self._peers_completed(self.round + 1):
                 await self._sync_from_peers()
                 continue
             outcome = await self._run_round(self.round + 1)
@@ -223,28 +228,35 @@ class FederationRunner:
         if self.attack is not None and self.attack.kind == "update":
             delta = await self._craft_attack(number, delta)
         own = await self._publish_update(number, delta, result)
-        if own is not None:
-            self.book.add(own)
-            self.rounds.record(self.peer_id, loop.time(), number)
+        self.book.add(own)
+        self.rounds.record(self.peer_id, loop.time(), number)
 
-        close_reason = await self._wait_for_close(number)
+        close_reason = await self._wait_for_close(number, own.header)
         if close_reason is None:
             return None  # stopped, or peers moved on and we must sync
         return await self._aggregate(number, base, result, started, close_reason)
 
-    async def _wait_for_close(self, number: int) -> str | None:
+    async def _wait_for_close(self, number: int, own_header: model_pb2.UpdateHeader | None) -> str | None:
         loop = asyncio.get_running_loop()
+        republish_at = loop.time() + self.announce_interval
         while not self.stop.is_set():
             decision = self.rounds.decide(loop.time())
             if decision.close:
                 if decision.missing:
                     log.info("round %d closes without %s: %s", number, ", ".join(p[-8:] for p in decision.missing), decision.reason)
                 return decision.reason
-            if self._peers_are_ahead():
+            if self._peers_completed(number):
                 log.info("peers completed round %d already; syncing instead of waiting", number)
                 return None
+            if own_header is not None and loop.time() >= republish_at:
+                # Gossip has no replay: a peer that joined after we published never saw our
+                # update. Re-announcing it while the round is open costs one small message per
+                # interval; receivers drop duplicates by (sender, round, hash).
+                republish_at = loop.time() + self.announce_interval
+                with contextlib.suppress(Exception):
+                    await self._publish(control_pb2.ControlMessage(update=own_header))
             self._wakeup.clear()
-            timeout = max(0.0, min(decision.wait_until - loop.time(), self.announce_interval))
+            timeout = max(0.0, min(decision.wait_until, republish_at) - loop.time())
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=timeout)
         return None
@@ -308,7 +320,7 @@ class FederationRunner:
         )
 
     # ------------------------------------------------------------------------------ sending
-    async def _publish_update(self, number: int, delta: torch.Tensor, train: TrainResult) -> ReceivedUpdate | None:
+    async def _publish_update(self, number: int, delta: torch.Tensor, train: TrainResult) -> ReceivedUpdate:
         seed = derive_seed(self.federation_id, self.peer_id, round_number=number)
         payload = self.compressor.compress(delta, seed=seed, step=number)
         data = payload.SerializeToString(deterministic=True)
@@ -538,10 +550,11 @@ class FederationRunner:
             await asyncio.sleep(interval)
 
     # ------------------------------------------------------------------------------ state sync
-    def _peers_are_ahead(self) -> bool:
-        """True when members already completed the round after ours: our updates would be stale."""
+    def _peers_completed(self, number: int) -> bool:
+        """True when members already closed round `number`: our update for it would be stale and
+        theirs may never reach us, so adopting their snapshot is the way forward."""
         best = self._best_offer()
-        return best is not None and best.header.round > self.round + 1
+        return best is not None and best.header.round >= number
 
     def _best_offer(self) -> SnapshotOffer | None:
         if not self.offers:
