@@ -36,7 +36,9 @@ def _checked_honest(name: str, honest: object, minimum: int = 1) -> torch.Tensor
     if not isinstance(honest, torch.Tensor) or honest.dim() != 2 or not honest.is_floating_point():
         raise AttackError(f"attack {name!r}: honest rows must be a 2-D floating tensor (n_honest x d)")
     if honest.shape[0] < minimum or honest.shape[1] == 0:
-        raise AttackError(f"attack {name!r} needs at least {minimum} honest row(s), got shape {tuple(honest.shape)}")
+        raise AttackError(
+            f"attack {name!r} needs at least {minimum} honest row(s), got shape {tuple(honest.shape)}"
+        )
     return honest.detach()
 
 
@@ -297,7 +299,9 @@ class MinSum(_OptimisedPerturbation):
     """Largest gamma with sum_i ||b - x_i||^2 <= max_i sum_j ||x_i - x_j||^2."""
 
     name = "min_sum"
-    description = "Min-Sum: mu + gamma*p, largest gamma keeping b's summed squared distance within the honest maximum."
+    description = (
+        "Min-Sum: mu + gamma*p, largest gamma keeping b's summed squared distance within the honest maximum."
+    )
 
     def within_budget(self, attack_distances: torch.Tensor, honest_distances: torch.Tensor) -> bool:
         return bool(attack_distances.sum() <= honest_distances.sum(dim=1).max())
@@ -362,7 +366,9 @@ def _parameters(attack: type) -> dict[str, Any]:
 def available() -> list[AttackInfo]:
     """Every attack with its kind, parameters and defaults."""
     return [
-        AttackInfo(name=name, description=attack.description, kind=attack.kind, parameters=_parameters(attack))
+        AttackInfo(
+            name=name, description=attack.description, kind=attack.kind, parameters=_parameters(attack)
+        )
         for name, attack in ATTACKS.items()
     ]
 
@@ -374,5 +380,7 @@ def build(name: str, **params: Any) -> UpdateAttack | DataAttack:
         raise AttackError(f"unknown attack {name!r}; available: {', '.join(ATTACKS)}")
     unknown = sorted(set(params) - set(_parameters(attack)))
     if unknown:
-        raise AttackError(f"attack {name!r} does not accept {', '.join(unknown)}; accepted: {', '.join(_parameters(attack))}")
+        raise AttackError(
+            f"attack {name!r} does not accept {', '.join(unknown)}; accepted: {', '.join(_parameters(attack))}"
+        )
     return attack(**params)

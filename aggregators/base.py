@@ -123,7 +123,9 @@ class Aggregator(ABC):
         checked_center = None
         if center is not None:
             if not self.uses_center:
-                raise AggregationError(f"rule {self.name!r} keeps no centre; center= is only for centered_clipping")
+                raise AggregationError(
+                    f"rule {self.name!r} keeps no centre; center= is only for centered_clipping"
+                )
             checked_center = _checked_center(self.name, center, d)
 
         rejection = self.rejection.find(matrix)
@@ -131,7 +133,9 @@ class Aggregator(ABC):
         if rejected:
             kept = torch.tensor([i for i in range(n) if i not in set(rejected)], dtype=torch.long)
             if kept.numel() == 0:
-                raise AggregationError(f"rule {self.name!r}: all {n} rows were rejected as non-finite or absurd")
+                raise AggregationError(
+                    f"rule {self.name!r}: all {n} rows were rejected as non-finite or absurd"
+                )
             rows = matrix.index_select(0, kept.to(matrix.device))
         else:
             kept = torch.arange(n)
@@ -153,7 +157,9 @@ def _checked_updates(rule: str, updates: object) -> torch.Tensor:
     if not isinstance(updates, torch.Tensor):
         raise AggregationError(f"rule {rule!r}: updates must be a torch.Tensor, got {type(updates).__name__}")
     if updates.dim() != 2:
-        raise AggregationError(f"rule {rule!r}: updates must be 2-D (n x d), got shape {tuple(updates.shape)}")
+        raise AggregationError(
+            f"rule {rule!r}: updates must be 2-D (n x d), got shape {tuple(updates.shape)}"
+        )
     if not updates.is_floating_point():
         raise AggregationError(f"rule {rule!r}: updates must be floating point, got {updates.dtype}")
     if updates.shape[0] == 0 or updates.shape[1] == 0:

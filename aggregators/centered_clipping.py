@@ -36,7 +36,9 @@ class CenteredClipping(Aggregator):
         if not self.tau > 0:
             raise AggregationError(f"rule 'centered_clipping': tau must be > 0, got {self.tau!r}")
         if isinstance(self.iters, bool) or not isinstance(self.iters, int) or self.iters < 1:
-            raise AggregationError(f"rule 'centered_clipping': iters must be a positive int, got {self.iters!r}")
+            raise AggregationError(
+                f"rule 'centered_clipping': iters must be a positive int, got {self.iters!r}"
+            )
 
     def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
         n, d = rows.shape
@@ -55,9 +57,7 @@ class CenteredClipping(Aggregator):
             clip = torch.where(distances > self.tau, self.tau / distances.clamp_min(1e-300), 1.0)
             v = v + ((weights * clip)[:, None] * offsets).sum(dim=0)
         final_offsets = unit[:n] - v[None, :]
-        aggregate = row_combination(
-            rows, v[:n], extra=center[None, :], extra_coefficients=v[n:]
-        )
+        aggregate = row_combination(rows, v[:n], extra=center[None, :], extra_coefficients=v[n:])
         return Combination(
             aggregate=aggregate,
             scores=quadratic_forms(gram_matrix, final_offsets).clamp_min(0.0).sqrt(),

@@ -70,7 +70,9 @@ class GradientSplitting(Aggregator):
         return max(self.f + 1, self.base_rule.minimum_rows())
 
     def requirement_text(self) -> str:
-        return f"n >= f+1 and {self.base_rule.requirement} for base {self.base!r} (= {self.minimum_rows()} rows)"
+        return (
+            f"n >= f+1 and {self.base_rule.requirement} for base {self.base!r} (= {self.minimum_rows()} rows)"
+        )
 
     def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
         n, d = rows.shape

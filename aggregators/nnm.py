@@ -49,7 +49,9 @@ class NearestNeighbourMixing(Aggregator):
     """NNM(f) followed by the rule `base` (built with the same f and `base_params`)."""
 
     name = "nnm"
-    description = "Nearest-neighbour mixing: each row becomes the mean of its n-f nearest rows, then `base` runs."
+    description = (
+        "Nearest-neighbour mixing: each row becomes the mean of its n-f nearest rows, then `base` runs."
+    )
     requirement = "n >= f+1 and the base rule's requirement"
 
     base: str = "trimmed_mean"
@@ -66,7 +68,9 @@ class NearestNeighbourMixing(Aggregator):
         return max(self.f + 1, self.base_rule.minimum_rows())
 
     def requirement_text(self) -> str:
-        return f"n >= f+1 and {self.base_rule.requirement} for base {self.base!r} (= {self.minimum_rows()} rows)"
+        return (
+            f"n >= f+1 and {self.base_rule.requirement} for base {self.base!r} (= {self.minimum_rows()} rows)"
+        )
 
     def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
         if context.weights is not None and not self.base_rule.uses_weights:

@@ -123,7 +123,9 @@ def row_combination(
     for cols in column_blocks(d):
         block = matrix[:, cols].to(WORK_DTYPE) * weights
         if extra is not None and extra_coefficients is not None:
-            block = torch.cat([block, extra[:, cols].to(WORK_DTYPE) * extra_coefficients.to(WORK_DTYPE)[:, None]])
+            block = torch.cat(
+                [block, extra[:, cols].to(WORK_DTYPE) * extra_coefficients.to(WORK_DTYPE)[:, None]]
+            )
         out[cols] = block.sum(dim=0)
     return out
 

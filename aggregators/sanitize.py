@@ -63,7 +63,9 @@ class RejectionPolicy:
         if self.max_norm is not None:
             too_large_mask |= norms > self.max_norm
         if self.max_norm_ratio is not None:
-            median_norm = median_value(norms[torch.isfinite(norms)]) if bool(torch.isfinite(norms).any()) else 0.0
+            median_norm = (
+                median_value(norms[torch.isfinite(norms)]) if bool(torch.isfinite(norms).any()) else 0.0
+            )
             if median_norm > 0.0:
                 too_large_mask |= norms > self.max_norm_ratio * median_norm
         too_large = tuple(int(candidates[i]) for i in torch.nonzero(too_large_mask).flatten())

@@ -61,7 +61,9 @@ def load_digits_data() -> DigitsData:
     )
 
 
-def dirichlet_shards(labels: np.ndarray, workers: int, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
+def dirichlet_shards(
+    labels: np.ndarray, workers: int, alpha: float, rng: np.random.Generator
+) -> list[np.ndarray]:
     """Split sample indices per class across workers with Dirichlet(alpha) proportions.
 
     A worker left without samples receives one from the largest shard, so every worker can train.
@@ -87,7 +89,12 @@ class MLP:
     def initial_parameters(generator: torch.Generator) -> torch.Tensor:
         """torch.nn.Linear's default initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
         pieces = []
-        for shape, fan_in in (((HIDDEN, INPUTS), INPUTS), ((HIDDEN,), INPUTS), ((CLASSES, HIDDEN), HIDDEN), ((CLASSES,), HIDDEN)):
+        for shape, fan_in in (
+            ((HIDDEN, INPUTS), INPUTS),
+            ((HIDDEN,), INPUTS),
+            ((CLASSES, HIDDEN), HIDDEN),
+            ((CLASSES,), HIDDEN),
+        ):
             bound = fan_in**-0.5
             pieces.append((torch.rand(shape, generator=generator) * 2 - 1).flatten() * bound)
         return torch.cat(pieces)
@@ -116,7 +123,8 @@ class MLP:
         d_w1 = d_hidden.transpose(1, 2) @ x
         workers = x.shape[0]
         return torch.cat(
-            [d_w1.reshape(workers, -1), d_hidden.sum(dim=1), d_w2.reshape(workers, -1), d_logits.sum(dim=1)], dim=1
+            [d_w1.reshape(workers, -1), d_hidden.sum(dim=1), d_w2.reshape(workers, -1), d_logits.sum(dim=1)],
+            dim=1,
         )
 
 
@@ -158,7 +166,11 @@ def run_digits(experiment: DigitsExperiment, data: DigitsData | None = None) -> 
     generator = torch.Generator(device="cpu")
     generator.manual_seed(experiment.seed)
 
-    attack = None if experiment.attack is None else attacks.build(experiment.attack, **dict(experiment.attack_params))
+    attack = (
+        None
+        if experiment.attack is None
+        else attacks.build(experiment.attack, **dict(experiment.attack_params))
+    )
     worker_labels = [data.train_y[torch.from_numpy(shard)] for shard in shards]
     if isinstance(attack, attacks.DataAttack):
         for worker in range(f):

@@ -82,7 +82,9 @@ def bench(n: int, d: int, repeat: int, rules: set[str] | None) -> None:
     generator = torch.Generator().manual_seed(0)
     updates = torch.randn(n, d, generator=generator)
     input_bytes = updates.numel() * updates.element_size()
-    print(f"\nn={n} d={d:.0e} float32 input {input_bytes / 2**20:.0f} MiB, torch threads {torch.get_num_threads()}")
+    print(
+        f"\nn={n} d={d:.0e} float32 input {input_bytes / 2**20:.0f} MiB, torch threads {torch.get_num_threads()}"
+    )
     print(f"{'rule':28s} {'time/call':>10s} {'extra mem':>10s}")
     for label, name, params in rule_configurations(n):
         if rules is not None and name not in rules:
@@ -101,7 +103,9 @@ def bench(n: int, d: int, repeat: int, rules: set[str] | None) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=10)
     parser.add_argument("--d", type=float, default=1e6)
     parser.add_argument("--grid", action="store_true", help="n in {8,16,32} x d in {1e5,1e6,1e7}")
@@ -109,7 +113,9 @@ def main() -> None:
     parser.add_argument("--rules", nargs="*", help="rule names to run (default: all)")
     args = parser.parse_args()
     rules = set(args.rules) if args.rules else None
-    shapes = [(n, int(d)) for d in (1e5, 1e6, 1e7) for n in (8, 16, 32)] if args.grid else [(args.n, int(args.d))]
+    shapes = (
+        [(n, int(d)) for d in (1e5, 1e6, 1e7) for n in (8, 16, 32)] if args.grid else [(args.n, int(args.d))]
+    )
     for n, d in shapes:
         bench(n, d, args.repeat, rules)
 

@@ -29,8 +29,16 @@ def assert_vector(actual: torch.Tensor, expected: list[float], **tol: float) -> 
         ("multi_krum", {"f": 2}, HONEST_MEAN),
         ("geometric_median", {"nu": 1e-8}, [1.046808253, 2.004257684, 3.002754996, 3.978248192, 4.9937655]),
         ("centered_clipping", {"tau": 100.0}, [1.528571429, 1.0, 3.142857143, 2.571428571, 4.142857143]),
-        ("centered_clipping", {"tau": 1.0}, [0.1206046949, 0.2018401658, 0.3201967457, 0.404416798, 0.4802171732]),
-        ("centered_clipping", {"tau": 1.0, "iters": 3}, [0.3546862539, 0.5930448463, 0.938543233, 1.189431952, 1.423359653]),
+        (
+            "centered_clipping",
+            {"tau": 1.0},
+            [0.1206046949, 0.2018401658, 0.3201967457, 0.404416798, 0.4802171732],
+        ),
+        (
+            "centered_clipping",
+            {"tau": 1.0, "iters": 3},
+            [0.3546862539, 0.5930448463, 0.938543233, 1.189431952, 1.423359653],
+        ),
         ("nnm", {"f": 2, "base": "trimmed_mean"}, HONEST_MEAN),
     ],
 )
@@ -43,7 +51,12 @@ def test_centered_clipping_second_call_uses_previous_aggregate_as_centre(oracle_
     rule = build("centered_clipping", tau=1.0)
     first = rule(oracle_matrix)
     second = rule(oracle_matrix, center=first.aggregate)
-    assert_vector(second.aggregate, [0.2388309415, 0.3995487921, 0.6330910597, 0.8009238259, 0.9545543303], rtol=2e-9, atol=2e-9)
+    assert_vector(
+        second.aggregate,
+        [0.2388309415, 0.3995487921, 0.6330910597, 0.8009238259, 0.9545543303],
+        rtol=2e-9,
+        atol=2e-9,
+    )
     # The rule keeps no state: the same call without a centre repeats the first result.
     torch.testing.assert_close(rule(oracle_matrix).aggregate, first.aggregate, rtol=0, atol=0)
 
@@ -61,7 +74,9 @@ def test_attack_oracles(oracle_matrix: torch.Tensor) -> None:
     assert_vector(attacks.build("sign_flip")(honest), [-1.14, -2.0, -3.0, -4.0, -5.0])
     assert_vector(attacks.build("ipm", eps=2.0)(honest), [-2.28, -4.0, -6.0, -8.0, -10.0])
     # ByzFL's ALittleIsEnough returns mu + 1.5 sigma (ddof=1); the textbook ALIE is mu - z sigma.
-    byzfl_plus = torch.tensor([1.485325933, 2.237170825, 3.237170825, 4.237170825, 5.237170825], dtype=torch.float64)
+    byzfl_plus = torch.tensor(
+        [1.485325933, 2.237170825, 3.237170825, 4.237170825, 5.237170825], dtype=torch.float64
+    )
     expected = 2 * torch.tensor(HONEST_MEAN, dtype=torch.float64) - byzfl_plus
     torch.testing.assert_close(attacks.build("alie", z=1.5)(honest), expected, rtol=1e-8, atol=1e-9)
 
@@ -85,7 +100,9 @@ def test_gas_median_one_part(oracle_matrix: torch.Tensor) -> None:
     result = build("gas", f=2, base="median", p=1)(oracle_matrix)
     assert result.selected == (0, 1, 2, 3, 4)
     assert_vector(result.aggregate, HONEST_MEAN)
-    assert_vector(result.scores, [0.1, 0.538516, 0.331662, 0.316228, 0.331662, 22.2083, 15.3366], rtol=2e-5, atol=2e-6)
+    assert_vector(
+        result.scores, [0.1, 0.538516, 0.331662, 0.316228, 0.331662, 22.2083, 15.3366], rtol=2e-5, atol=2e-6
+    )
 
 
 def test_gas_median_one_coordinate_per_part(oracle_matrix: torch.Tensor) -> None:
@@ -137,7 +154,9 @@ def test_flag_norm_scale(oracle_matrix: torch.Tensor) -> None:
     ("name", "params"),
     [("median", {}), ("krum", {"f": 2}), ("multi_krum", {"f": 2}), ("bulyan", {"f": 1}), ("flag", {"r": 2})],
 )
-def test_float32_input_keeps_dtype_and_matches_float64(oracle_matrix: torch.Tensor, name: str, params: dict) -> None:
+def test_float32_input_keeps_dtype_and_matches_float64(
+    oracle_matrix: torch.Tensor, name: str, params: dict
+) -> None:
     rule = build(name, **params)
     single = rule(oracle_matrix.float()).aggregate
     assert single.dtype == torch.float32

@@ -105,10 +105,14 @@ def test_call_errors(call: dict, match: str) -> None:
 
 def test_uniform_weights_are_accepted_by_unweighted_rules() -> None:
     updates = rows(5)
-    assert torch.equal(build("median")(updates, weights=[2.0] * 5).aggregate, build("median")(updates).aggregate)
+    assert torch.equal(
+        build("median")(updates, weights=[2.0] * 5).aggregate, build("median")(updates).aggregate
+    )
 
 
-@pytest.mark.parametrize("bad", [torch.zeros(3), torch.zeros(0, 4), torch.zeros(3, 4, dtype=torch.int64), [[1.0]]])
+@pytest.mark.parametrize(
+    "bad", [torch.zeros(3), torch.zeros(0, 4), torch.zeros(3, 4, dtype=torch.int64), [[1.0]]]
+)
 def test_bad_updates(bad: object) -> None:
     with pytest.raises(AggregationError):
         build("mean")(bad)  # type: ignore[arg-type]
@@ -124,7 +128,9 @@ def test_weighted_mean() -> None:
 
 
 @pytest.mark.parametrize("bad_value", [math.nan, math.inf, -math.inf])
-@pytest.mark.parametrize("name", ["mean", "median", "trimmed_mean", "krum", "geometric_median", "flag", "gas"])
+@pytest.mark.parametrize(
+    "name", ["mean", "median", "trimmed_mean", "krum", "geometric_median", "flag", "gas"]
+)
 def test_non_finite_rows_are_rejected(bad_value: float, name: str) -> None:
     updates = rows(9)
     poisoned = updates.clone()

@@ -47,7 +47,9 @@ def random_rows(seed: int, n: int, d: int, dtype: torch.dtype = torch.float64) -
     return rows.to(dtype)
 
 
-def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, scale: float, rtol: float = 1e-7) -> None:
+def assert_close_scaled(
+    actual: torch.Tensor, expected: torch.Tensor, scale: float, rtol: float = 1e-7
+) -> None:
     torch.testing.assert_close(actual, expected, rtol=0.0, atol=rtol * max(scale, 1.0))
 
 
@@ -70,7 +72,9 @@ def test_permutation_invariance(shape: tuple[int, int, int], rng: Any) -> None:
         assert_close_scaled(permuted.aggregate, original.aggregate, scale)
         if original.scores is not None:
             assert permuted.scores is not None
-            torch.testing.assert_close(permuted.scores, original.scores[permutation], rtol=1e-6, atol=1e-9 * scale**2)
+            torch.testing.assert_close(
+                permuted.scores, original.scores[permutation], rtol=1e-6, atol=1e-9 * scale**2
+            )
         if original.selected is not None:
             assert permuted.selected is not None
             assert sorted(order[i] for i in permuted.selected) == list(original.selected)
@@ -104,9 +108,13 @@ finite = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, width=32)
 @given(st.data(), st.integers(1, 4), st.integers(1, 5))
 def test_coordinate_rules_stay_within_the_honest_range(data: st.DataObject, f: int, d: int) -> None:
     n = data.draw(st.integers(2 * f + 1, 2 * f + 6))
-    honest = torch.tensor(data.draw(st.lists(st.lists(finite, min_size=d, max_size=d), min_size=n - f, max_size=n - f)))
+    honest = torch.tensor(
+        data.draw(st.lists(st.lists(finite, min_size=d, max_size=d), min_size=n - f, max_size=n - f))
+    )
     byzantine_values = st.floats(min_value=-1e6, max_value=1e6, width=32)
-    byzantine = torch.tensor(data.draw(st.lists(st.lists(byzantine_values, min_size=d, max_size=d), min_size=f, max_size=f)))
+    byzantine = torch.tensor(
+        data.draw(st.lists(st.lists(byzantine_values, min_size=d, max_size=d), min_size=f, max_size=f))
+    )
     position = data.draw(st.integers(0, n - f))
     rows = torch.cat([honest[:position], byzantine, honest[position:]]).float()
     low, high = honest.min(dim=0).values, honest.max(dim=0).values
