@@ -307,7 +307,7 @@ class _BlockQuantCodec(Codec):
         self, *, block_size: int | None = None, zstd: ZstdMode | None = None, zstd_level: int = 3
     ) -> None:
         super().__init__(zstd=zstd, zstd_level=zstd_level)
-        self.block_size = _check_block_size(block_size or self.default_block_size)
+        self.block_size = _check_block_size(self.default_block_size if block_size is None else block_size)
 
     def config(self) -> dict[str, object]:
         return {"block_size": self.block_size, **super().config()}
@@ -455,7 +455,7 @@ class TopKCodec(_SparseCodec):
 
     def _encode(self, x: torch.Tensor, ctx: EncodeContext) -> EncodeResult:
         kept = self._kept(x.numel(), ctx.k)
-        positions = topk_positions(x.abs(), kept)
+        positions = topk_positions(x, kept)
         values = _select_and_clear(x, positions, ctx.residual)
         fields = _Fields(
             wire.to_bytes(values), indices=wire.encode_positions(positions), params=pb.CodecParams(k=kept)
@@ -501,7 +501,7 @@ class TopKInt8Codec(_SparseCodec):
 
     def _encode(self, x: torch.Tensor, ctx: EncodeContext) -> EncodeResult:
         kept = self._kept(x.numel(), ctx.k)
-        positions = topk_positions(x.abs(), kept)
+        positions = topk_positions(x, kept)
         values = x[positions]
         value_residual = torch.empty_like(values) if ctx.residual is not None else None
         codes, scales = qz.quantize(values, self.block_size, 127, value_residual)

@@ -51,9 +51,10 @@ class PayloadError(ValueError):
     the numbers a human needs to see what was wrong.
     """
 
-    def __init__(self, reason: Reason, detail: str) -> None:
-        super().__init__(f"{reason.value}: {detail}")
-        self.reason = reason
+    def __init__(self, reason: Reason | str, detail: str) -> None:
+        code = Reason(reason)  # a plain string must be one of the known codes
+        super().__init__(f"{code.value}: {detail}")
+        self.reason = code
         self.detail = detail
 
     @property

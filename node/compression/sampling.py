@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 
+import numpy as np
 import torch
 
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -22,6 +23,8 @@ _SEED_DOMAIN = b"fednode/v1/randk-seed"
 _THRESHOLD_SAMPLE = 1 << 15
 # Top-k: below this size (or for large k) plain torch.topk is as fast as the sampling detour.
 _DIRECT_TOPK_NUMEL = 1 << 17
+# Top-k: elements per chunk of the candidate scan (1 MB of float32).
+_SCAN_CHUNK = 1 << 18
 
 
 def _signed64(value: int) -> int:
@@ -81,8 +84,8 @@ def derive_seed(
     return int.from_bytes(digest.digest()[:8], "little")
 
 
-def topk_positions(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
-    """Sorted int64 positions of the k largest `magnitudes` (exact set; ties broken arbitrarily).
+def topk_positions(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Sorted int64 positions of the k largest |x| (exact set; ties broken arbitrarily).
 
     torch.topk over 10M elements takes 130-250 ms on 2 cores. Instead, as in Deep Gradient
     Compression, a threshold is estimated from a fixed-size sample, placed low enough that the
@@ -90,21 +93,43 @@ def topk_positions(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
     candidates only. When the sample was unlucky (fewer than k candidates) it falls back to the
     exact full topk, so the result is always the exact top-k set.
     """
-    n = magnitudes.numel()
+    n = x.numel()
     if not 1 <= k <= n:
         raise ValueError(f"k must be in 1..n={n}, got {k}")
     if n <= _DIRECT_TOPK_NUMEL or k * 8 >= n:
-        chosen = torch.topk(magnitudes, k, sorted=False).indices
+        chosen = torch.topk(x.abs(), k, sorted=False).indices
         return torch.sort(chosen).values
     generator = torch.Generator().manual_seed(0x5EED)
-    sample = magnitudes[torch.randint(n, (_THRESHOLD_SAMPLE,), generator=generator)]
+    sample = x[torch.randint(n, (_THRESHOLD_SAMPLE,), generator=generator)].abs()
     expected = _THRESHOLD_SAMPLE * k / n
     # 1.25x the expected rank plus 4 standard deviations of the sample count, plus a floor
     rank = min(_THRESHOLD_SAMPLE, math.ceil(1.25 * expected + 4.0 * math.sqrt(expected) + 8))
-    threshold = torch.topk(sample, rank, sorted=False).values.min()
-    candidates = torch.nonzero(magnitudes >= threshold).squeeze(1)
+    threshold = float(torch.topk(sample, rank, sorted=False).values.min())
+    candidates = _positions_at_least(x, threshold)
     if candidates.numel() < k:
-        chosen = torch.topk(magnitudes, k, sorted=False).indices
+        chosen = torch.topk(x.abs(), k, sorted=False).indices
     else:
-        chosen = candidates[torch.topk(magnitudes[candidates], k, sorted=False).indices]
+        chosen = candidates[torch.topk(x[candidates].abs(), k, sorted=False).indices]
     return torch.sort(chosen).values
+
+
+def _positions_at_least(x: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Positions where |x| >= threshold, in increasing order.
+
+    Chunked numpy: the |x| and mask temporaries stay in cache and are allocated once, and numpy's
+    flatnonzero is several times faster than torch.nonzero on CPU (measured: ~25 ms vs ~80 ms for
+    abs + compare + nonzero over 10M elements).
+    """
+    values = x.numpy()
+    size = min(values.size, _SCAN_CHUNK)
+    magnitudes = np.empty(size, dtype=np.float32)
+    mask = np.empty(size, dtype=np.bool_)
+    limit = np.float32(threshold)
+    found = []
+    for start in range(0, values.size, _SCAN_CHUNK):
+        chunk = values[start : start + _SCAN_CHUNK]
+        m = chunk.size
+        np.abs(chunk, out=magnitudes[:m])
+        np.greater_equal(magnitudes[:m], limit, out=mask[:m])
+        found.append(np.flatnonzero(mask[:m]) + start)
+    return torch.from_numpy(np.concatenate(found).astype(np.int64, copy=False))
