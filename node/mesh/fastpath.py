@@ -68,6 +68,7 @@ KEY_INFO = b"fednode/fastpath/1 keys"
 AEAD = AESGCM
 _HEADER = struct.Struct(">I")
 _TAG_LEN = 16
+SERVER_IDLE_S = 60.0  # a provider closes a channel that stays this long without a request
 
 
 if sys.version_info >= (3, 11):
@@ -403,9 +404,9 @@ class FastPathServer:
             raise
         while True:
             try:
-                frame = await channel.recv_record(MAX_HEADER_FRAME, self._io_timeout)
-            except ChannelClosed:
-                return  # the requester closed between requests: done
+                frame = await channel.recv_record(MAX_HEADER_FRAME, max(SERVER_IDLE_S, self._io_timeout))
+            except (ChannelClosed, asyncio.TimeoutError):
+                return  # the requester closed (or forgot) the channel between requests: done
             answer = answer_request(self._store, frame, self._chunk_size)
             if answer.data is None:
                 self._stats.refuse(status_name(answer.response.status))

@@ -90,7 +90,7 @@ from .types import (
 log = logging.getLogger(__name__)
 
 PING_PROTOCOL = TProtocol("/ipfs/ping/1.0.0")
-_LIBP2P_WRITE = 64 * 1024  # py-libp2p moves 64 KiB writes fastest (Noise frames are <= 64 KiB)
+_LIBP2P_WRITE = 65507  # one Yamux frame (12-byte header) per Noise message (<= 65519 bytes of plaintext)
 _READ_SIZE = 1024 * 1024
 _WILDCARDS = {"0.0.0.0", "::", ""}
 _FASTPATH_INFO_TTL_S = 300.0
@@ -143,15 +143,19 @@ class _FrameReader:
         if length > max_size:
             raise TransferProtocolError(f"frame of {length} bytes exceeds {max_size}")
         await self._fill(pos + length)
-        frame = bytes(self._buf[pos : pos + length])
+        frame = bytes(memoryview(self._buf)[pos : pos + length])
         del self._buf[: pos + length]
         return frame
 
 
-async def _write_frame(stream: INetStream, payload: bytes | memoryview, timeout: float) -> None:
-    data = encode_varint(len(payload)) + bytes(payload)
-    view = memoryview(data)
-    for start in range(0, len(view), _LIBP2P_WRITE):
+async def _write_frame(stream: INetStream, payload: bytes | memoryview, timeout: float, prefix: bytes = b"") -> None:
+    """Write ``varint(len(prefix + payload)) || prefix || payload`` in Noise-sized pieces."""
+    head = encode_varint(len(prefix) + len(payload)) + prefix
+    view = memoryview(payload)
+    first = _LIBP2P_WRITE - len(head)
+    with trio.fail_after(timeout):
+        await stream.write(head + bytes(view[:first]))
+    for start in range(first, len(view), _LIBP2P_WRITE):
         with trio.fail_after(timeout):
             await stream.write(bytes(view[start : start + _LIBP2P_WRITE]))
 
@@ -865,8 +869,7 @@ class Libp2pNode:
             chunk = self.config.fetch_chunk_size
             for start in range(0, len(view), chunk):
                 piece = view[start : start + chunk]
-                message = chunk_prefix(len(piece)) + bytes(piece)
-                await _write_frame(stream, message, io)
+                await _write_frame(stream, piece, io, prefix=chunk_prefix(len(piece)))
                 self.stats.add("blob_bytes_sent", len(piece))
             self.stats.add("uploads_served")
         except Exception as exc:

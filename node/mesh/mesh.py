@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,10 @@ from .types import MeshEvent, MeshStats, PeerInfo, Reachability, StatsCollector,
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _WILDCARD_HOSTS = {"0.0.0.0", "::"}
+# Idle fast-path channels kept for the next fetch from the same peer; providers close channels
+# idle for fastpath.SERVER_IDLE_S (60 s), so keep them for less than that.
+_IDLE_CHANNEL_TTL_S = 30.0
+_IDLE_CHANNELS_PER_PEER = 2
 
 
 def _route_libp2p_logs() -> None:
@@ -49,6 +54,8 @@ def _route_libp2p_logs() -> None:
     logger.propagate = True
     if logger.level < logging.ERROR:
         logger.setLevel(logging.ERROR)
+    # This module sets INFO on itself and logs every few seconds while below 50 connections.
+    logging.getLogger("libp2p.network.auto_connector").setLevel(logging.WARNING)
 
 
 def _fast_path_host(listen_multiaddr: str) -> str:
@@ -94,6 +101,7 @@ class Mesh:
         self._fast: fastpath.FastPathServer | None = None
         self._hash_executor: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle: dict[str, list[tuple[float, fastpath.SecureChannel]]] = {}
         self._state = "new"
 
     # ------------------------------------------------------------------ lifecycle
@@ -154,6 +162,7 @@ class Mesh:
     async def _shutdown(self) -> None:
         self._state = "stopping"
         budget = self.config.stop_timeout_s
+        self._close_idle()
         if self._fast is not None:  # stop serving first: it is quick and frees the port
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._fast.close(), 2.0)
@@ -398,31 +407,79 @@ class Mesh:
 
     async def _fetch_from(self, peer: str, state: FetchState) -> None:
         """One attempt with one provider: fast path first if possible, then the libp2p stream."""
-        io = self.config.io_timeout_s
-        if self._fast is not None:
-            target = await self._call(Libp2pNode.fastpath_target, peer)
-            if target is not None:
-                hosts, port = target
-                self._stats.add("fetch_attempts_fast_path")
-                try:
-                    channel = await fastpath.open_channel(hosts, port, self._identity, peer, io)
-                except FastPathAuthError as exc:
-                    self._stats.add("fast_path_auth_failures")
-                    log.warning("fast path of %s refused: %s; using libp2p", peer, exc)
-                    await self._call(Libp2pNode.forget_fastpath, peer)
-                except (OSError, asyncio.TimeoutError) as exc:
-                    log.debug("fast path of %s unreachable: %s; using libp2p", peer, exc)
-                    await self._call(Libp2pNode.forget_fastpath, peer)
-                else:
-                    try:
-                        await fastpath.fetch_range(channel, state, self._stats, io, self._hash_executor)
-                        return
-                    except ProviderRefused:
-                        raise
-                    except (TransferProtocolError, OSError, asyncio.TimeoutError) as exc:
-                        log.debug("fast-path transfer from %s broke at %d: %s; using libp2p", peer,
-                                  state.received, exc)
-                    finally:
-                        channel.close()
+        if self._fast is not None and await self._fetch_fast(peer, state):
+            return
         self._stats.add("fetch_attempts_libp2p")
         await self._call(Libp2pNode.fetch_range, peer, state)
+
+    async def _fetch_fast(self, peer: str, state: FetchState, reuse: bool = True) -> bool:
+        """Try the fast path; True when it delivered the range, False to fall back to libp2p.
+
+        Channels are kept open after a transfer and reused by the next fetch from the same peer
+        (no connect, no handshake); a stale one (closed by the provider meanwhile) is replaced
+        by a fresh one at once.
+        """
+        io = self.config.io_timeout_s
+        channel = self._take_idle(peer) if reuse else None
+        reused = channel is not None
+        if channel is None:
+            target = await self._call(Libp2pNode.fastpath_target, peer)
+            if target is None:
+                return False
+            hosts, port = target
+            try:
+                channel = await fastpath.open_channel(hosts, port, self._identity, peer, io)
+            except FastPathAuthError as exc:
+                self._stats.add("fetch_attempts_fast_path")
+                self._stats.add("fast_path_auth_failures")
+                log.warning("fast path of %s refused: %s; using libp2p", peer, exc)
+                await self._call(Libp2pNode.forget_fastpath, peer)
+                return False
+            except (OSError, asyncio.TimeoutError) as exc:
+                log.debug("fast path of %s unreachable: %s; using libp2p", peer, exc)
+                await self._call(Libp2pNode.forget_fastpath, peer)
+                return False
+        self._stats.add("fetch_attempts_fast_path")
+        before = state.received
+        try:
+            await fastpath.fetch_range(channel, state, self._stats, io, self._hash_executor)
+        except ProviderRefused:
+            self._put_idle(peer, channel)  # the provider answered: the channel is still good
+            raise
+        except (TransferProtocolError, OSError, asyncio.TimeoutError) as exc:
+            channel.close()
+            if reused and state.received == before:
+                return await self._fetch_fast(peer, state, reuse=False)
+            log.debug("fast-path transfer from %s broke at %d: %s; using libp2p", peer, state.received, exc)
+            return False
+        except BaseException:
+            channel.close()
+            raise
+        self._put_idle(peer, channel)
+        return True
+
+    def _take_idle(self, peer: str) -> fastpath.SecureChannel | None:
+        idle = self._idle.get(peer)
+        now = time.monotonic()
+        while idle:
+            since, channel = idle.pop()
+            if now - since < _IDLE_CHANNEL_TTL_S:
+                return channel
+            channel.close()
+        return None
+
+    def _put_idle(self, peer: str, channel: fastpath.SecureChannel) -> None:
+        if self._state != "running":
+            channel.close()
+            return
+        idle = self._idle.setdefault(peer, [])
+        if len(idle) >= _IDLE_CHANNELS_PER_PEER:
+            channel.close()
+            return
+        idle.append((time.monotonic(), channel))
+
+    def _close_idle(self) -> None:
+        for idle in self._idle.values():
+            for _, channel in idle:
+                channel.close()
+        self._idle.clear()

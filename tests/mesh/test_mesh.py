@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fednode.node.mesh import (
     BlobNotFoundError,
     BlobTooLargeError,
+    FetchError,
     GossipConfig,
     GossipMessage,
     Mesh,
@@ -297,6 +298,55 @@ def test_fetch_resumes_from_another_provider_when_one_stops(runner: LoopRunner, 
             assert 0 < served.blob_bytes_sent < size, "the second provider should send only the tail"
 
     runner.run(scenario(), timeout=110)
+
+
+def test_wrong_bytes_from_a_provider_are_discarded_and_it_is_excluded(runner: LoopRunner) -> None:
+    data, cid = blob(2_000_000)
+    tampered = bytearray(data)
+    tampered[1_234_567] ^= 0xFF
+
+    async def scenario() -> None:
+        async with started(config(), config(), config()) as (liar, honest, fetcher):
+            honest.serve_blob(cid, data)
+            # The public API refuses to serve bytes that do not hash to their id, so a corrupted or
+            # malicious provider is made by writing its store directly.
+            liar._store._blobs[cid] = bytes(tampered)
+            for provider in (liar, honest):
+                await fetcher.connect(provider.listen_multiaddrs()[0])
+            assert await fetcher.fetch_blob(cid, [liar.peer_id, honest.peer_id]) == data
+            stats = fetcher.stats()
+            assert stats.fetch_hash_mismatches == 1 and stats.fetches_ok == 1
+            liar.unserve_blob(cid)
+            liar._store._blobs[cid] = bytes(tampered)
+            with pytest.raises(FetchError) as error:  # only the liar: nothing trustworthy to return
+                await fetcher.fetch_blob(cid, [liar.peer_id])
+            assert error.value.reasons == {liar.peer_id: "hash_mismatch"}
+
+    runner.run(scenario())
+
+
+def test_busy_provider_is_skipped(runner: LoopRunner) -> None:
+    data, cid = blob(24_000_000)
+
+    async def scenario() -> None:
+        async with started(config(max_concurrent_uploads=1), config(), config(fast_path=False),
+                           config(fast_path=False)) as (busy, other, first, second):
+            busy.serve_blob(cid, data)
+            other.serve_blob(cid, data)
+            for fetcher in (first, second):
+                for provider in (busy, other):
+                    await fetcher.connect(provider.listen_multiaddrs()[0])
+            long_fetch = asyncio.ensure_future(first.fetch_blob(cid, [busy.peer_id]))
+            try:
+                await wait_until(lambda: first.stats().blob_bytes_received > 0, 20, "the first transfer")
+                assert await second.fetch_blob(cid, [busy.peer_id, other.peer_id]) == data
+                assert busy.stats().uploads_refused.get("busy", 0) >= 1
+                assert other.stats().uploads_served == 1
+                assert await asyncio.wait_for(long_fetch, 60) == data
+            finally:
+                long_fetch.cancel()
+
+    runner.run(scenario())
 
 
 # ------------------------------------------------------------------ security
