@@ -4,9 +4,9 @@
 setup:
 	@bash scripts/setup.sh
 
-# Main job: train the built-in default task (digits) and print a summary.
+# Main job: a local federation of 4 daemons training the default task (digits), then a summary.
 run: setup
-	@.venv/bin/fednode start --state-dir runs/solo-$$(date +%Y%m%d-%H%M%S) --rounds 50 --target-accuracy 0.95
+	@.venv/bin/fednode launch --nodes 4 --rounds 30
 
 # Full test suite: lint, then every test (CI runs exactly this: .ci/run).
 test: setup

@@ -56,6 +56,10 @@ SetOption = Annotated[
 FormatOption = Annotated[OutputFormat, typer.Option("--format", help="output format")]
 
 
+def out_console_for_launch() -> Console:
+    return out
+
+
 def fail(error: FednodeError) -> typer.Exit:
     err.print(f"[bold red]error:[/] {error.message}", highlight=False, soft_wrap=True)
     return typer.Exit(int(error.exit_code))
@@ -143,6 +147,77 @@ def start(
     except FednodeError as error:
         raise fail(error) from None
     raise typer.Exit(int(code))
+
+
+def _parse_params(option: str, text: str | None) -> dict[str, Any]:
+    from fednode.node.config import parse_value
+    from fednode.node.errors import ConfigError
+
+    if not text:
+        return {}
+    value = parse_value(text if text.strip().startswith("{") else "{" + text + "}")
+    if not isinstance(value, dict):
+        raise ConfigError(f"{option} must be a TOML inline table such as 'eps = 10' or '{{eps = 10}}'")
+    return value
+
+
+@app.command()
+def launch(
+    nodes: Annotated[int, typer.Option("--nodes", "-n", min=1, max=64, help="daemons to start")] = 4,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="rounds every node trains")] = 30,
+    byzantine: Annotated[int, typer.Option("--byzantine", min=0, help="how many nodes attack (the last K)")] = 0,
+    attack: Annotated[str, typer.Option("--attack", help="attack the Byzantine nodes run, e.g. ipm, alie, label_flip")] = "",
+    attack_params: Annotated[str | None, typer.Option("--attack-params", help="TOML table, e.g. 'eps = 10'")] = None,
+    rule: Annotated[str, typer.Option("--rule", help="aggregation rule, e.g. mean, multi_krum, gas")] = "mean",
+    f: Annotated[int, typer.Option("--f", min=0, help="Byzantine nodes the rule tolerates")] = 0,
+    rule_params: Annotated[str | None, typer.Option("--rule-params", help="TOML table, e.g. 'base = \"krum\", p = 10'")] = None,
+    codec: Annotated[str, typer.Option("--codec", help="update codec")] = "int8",
+    codec_params: Annotated[str | None, typer.Option("--codec-params", help="TOML table, e.g. 'fraction = 0.01'")] = None,
+    min_participants: Annotated[int, typer.Option("--min-participants", min=0, help="0 = a majority, at least what the rule needs")] = 0,
+    target_accuracy: Annotated[float, typer.Option("--target-accuracy", help="nodes stop once they reach it")] = 0.0,
+    out: Annotated[Path | None, typer.Option("--out", help="run directory (default runs/<timestamp>)")] = None,
+    settings: SetOption = None,
+) -> None:
+    """Launch a local federation: N daemons on 127.0.0.1, progress, then a summary table."""
+    import time as _time
+
+    from fednode.cli.launch import LaunchPlan, LocalFederation
+
+    out_console = out_console_for_launch()
+
+    try:
+        if byzantine and not attack:
+            from fednode.node.errors import ConfigError
+
+            raise ConfigError("--byzantine needs --attack NAME (e.g. --attack ipm --attack-params 'eps = 10')")
+        plan = LaunchPlan(
+            nodes=nodes,
+            rounds=rounds,
+            byzantine=byzantine,
+            attack=attack,
+            attack_params=_parse_params("--attack-params", attack_params),
+            rule=rule,
+            f=f,
+            rule_params=_parse_params("--rule-params", rule_params),
+            codec=codec,
+            codec_params=_parse_params("--codec-params", codec_params),
+            min_participants=min_participants,
+            target_accuracy=target_accuracy,
+            out_dir=out or Path("runs") / _time.strftime("%Y%m%d-%H%M%S"),
+            settings=list(settings or []),
+        )
+        plan.derived_min_participants()
+    except FednodeError as error:
+        raise fail(error) from None
+    except (ValueError, TypeError) as error:
+        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(int(ExitCode.CONFIG)) from None
+    try:
+        code = LocalFederation(plan, out_console).run()
+    except RuntimeError as error:
+        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(int(ExitCode.NETWORK)) from None
+    raise typer.Exit(code)
 
 
 @identity_app.command("show")

@@ -420,6 +420,8 @@ class Daemon:
         finally:
             if self.runner is not None:
                 self.round, self.model_version = self.runner.round, self.runner.model_version
+                if self.stop_reason in ("rounds", "target_accuracy"):
+                    await self.runner.linger()
                 self._record_mesh_totals()
                 await self.runner.close()
             await self.mesh.stop()

@@ -151,6 +151,20 @@ class FederationRunner:
         self._spawn(self._announce_periodically(), "announcer")
         self._spawn(self._discover_members(), "discovery")
 
+    async def linger(self) -> None:
+        """Before leaving, keep serving our last payloads until the members we know have closed
+        our last round too (they may still be fetching from us), bounded by a few announcements."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2 * self.announce_interval + 1.0
+        recent = self.rounds.expected() - {self.peer_id}
+        while loop.time() < deadline:
+            behind = [p for p in recent if self.members.get(p, MemberView(p)).round < self.round]
+            if not behind:
+                return
+            self._wakeup.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=0.2)
+
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._publish(control_pb2.ControlMessage(
@@ -466,20 +480,20 @@ class FederationRunner:
     def _on_update_header(self, valid: ValidControl) -> None:
         header = valid.message.update
         sender = valid.sender
-        if header.round <= self.round:
-            self._reject(sender, Rejected(RejectReason.REJECT_STALE, f"update for closed round {header.round}"))
+        if header.payload_size > self.max_payload_bytes:
+            self._reject(sender, Rejected(RejectReason.REJECT_OVERSIZED, f"{header.payload_size} byte payload"))
             return
         if header.round > self.round + 16:
             self._reject(sender, Rejected(RejectReason.REJECT_STALE, f"update for far-future round {header.round}"))
             return
-        if header.payload_size > self.max_payload_bytes:
-            self._reject(sender, Rejected(RejectReason.REJECT_OVERSIZED, f"{header.payload_size} byte payload"))
-            return
         try:
             if not self.book.claim(sender, header.round, header.payload_sha256):
-                return  # duplicate delivery
+                return  # a duplicate (gossip paths, or the sender re-announcing an open round)
         except Rejected as rejected:
             self._reject(sender, rejected)
+            return
+        if header.round <= self.round:
+            self._reject(sender, Rejected(RejectReason.REJECT_STALE, f"update for closed round {header.round}"))
             return
         self.rounds.note_member(sender)
         self._spawn(self._obtain_update(sender, header), f"update-{sender[-6:]}-{header.round}")

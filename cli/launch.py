@@ -1,0 +1,352 @@
+"""`fednode launch`: a real local federation of N daemons on this machine.
+
+Each node is a separate `fednode start` process on 127.0.0.1 with its own state dir and data
+shard; node 0 starts first and serves as bootstrap and relay. Progress is read from the daemons'
+JSON log lines. Ctrl-C (or SIGTERM) stops every daemon gracefully, then kills what is left; each
+daemon also gets PR_SET_PDEATHSIG, so even a kill -9 of the launcher leaves no orphan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class LaunchPlan:
+    nodes: int = 4
+    rounds: int = 30
+    byzantine: int = 0
+    attack: str = ""
+    attack_params: dict[str, Any] = field(default_factory=dict)
+    rule: str = "mean"
+    f: int = 0
+    rule_params: dict[str, Any] = field(default_factory=dict)
+    codec: str = "int8"
+    codec_params: dict[str, Any] = field(default_factory=dict)
+    min_participants: int = 0  # 0 = derived: a majority, and at least what the rule needs
+    target_accuracy: float = 0.0
+    out_dir: Path = Path("runs")
+    settings: list[str] = field(default_factory=list)  # extra --set for every node
+    node_settings: dict[int, list[str]] = field(default_factory=dict)  # extra --set per node
+    start_timeout: float = 120.0
+    stop_timeout: float = 30.0
+
+    def derived_min_participants(self) -> int:
+        if self.min_participants:
+            return self.min_participants
+        from fednode.aggregators import build
+
+        needed = build(self.rule, f=self.f, **self.rule_params).minimum_rows()
+        return max(needed, self.nodes // 2 + 1 if self.nodes > 2 else self.nodes)
+
+
+@dataclass
+class NodeProcess:
+    index: int
+    byzantine: bool
+    state_dir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+    round: int = 0
+    accuracy: float = float("nan")
+    participants: int = 0
+    multiaddrs: list[str] = field(default_factory=list)
+    last_lines: list[str] = field(default_factory=list)
+    peer_id: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"node-{self.index}" + (" (byzantine)" if self.byzantine else "")
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the launcher dies (Linux)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class LocalFederation:
+    def __init__(self, plan: LaunchPlan, console: Console) -> None:
+        self.plan = plan
+        self.console = console
+        self.stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.run_dir = plan.out_dir
+        self.federation_id = f"local-{self.stamp}-{os.getpid()}"
+        self.nodes: list[NodeProcess] = []
+        self._stopping = False
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------------ processes
+    def _common_settings(self) -> list[str]:
+        plan = self.plan
+        settings = {
+            "federation.id": json.dumps(self.federation_id),
+            "federation.min_participants": str(plan.derived_min_participants()),
+            "aggregation.rule": json.dumps(plan.rule),
+            "aggregation.f": str(plan.f),
+            "aggregation.params": _toml_inline(plan.rule_params),
+            "compression.codec": json.dumps(plan.codec),
+            "compression.params": _toml_inline(plan.codec_params),
+            "mesh.listen": '["/ip4/127.0.0.1/tcp/0"]',
+        }
+        args: list[str] = []
+        for key, value in settings.items():
+            args += ["--set", f"{key}={value}"]
+        for item in plan.settings:
+            args += ["--set", item]
+        return args
+
+    def _start_node(self, index: int, bootstrap: str | None) -> NodeProcess:
+        plan = self.plan
+        byzantine = index >= plan.nodes - plan.byzantine
+        state_dir = self.run_dir / f"node-{index}"
+        log_path = self.run_dir / f"node-{index}.log"
+        argv = [
+            sys.executable, "-m", "fednode.cli.app", "start",
+            "--state-dir", str(state_dir),
+            "--shard", f"{index}/{plan.nodes}",
+            "--rounds", str(plan.rounds),
+            "--log-format", "json",
+            *self._common_settings(),
+        ]
+        if plan.target_accuracy:
+            argv += ["--target-accuracy", str(plan.target_accuracy)]
+        if bootstrap:
+            argv += ["--set", f"mesh.bootstrap=[{json.dumps(bootstrap)}]"]
+        else:
+            argv += ["--set", "mesh.relay_hop=true"]
+        if byzantine:
+            argv += ["--set", f"attack.name={json.dumps(plan.attack)}",
+                     "--set", f"attack.params={_toml_inline(plan.attack_params)}"]
+        for item in plan.node_settings.get(index, []):
+            argv += ["--set", item]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FEDNODE_")}
+        process = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches the launcher only; it stops the nodes in order
+            preexec_fn=_die_with_parent,  # PR_SET_PDEATHSIG must be set in the child
+        )
+        node = NodeProcess(index, byzantine, state_dir, log_path, process)
+        threading.Thread(target=self._follow, args=(node,), name=f"log-node-{index}", daemon=True).start()
+        return node
+
+    def _follow(self, node: NodeProcess) -> None:
+        """Copy a node's output to its log file and pick progress out of the JSON records."""
+        assert node.process.stdout is not None
+        with open(node.log_path, "ab") as sink:
+            for raw in node.process.stdout:
+                sink.write(raw)
+                sink.flush()
+                line = raw.decode(errors="replace").rstrip()
+                with self._lock:
+                    node.last_lines = [*node.last_lines[-14:], line]
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                event = record.get("event")
+                if event == "listening":
+                    node.multiaddrs = list(record.get("multiaddrs", []))
+                elif event == "round":
+                    node.round = int(record.get("round", node.round))
+                    node.accuracy = float(record.get("accuracy", node.accuracy))
+                    node.participants = int(record.get("participants", 0))
+
+    def stop_all(self) -> None:
+        """Graceful stop for everyone, bounded; then kill what is left."""
+        if self._stopping:
+            return
+        self._stopping = True
+        for node in self.nodes:
+            if node.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    node.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.plan.stop_timeout
+        for node in self.nodes:
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                node.process.wait(timeout=remaining)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(node.process.pid, signal.SIGKILL)
+                node.process.wait(timeout=10)
+        for node in self.nodes:  # anything a node left in its session goes too
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(node.process.pid, signal.SIGKILL)
+
+    # ------------------------------------------------------------------------ run
+    def run(self) -> int:
+        plan = self.plan
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def on_signal(signum: int, _frame: object) -> None:
+            self.console.print(f"[yellow]{signal.Signals(signum).name}: stopping every node...[/]")
+            raise KeyboardInterrupt
+
+        for signum in previous:
+            signal.signal(signum, on_signal)
+        interrupted = False
+        try:
+            bootstrap = self._start_node(0, None)
+            self.nodes.append(bootstrap)
+            address = self._wait_for_address(bootstrap)
+            for index in range(1, plan.nodes):
+                self.nodes.append(self._start_node(index, address))
+            self._show_progress()
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            self.stop_all()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        wall = time.perf_counter() - started
+        summary = self._summarize(wall, interrupted)
+        failed = [n for n in self.nodes if n.process.returncode not in (0, None)]
+        for node in failed:
+            self.console.print(f"[red]{node.name} exited with code {node.process.returncode}; last lines of {node.log_path}:[/]")
+            for line in node.last_lines[-8:]:
+                self.console.print(f"  {line[:300]}", highlight=False, markup=False)
+        if interrupted:
+            return 130
+        return 1 if failed or not summary["nodes"] else 0
+
+    def _wait_for_address(self, node: NodeProcess) -> str:
+        deadline = time.monotonic() + self.plan.start_timeout
+        with self.console.status("starting the bootstrap node..."):
+            while time.monotonic() < deadline:
+                if node.multiaddrs:
+                    return node.multiaddrs[0]
+                if node.process.poll() is not None:
+                    raise RuntimeError(f"the bootstrap node exited with code {node.process.returncode}; see {node.log_path}")
+                time.sleep(0.1)
+        raise RuntimeError(f"the bootstrap node did not start listening within {self.plan.start_timeout:.0f} s")
+
+    def _show_progress(self) -> None:
+        plan = self.plan
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("rounds  acc {task.fields[accuracy]}  peers {task.fields[peers]}"),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=self.console, transient=False) as progress:
+            tasks: dict[int, TaskID] = {
+                node.index: progress.add_task(node.name, total=plan.rounds, accuracy="  -  ", peers="-")
+                for node in self.nodes
+            }
+            while any(node.process.poll() is None for node in self.nodes):
+                self._refresh(progress, tasks)
+                time.sleep(0.2)
+            self._refresh(progress, tasks)
+
+    def _refresh(self, progress: Progress, tasks: dict[int, TaskID]) -> None:
+        for node in self.nodes:
+            accuracy = "  -  " if math.isnan(node.accuracy) else f"{node.accuracy:.3f}"
+            progress.update(tasks[node.index], completed=node.round, accuracy=accuracy, peers=node.participants or "-")
+
+    # ------------------------------------------------------------------------ results
+    def _summarize(self, wall_seconds: float, interrupted: bool) -> dict[str, Any]:
+        rows = []
+        for node in self.nodes:
+            path = node.state_dir / "summary.json"
+            data: dict[str, Any] = {}
+            if path.exists():
+                with contextlib.suppress(ValueError):
+                    data = json.loads(path.read_text())
+            rows.append({
+                "node": node.index,
+                "peer_id": data.get("peer_id", ""),
+                "byzantine": node.byzantine,
+                "exit_code": node.process.returncode,
+                "rounds": data.get("rounds", node.round),
+                "accuracy": data.get("accuracy", node.accuracy),
+                "bytes_sent": data.get("bytes_sent", 0),
+                "bytes_received": data.get("bytes_received", 0),
+                "wall_seconds": data.get("wall_seconds", 0.0),
+                "syncs": data.get("syncs", 0),
+                "rejected": data.get("rejected", {}),
+                "state_dir": str(node.state_dir),
+            })
+        honest = [r["accuracy"] for r in rows if not r["byzantine"] and isinstance(r["accuracy"], float)]
+        summary = {
+            "federation_id": self.federation_id,
+            "nodes": rows,
+            "plan": {
+                "nodes": self.plan.nodes, "rounds": self.plan.rounds, "byzantine": self.plan.byzantine,
+                "attack": self.plan.attack, "rule": self.plan.rule, "f": self.plan.f, "codec": self.plan.codec,
+                "min_participants": self.plan.derived_min_participants(),
+            },
+            "honest_mean_accuracy": sum(honest) / len(honest) if honest else float("nan"),
+            "honest_min_accuracy": min(honest) if honest else float("nan"),
+            "wall_seconds": wall_seconds,
+            "interrupted": interrupted,
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        table = Table(title=f"federation {self.federation_id}: {self.plan.nodes} nodes, rule {self.plan.rule}")
+        for column in ("node", "role", "rounds", "accuracy", "sent", "received", "wall", "exit"):
+            table.add_column(column, justify="right" if column not in ("node", "role") else "left")
+        for row in rows:
+            accuracy = row["accuracy"]
+            table.add_row(
+                f"node-{row['node']}",
+                f"byzantine ({self.plan.attack})" if row["byzantine"] else "honest",
+                str(row["rounds"]),
+                "-" if not isinstance(accuracy, float) or math.isnan(accuracy) else f"{accuracy:.4f}",
+                _human_bytes(row["bytes_sent"]),
+                _human_bytes(row["bytes_received"]),
+                f"{row['wall_seconds']:.1f} s",
+                str(row["exit_code"]),
+            )
+        self.console.print(table)
+        self.console.print(
+            f"honest nodes: mean accuracy {summary['honest_mean_accuracy']:.4f}, "
+            f"min {summary['honest_min_accuracy']:.4f}; wall time {wall_seconds:.1f} s; "
+            f"summary: {self.run_dir / 'summary.json'}",
+            highlight=False,
+        )
+        return summary
+
+
+def _human_bytes(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
+
+
+def _toml_inline(value: Any) -> str:
+    """A value in TOML inline syntax (the daemon's --set value syntax): JSON scalars and arrays
+    are valid TOML, tables become {key = value, ...}."""
+    if isinstance(value, dict):
+        items = ", ".join(f"{json.dumps(str(k))} = {_toml_inline(v)}" for k, v in value.items())
+        return "{" + items + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_inline(v) for v in value) + "]"
+    return json.dumps(value)
