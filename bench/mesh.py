@@ -1,6 +1,6 @@
 """Benchmark of the mesh (issue 5), side by side in one run.
 
-    python bench/mesh.py                          # 1, 10, 50 MB blobs, 7 interleaved repetitions
+    python bench/mesh.py                          # 1, 10, 50 MB blobs, 9 interleaved repetitions
     python bench/mesh.py --sizes 1,10,50,200 --reps 9 --json runs/mesh-bench.json
 
 Transfer throughput: a provider process (a real Mesh plus a plain asyncio TCP server, both serving
@@ -17,8 +17,9 @@ shared 2-core machine hits them all alike):
 
 Both mesh paths include everything fetch_blob does (finding the path, handshake, framing,
 sha256 verification of the whole blob) and return the verified bytes; the raw paths do none of
-it. MB = 10^6 bytes; medians over the repetitions after one warm-up round. No pass/fail: the
-machine is noisy; compare ratios taken in the same run.
+it. MB = 10^6 bytes; medians over the repetitions after one warm-up round; each ratio is the
+median of per-repetition ratios (a path against the faster raw path of the same repetition),
+which cancels most of the load drift. No pass/fail: the machine is noisy.
 
 W1 federation workload: TODO(lead) - add here, in this same run, the W1 part of issue 5:
 4 daemons, digits MLP 64-256-256-10, 20 rounds; report steady seconds per round, wall time,
@@ -185,26 +186,38 @@ async def bench(sizes: list[int], reps: int) -> dict:
             "samples": results, "medians": medians}
 
 
+def ratios(result: dict, path: str, size: int) -> list[float]:
+    """Per-repetition ratio of ``path`` to the faster raw path of the same repetition."""
+    samples = result["samples"]
+    return [
+        value / max(a, b)
+        for value, a, b in zip(samples[path][size], samples["raw-streams"][size], samples["raw-recv-into"][size],
+                               strict=True)
+    ]
+
+
 def report(result: dict) -> None:
     med = result["medians"]
-    print(f"\nBlob transfer on 127.0.0.1, MB/s (median of {result['reps']} interleaved repetitions; "
-          f"load average {result['load_before'][0]:.1f} -> {result['load_after'][0]:.1f}, "
-          f"{os.cpu_count()} CPUs)\n")
-    header = f"{'size':>7} | {'raw streams':>11} | {'raw recv_into':>13} | {'libp2p stream':>20} | {'fast path':>20}"
+    print(f"\nBlob transfer on 127.0.0.1, MB/s, medians of {result['reps']} interleaved repetitions "
+          f"(load average {result['load_before'][0]:.1f} -> {result['load_after'][0]:.1f}, {os.cpu_count()} CPUs)\n")
+    header = (f"{'size':>7} | {'raw streams':>11} | {'raw recv_into':>13} | {'libp2p stream':>13} {'ratio':>6} | "
+              f"{'fast path':>9} {'ratio':>6}")
     print(header)
     print("-" * len(header))
     for size in result["sizes"]:
-        raw = max(med["raw-streams"][size], med["raw-recv-into"][size])
-        lp, fp = med["libp2p"][size], med["fast"][size]
+        lp_ratio = statistics.median(ratios(result, "libp2p", size))
+        fp_ratio = statistics.median(ratios(result, "fast", size))
+        result.setdefault("ratios", {})[str(size)] = {"libp2p": lp_ratio, "fast": fp_ratio}
         print(f"{size // MB:>4} MB | {med['raw-streams'][size]:>11.1f} | {med['raw-recv-into'][size]:>13.1f} | "
-              f"{lp:>8.1f} ({lp / raw:>5.2f}x raw) | {fp:>8.1f} ({fp / raw:>5.2f}x raw)")
-    print("\nratios are against the faster raw path of the same size; the mesh paths also verify sha256.")
+              f"{med['libp2p'][size]:>13.1f} {lp_ratio:>5.2f}x | {med['fast'][size]:>9.1f} {fp_ratio:>5.2f}x")
+    print("\nratio = median over repetitions of (path / faster raw path of the same repetition); the mesh paths")
+    print("also find the path, authenticate, frame and sha256-verify the whole blob, the raw paths do none of it.")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1,10,50", help="blob sizes in MB, comma-separated")
-    parser.add_argument("--reps", type=int, default=7, help="counted repetitions (plus one warm-up)")
+    parser.add_argument("--reps", type=int, default=9, help="counted repetitions (plus one warm-up)")
     parser.add_argument("--json", type=Path, help="also write the raw samples and medians here")
     parser.add_argument("--provider", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
