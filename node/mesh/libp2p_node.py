@@ -337,7 +337,9 @@ class Libp2pNode:
             max_reservations=limits.max_reservations,
             reservation_ttl=limits.reservation_ttl_s,
         )
-        roles = RelayRole.STOP | RelayRole.CLIENT
+        # No CLIENT role flag: in 0.8.1 it only makes every relayed *dial* take a reservation on
+        # the relay as a side effect. Reservations are made explicitly (_reserve_relay).
+        roles = RelayRole.STOP
         if cfg.relay_hop:
             roles |= RelayRole.HOP
         timeout = max(1, int(cfg.io_timeout_s))
@@ -367,9 +369,26 @@ class Libp2pNode:
     async def running(self) -> AsyncIterator[Libp2pNode]:
         """Build the host, listen, run every service; yield the running node."""
         self._build()
+        try:
+            async with self._services():
+                yield self
+        finally:
+            # Pubsub's seen-message cache runs a sweeper *thread* nobody stops (0.8.1); it
+            # starts in the constructor, so stop it even when start-up failed.
+            with contextlib.suppress(Exception):
+                self.pubsub.seen_messages.stop()
+
+    @contextlib.asynccontextmanager
+    async def _services(self) -> AsyncIterator[None]:
         listen = [multiaddr.Multiaddr(a) for a in self.config.listen_multiaddrs]
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.host.run(listen_addrs=listen))
+            # BasicHost.run() logs a failed listen (port in use, bad address) and carries on.
+            bound = self.host.get_transport_addrs()
+            if not bound:
+                raise MeshError(f"could not listen on {', '.join(self.config.listen_multiaddrs)}")
+            if len(bound) < len(listen):
+                log.warning("listening on %s only (asked for %s)", bound, self.config.listen_multiaddrs)
             await stack.enter_async_context(background_trio_service(self.pubsub))
             await stack.enter_async_context(background_trio_service(self.gossipsub))
             await stack.enter_async_context(background_trio_service(self.dht))
@@ -386,12 +405,9 @@ class Libp2pNode:
             if self.autonat is not None:
                 nursery.start_soon(self._autonat_loop)
             try:
-                yield self
+                yield
             finally:
                 nursery.cancel_scope.cancel()
-                # Pubsub's seen-message cache runs a sweeper *thread* nobody stops (0.8.1).
-                with contextlib.suppress(Exception):
-                    self.pubsub.seen_messages.stop()
 
     # ------------------------------------------------------------------ addresses
 

@@ -149,8 +149,10 @@ class Mesh:
                 await asyncio.wait_for(self._bridge.call(Libp2pNode.bootstrap), max(0.5, deadline - loop.time()))
             except asyncio.TimeoutError:
                 log.warning("bootstrap did not finish within %.0f s; continuing", cfg.start_timeout_s)
-        except BaseException:
+        except BaseException as exc:
             await self._shutdown()
+            if isinstance(exc, Exception) and not isinstance(exc, MeshError):
+                raise MeshError(f"the mesh failed to start: {exc}") from exc
             raise
         log.info("mesh %s listening on %s", self.peer_id, " ".join(self.listen_multiaddrs()))
 

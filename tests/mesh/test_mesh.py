@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ from fednode.node.mesh import (
     GossipConfig,
     GossipMessage,
     Mesh,
+    MeshClosedError,
+    MeshError,
     MessageTooLargeError,
     PeerConnected,
     peer_id_from_public_key,
@@ -421,6 +424,31 @@ def test_dcutr_upgrades_a_relayed_connection(fed: Federation, runner: LoopRunner
 
 
 # ------------------------------------------------------------------ shutdown
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("taken_by", ["fast path", "libp2p"])
+def test_start_failure_raises_cleanly(runner: LoopRunner, taken_by: str) -> None:
+    before = {t.ident for t in threading.enumerate()}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        async def scenario() -> None:
+            if taken_by == "fast path":
+                mesh = Mesh(config(fast_path_port=port))
+            else:
+                mesh = Mesh(config(listen_multiaddrs=(f"/ip4/127.0.0.1/tcp/{port}",), fast_path=False))
+            with pytest.raises(MeshError):
+                await mesh.start()
+            assert not mesh.running
+            with pytest.raises(MeshClosedError):
+                await mesh.publish(TOPIC, b"x")
+            await mesh.stop()
+
+        runner.run(scenario())
+    assert not [t.name for t in threading.enumerate() if t.ident not in before]
 
 
 @pytest.mark.timeout(60)
