@@ -283,6 +283,11 @@ class Libp2pNode:
 
     def _build(self) -> None:
         cfg = self.config
+        for addr in cfg.bootstrap_multiaddrs:
+            try:
+                self._bootstrap_peers.append(info_from_p2p_addr(multiaddr.Multiaddr(addr)))
+            except Exception as exc:
+                raise MeshError(f"bad bootstrap multiaddr {addr!r}: {exc}") from exc
         key_pair = self.identity.libp2p_key_pair()
         self.host = cast(
             BasicHost,
@@ -359,24 +364,21 @@ class Libp2pNode:
         self.host.set_stream_handler(TProtocol(TRANSFER_PROTOCOL), self._handle_transfer)
         self.host.set_stream_handler(TProtocol(FASTPATH_INFO_PROTOCOL), self._handle_fastpath_info)
         self.host.get_network().register_notifee(_Notifee(self))
-        for addr in cfg.bootstrap_multiaddrs:
-            try:
-                self._bootstrap_peers.append(info_from_p2p_addr(multiaddr.Multiaddr(addr)))
-            except Exception as exc:
-                raise MeshError(f"bad bootstrap multiaddr {addr!r}: {exc}") from exc
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Libp2pNode]:
         """Build the host, listen, run every service; yield the running node."""
-        self._build()
         try:
+            self._build()
             async with self._services():
                 yield self
         finally:
             # Pubsub's seen-message cache runs a sweeper *thread* nobody stops (0.8.1); it
             # starts in the constructor, so stop it even when start-up failed.
-            with contextlib.suppress(Exception):
-                self.pubsub.seen_messages.stop()
+            pubsub = getattr(self, "pubsub", None)
+            if pubsub is not None:
+                with contextlib.suppress(Exception):
+                    pubsub.seen_messages.stop()
 
     @contextlib.asynccontextmanager
     async def _services(self) -> AsyncIterator[None]:

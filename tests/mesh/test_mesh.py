@@ -427,8 +427,8 @@ def test_dcutr_upgrades_a_relayed_connection(fed: Federation, runner: LoopRunner
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("taken_by", ["fast path", "libp2p"])
-def test_start_failure_raises_cleanly(runner: LoopRunner, taken_by: str) -> None:
+@pytest.mark.parametrize("failure", ["fast path port taken", "libp2p port taken", "bad bootstrap address"])
+def test_start_failure_raises_cleanly(runner: LoopRunner, failure: str) -> None:
     before = {t.ident for t in threading.enumerate()}
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -436,10 +436,12 @@ def test_start_failure_raises_cleanly(runner: LoopRunner, taken_by: str) -> None
         port = taken.getsockname()[1]
 
         async def scenario() -> None:
-            if taken_by == "fast path":
+            if failure == "fast path port taken":
                 mesh = Mesh(config(fast_path_port=port))
-            else:
+            elif failure == "libp2p port taken":
                 mesh = Mesh(config(listen_multiaddrs=(f"/ip4/127.0.0.1/tcp/{port}",), fast_path=False))
+            else:
+                mesh = Mesh(config(bootstrap_multiaddrs=("/ip4/127.0.0.1/tcp/1",)))  # no /p2p/<id>
             with pytest.raises(MeshError):
                 await mesh.start()
             assert not mesh.running
