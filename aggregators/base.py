@@ -131,7 +131,8 @@ class Aggregator(ABC):
         rejection = self.rejection.find(matrix)
         rejected = rejection.indices
         if rejected:
-            kept = torch.tensor([i for i in range(n) if i not in set(rejected)], dtype=torch.long)
+            dropped = set(rejected)
+            kept = torch.tensor([i for i in range(n) if i not in dropped], dtype=torch.long)
             if kept.numel() == 0:
                 raise AggregationError(
                     f"rule {self.name!r}: all {n} rows were rejected as non-finite or absurd"

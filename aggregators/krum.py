@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .base import Aggregator, CallContext
@@ -29,16 +30,24 @@ def pairwise_squared_distances(rows: torch.Tensor) -> torch.Tensor:
     return squared_distances(gram(rows, centered=True))
 
 
-def krum_scores(distances: torch.Tensor, f: int, minimum_neighbours: int = 0) -> torch.Tensor:
-    """Krum score of each row: the sum of its squared distances to its n-f-2 nearest *other* rows
-    (at least `minimum_neighbours`, at most n-1)."""
+def _krum_scores(distances: np.ndarray, f: int, minimum_neighbours: int) -> np.ndarray:
     n = distances.shape[0]
     neighbours = min(max(n - f - 2, minimum_neighbours), n - 1)
     if neighbours <= 0:
-        return torch.zeros(n, dtype=WORK_DTYPE)
-    others = distances + torch.diag(torch.full((n,), torch.inf, dtype=WORK_DTYPE))
-    nearest = torch.sort(others, dim=1).values[:, :neighbours]
-    return nearest.sum(dim=1)
+        return np.zeros(n)
+    others = distances.copy()
+    np.fill_diagonal(others, np.inf)
+    return np.sort(others, axis=1)[:, :neighbours].sum(axis=1)
+
+
+def krum_scores(distances: torch.Tensor, f: int, minimum_neighbours: int = 0) -> torch.Tensor:
+    """Krum score of each row: the sum of its squared distances to its n-f-2 nearest *other* rows
+    (at least `minimum_neighbours`, at most n-1). Float64.
+
+    The n x n bookkeeping runs in numpy: single-threaded, exact sorts, a fixed summation order,
+    and far less per-operation overhead than torch for such small arrays.
+    """
+    return torch.from_numpy(_krum_scores(distances.cpu().numpy(), f, minimum_neighbours))
 
 
 def iterated_krum(distances: torch.Tensor, f: int, count: int) -> list[int]:
@@ -49,14 +58,22 @@ def iterated_krum(distances: torch.Tensor, f: int, count: int) -> list[int]:
     neighbours (at most all other remaining rows). Two, not one: with a single neighbour, two
     mutually nearest rows always tie exactly, and the index would decide.
     """
-    remaining = list(range(distances.shape[0]))
+    others = distances.cpu().numpy().copy()
+    np.fill_diagonal(others, np.inf)
+    active = np.ones(others.shape[0], dtype=bool)
     chosen: list[int] = []
-    for _ in range(count):
-        index = torch.tensor(remaining)
-        scores = krum_scores(distances[index][:, index], f, minimum_neighbours=2)
-        winner = remaining[int(stable_order(scores)[0])]
+    for remaining in range(others.shape[0], others.shape[0] - count, -1):
+        neighbours = min(max(remaining - f - 2, 2), remaining - 1)
+        # Picked rows are +inf columns, so each row's `neighbours` smallest entries are its
+        # nearest remaining rows.
+        scores = (
+            np.sort(others, axis=1)[:, :neighbours].sum(axis=1) if neighbours > 0 else np.zeros(len(active))
+        )
+        scores[~active] = np.inf
+        winner = int(np.argmin(scores))  # first minimum: ties go to the lowest index
         chosen.append(winner)
-        remaining.remove(winner)
+        active[winner] = False
+        others[:, winner] = np.inf
     return chosen
 
 
@@ -117,19 +134,15 @@ def mean_around_median(sorted_rows: Sequence[torch.Tensor], count: int) -> torch
     """Per coordinate, the mean of the `count` values closest to the median (ties: lower values).
 
     The values closest to the median form a contiguous window of the sorted values; the window
-    that contains them is the one whose farther endpoint is closest to the median.
+    that contains them is the one whose farther endpoint is closest to the median (the first such
+    window on ties).
     """
-    median = middle_average(sorted_rows)
-    best_cost = torch.full_like(median, torch.inf)
-    best_start = torch.zeros(median.shape, dtype=torch.long, device=median.device)
-    for start in range(len(sorted_rows) - count + 1):
-        low = (sorted_rows[start].to(WORK_DTYPE) - median).abs()
-        high = (sorted_rows[start + count - 1].to(WORK_DTYPE) - median).abs()
-        cost = torch.maximum(low, high)
-        better = cost < best_cost
-        best_cost = torch.where(better, cost, best_cost)
-        best_start = torch.where(better, start, best_start)
     stacked = torch.stack(list(sorted_rows)).to(WORK_DTYPE)
+    windows = stacked.shape[0] - count + 1
+    median = middle_average(sorted_rows)
+    lower_ends = (stacked[:windows] - median).abs()
+    upper_ends = (stacked[count - 1 :] - median).abs()
+    best_start = torch.maximum(lower_ends, upper_ends).argmin(dim=0)  # first minimum on ties
     offsets = torch.arange(count, device=median.device)[:, None]
     return stacked.gather(0, best_start[None, :] + offsets).sum(dim=0) / count
 
