@@ -38,9 +38,10 @@ def restore_threads() -> Iterator[None]:
 
 
 def updates(dtype: torch.dtype) -> torch.Tensor:
-    # d spans several column blocks and is large enough for torch to use both threads.
+    # d spans two column blocks (the second one partial); 11 x d is well above torch's parallel
+    # grain size, so with two threads every reduction is split between them.
     generator = torch.Generator().manual_seed(123)
-    rows = torch.randn(11, 3 * COLUMN_BLOCK + 1234, generator=generator, dtype=torch.float64)
+    rows = torch.randn(11, COLUMN_BLOCK + 4321, generator=generator, dtype=torch.float64)
     rows[:2] = rows[:2] * 5.0 + 2.0  # a couple of outliers
     rows[2] = rows[3]  # an exact duplicate (ALIE-style): ties must break by index
     return rows.to(dtype)
@@ -69,12 +70,12 @@ def assert_identical(first: list[AggregationResult], second: list[AggregationRes
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_bit_identical_across_thread_counts(dtype: torch.dtype, restore_threads: None) -> None:
     matrix = updates(dtype)
-    torch.set_num_threads(1)
-    single = run_all(matrix)
     torch.set_num_threads(2)
     double = run_all(matrix)
+    torch.set_num_threads(1)
+    single = run_all(matrix)
     assert_identical(single, double)
-    assert_identical(double, run_all(matrix.clone()))
+    assert_identical(single, run_all(matrix.clone()))
 
 
 def test_duplicate_rows_tie_break_by_index() -> None:

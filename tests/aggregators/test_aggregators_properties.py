@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from fednode.aggregators import build
 
-SETTINGS = settings(max_examples=40, deadline=None)
+SETTINGS = settings(max_examples=30, deadline=None)
 
 
 def rule_configurations(n: int) -> list[tuple[str, dict[str, Any]]]:
