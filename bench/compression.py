@@ -13,6 +13,8 @@
 (b) a ~10M-parameter update with a realistic structure (layers of a small transformer, per-layer
     magnitudes spanning two decades, heavy tails): bytes per round, encode and decode MB/s
     (MB = 10^6 bytes of float32 input; medians over repetitions), and what zstd does for each codec.
+(c) with --robust: robust rules (median, trimmed mean, Multi-Krum; f = 1, 5 honest peers) over
+    decoded compressed updates, the interaction docs/compression.md discusses.
 
 Timings include everything a node does: compress (with error feedback) + SerializeToString, and
 FromString + decode (with all validation). Figures only; nothing here asserts a speed.
@@ -21,6 +23,7 @@ FromString + decode (with all validation). Figures only; nothing here asserts a 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -33,6 +36,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from fednode.aggregators import build as build_aggregator
 from fednode.node.compression import DecodeLimits, UpdateCompressor, build_codec, decode, derive_seed
 from fednode.proto.v1 import tensor_pb2 as pb
 
@@ -170,9 +174,22 @@ class DigitsResult:
 
 
 def run_digits(
-    config: Config, task: DigitsTask, rounds: int, local_steps: int, lr: float, batch: int
+    config: Config,
+    task: DigitsTask,
+    rounds: int,
+    local_steps: int,
+    lr: float,
+    batch: int,
+    rule: str = "mean",
+    shared_positions: bool = False,
 ) -> DigitsResult:
-    """FedAvg over the peers with `config` on every link; returns bytes and final accuracy."""
+    """Federated training with `config` on every link; returns bytes and final accuracy.
+
+    rule: "mean" is FedAvg (plain mean of the decoded deltas); any other name is a robust rule
+        from fednode.aggregators with f = 1, run on the decoded dense deltas.
+    shared_positions: randk seeds derived without the sender, so all peers send the same
+        coordinates in a round (the mode coordinate-wise rules need).
+    """
     model = make_mlp(seed=0)
     global_vector = nn.utils.parameters_to_vector(model.parameters()).detach().clone()
     n = global_vector.numel()
@@ -180,6 +197,7 @@ def run_digits(
     compressors = [config.compressor() for _ in range(peers)]
     limits = DecodeLimits(max_numel=n)
     loss_fn = nn.CrossEntropyLoss()
+    aggregator = None if rule == "mean" else build_aggregator(rule, f=1)
     sent = 0
     for round_number in range(rounds):
         decoded = []
@@ -194,11 +212,16 @@ def run_digits(
                 loss_fn(model(x[pick]), y[pick]).backward()
                 optimizer.step()
             delta = nn.utils.parameters_to_vector(model.parameters()).detach() - global_vector
-            seed = derive_seed("bench-federation", f"peer-{peer}", round_number=round_number)
+            sender = "" if shared_positions else f"peer-{peer}"
+            seed = derive_seed("bench-federation", sender, round_number=round_number)
             blob = compressors[peer].compress(delta, seed=seed, step=round_number).SerializeToString()
             sent += len(blob)
             decoded.append(decode(pb.TensorPayload.FromString(blob), limits=limits, expected_numel=n))
-        global_vector += torch.stack(decoded).mean(0)
+        rows = torch.stack(decoded)
+        if aggregator is None:
+            global_vector += rows.mean(0)
+        else:
+            global_vector += aggregator(rows, seed=round_number).aggregate.to(torch.float32)
     nn.utils.vector_to_parameters(global_vector, model.parameters())
     with torch.no_grad():
         accuracy = (model(task.x_test).argmax(1) == task.y_test).float().mean().item()
@@ -210,7 +233,8 @@ def run_digits(
 
 def transformer_like_shapes(target: int) -> list[tuple[int, ...]]:
     """Parameter shapes of a small transformer (embeddings, blocks of attention + MLP + norms)."""
-    width, vocab = 512, 8000
+    width = 512 if target >= 5_000_000 else 128
+    vocab = max(1, min(8000, target // (4 * width)))
     shapes: list[tuple[int, ...]] = [(vocab, width)]
     block = [
         (3 * width, width),
@@ -228,7 +252,7 @@ def transformer_like_shapes(target: int) -> list[tuple[int, ...]]:
     ]
     while sum(int(np.prod(s)) for s in shapes) + sum(int(np.prod(s)) for s in block) <= target:
         shapes.extend(block)
-    shapes.append((target - sum(int(np.prod(s)) for s in shapes),))  # final head bias-like remainder
+    shapes.append((target - sum(int(np.prod(s)) for s in shapes), 1))  # output head takes the remainder
     return [s for s in shapes if int(np.prod(s)) > 0]
 
 
@@ -247,13 +271,14 @@ def synthetic_update(numel: int, seed: int) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def median_seconds(fn: Callable[[], object], reps: int) -> float:
+def timings(fn: Callable[[], object], reps: int) -> list[float]:
+    """Wall-clock seconds of `reps` calls (time.perf_counter)."""
     times = []
     for _ in range(reps):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
 
 
 @dataclass
@@ -261,8 +286,8 @@ class BigResult:
     label: str
     zstd: str
     bytes_per_round: int
-    encode_s: float
-    decode_s: float
+    encode_s: list[float]
+    decode_s: list[float]
     bytes_zstd_off: int
     bytes_zstd_on: int
     zstd_encode_extra_s: float
@@ -282,8 +307,8 @@ def run_big(config: Config, update: torch.Tensor, reps: int) -> BigResult:
         nonlocal blob
         blob = compressor.compress(update, seed=seed, step=step).SerializeToString()
 
-    encode_s = median_seconds(encode, reps)
-    decode_s = median_seconds(
+    encode_s = timings(encode, reps)
+    decode_s = timings(
         lambda: decode(pb.TensorPayload.FromString(blob), limits=limits, expected_numel=n), reps
     )
     sizes, extra = {}, 0.0
@@ -291,8 +316,8 @@ def run_big(config: Config, update: torch.Tensor, reps: int) -> BigResult:
         variant = Config(config.label, config.codec, {**config.params, "zstd": mode}).compressor()
         variant.compress(update, seed=seed, step=step)
         sizes[mode] = len(variant.compress(update, seed=seed, step=step).SerializeToString())
-        seconds = median_seconds(
-            lambda v=variant: v.compress(update, seed=seed, step=step), max(1, reps // 2)
+        seconds = statistics.median(
+            timings(lambda v=variant: v.compress(update, seed=seed, step=step), max(1, reps // 2))
         )
         extra += seconds if mode == "on" else -seconds
     return BigResult(
@@ -318,20 +343,50 @@ def print_digits(results: list[DigitsResult], rounds: int, local_steps: int) -> 
         )
 
 
+ROBUST_RULES = ("median", "trimmed_mean", "multi_krum")
+ROBUST_CONFIGS: list[tuple[Config, bool]] = [
+    (Config("int8", "int8"), False),
+    (WINNER, False),
+    (Config("randk 5% EF, per-peer seed", "randk", {"fraction": 0.05}), False),
+    (Config("randk 5% EF, shared seed", "randk", {"fraction": 0.05}), True),
+]
+
+
+def run_robust(task: DigitsTask, rounds: int, local_steps: int, lr: float, batch: int) -> None:
+    """(c) robust rules over decoded compressed updates, 5 honest peers, f = 1 (docs/compression.md)."""
+    print(f"\n(c) robust rules on decoded updates: 5 honest peers, f=1, {rounds} rounds; test accuracy")
+    reference = run_digits(Config("none (fp32)", "none"), task, rounds, local_steps, lr, batch)
+    print(f"{'codec':36s} {'vs fp32':>8s} " + " ".join(f"{rule:>13s}" for rule in ROBUST_RULES))
+    print(f"{'none (fp32), mean':36s} {1.0:7.1f}x {100 * reference.accuracy:12.2f}%")
+    for config, shared in ROBUST_CONFIGS:
+        cells, ratio = [], 0.0
+        for rule in ROBUST_RULES:
+            result = run_digits(
+                config, task, rounds, local_steps, lr, batch, rule=rule, shared_positions=shared
+            )
+            ratio = result.fp32_bytes / result.bytes_per_round
+            cells.append(f"{100 * result.accuracy:12.2f}%")
+        print(f"{config.label:36s} {ratio:7.1f}x " + " ".join(cells), flush=True)
+
+
 def print_big(results: list[BigResult], n: int) -> None:
     mb = FP32_BYTES * n / 1e6
-    print(f"\n(b) {n:,}-parameter update ({mb:.0f} MB fp32), medians; MB/s of float32 input")
     print(
-        f"{'codec':18s} {'zstd':>5s} {'bytes/round':>12s} {'vs fp32':>9s} {'enc MB/s':>9s} {'dec MB/s':>9s} "
-        f"{'enc+dec MB/s':>13s} {'zstd on/off bytes':>18s} {'zstd +ms enc':>13s}"
+        f"\n(b) {n:,}-parameter update ({mb:.0f} MB fp32); MB/s of float32 input, medians "
+        f"(best run in brackets)"
+    )
+    print(
+        f"{'codec':16s} {'zstd':>4s} {'bytes/round':>11s} {'vs fp32':>8s} {'enc MB/s':>9s} {'dec MB/s':>9s} "
+        f"{'enc+dec MB/s':>14s} {'zstd on/off':>11s} {'zstd +ms':>9s}"
     )
     for r in results:
-        ratio = FP32_BYTES * n / r.bytes_per_round
-        round_trip = mb / (r.encode_s + r.decode_s)
-        zstd_ratio = r.bytes_zstd_on / r.bytes_zstd_off
+        enc, dec = statistics.median(r.encode_s), statistics.median(r.decode_s)
+        best = mb / (min(r.encode_s) + min(r.decode_s))
+        round_trip = f"{mb / (enc + dec):.0f} ({best:.0f})"
         print(
-            f"{r.label:18s} {r.zstd:>5s} {r.bytes_per_round:12,d} {ratio:8.1f}x {mb / r.encode_s:9.0f} "
-            f"{mb / r.decode_s:9.0f} {round_trip:13.0f} {zstd_ratio:18.3f} {1e3 * r.zstd_encode_extra_s:+13.1f}"
+            f"{r.label:16s} {r.zstd:>4s} {r.bytes_per_round:11,d} {FP32_BYTES * n / r.bytes_per_round:7.1f}x "
+            f"{mb / enc:9.0f} {mb / dec:9.0f} {round_trip:>14s} {r.bytes_zstd_on / r.bytes_zstd_off:11.3f} "
+            f"{1e3 * r.zstd_encode_extra_s:+9.1f}"
         )
 
 
@@ -352,13 +407,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--numel", type=int, help="parameters of model (b) (default 10M, quick 1M)")
     parser.add_argument("--reps", type=int, help="timing repetitions (default 7, quick 3)")
     parser.add_argument("--only", choices=("digits", "big"), help="run one part")
+    parser.add_argument(
+        "--robust", action="store_true", help="also run (c): robust rules on compressed updates (slow)"
+    )
     args = parser.parse_args(argv)
     rounds = args.rounds or (40 if args.quick else 150)
     numel = args.numel or (1_000_000 if args.quick else 10_000_000)
     reps = args.reps or (3 if args.quick else 7)
     torch.manual_seed(0)
     threads = torch.get_num_threads()
-    print(f"torch {torch.__version__}, {threads} threads")
+    print(f"torch {torch.__version__}, {threads} threads, load average {os.getloadavg()[0]:.1f}")
 
     if args.only in (None, "digits"):
         # tiny matmuls: one thread is faster and immune to oversubscription on a shared machine
@@ -372,6 +430,9 @@ def main(argv: list[str] | None = None) -> None:
             results.append(run_digits(config, task, rounds, args.local_steps, args.lr, args.batch))
             print(f"  {config.label}: {time.perf_counter() - start:.1f} s", flush=True)
         print_digits(results, rounds, args.local_steps)
+        if args.robust:
+            five = DigitsTask.load(peers=5, alpha=args.alpha, seed=0)
+            run_robust(five, rounds, args.local_steps, args.lr, args.batch)
         torch.set_num_threads(threads)
 
     if args.only in (None, "big"):
@@ -381,6 +442,7 @@ def main(argv: list[str] | None = None) -> None:
             big.append(run_big(config, update, reps))
             print(f"  {config.label}: done", flush=True)
         print_big(big, numel)
+    print(f"\nload average at the end {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs, shared machine)")
 
 
 if __name__ == "__main__":
