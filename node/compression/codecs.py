@@ -146,8 +146,10 @@ class Codec(ABC):
             raise ValueError(f"tensor must have 1..2^32 elements, got {n}")
         if not wire.is_finite(x):
             raise ValueError("cannot encode NaN or Inf")
-        if residual is not None and residual.shape != x.shape:
-            raise ValueError("residual must have the shape of x")
+        if residual is not None and (
+            residual.shape != x.shape or residual.dtype != torch.float32 or not residual.is_contiguous()
+        ):
+            raise ValueError("residual must be a contiguous float32 tensor shaped like x")
         x = x.contiguous()
         ctx = EncodeContext(seed=seed, k=k, aux=aux or {}, residual=residual)
         fields, positions, new_aux = self._encode(x, ctx)
