@@ -238,6 +238,11 @@ class FederationRunner:
         self._last_train_seconds = result.seconds
         delta = flatten_parameters(self.model) - base
         assign_parameters(self.model, base)  # the model moves only by the aggregate
+        if not bool(torch.isfinite(delta).all()):
+            # Local training diverged (e.g. the federation's model was poisoned). Contribute a
+            # zero update so rounds keep closing; others would reject a non-finite one anyway.
+            log.error("round %d: local training produced a non-finite update; sending a zero update", number)
+            delta = torch.zeros_like(delta)
 
         if self.attack is not None and self.attack.kind == "update":
             delta = await self._craft_attack(number, delta)
@@ -295,6 +300,9 @@ class FederationRunner:
         aggregation_seconds = time.perf_counter() - agg_started
         selected: list[str] = []
         dropped: list[str] = []
+        if result is not None and not bool(torch.isfinite(base + result.aggregate.to(base.dtype)).all()):
+            log.error("round %d: the aggregate would make the model non-finite; keeping the model unchanged", number)
+            result = None
         if result is not None:
             new = base + result.aggregate.to(base.dtype)
             assign_parameters(self.model, new)
@@ -336,11 +344,17 @@ class FederationRunner:
     # ------------------------------------------------------------------------------ sending
     async def _publish_update(self, number: int, delta: torch.Tensor, train: TrainResult) -> ReceivedUpdate:
         seed = derive_seed(self.federation_id, self.peer_id, round_number=number)
-        payload = self.compressor.compress(delta, seed=seed, step=number)
+        if bool(torch.isfinite(delta).all()):
+            payload = self.compressor.compress(delta, seed=seed, step=number)
+            # Aggregate exactly what the others will decode, so every peer sums the same rows.
+            decoded = decode(payload, limits=self.limits, expected_numel=self.layout.numel).reshape(-1)
+        else:
+            # Only a node configured with a NaN/Inf attack gets here: send the raw non-finite
+            # vector (codecs refuse it) so receivers' rejection of non-finite updates is exercised.
+            payload = raw_float32_payload(delta)
+            decoded = delta
         data = payload.SerializeToString(deterministic=True)
         digest = hashlib.sha256(data).digest()
-        # Aggregate exactly what the others will decode, so every peer sums the same rows.
-        decoded = decode(payload, limits=self.limits, expected_numel=self.layout.numel).reshape(-1)
         header = model_pb2.UpdateHeader(
             federation_id=self.federation_id,
             sender_peer_id=self.peer_id,
@@ -544,8 +558,7 @@ class FederationRunner:
                 await asyncio.wait_for(self._wakeup.wait(), timeout=0.05)
         honest = [u.delta for s, u in sorted(self.book.for_round(number).items()) if s != self.peer_id]
         rows = torch.stack(honest) if honest else own.unsqueeze(0)
-        forged = self.attack(rows).to(torch.float32)
-        return torch.nan_to_num(forged, nan=0.0, posinf=1e30, neginf=-1e30)
+        return self.attack(rows).to(torch.float32)
 
     # ------------------------------------------------------------------------------ membership
     async def _discover_members(self) -> None:
@@ -624,6 +637,15 @@ class FederationRunner:
             extra={"event": "sync", "round": self.round},
         )
         return True
+
+
+def raw_float32_payload(vector: torch.Tensor) -> tensor_pb2.TensorPayload:
+    """An uncompressed payload built without the codec's finiteness check (attack simulation)."""
+    flat = vector.detach().to(torch.float32).contiguous()
+    return tensor_pb2.TensorPayload(
+        shape=[flat.numel()], dtype=tensor_pb2.DTYPE_FLOAT32, codec=tensor_pb2.CODEC_NONE,
+        values=flat.numpy().astype("<f4").tobytes(),
+    )
 
 
 def build_attack(name: str, params: dict[str, Any]) -> Any:
