@@ -87,7 +87,7 @@ class Aggregator(ABC):
 
     @abstractmethod
     def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
-        """Aggregate finite, sanitised rows that satisfy the precondition; returns float64."""
+        """Aggregate finite, sanitised rows that satisfy the precondition (see `Combination`)."""
 
     # ----------------------------------------------------------------- public entry point
 

@@ -8,15 +8,16 @@ from dataclasses import dataclass
 import torch
 
 from .base import Aggregator, CallContext
-from .numerics import SORT_BLOCK, WORK_DTYPE, column_blocks, middle_average, sorted_columns
+from .numerics import SORT_BLOCK, WORK_DTYPE, column_blocks, middle_average, result_dtype, sorted_columns
 from .result import Combination
 
 SortedReducer = Callable[[Sequence[torch.Tensor]], torch.Tensor]
 
 
 def reduce_sorted_columns(rows: torch.Tensor, reducer: SortedReducer) -> torch.Tensor:
-    """Sort every coordinate across rows and reduce the sorted rows to one float64 value each."""
-    out = torch.empty(rows.shape[1], dtype=WORK_DTYPE, device=rows.device)
+    """Sort every coordinate across rows, reduce the sorted rows to one value each (in float64),
+    and store it in `result_dtype(rows)`."""
+    out = torch.empty(rows.shape[1], dtype=result_dtype(rows), device=rows.device)
     for cols in column_blocks(rows.shape[1], SORT_BLOCK):
         out[cols] = reducer(sorted_columns(rows[:, cols]))
     return out

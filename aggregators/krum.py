@@ -17,6 +17,7 @@ from .numerics import (
     column_blocks,
     gram,
     middle_average,
+    result_dtype,
     row_combination,
     sorted_columns,
     squared_distances,
@@ -91,7 +92,9 @@ class Krum(Aggregator):
     def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
         scores = krum_scores(pairwise_squared_distances(rows), self.f)
         winner = int(stable_order(scores)[0])
-        return Combination(aggregate=rows[winner].to(WORK_DTYPE), scores=scores, selected=(winner,))
+        return Combination(
+            aggregate=rows[winner].to(result_dtype(rows)).clone(), scores=scores, selected=(winner,)
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,7 +171,7 @@ class Bulyan(Aggregator):
         theta = n - 2 * self.f
         chosen = torch.tensor(sorted(iterated_krum(distances, self.f, theta)), device=rows.device)
         beta = theta - 2 * self.f
-        out = torch.empty(rows.shape[1], dtype=WORK_DTYPE, device=rows.device)
+        out = torch.empty(rows.shape[1], dtype=result_dtype(rows), device=rows.device)
         for cols in column_blocks(rows.shape[1], SORT_BLOCK):
             block = rows[:, cols].index_select(0, chosen)
             out[cols] = mean_around_median(sorted_columns(block), beta)

@@ -11,7 +11,7 @@ import torch
 from .base import Aggregator, CallContext
 from .errors import AggregationError
 from .krum import pairwise_squared_distances
-from .numerics import WORK_DTYPE, column_blocks, stable_order
+from .numerics import WORK_DTYPE, column_blocks, result_dtype, stable_order
 from .result import Combination
 
 
@@ -27,7 +27,7 @@ def nearest_neighbour_mixing(rows: torch.Tensor, f: int) -> torch.Tensor:
     mixing = torch.zeros(n, n, dtype=WORK_DTYPE)
     for i in range(n):
         mixing[i, stable_order(distances[i])[: n - f]] = 1.0 / (n - f)
-    storage = torch.promote_types(rows.dtype, torch.float32)
+    storage = result_dtype(rows)
     mixed = torch.empty(n, d, dtype=storage, device=rows.device)
     for cols in column_blocks(d):
         block = rows[:, cols].to(WORK_DTYPE)

@@ -34,6 +34,12 @@ BROADCAST_LIMIT = 1 << 20
 SORT_BLOCK = 65_536
 
 
+def result_dtype(matrix: torch.Tensor) -> torch.dtype:
+    """Dtype rules write their d-vector in: the input's, at least float32. Each block is computed
+    in float64 and rounded once, so no float64 d-vector is ever materialised."""
+    return torch.promote_types(matrix.dtype, torch.float32)
+
+
 def column_blocks(d: int, block: int = COLUMN_BLOCK) -> Iterator[slice]:
     """Fixed, contiguous coordinate blocks covering range(d)."""
     for start in range(0, d, block):
@@ -116,15 +122,20 @@ def row_combination(
     extra: torch.Tensor | None = None,
     extra_coefficients: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Float64 d-vector sum_i coefficients[i] * matrix[i] (+ the same over `extra`'s rows)."""
+    """d-vector sum_i coefficients[i] * matrix[i] (+ the same over `extra`'s rows), accumulated in
+    float64 per block and stored in `result_dtype(matrix)`."""
     d = matrix.shape[1]
-    out = torch.empty(d, dtype=WORK_DTYPE, device=matrix.device)
-    weights = coefficients.to(WORK_DTYPE)[:, None]
+    out = torch.empty(d, dtype=result_dtype(matrix), device=matrix.device)
+    weights = coefficients.to(device=matrix.device, dtype=WORK_DTYPE)[:, None]
     for cols in column_blocks(d):
         block = matrix[:, cols].to(WORK_DTYPE) * weights
         if extra is not None and extra_coefficients is not None:
             block = torch.cat(
-                [block, extra[:, cols].to(WORK_DTYPE) * extra_coefficients.to(WORK_DTYPE)[:, None]]
+                [
+                    block,
+                    extra[:, cols].to(WORK_DTYPE)
+                    * extra_coefficients.to(device=matrix.device, dtype=WORK_DTYPE)[:, None],
+                ]
             )
         out[cols] = block.sum(dim=0)
     return out

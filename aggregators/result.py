@@ -33,7 +33,8 @@ class AggregationResult:
 class Combination:
     """Internal result of a rule on already-sanitised rows, before mapping back to input indices.
 
-    `aggregate` is float64; `scores` and `selected` refer to the sanitised rows.
+    `aggregate` is computed in float64 and stored in the rows' dtype (at least float32), block by
+    block; `scores` and `selected` refer to the sanitised rows.
     """
 
     aggregate: torch.Tensor
