@@ -119,7 +119,9 @@ def test_coordinate_rules_stay_within_the_honest_range(data: st.DataObject, f: i
     rows = torch.cat([honest[:position], byzantine, honest[position:]]).float()
     low, high = honest.min(dim=0).values, honest.max(dim=0).values
     for name in ("median", "trimmed_mean"):
-        aggregate = build(name, f=f)(rows).aggregate
+        # Sanitation off: a Byzantine row 1e4 x the honest norms would be rejected, and the
+        # precondition would then (rightly) fail on the remaining rows.
+        aggregate = build(name, f=f, max_norm=None, max_norm_ratio=None)(rows).aggregate
         assert bool((aggregate >= low).all()) and bool((aggregate <= high).all()), (name, rows, aggregate)
 
 
