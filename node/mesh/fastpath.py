@@ -34,7 +34,6 @@ import socket
 import struct
 import sys
 from collections.abc import Awaitable
-from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidTag
@@ -157,7 +156,7 @@ class SecureChannel:
     async def recv_record(self, max_plaintext: int, timeout: float) -> bytes:
         return await _bounded(self._recv_record(max_plaintext), timeout)
 
-    async def _recv_record_into(self, out: bytearray, max_plaintext: int) -> int:
+    async def _recv_record_into(self, state: FetchState, max_plaintext: int) -> int:
         header = memoryview(self._header)
         await self._recv_exactly(header)
         (length,) = _HEADER.unpack(header)
@@ -169,15 +168,15 @@ class SecureChannel:
         await self._recv_exactly(body)
         n = length - _TAG_LEN
         try:
-            self._recv.decrypt_into(_nonce(self._recv_counter), body, bytes(header), memoryview(out)[:n])
+            self._recv.decrypt_into(_nonce(self._recv_counter), body, bytes(header), state.slot(n))
         except InvalidTag as exc:
             raise TransferProtocolError("fast-path record failed authentication") from exc
         self._recv_counter += 1
         return n
 
-    async def recv_record_into(self, out: bytearray, max_plaintext: int, timeout: float) -> int:
-        """Receive one record, decrypt it into ``out`` (reused, hence cache-hot); return its size."""
-        return await _bounded(self._recv_record_into(out, max_plaintext), timeout)
+    async def recv_record_into(self, state: FetchState, max_plaintext: int, timeout: float) -> int:
+        """Receive one record and decrypt it straight into ``state``'s next slot (not committed)."""
+        return await _bounded(self._recv_record_into(state, max_plaintext), timeout)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -460,44 +459,17 @@ async def open_channel(
     raise ConnectionError(f"fast path unreachable at {hosts} port {port}: {last}")
 
 
-async def fetch_range(
-    channel: SecureChannel,
-    state: FetchState,
-    stats: StatsCollector,
-    io_timeout: float,
-    hash_executor: Executor | None = None,
-) -> None:
+async def fetch_range(channel: SecureChannel, state: FetchState, stats: StatsCollector, io_timeout: float) -> None:
     """Request ``state``'s missing tail on an open channel and add every chunk to ``state``.
 
-    With ``hash_executor`` (one worker), chunks are hashed in that thread while the next one is
-    received; two plaintext buffers alternate so a buffer is reused only once it is hashed.
+    Each record is decrypted straight into its place in the result buffer and hashed there
+    while it is still in cache: no intermediate copy.
     """
     await _bounded(channel.send_record(build_request(state)), io_timeout)
     frame = await channel.recv_record(MAX_HEADER_FRAME, io_timeout)
     remaining, chunk_size = state.accept_response(frame, channel.remote_peer_id)
-    loop = asyncio.get_running_loop()
-    buffers = [bytearray(chunk_size), bytearray(chunk_size)]
-    hashing: list[asyncio.Future[None] | None] = [None, None]
-    turn = 0
-    try:
-        while remaining > 0:
-            out = buffers[turn]
-            previous = hashing[turn]
-            if previous is not None:
-                await previous
-            n = await channel.recv_record_into(out, min(chunk_size, remaining), io_timeout)
-            view = memoryview(out)[:n]
-            if hash_executor is None:
-                state.add(view)
-            else:
-                state.add(view, hashed=False)
-                hashing[turn] = loop.run_in_executor(hash_executor, state.hasher.update, view)
-            remaining -= n
-            stats.add("blob_bytes_received", n)
-            turn ^= 1
-    finally:
-        # Never leave a hash in flight: the next attempt (resume) continues the same hasher.
-        for future in hashing:
-            if future is not None:
-                with contextlib.suppress(BaseException):
-                    await asyncio.shield(future)
+    while remaining > 0:
+        n = await channel.recv_record_into(state, min(chunk_size, remaining), io_timeout)
+        state.commit(n)
+        remaining -= n
+        stats.add("blob_bytes_received", n)

@@ -9,7 +9,6 @@ import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from fednode.proto.v1 import transfer_pb2
@@ -39,10 +38,6 @@ _WILDCARD_HOSTS = {"0.0.0.0", "::"}
 # idle for fastpath.SERVER_IDLE_S (60 s), so keep them for less than that.
 _IDLE_CHANNEL_TTL_S = 30.0
 _IDLE_CHANNELS_PER_PEER = 2
-# sha256 is the receiver's largest cost (~1 ms/MB here). A worker thread overlaps it with
-# receiving and decrypting, which pays only with spare cores: on 2 shared cores it measured
-# 10-20 % slower than hashing inline, so the thread is used from 4 CPUs on.
-_HASH_THREAD_MIN_CPUS = 4
 
 
 def _route_libp2p_logs() -> None:
@@ -103,7 +98,6 @@ class Mesh:
         self._bridge: TrioThread[Libp2pNode] | None = None
         self._node: Libp2pNode | None = None
         self._fast: fastpath.FastPathServer | None = None
-        self._hash_executor: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: dict[str, list[tuple[float, fastpath.SecureChannel]]] = {}
         self._state = "new"
@@ -130,8 +124,6 @@ class Mesh:
             info = transfer_pb2.FastPathInfo(version=fastpath.VERSION, port=0)
             if cfg.fast_path:
                 host = _fast_path_host(cfg.listen_multiaddrs[0])
-                if (os.cpu_count() or 1) >= _HASH_THREAD_MIN_CPUS:
-                    self._hash_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fednode-mesh-hash")
                 self._fast = fastpath.FastPathServer(
                     self._identity, self._store, self._stats, cfg.fetch_chunk_size, cfg.io_timeout_s,
                     max_connections=4 * cfg.max_concurrent_uploads,
@@ -175,8 +167,6 @@ class Mesh:
                 await asyncio.wait_for(self._fast.close(), 2.0)
         if self._bridge is not None and not await self._bridge.stop(timeout=max(1.0, budget - 2.5)):
             log.error("the networking thread did not stop within %.1f s", budget)
-        if self._hash_executor is not None:
-            self._hash_executor.shutdown(wait=False, cancel_futures=True)
         self._state = "stopped"
 
     async def __aenter__(self) -> Mesh:
@@ -449,7 +439,7 @@ class Mesh:
         self._stats.add("fetch_attempts_fast_path")
         before = state.received
         try:
-            await fastpath.fetch_range(channel, state, self._stats, io, self._hash_executor)
+            await fastpath.fetch_range(channel, state, self._stats, io)
         except ProviderRefused:
             self._put_idle(peer, channel)  # the provider answered: the channel is still good
             raise

@@ -226,6 +226,7 @@ class FetchState:
             raise ProviderRefused("too_large", resp.total_size)
         if self.total is None:
             self.total = resp.total_size
+            self.buffer = bytearray(resp.total_size)
         elif resp.total_size != self.total:
             raise TransferProtocolError(f"provider reports size {resp.total_size}, expected {self.total}")
         if resp.offset != self.received or resp.offset + resp.length > self.total:
@@ -236,21 +237,22 @@ class FetchState:
             self.contributors.add(peer)
         return resp.length, resp.chunk_size
 
-    def add(self, data: bytes | bytearray | memoryview, hashed: bool = True) -> None:
-        """Append the next bytes of the blob (copied: ``data`` may be reused afterwards).
-
-        With ``hashed=False`` the caller feeds ``self.hasher`` with the same bytes itself, in
-        order (the fast path hashes in a worker thread while it receives the next chunk).
-        """
-        end = self.received + len(data)
+    def slot(self, n: int) -> memoryview:
+        """The buffer region for the next ``n`` bytes: fill it, then :meth:`commit` it."""
+        end = self.received + n
         if self.total is None or end > self.total:
             raise TransferProtocolError("more bytes than the blob holds")
-        # Appending (rather than filling a pre-sized buffer) writes each byte of the large,
-        # cold result buffer exactly once; a pre-sized bytearray would be zeroed first.
-        self.buffer += data
-        if hashed:
-            self.hasher.update(data)
-        self.received = end
+        return memoryview(self.buffer)[self.received : end]
+
+    def commit(self, n: int) -> None:
+        """The next ``n`` bytes (written into :meth:`slot`) arrived: hash them, move on."""
+        self.hasher.update(self.slot(n))
+        self.received += n
+
+    def add(self, data: bytes | bytearray | memoryview) -> None:
+        """Copy the next bytes of the blob in and hash them."""
+        self.slot(len(data))[:] = data
+        self.commit(len(data))
 
     @property
     def complete(self) -> bool:

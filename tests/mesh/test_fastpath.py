@@ -11,7 +11,6 @@ import hashlib
 import os
 import socket
 import struct
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -57,7 +56,6 @@ def test_fetch_over_the_fast_path_is_verified_and_resumable() -> None:
     async def scenario() -> None:
         provider = await start_provider()
         me = NodeIdentity(os.urandom(32))
-        executor = ThreadPoolExecutor(1, thread_name_prefix="fednode-mesh-test-hash")
         try:
             data, cid = blob(1_000_003)
             provider.store.serve(cid, data)
@@ -66,7 +64,7 @@ def test_fetch_over_the_fast_path_is_verified_and_resumable() -> None:
                                                   provider.identity.peer_id, 5.0)
             try:
                 assert channel.remote_peer_id == provider.identity.peer_id
-                await fastpath.fetch_range(channel, state, StatsCollector(), 5.0, executor)
+                await fastpath.fetch_range(channel, state, StatsCollector(), 5.0)
             finally:
                 channel.close()
             assert state.verified() and bytes(state.buffer) == data
@@ -79,13 +77,12 @@ def test_fetch_over_the_fast_path_is_verified_and_resumable() -> None:
             channel = await fastpath.open_channel(["127.0.0.1"], provider.server.port, me,
                                                   provider.identity.peer_id, 5.0)
             try:
-                await fastpath.fetch_range(channel, resumed, StatsCollector(), 5.0, None)
+                await fastpath.fetch_range(channel, resumed, StatsCollector(), 5.0)
             finally:
                 channel.close()
             assert resumed.verified() and bytes(resumed.buffer) == data
             assert provider.stats.snapshot().uploads_served == 2
         finally:
-            executor.shutdown()
             await provider.server.close()
 
     run(scenario)
