@@ -33,8 +33,8 @@ class RejectionPolicy:
       1. any entry is NaN or +-inf; or
       2. its L2 norm (float64) exceeds `max_norm` (absolute cap; None disables it) or is not
          finite (overflow); or
-      3. its norm exceeds `max_norm_ratio` x the median norm of the finite rows (relative cap;
-         None disables it; skipped when that median is 0).
+      3. its norm exceeds `max_norm_ratio` x the median norm of the rows whose norm is finite
+         (relative cap; None disables it; skipped when that median is 0).
 
     The caps are sanitation, not robustness: they protect the arithmetic (overflow, a single row
     dominating float64 Gram sums) and are far above honest spreads. The defaults (1e12 absolute,
@@ -52,21 +52,23 @@ class RejectionPolicy:
                 raise AggregationError(f"{name} must be a positive number or None, got {value!r}")
 
     def find(self, matrix: torch.Tensor) -> RowRejection:
-        finite = finite_rows(matrix)
-        non_finite = tuple(int(i) for i in torch.nonzero(~finite).flatten())
-        candidates = torch.nonzero(finite).flatten()
-        if candidates.numel() == 0:
-            return RowRejection(non_finite=non_finite, too_large=())
-        finite_matrix = matrix if candidates.numel() == matrix.shape[0] else matrix[candidates]
-        norms = row_squared_norms(finite_matrix).sqrt()
-        too_large_mask = ~torch.isfinite(norms)
+        # One float64 pass: NaN/inf entries make the squared norm NaN/inf. A finite float64 row
+        # can also overflow it (entries above ~1e154); only such rows get an entry-wise check.
+        norms = row_squared_norms(matrix).sqrt()
+        suspicious = torch.nonzero(~torch.isfinite(norms)).flatten()
+        non_finite_mask = torch.zeros(matrix.shape[0], dtype=torch.bool)
+        if suspicious.numel():
+            non_finite_mask[suspicious] = ~finite_rows(matrix[suspicious.to(matrix.device)]).cpu()
+        too_large_mask = ~non_finite_mask & ~torch.isfinite(norms)
         if self.max_norm is not None:
             too_large_mask |= norms > self.max_norm
-        if self.max_norm_ratio is not None:
-            median_norm = (
-                median_value(norms[torch.isfinite(norms)]) if bool(torch.isfinite(norms).any()) else 0.0
-            )
+        finite_norms = norms[torch.isfinite(norms)]
+        if self.max_norm_ratio is not None and finite_norms.numel():
+            median_norm = median_value(finite_norms)
             if median_norm > 0.0:
                 too_large_mask |= norms > self.max_norm_ratio * median_norm
-        too_large = tuple(int(candidates[i]) for i in torch.nonzero(too_large_mask).flatten())
-        return RowRejection(non_finite=non_finite, too_large=too_large)
+        too_large_mask &= ~non_finite_mask
+        return RowRejection(
+            non_finite=tuple(int(i) for i in torch.nonzero(non_finite_mask).flatten()),
+            too_large=tuple(int(i) for i in torch.nonzero(too_large_mask).flatten()),
+        )
