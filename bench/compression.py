@@ -406,6 +406,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--numel", type=int, help="parameters of model (b) (default 10M, quick 1M)")
     parser.add_argument("--reps", type=int, help="timing repetitions (default 7, quick 3)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the daemon)")
     parser.add_argument("--only", choices=("digits", "big"), help="run one part")
     parser.add_argument(
         "--robust", action="store_true", help="also run (c): robust rules on compressed updates (slow)"
@@ -415,12 +416,16 @@ def main(argv: list[str] | None = None) -> None:
     numel = args.numel or (1_000_000 if args.quick else 10_000_000)
     reps = args.reps or (3 if args.quick else 7)
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    print(f"torch {torch.__version__}, {threads} threads, load average {os.getloadavg()[0]:.1f}")
+    # One thread, as the daemon runs (training.torch_threads = 1): on a shared 2-core machine a
+    # second OpenMP thread makes every parallel op wait for a descheduled peer (measured: int8
+    # round trips of 20-90 MB/s with 2 threads at load 5-7, against 200-300 with 1).
+    torch.set_num_threads(args.threads)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
 
     if args.only in (None, "digits"):
-        # tiny matmuls: one thread is faster and immune to oversubscription on a shared machine
-        torch.set_num_threads(1)
         task = DigitsTask.load(peers=4, alpha=args.alpha, seed=0)
         sizes = [len(y) for y in task.y_train]
         print(f"digits shards (non-IID, Dirichlet alpha={args.alpha}): {sizes} training examples")
@@ -433,7 +438,6 @@ def main(argv: list[str] | None = None) -> None:
         if args.robust:
             five = DigitsTask.load(peers=5, alpha=args.alpha, seed=0)
             run_robust(five, rounds, args.local_steps, args.lr, args.batch)
-        torch.set_num_threads(threads)
 
     if args.only in (None, "big"):
         update = synthetic_update(numel, seed=1)

@@ -107,6 +107,8 @@ class Codec(ABC):
     sparse: ClassVar[bool] = False
     lossless: ClassVar[bool] = False
     needs_seed: ClassVar[bool] = False
+    # decode checks the dense result for NaN/Inf unless the field checks already prove it finite
+    check_result: ClassVar[bool] = True
     # measured in bench/compression.py: zstd only pays off where indices or factors are involved
     default_zstd: ClassVar[ZstdMode] = "off"
 
@@ -234,6 +236,7 @@ class NoneCodec(Codec):
     name = "none"
     wire_codec = pb.CODEC_NONE
     lossless = True
+    check_result = False  # the result is the checked values
 
     def _encode(self, x: torch.Tensor, ctx: EncodeContext) -> EncodeResult:
         if ctx.residual is not None:
@@ -256,6 +259,7 @@ class _HalfCodec(Codec):
 
     half_dtype: ClassVar[torch.dtype]
     half_max: ClassVar[float]
+    check_result = False  # the result is the checked values
 
     def _encode(self, x: torch.Tensor, ctx: EncodeContext) -> EncodeResult:
         half = x.clamp(-self.half_max, self.half_max).to(self.half_dtype)
@@ -392,6 +396,7 @@ class _SparseCodec(Codec):
 
     sparse = True
     default_zstd: ClassVar[ZstdMode] = "auto"
+    check_result = False  # zeros plus the kept values, which decode_fields checks
 
     def __init__(
         self,
@@ -443,7 +448,7 @@ def _select_and_clear(
 
 
 def _scatter(n: int, positions: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    out = torch.zeros(n, dtype=torch.float32)
+    out = wire.empty(n, zero=True)
     out[positions] = values
     return out
 
@@ -540,7 +545,9 @@ class TopKInt8Codec(_SparseCodec):
         qz.check_codes(codes, 127)
         scale_t = wire.from_bytes(raw.scales, torch.float32)
         qz.check_scales(scale_t)
-        return _scatter(n, positions, qz.dequantize(codes, scale_t, params.block_size, 127))
+        kept = qz.dequantize(codes, scale_t, params.block_size, 127)
+        _check_finite(kept, "dequantized values")  # q * (scale / 127) can round up past FLT_MAX
+        return _scatter(n, positions, kept)
 
 
 class RandKCodec(_SparseCodec):
@@ -619,8 +626,9 @@ class PowerSgdCodec(Codec):
         rows = min(n, self.rows or default_rows(n))
         cols = -(-n // rows)
         rank = min(self.rank, rows, cols)
-        matrix = torch.zeros(rows * cols, dtype=torch.float32)
+        matrix = wire.empty(rows * cols)
         matrix[:n] = x
+        matrix[n:] = 0.0
         matrix = matrix.view(rows, cols)
         q = ctx.aux.get("q")
         if q is None or q.shape != (cols, rank):

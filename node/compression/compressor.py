@@ -96,16 +96,16 @@ class UpdateCompressor:
         n = delta.numel()
         velocity = None
         if self.momentum > 0:
-            velocity = (
-                delta.clone()
-                if self._velocity is None
-                else torch.add(delta, self._velocity, alpha=self.momentum)
-            )
+            velocity = wire.empty(n)
+            if self._velocity is None:
+                velocity.copy_(delta)
+            else:
+                torch.add(delta, self._velocity, alpha=self.momentum, out=velocity)
         update = delta if velocity is None else velocity
         residual_out = None
         if self.error_feedback:
             residual_out = (
-                self._spare if self._spare is not None and self._spare.numel() == n else torch.empty(n)
+                self._spare if self._spare is not None and self._spare.numel() == n else wire.empty(n)
             )
             if self._residual is None:
                 residual_out.copy_(update)
@@ -137,8 +137,8 @@ class UpdateCompressor:
             raise ValueError(f"delta has {delta.numel()} elements, this federation's state has {self._numel}")
         if delta.numel() == 0:
             raise ValueError("delta is empty")
-        if not wire.is_finite(delta):
-            raise ValueError("delta contains NaN or Inf")
+        # NaN/Inf are refused by Codec.encode (it checks the accumulator, which inherits them),
+        # before anything is committed: one pass over the data fewer.
         return delta
 
     # ------------------------------------------------------------------ state

@@ -113,7 +113,8 @@ def decode(
     info = check_header(payload, limits=limits, expected_numel=expected_numel)
     raw = _raw_fields(payload, info)
     dense = info.codec.decode_fields(payload.params, info.numel, raw)
-    # catches what field checks cannot: overflow to Inf in P Q^T, for instance
-    if not wire.is_finite(dense):
+    # catches what field checks cannot: overflow to Inf in P Q^T, or in q * (scale / qmax) for a
+    # scale next to FLT_MAX
+    if info.codec.check_result and not wire.is_finite(dense):
         raise PayloadError(Reason.NON_FINITE, "decoded tensor contains NaN or Inf")
     return dense.view(info.shape)

@@ -107,10 +107,23 @@ def topk_positions(x: torch.Tensor, k: int) -> torch.Tensor:
     threshold = float(torch.topk(sample, rank, sorted=False).values.min())
     candidates = _positions_at_least(x, threshold)
     if candidates.numel() < k:
-        chosen = torch.topk(x.abs(), k, sorted=False).indices
-    else:
-        chosen = candidates[torch.topk(x[candidates].abs(), k, sorted=False).indices]
-    return torch.sort(chosen).values
+        return torch.sort(torch.topk(x.abs(), k, sorted=False).indices).values
+    return _largest_in_order(candidates, x[candidates].abs(), k)
+
+
+def _largest_in_order(positions: torch.Tensor, magnitudes: torch.Tensor, k: int) -> torch.Tensor:
+    """The k positions with the largest magnitudes, keeping the (sorted) order of `positions`.
+
+    Masking by the k-th largest value instead of gathering topk indices avoids sorting them again;
+    among values equal to the k-th, the first ones are kept so that exactly k remain.
+    """
+    if positions.numel() == k:
+        return positions
+    kth = torch.topk(magnitudes, k, sorted=False).values.min()
+    above = magnitudes > kth
+    ties = magnitudes == kth
+    keep = above | (ties & (torch.cumsum(ties, 0) <= k - int(above.sum())))
+    return positions[keep]
 
 
 def _positions_at_least(x: torch.Tensor, threshold: float) -> torch.Tensor:

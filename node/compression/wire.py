@@ -6,15 +6,11 @@ defensive parts (zstd frame checks, index checks) exist once.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import torch
 import zstandard
 
 from fednode.node.compression.errors import PayloadError, Reason
-
-_LITTLE_ENDIAN = sys.byteorder == "little"
 
 # numpy spelling of the little-endian wire types, by torch dtype
 _WIRE_DTYPE: dict[torch.dtype, str] = {
@@ -23,6 +19,14 @@ _WIRE_DTYPE: dict[torch.dtype, str] = {
     torch.int8: "i1",
     torch.uint8: "u1",
     torch.int32: "<i4",
+    torch.int16: "<i2",
+}
+
+_NUMPY_DTYPE: dict[torch.dtype, type] = {
+    torch.float32: np.float32,
+    torch.int8: np.int8,
+    torch.uint8: np.uint8,
+    torch.int64: np.int64,
 }
 
 # zstd never needs a window larger than the frame's content; this caps what a hostile header can ask
@@ -34,27 +38,35 @@ def to_bytes(t: torch.Tensor) -> bytes:
     t = t.detach().contiguous()
     if t.dtype == torch.bfloat16:
         t = t.view(torch.int16)
-        arr = t.numpy().astype("<i2", copy=False)
-    else:
-        arr = t.numpy().astype(_WIRE_DTYPE[t.dtype], copy=False)
-    return arr.tobytes()
+    return t.numpy().astype(_WIRE_DTYPE[t.dtype], copy=False).tobytes()
 
 
 def from_bytes(data: bytes, dtype: torch.dtype) -> torch.Tensor:
     """A fresh, writable tensor holding `data` read as little-endian `dtype` elements.
 
-    The copy into a bytearray is deliberate: it gives the result its own memory (no aliasing of
-    the payload, no read-only tensors), and for CODEC_NONE it is the output tensor itself.
+    Copied (not a view of the payload: no aliasing, no read-only tensors) into memory from numpy's
+    allocator (see `empty`); for CODEC_NONE this copy is the output tensor itself.
     The caller has already checked that len(data) is a multiple of the element size.
     """
     if dtype == torch.bfloat16:
         return from_bytes(data, torch.int16).view(torch.bfloat16)
-    if not data:
-        return torch.empty(0, dtype=dtype)
-    t = torch.frombuffer(bytearray(data), dtype=dtype)
-    if not _LITTLE_ENDIAN and t.element_size() > 1:  # pragma: no cover - no big-endian CI
-        t = torch.from_numpy(t.numpy().byteswap())
-    return t
+    wire_dtype = "<i2" if dtype == torch.int16 else _WIRE_DTYPE[dtype]
+    array = np.frombuffer(data, dtype=wire_dtype).astype(np.dtype(wire_dtype).newbyteorder("="))
+    return torch.from_numpy(array)
+
+
+def empty(n: int, dtype: torch.dtype = torch.float32, *, zero: bool = False) -> torch.Tensor:
+    """A fresh CPU tensor of n elements, allocated by numpy.
+
+    numpy asks the kernel for transparent huge pages on large arrays (madvise) and torch does not:
+    first-touch page faults of a fresh 40 MB tensor drop from ~25 ms to ~10 ms on this machine,
+    which is a third of a whole top-k decode. The tensor owns (references) the numpy array.
+    """
+    array = np.empty(n, dtype=_NUMPY_DTYPE[dtype])
+    tensor = torch.from_numpy(array)
+    if zero:
+        tensor.zero_()
+    return tensor
 
 
 def split_planes(raw: bytes, width: int) -> bytes:
