@@ -345,6 +345,7 @@ def print_digits(results: list[DigitsResult], rounds: int, local_steps: int) -> 
 
 ROBUST_RULES = ("median", "trimmed_mean", "multi_krum")
 ROBUST_CONFIGS: list[tuple[Config, bool]] = [
+    (Config("none (fp32)", "none"), False),
     (Config("int8", "int8"), False),
     (WINNER, False),
     (Config("randk 5% EF, per-peer seed", "randk", {"fraction": 0.05}), False),

@@ -163,31 +163,28 @@ class Codec(ABC):
 
     def _wrap(self, n: int, fields: _Fields) -> pb.TensorPayload:
         """Build the payload, with zstd as configured ("auto": whichever serializes smaller)."""
+        header = {"shape": [n], "dtype": pb.DTYPE_FLOAT32, "codec": self.wire_codec, "params": fields.params}
+        packed = None
+        if self.zstd != "off":
+            sizes = self.field_sizes(fields.params, n)
+            packed = pb.TensorPayload(
+                **header,
+                compression=pb.COMPRESSION_ZSTD,
+                raw_sizes=pb.RawSizes(values=sizes.values, indices=sizes.indices, scales=sizes.scales),
+                values=wire.zstd_compress(fields.values, sizes.values_width, self.zstd_level),
+                indices=wire.zstd_compress(fields.indices, 4, self.zstd_level),
+                scales=wire.zstd_compress(fields.scales, 4, self.zstd_level),
+            )
+            if self.zstd == "on":
+                return packed
         plain = pb.TensorPayload(
-            shape=[n],
-            dtype=pb.DTYPE_FLOAT32,
-            codec=self.wire_codec,
-            params=fields.params,
+            **header,
             compression=pb.COMPRESSION_NONE,
             values=fields.values,
             indices=fields.indices,
             scales=fields.scales,
         )
-        if self.zstd == "off":
-            return plain
-        sizes = self.field_sizes(fields.params, n)
-        packed = pb.TensorPayload(
-            shape=[n],
-            dtype=pb.DTYPE_FLOAT32,
-            codec=self.wire_codec,
-            params=fields.params,
-            compression=pb.COMPRESSION_ZSTD,
-            raw_sizes=pb.RawSizes(values=sizes.values, indices=sizes.indices, scales=sizes.scales),
-            values=wire.zstd_compress(fields.values, sizes.values_width, self.zstd_level),
-            indices=wire.zstd_compress(fields.indices, 4, self.zstd_level),
-            scales=wire.zstd_compress(fields.scales, 4, self.zstd_level),
-        )
-        if self.zstd == "on" or packed.ByteSize() < plain.ByteSize():
+        if packed is not None and packed.ByteSize() < plain.ByteSize():
             return packed
         return plain
 
