@@ -85,6 +85,10 @@ class Identity:
     def generate(cls) -> Identity:
         return cls(Ed25519PrivateKey.generate())
 
+    @classmethod
+    def from_seed(cls, seed: bytes) -> Identity:
+        return cls(Ed25519PrivateKey.from_private_bytes(seed))
+
 
 def identity_path(state_dir: Path) -> Path:
     return Path(state_dir) / IDENTITY_FILE
