@@ -491,6 +491,10 @@ class Daemon:
             self.summary.bytes_sent = stats.gossip_bytes_published + stats.blob_bytes_sent
             self.summary.bytes_received = stats.gossip_bytes_received + stats.blob_bytes_received
         self.summary.rejected = dict(self.runner.rejections)
+        with suppress(Exception):
+            # Messages the mesh's validator refused never reach the runner; count them too.
+            for reason, count in self.mesh.stats().gossip_rejected.items():
+                self.summary.rejected[reason] = self.summary.rejected.get(reason, 0) + count
         self.summary.syncs = self.runner.syncs
         self.summary.contributions = {
             peer: {"accepted": c.accepted, "selected": c.selected, "rejected": dict(c.rejected),

@@ -123,3 +123,48 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120)
 def cli():
     """run_cli(*args, env=...) -> CompletedProcess of the real `fednode` command."""
     return run_cli
+
+
+def wait_for_multiaddr(daemon: DaemonProcess, timeout: float = 120.0) -> str:
+    """The first multiaddr a federated daemon logs when it starts listening."""
+    import json as _json
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in daemon.log().splitlines():
+            if line.startswith("{") and '"listening"' in line:
+                return _json.loads(line)["multiaddrs"][0]
+        if daemon.process.poll() is not None:
+            raise AssertionError(f"daemon exited ({daemon.process.returncode}):\n{daemon.log()}")
+        time.sleep(0.2)
+    raise AssertionError(f"daemon did not start listening:\n{daemon.log()}")
+
+
+@pytest.fixture
+def start_federation(start_daemon):
+    """Factory: start_federation(n, *args, federation="f1") -> list of DaemonProcess (node 0 = bootstrap)."""
+
+    def start(n: int, *args: str, federation: str = "test-fed", per_node: dict[int, list[str]] | None = None):
+        common = [
+            "--log-format", "json",
+            "--set", f'federation.id="{federation}"',
+            "--set", 'mesh.listen=["/ip4/127.0.0.1/tcp/0"]',
+            *args,
+        ]
+        extra = per_node or {}
+        first = start_daemon("--shard", f"0/{n}", *common, *extra.get(0, []), "--set", "mesh.relay_hop=true", name="node-0")
+        address = wait_for_multiaddr(first)
+        nodes = [first]
+        for index in range(1, n):
+            nodes.append(start_daemon(
+                "--shard", f"{index}/{n}", *common, *extra.get(index, []),
+                "--set", f'mesh.bootstrap=["{address}"]', name=f"node-{index}",
+            ))
+        return nodes
+
+    return start
+
+
+@pytest.fixture
+def multiaddr_of():
+    return wait_for_multiaddr

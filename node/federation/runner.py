@@ -498,7 +498,9 @@ class FederationRunner:
             self._reject(sender, Rejected(RejectReason.REJECT_OVERSIZED, f"{header.payload_size} byte payload"))
             return
         if header.round > self.round + 16:
-            self._reject(sender, Rejected(RejectReason.REJECT_STALE, f"update for far-future round {header.round}"))
+            # We are behind (just started or restarted); state sync will catch us up. Not the
+            # sender's fault, so not held against it.
+            log.debug("ignoring update for round %d while at round %d", header.round, self.round)
             return
         try:
             if not self.book.claim(sender, header.round, header.payload_sha256):

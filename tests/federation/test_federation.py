@@ -1,0 +1,109 @@
+"""Real daemons training together over real libp2p on 127.0.0.1 (issue 5's acceptance tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+SMALL = ["--set", "task.params={hidden = [64]}", "--set", "training.local_steps=10"]
+
+
+def launch(tmp_path: Path, *args: str, timeout: float = 600) -> dict:
+    """Run the README's main job (`fednode launch`) and return its JSON summary."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "fednode.cli.app", "launch", "--out", str(out), *args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDNODE_")}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                               start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)  # daemons die with it (PR_SET_PDEATHSIG)
+            process.wait()
+    assert process.returncode == 0, output
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_four_daemons_reach_090_accuracy(tmp_path: Path) -> None:
+    summary = launch(tmp_path, "--nodes", "4", "--rounds", "12")
+    assert len(summary["nodes"]) == 4
+    for node in summary["nodes"]:
+        assert node["exit_code"] == 0
+        assert node["rounds"] == 12
+        assert node["accuracy"] >= 0.90, node
+        assert node["bytes_sent"] > 0 and node["bytes_received"] > 0
+    # Deterministic aggregation over the same updates: every peer ends with the same model.
+    assert len({node["accuracy"] for node in summary["nodes"]}) == 1
+
+
+@pytest.mark.parametrize(("rule", "extra", "robust"), [
+    ("mean", [], False),
+    ("gas", ["--f", "1", "--rule-params", 'base = "krum", p = 10'], True),
+    ("multi_krum", ["--f", "1"], True),
+])
+def test_one_attacker_breaks_mean_but_not_robust_rules(tmp_path: Path, rule: str, extra: list[str], robust: bool) -> None:
+    summary = launch(tmp_path, "--nodes", "5", "--rounds", "12", "--byzantine", "1", "--attack", "negative_mean",
+                     "--attack-params", "k = 10", "--rule", rule, *extra)
+    honest = [node["accuracy"] for node in summary["nodes"] if not node["byzantine"]]
+    assert len(honest) == 4
+    if robust:
+        assert min(honest) >= 0.88, summary
+    else:
+        assert max(honest) < 0.6, summary
+
+
+def _rounds_in(log: str) -> list[dict]:
+    return [json.loads(line) for line in log.splitlines() if line.startswith("{") and '"event": "round"' in line]
+
+
+def _wait_round(daemon, number: int, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rounds = _rounds_in(daemon.log())
+        if rounds and rounds[-1]["round"] >= number:
+            return
+        if daemon.process.poll() is not None:
+            raise AssertionError(f"daemon exited early:\n{daemon.log()[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError(f"round {number} not reached:\n{daemon.log()[-3000:]}")
+
+
+def test_kill_9_a_daemon_others_finish_and_it_resyncs(start_federation, start_daemon) -> None:
+    rounds = "60"
+    # Slowed down so the survivors are still training when the restarted peer is back up.
+    args = [*SMALL, "--rounds", rounds, "--set", "federation.min_participants=3", "--set", "training.slowdown=50"]
+    nodes = start_federation(4, *args)
+    victim = nodes[3]
+    _wait_round(victim, 4)
+    victim.process.send_signal(signal.SIGKILL)
+    victim.process.wait(timeout=10)
+    killed_at = _rounds_in(victim.log())[-1]["round"]
+    # The survivors keep closing rounds without the dead peer.
+    _wait_round(nodes[0], killed_at + 3)
+    bootstrap = json.loads(next(line for line in nodes[0].log().splitlines() if '"listening"' in line))["multiaddrs"][0]
+    restarted = start_daemon("--shard", "3/4", "--log-format", "json", "--set", 'federation.id="test-fed"',
+                             "--set", 'mesh.listen=["/ip4/127.0.0.1/tcp/0"]', *args,
+                             "--set", f'mesh.bootstrap=["{bootstrap}"]', name="node-3")
+    for node in [*nodes[:3], restarted]:
+        assert node.wait(timeout=600) == 0, node.log()[-3000:]
+    log = restarted.log()
+    assert "resumed from checkpoint" in log
+    assert "synced model from" in log
+    summary = json.loads((restarted.state_dir / "summary.json").read_text())
+    assert summary["rounds"] == int(rounds) and summary["syncs"] >= 1
+    survivor = json.loads((nodes[0].state_dir / "summary.json").read_text())
+    participants = [r["participants"] for r in survivor["history"]]
+    assert 3 in participants, "rounds closed without the dead peer"
+    first_three = participants.index(3)
+    assert 4 in participants[first_three:], "the restarted peer contributed again"
+    assert survivor["accuracy"] >= 0.85
