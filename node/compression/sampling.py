@@ -71,6 +71,8 @@ def derive_seed(
     little-endian. It depends on federation, sender and round/group, so two senders or two rounds
     never reuse the same positions, and a receiver can check the seed a payload carries.
     """
+    if not 0 <= round_number < 1 << 64:
+        raise ValueError(f"round_number must be a uint64, got {round_number}")
     digest = hashlib.sha256()
     for part in (
         _SEED_DOMAIN,
