@@ -30,7 +30,7 @@ def coordinate_parts(d: int, p: int, seed: int | None) -> list[torch.Tensor]:
         if seed is None:
             raise AggregationError(
                 f"rule 'gas': p={p} splits d={d} coordinates into random parts; pass seed=<int> "
-                f"derived from shared data (e.g. hash(run_id, round)) so every peer draws the same permutation"
+                f"derived from shared data (e.g. sha256 of run id and round) so every peer draws the same permutation"
             )
         generator = torch.Generator(device="cpu")
         generator.manual_seed(seed)
