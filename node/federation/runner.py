@@ -531,8 +531,7 @@ class FederationRunner:
             payload = tensor_pb2.TensorPayload.FromString(data)
             delta = decode(payload, limits=self.limits, expected_numel=self.layout.numel).reshape(-1)
         except PayloadError as exc:
-            reason = RejectReason.REJECT_NON_FINITE if "non_finite" in str(exc.reason) else RejectReason.REJECT_BAD_PAYLOAD
-            self._reject(sender, Rejected(reason, str(exc)))
+            self._reject(sender, Rejected(exc.reject_reason, str(exc)))
             return
         except Exception as exc:  # protobuf DecodeError and friends
             self._reject(sender, Rejected(RejectReason.REJECT_MALFORMED, f"payload does not parse: {exc}"))
@@ -616,7 +615,7 @@ class FederationRunner:
             data = await self.mesh.fetch_blob(digest, providers, max_size=self.max_payload_bytes)
             payload = tensor_pb2.TensorPayload.FromString(data)
             if payload.codec != tensor_pb2.CODEC_NONE:
-                raise PayloadError("bad_codec_params", "snapshots must be lossless")  # type: ignore[arg-type]
+                raise PayloadError("bad_codec_params", "snapshots must be lossless")
             parameters = decode(payload, limits=self.limits, expected_numel=self.layout.numel).reshape(-1)
         except Exception as exc:
             log.warning("state sync from %d peer(s) failed (%s); will retry", len(providers), exc)

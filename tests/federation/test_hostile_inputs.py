@@ -1,0 +1,120 @@
+"""A hostile peer on the federation topic: every kind of bad input is rejected and counted by
+reason, and the daemons keep training (nothing crashes)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import time
+
+import pytest
+import torch
+
+from fednode.node.envelope import seal
+from fednode.node.federation.protocol import now_ms, topic_for
+from fednode.node.federation.runner import raw_float32_payload
+from fednode.node.identity import Identity
+from fednode.node.mesh import GossipConfig, Mesh, MeshConfig
+from fednode.node.model import model_layout
+from fednode.node.tasks import TaskContext, load_task
+from fednode.proto.v1 import control_pb2, envelope_pb2, model_pb2, tensor_pb2
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+FEDERATION = "test-fed"
+ARGS = ["--set", "task.params={hidden = [64]}", "--set", "training.local_steps=10", "--rounds", "40",
+        "--set", "training.slowdown=40", "--set", "federation.min_participants=2"]
+
+
+def _latest_round(log: str) -> int:
+    rounds = [json.loads(line)["round"] for line in log.splitlines() if '"event": "round"' in line]
+    return rounds[-1] if rounds else 0
+
+
+def _update(identity: Identity, layout_digest: str, round_number: int, payload: bytes, **overrides) -> control_pb2.ControlMessage:
+    header = model_pb2.UpdateHeader(
+        federation_id=FEDERATION, sender_peer_id=identity.peer_id, round=round_number, base_model_version=0,
+        layout_digest=layout_digest, payload_sha256=hashlib.sha256(payload).digest(), payload_size=len(payload),
+        codec=tensor_pb2.CODEC_NONE, created_unix_ms=now_ms(), inline_payload=payload,
+    )
+    for key, value in overrides.items():
+        setattr(header, key, value)
+    return control_pb2.ControlMessage(federation_id=FEDERATION, sent_unix_ms=now_ms(), update=header)
+
+
+async def _attack(bootstrap: str, round_number: int, layout: model_pb2.ModelLayout) -> None:
+    attacker = Identity.generate()
+    honest_looking = Identity.generate()
+    mesh = Mesh(MeshConfig(
+        identity_key=attacker.private_seed,
+        listen_multiaddrs=("/ip4/127.0.0.1/tcp/0",),
+        bootstrap_multiaddrs=(bootstrap,),
+        gossip=GossipConfig(max_message_size=200 * 1024),  # so it can send what others must refuse
+        fast_path=False,
+    ))
+    topic = topic_for(FEDERATION)
+    await mesh.start()
+    try:
+        await mesh.subscribe(topic, lambda data, peer: None)
+        for _ in range(100):
+            if await mesh.topic_peers(topic):
+                break
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(2.5)  # a heartbeat or two: the gossip mesh grafts us
+        numel = layout.numel
+        good_payload = raw_float32_payload(torch.zeros(numel)).SerializeToString()
+        wrong_shape = raw_float32_payload(torch.zeros(numel + 1)).SerializeToString()
+        nan_payload = raw_float32_payload(torch.full((numel,), float("nan"))).SerializeToString()
+        forged = envelope_pb2.SignedEnvelope.FromString(seal(attacker, _update(attacker, layout.digest, round_number, good_payload)))
+        forged.signature = bytes(64)
+        messages = [
+            b"not a protobuf at all \xff\xff",                                   # malformed
+            os.urandom(100 * 1024),                                                # oversized
+            forged.SerializeToString(),                                            # bad_signature
+            seal(attacker, control_pb2.ControlMessage(                             # wrong_federation
+                federation_id="another-fed", sent_unix_ms=now_ms(),
+                announcement=control_pb2.PeerAnnouncement(peer_id=attacker.peer_id))),
+            seal(attacker, control_pb2.ControlMessage(                             # stale (clock)
+                federation_id=FEDERATION, sent_unix_ms=now_ms() - 3_600_000,
+                announcement=control_pb2.PeerAnnouncement(peer_id=attacker.peer_id))),
+            seal(attacker, _update(honest_looking, layout.digest, round_number, good_payload)),  # sender_mismatch
+            seal(attacker, _update(attacker, "0" * 64, round_number, good_payload)),              # layout_mismatch
+            seal(attacker, _update(attacker, layout.digest, round_number, good_payload,           # hash_mismatch
+                                   payload_sha256=hashlib.sha256(b"other").digest())),
+            seal(attacker, _update(attacker, layout.digest, round_number + 1, b"\x0a\xff" * 100)),  # malformed payload
+        ]
+        for message in messages:
+            await mesh.publish(topic, message)
+            await asyncio.sleep(0.05)
+        # Larger payloads are pulled from us: serve a NaN vector and a wrong-shaped one.
+        for offset, payload in ((3, nan_payload), (4, wrong_shape)):
+            mesh.serve_blob(hashlib.sha256(payload).digest(), payload)
+            message = _update(attacker, layout.digest, round_number + offset, payload)
+            message.update.inline_payload = b""
+            await mesh.publish(topic, seal(attacker, message))
+        await asyncio.sleep(5)  # let the daemons fetch what we serve
+    finally:
+        await mesh.stop()
+
+
+def test_hostile_peer_inputs_are_rejected_and_counted(start_federation, multiaddr_of) -> None:
+    nodes = start_federation(2, *ARGS, federation=FEDERATION)
+    bootstrap = multiaddr_of(nodes[0])
+    deadline = time.monotonic() + 120
+    while _latest_round(nodes[0].log()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    layout = model_layout(load_task("fednode.node.tasks.digits:build_task", TaskContext(), {"hidden": [64]}).model_factory())
+    asyncio.run(_attack(bootstrap, _latest_round(nodes[0].log()) + 3, layout))
+    for node in nodes:
+        assert node.wait(timeout=400) == 0, node.log()[-3000:]
+    rejected: dict[str, int] = {}
+    for node in nodes:
+        summary = json.loads((node.state_dir / "summary.json").read_text())
+        assert summary["rounds"] == 40 and summary["accuracy"] >= 0.85
+        for reason, count in summary["rejected"].items():
+            rejected[reason] = rejected.get(reason, 0) + count
+    expected = {"malformed", "oversized", "bad_signature", "wrong_federation", "stale", "sender_mismatch",
+                "layout_mismatch", "hash_mismatch", "non_finite"}
+    assert expected <= set(rejected), rejected
