@@ -2,7 +2,11 @@
 
     python bench/aggregators.py                       # n=10, d=1e6, float32
     python bench/aggregators.py --n 16 --d 10000000
-    python bench/aggregators.py --grid                # n in {8,16,32} x d in {1e5,1e6,1e7}
+    python bench/aggregators.py --grid --threads 1    # n in {8,16,32} x d in {1e5,1e6,1e7}
+
+Each line shows the best wall time, the best process CPU time (steadier on a shared machine) and
+the peak extra memory of one call relative to the input size. On a shared or busy machine use
+--threads 1: with more threads than free cores, OpenMP barriers dominate (10-40x slower measured).
 
 Peak extra memory is the rise of the process's peak RSS (VmHWM, reset through
 /proc/self/clear_refs) above the RSS before the call, relative to the input's size. Linux only.
@@ -114,7 +118,10 @@ def main() -> None:
     parser.add_argument("--grid", action="store_true", help="n in {8,16,32} x d in {1e5,1e6,1e7}")
     parser.add_argument("--repeat", type=int, default=2, help="timed calls per rule (best is kept)")
     parser.add_argument("--rules", nargs="*", help="rule names to run (default: all)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rules = set(args.rules) if args.rules else None
     shapes = (
         [(n, int(d)) for d in (1e5, 1e6, 1e7) for n in (8, 16, 32)] if args.grid else [(args.n, int(args.d))]
