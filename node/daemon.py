@@ -15,7 +15,9 @@ import fcntl
 import json
 import logging
 import os
+import resource
 import signal
+import statistics
 import threading
 import time
 from contextlib import suppress
@@ -81,6 +83,8 @@ class RunSummary:
     rejected: dict[str, int] = field(default_factory=dict)
     contributions: dict[str, dict[str, Any]] = field(default_factory=dict)
     syncs: int = 0
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)
+    peak_rss_mb: float = 0.0
     history: list[RoundRecord] = field(default_factory=list)
 
     def to_json(self) -> bytes:
@@ -496,6 +500,11 @@ class Daemon:
             for reason, count in self.mesh.stats().gossip_rejected.items():
                 self.summary.rejected[reason] = self.summary.rejected.get(reason, 0) + count
         self.summary.syncs = self.runner.syncs
+        self.summary.timings = {
+            name: {"median": statistics.median(samples), "p90": sorted(samples)[int(0.9 * (len(samples) - 1))],
+                   "count": len(samples)}
+            for name, samples in self.runner.timings.items() if samples
+        }
         self.summary.contributions = {
             peer: {"accepted": c.accepted, "selected": c.selected, "rejected": dict(c.rejected),
                    "reputation": c.reputation}
@@ -526,6 +535,7 @@ class Daemon:
         assert self.summary is not None
         self._save_checkpoint()
         self.summary.wall_seconds = time.perf_counter() - self._started
+        self.summary.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         self.summary.stop_reason = self.stop_reason or "stopped"
         atomic_write_bytes(self.state_dir / SUMMARY_FILE, self.summary.to_json(), mode=0o644)
         log.info(

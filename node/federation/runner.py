@@ -143,6 +143,10 @@ class FederationRunner:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_train_seconds = 1.0
         self._connected: set[str] = set()
+        # Timing samples (seconds) for benchmarks and the summary: header delivery over gossip
+        # (receive time minus the sender's timestamp; same-host clocks in local runs) and payload
+        # fetch durations.
+        self.timings: dict[str, deque[float]] = {"gossip_delivery": deque(maxlen=1000), "fetch": deque(maxlen=1000)}
 
     # ------------------------------------------------------------------------------ start / stop
     async def start(self) -> None:
@@ -516,11 +520,14 @@ class FederationRunner:
 
     async def _obtain_update(self, sender: str, header: model_pb2.UpdateHeader) -> None:
         digest = bytes(header.payload_sha256)
+        self.timings["gossip_delivery"].append(max(0.0, (now_ms() - header.created_unix_ms) / 1000))
         if header.inline_payload:
             data = bytes(header.inline_payload)  # hash checked by the validator
         else:
             try:
+                fetch_started = time.perf_counter()
                 data = await self.mesh.fetch_blob(digest, [sender], max_size=self.max_payload_bytes)
+                self.timings["fetch"].append(time.perf_counter() - fetch_started)
             except Exception as exc:
                 self.book.release(sender, header.round)
                 self._reject(sender, Rejected(RejectReason.REJECT_HASH_MISMATCH if "hash" in str(exc).lower()
