@@ -21,10 +21,13 @@ it. MB = 10^6 bytes; medians over the repetitions after one warm-up round; each 
 median of per-repetition ratios (a path against the faster raw path of the same repetition),
 which cancels most of the load drift. No pass/fail: the machine is noisy.
 
-W1 federation workload: TODO(lead) - add here, in this same run, the W1 part of issue 5:
-4 daemons, digits MLP 64-256-256-10, 20 rounds; report steady seconds per round, wall time,
-bytes per peer per round and peak RSS per daemon (targets: steady round <= 25 ms, idle daemon
-RSS <= 250 MB). It should reuse the provider-process pattern below (one process per daemon).
+W1 federation workload (same run, after the transfers; skip with --no-w1): `fednode launch` with
+4 daemons (separate processes, real libp2p on 127.0.0.1), digits MLP 64-256-256-10, 20 rounds, once
+with the default 20 local steps and once with 1 local step (FedSGD-like, so the exchange dominates).
+Reported per configuration: steady seconds per round (median of rounds 5-20 over all daemons),
+its split into local training and exchange, gossip delivery and payload fetch medians, wall time,
+bytes per peer per round, idle RSS (after start-up, before training) and peak RSS per daemon.
+Targets (issue 5): steady round <= 25 ms, idle daemon RSS <= 250 MB.
 """
 
 from __future__ import annotations
@@ -215,8 +218,49 @@ def report(result: dict) -> None:
     print("frame and sha256-verify the whole blob; the raw paths do none of it.")
 
 
+def w1(local_steps: int, rounds: int, out: Path) -> dict:
+    """Run the W1 federation through the real launcher and summarise the daemons' own records."""
+    command = [sys.executable, "-m", "fednode.cli.app", "launch", "--nodes", "4", "--rounds", str(rounds),
+               "--out", str(out), "--set", f"training.local_steps={local_steps}"]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"W1 launch failed ({done.returncode}):\n{done.stdout[-3000:]}")
+    summaries = [json.loads(p.read_text()) for p in sorted(out.glob("node-*/summary.json"))]
+    steady = [r for s in summaries for r in s["history"] if r["round"] >= 5]
+    return {
+        "local_steps": local_steps,
+        "round_s": statistics.median(r["round_seconds"] for r in steady),
+        "train_s": statistics.median(r["seconds"] for r in steady),
+        "gossip_s": statistics.median(s["timings"].get("gossip_delivery", {}).get("median", float("nan")) for s in summaries),
+        "fetch_s": statistics.median(s["timings"].get("fetch", {}).get("median", float("nan")) for s in summaries),
+        "wall_s": wall,
+        "bytes_per_peer_round": statistics.median(s["bytes_sent"] / max(1, s["rounds"]) for s in summaries),
+        "idle_rss_mb": max(s.get("idle_rss_mb", float("nan")) for s in summaries),
+        "peak_rss_mb": max(s["peak_rss_mb"] for s in summaries),
+        "accuracy": min(s["accuracy"] for s in summaries),
+    }
+
+
+def report_w1(rows: list[dict]) -> None:
+    print("\nW1: 4 daemons, digits MLP 64-256-256-10, 20 rounds (targets: round <= 25 ms, idle RSS <= 250 MB)")
+    header = f"{'local steps':>11} {'round ms':>9} {'train ms':>9} {'exchange ms':>12} {'gossip ms':>10} {'fetch ms':>9} " \
+             f"{'wall s':>7} {'kB/peer/rd':>11} {'idle RSS MB':>12} {'peak RSS MB':>12} {'accuracy':>9}"
+    print(header)
+    for r in rows:
+        print(f"{r['local_steps']:>11} {r['round_s'] * 1e3:>9.1f} {r['train_s'] * 1e3:>9.1f} "
+              f"{(r['round_s'] - r['train_s']) * 1e3:>12.1f} {r['gossip_s'] * 1e3:>10.1f} {r['fetch_s'] * 1e3:>9.1f} "
+              f"{r['wall_s']:>7.1f} {r['bytes_per_peer_round'] / 1e3:>11.1f} {r['idle_rss_mb']:>12.0f} "
+              f"{r['peak_rss_mb']:>12.0f} {r['accuracy']:>9.4f}")
+    print("round = whole round as the daemon measures it (train, encode, exchange, aggregate, evaluate, checkpoint);")
+    print("gossip = header delivery (receive time - sender timestamp); fetch = payload pull over the mesh.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-w1", action="store_true", help="skip the W1 federation workload")
+    parser.add_argument("--w1-rounds", type=int, default=20, help="rounds of the W1 workload")
     parser.add_argument("--sizes", default="1,10,50", help="blob sizes in MB, comma-separated")
     parser.add_argument("--reps", type=int, default=9, help="counted repetitions (plus one warm-up)")
     parser.add_argument("--json", type=Path, help="also write the raw samples and medians here")
@@ -228,6 +272,12 @@ def main() -> None:
         return
     result = asyncio.run(bench(sizes, args.reps))
     report(result)
+    if not args.no_w1:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="w1-") as tmp:
+            result["w1"] = [w1(steps, args.w1_rounds, Path(tmp) / f"steps{steps}") for steps in (20, 1)]
+        report_w1(result["w1"])
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2, default=str))

@@ -85,6 +85,7 @@ class RunSummary:
     syncs: int = 0
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
     peak_rss_mb: float = 0.0
+    idle_rss_mb: float = 0.0  # resident memory after start-up, before the first round
     history: list[RoundRecord] = field(default_factory=list)
 
     def to_json(self) -> bytes:
@@ -419,6 +420,7 @@ class Daemon:
             if self.extra_state.get("federation_id") == federation.id:
                 self.runner.restore(self.round, self.model_version, self.extra_state)
             await self.runner.start()
+            self.summary.idle_rss_mb = current_rss_mb()
             if not self._done():
                 await self.runner.run(should_stop=self._done)
         finally:
@@ -546,6 +548,17 @@ class Daemon:
             self.state_dir / SUMMARY_FILE,
             extra={"event": "stopped", "summary_file": str(self.state_dir / SUMMARY_FILE)},
         )
+
+
+def current_rss_mb() -> float:
+    """Resident set size of this process now (Linux /proc), in MiB; NaN where unavailable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
 
 
 def summary_from_file(path: Path) -> dict[str, Any]:
