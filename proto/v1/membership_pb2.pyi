@@ -38,18 +38,20 @@ class FederationDescriptor(_message.Message):
     def __init__(self, federation_id: _Optional[str] = ..., federation_public_key: _Optional[bytes] = ..., name: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., task: _Optional[str] = ..., model_layout_digest: _Optional[str] = ..., aggregator: _Optional[str] = ..., aggregator_params_json: _Optional[str] = ..., schedule: _Optional[str] = ..., min_participants: _Optional[int] = ..., codec: _Optional[str] = ..., private: _Optional[bool] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class AdminDelegation(_message.Message):
-    __slots__ = ("federation_id", "admin_public_key", "not_before_unix_ms", "not_after_unix_ms", "signature")
+    __slots__ = ("federation_id", "admin_public_key", "not_before_unix_ms", "not_after_unix_ms", "signature", "federation_public_key")
     FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
     ADMIN_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     NOT_BEFORE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     NOT_AFTER_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    FEDERATION_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     federation_id: str
     admin_public_key: bytes
     not_before_unix_ms: int
     not_after_unix_ms: int
     signature: bytes
-    def __init__(self, federation_id: _Optional[str] = ..., admin_public_key: _Optional[bytes] = ..., not_before_unix_ms: _Optional[int] = ..., not_after_unix_ms: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    federation_public_key: bytes
+    def __init__(self, federation_id: _Optional[str] = ..., admin_public_key: _Optional[bytes] = ..., not_before_unix_ms: _Optional[int] = ..., not_after_unix_ms: _Optional[int] = ..., signature: _Optional[bytes] = ..., federation_public_key: _Optional[bytes] = ...) -> None: ...
 
 class Invite(_message.Message):
     __slots__ = ("federation_id", "invite_id", "secret", "expires_unix_ms", "max_uses", "issuer_multiaddrs", "issuer_peer_id", "delegation", "issuer_public_key", "signature")
@@ -92,7 +94,7 @@ class JoinRequest(_message.Message):
     def __init__(self, federation_id: _Optional[str] = ..., invite_id: _Optional[bytes] = ..., secret: _Optional[bytes] = ..., member_public_key: _Optional[bytes] = ..., display_name: _Optional[str] = ..., requested_unix_ms: _Optional[int] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("status", "message", "certificate", "descriptor", "bootstrap_multiaddrs")
+    __slots__ = ("status", "message", "certificate", "descriptor", "bootstrap_multiaddrs", "revocations")
     class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATUS_UNSPECIFIED: _ClassVar[JoinResponse.Status]
@@ -104,6 +106,7 @@ class JoinResponse(_message.Message):
         WRONG_FEDERATION: _ClassVar[JoinResponse.Status]
         CLOCK_SKEW: _ClassVar[JoinResponse.Status]
         INTERNAL: _ClassVar[JoinResponse.Status]
+        BAD_REQUEST: _ClassVar[JoinResponse.Status]
     STATUS_UNSPECIFIED: JoinResponse.Status
     OK: JoinResponse.Status
     UNKNOWN_INVITE: JoinResponse.Status
@@ -113,17 +116,20 @@ class JoinResponse(_message.Message):
     WRONG_FEDERATION: JoinResponse.Status
     CLOCK_SKEW: JoinResponse.Status
     INTERNAL: JoinResponse.Status
+    BAD_REQUEST: JoinResponse.Status
     STATUS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTOR_FIELD_NUMBER: _ClassVar[int]
     BOOTSTRAP_MULTIADDRS_FIELD_NUMBER: _ClassVar[int]
+    REVOCATIONS_FIELD_NUMBER: _ClassVar[int]
     status: JoinResponse.Status
     message: str
     certificate: MemberCertificate
     descriptor: FederationDescriptor
     bootstrap_multiaddrs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, status: _Optional[_Union[JoinResponse.Status, str]] = ..., message: _Optional[str] = ..., certificate: _Optional[_Union[MemberCertificate, _Mapping]] = ..., descriptor: _Optional[_Union[FederationDescriptor, _Mapping]] = ..., bootstrap_multiaddrs: _Optional[_Iterable[str]] = ...) -> None: ...
+    revocations: _containers.RepeatedCompositeFieldContainer[Revocation]
+    def __init__(self, status: _Optional[_Union[JoinResponse.Status, str]] = ..., message: _Optional[str] = ..., certificate: _Optional[_Union[MemberCertificate, _Mapping]] = ..., descriptor: _Optional[_Union[FederationDescriptor, _Mapping]] = ..., bootstrap_multiaddrs: _Optional[_Iterable[str]] = ..., revocations: _Optional[_Iterable[_Union[Revocation, _Mapping]]] = ...) -> None: ...
 
 class MemberCertificate(_message.Message):
     __slots__ = ("federation_id", "member_public_key", "member_peer_id", "serial", "role", "not_before_unix_ms", "not_after_unix_ms", "display_name", "delegation", "issuer_public_key", "signature")
@@ -180,3 +186,11 @@ class Revocation(_message.Message):
     issuer_public_key: bytes
     signature: bytes
     def __init__(self, federation_id: _Optional[str] = ..., serial: _Optional[bytes] = ..., member_public_key: _Optional[bytes] = ..., reason: _Optional[str] = ..., revoked_unix_ms: _Optional[int] = ..., delegation: _Optional[_Union[AdminDelegation, _Mapping]] = ..., issuer_public_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class RevocationList(_message.Message):
+    __slots__ = ("federation_id", "revocations")
+    FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    REVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    federation_id: str
+    revocations: _containers.RepeatedCompositeFieldContainer[Revocation]
+    def __init__(self, federation_id: _Optional[str] = ..., revocations: _Optional[_Iterable[_Union[Revocation, _Mapping]]] = ...) -> None: ...
