@@ -26,7 +26,7 @@ from fednode.proto.v1 import membership_pb2 as fednode_dot_proto_dot_v1_dot_memb
 from fednode.proto.v1 import model_pb2 as fednode_dot_proto_dot_v1_dot_model__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64node/proto/v1/control.proto\x12\nfednode.v1\x1a!fednode/proto/v1/membership.proto\x1a\x1c\x66\x65\x64node/proto/v1/model.proto\"\xb9\x01\n\x10PeerAnnouncement\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x12\n\nmultiaddrs\x18\x02 \x03(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x04\x12\r\n\x05round\x18\x04 \x01(\x04\x12\x14\n\x0creachability\x18\x05 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x06 \x03(\t\x12\x14\n\x0c\x64isplay_name\x18\x07 \x01(\t\x12\x18\n\x10software_version\x18\x08 \x01(\t\",\n\tDeparture\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xa9\x01\n\x0eScheduleReport\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x18\n\x10seconds_per_step\x18\x02 \x01(\x01\x12\x1c\n\x14\x61ssigned_local_steps\x18\x03 \x01(\r\x12\x10\n\x08group_id\x18\x04 \x01(\x0c\x12 \n\x18\x65xpected_arrival_unix_ms\x18\x05 \x01(\x04\x12\x1a\n\x12\x62\x61se_model_version\x18\x06 \x01(\x04\"\x8d\x01\n\x0bGroupRecord\x12\x10\n\x08group_id\x18\x01 \x01(\x0c\x12\x17\n\x0f\x63reator_peer_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63reated_unix_ms\x18\x03 \x01(\x04\x12 \n\x18\x65xpected_arrival_unix_ms\x18\x04 \x01(\x04\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x05 \x01(\x04\"\xdf\x01\n\x13\x41ggregationManifest\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x10\n\x08group_id\x18\x02 \x01(\x0c\x12\x1a\n\x12\x62\x61se_model_version\x18\x03 \x01(\x04\x12\x36\n\x07\x65ntries\x18\x04 \x03(\x0b\x32%.fednode.v1.AggregationManifest.Entry\x1aS\n\x05\x45ntry\x12\x16\n\x0esender_peer_id\x18\x01 \x01(\t\x12\x16\n\x0epayload_sha256\x18\x02 \x01(\x0c\x12\x1a\n\x12\x62\x61se_model_version\x18\x03 \x01(\x04\";\n\rSnapshotOffer\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.fednode.v1.SnapshotHeader\"\xbf\x03\n\x0e\x43ontrolMessage\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\x14\n\x0csent_unix_ms\x18\x02 \x01(\x04\x12\x34\n\x0c\x61nnouncement\x18\n \x01(\x0b\x32\x1c.fednode.v1.PeerAnnouncementH\x00\x12*\n\x06update\x18\x0b \x01(\x0b\x32\x18.fednode.v1.UpdateHeaderH\x00\x12.\n\x08schedule\x18\x0c \x01(\x0b\x32\x1a.fednode.v1.ScheduleReportH\x00\x12(\n\x05group\x18\r \x01(\x0b\x32\x17.fednode.v1.GroupRecordH\x00\x12\x33\n\x08manifest\x18\x0e \x01(\x0b\x32\x1f.fednode.v1.AggregationManifestH\x00\x12-\n\x08snapshot\x18\x0f \x01(\x0b\x32\x19.fednode.v1.SnapshotOfferH\x00\x12*\n\tdeparture\x18\x10 \x01(\x0b\x32\x15.fednode.v1.DepartureH\x00\x12,\n\nrevocation\x18\x11 \x01(\x0b\x32\x16.fednode.v1.RevocationH\x00\x42\x06\n\x04\x62odyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64node/proto/v1/control.proto\x12\nfednode.v1\x1a!fednode/proto/v1/membership.proto\x1a\x1c\x66\x65\x64node/proto/v1/model.proto\"\xb9\x01\n\x10PeerAnnouncement\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x12\n\nmultiaddrs\x18\x02 \x03(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x04\x12\r\n\x05round\x18\x04 \x01(\x04\x12\x14\n\x0creachability\x18\x05 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x06 \x03(\t\x12\x14\n\x0c\x64isplay_name\x18\x07 \x01(\t\x12\x18\n\x10software_version\x18\x08 \x01(\t\",\n\tDeparture\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xb8\x01\n\x0eScheduleReport\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x18\n\x10seconds_per_step\x18\x02 \x01(\x01\x12\x1c\n\x14\x61ssigned_local_steps\x18\x03 \x01(\r\x12\x10\n\x08group_id\x18\x04 \x01(\x0c\x12 \n\x18\x65xpected_arrival_unix_ms\x18\x05 \x01(\x04\x12\x1a\n\x12\x62\x61se_model_version\x18\x06 \x01(\x04\x12\r\n\x05round\x18\x07 \x01(\x04\"\x8d\x01\n\x0bGroupRecord\x12\x10\n\x08group_id\x18\x01 \x01(\x0c\x12\x17\n\x0f\x63reator_peer_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63reated_unix_ms\x18\x03 \x01(\x04\x12 \n\x18\x65xpected_arrival_unix_ms\x18\x04 \x01(\x04\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x05 \x01(\x04\"\xb1\x02\n\x13\x41ggregationManifest\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x10\n\x08group_id\x18\x02 \x01(\x0c\x12\x1a\n\x12\x62\x61se_model_version\x18\x03 \x01(\x04\x12\x36\n\x07\x65ntries\x18\x04 \x03(\x0b\x32%.fednode.v1.AggregationManifest.Entry\x12\x17\n\x0f\x66\x65\x64\x65ration_size\x18\x05 \x01(\r\x12\x10\n\x08\x64\x65\x66\x65rred\x18\x06 \x01(\x08\x12\x16\n\x0e\x63losed_unix_ms\x18\x07 \x01(\x04\x1a\x62\n\x05\x45ntry\x12\x16\n\x0esender_peer_id\x18\x01 \x01(\t\x12\x16\n\x0epayload_sha256\x18\x02 \x01(\x0c\x12\x1a\n\x12\x62\x61se_model_version\x18\x03 \x01(\x04\x12\r\n\x05round\x18\x04 \x01(\x04\";\n\rSnapshotOffer\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.fednode.v1.SnapshotHeader\"\xbf\x03\n\x0e\x43ontrolMessage\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\x14\n\x0csent_unix_ms\x18\x02 \x01(\x04\x12\x34\n\x0c\x61nnouncement\x18\n \x01(\x0b\x32\x1c.fednode.v1.PeerAnnouncementH\x00\x12*\n\x06update\x18\x0b \x01(\x0b\x32\x18.fednode.v1.UpdateHeaderH\x00\x12.\n\x08schedule\x18\x0c \x01(\x0b\x32\x1a.fednode.v1.ScheduleReportH\x00\x12(\n\x05group\x18\r \x01(\x0b\x32\x17.fednode.v1.GroupRecordH\x00\x12\x33\n\x08manifest\x18\x0e \x01(\x0b\x32\x1f.fednode.v1.AggregationManifestH\x00\x12-\n\x08snapshot\x18\x0f \x01(\x0b\x32\x19.fednode.v1.SnapshotOfferH\x00\x12*\n\tdeparture\x18\x10 \x01(\x0b\x32\x15.fednode.v1.DepartureH\x00\x12,\n\nrevocation\x18\x11 \x01(\x0b\x32\x16.fednode.v1.RevocationH\x00\x42\x06\n\x04\x62odyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,15 +38,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEPARTURE']._serialized_start=299
   _globals['_DEPARTURE']._serialized_end=343
   _globals['_SCHEDULEREPORT']._serialized_start=346
-  _globals['_SCHEDULEREPORT']._serialized_end=515
-  _globals['_GROUPRECORD']._serialized_start=518
-  _globals['_GROUPRECORD']._serialized_end=659
-  _globals['_AGGREGATIONMANIFEST']._serialized_start=662
-  _globals['_AGGREGATIONMANIFEST']._serialized_end=885
-  _globals['_AGGREGATIONMANIFEST_ENTRY']._serialized_start=802
-  _globals['_AGGREGATIONMANIFEST_ENTRY']._serialized_end=885
-  _globals['_SNAPSHOTOFFER']._serialized_start=887
-  _globals['_SNAPSHOTOFFER']._serialized_end=946
-  _globals['_CONTROLMESSAGE']._serialized_start=949
-  _globals['_CONTROLMESSAGE']._serialized_end=1396
+  _globals['_SCHEDULEREPORT']._serialized_end=530
+  _globals['_GROUPRECORD']._serialized_start=533
+  _globals['_GROUPRECORD']._serialized_end=674
+  _globals['_AGGREGATIONMANIFEST']._serialized_start=677
+  _globals['_AGGREGATIONMANIFEST']._serialized_end=982
+  _globals['_AGGREGATIONMANIFEST_ENTRY']._serialized_start=884
+  _globals['_AGGREGATIONMANIFEST_ENTRY']._serialized_end=982
+  _globals['_SNAPSHOTOFFER']._serialized_start=984
+  _globals['_SNAPSHOTOFFER']._serialized_end=1043
+  _globals['_CONTROLMESSAGE']._serialized_start=1046
+  _globals['_CONTROLMESSAGE']._serialized_end=1493
 # @@protoc_insertion_point(module_scope)

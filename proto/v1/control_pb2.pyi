@@ -37,20 +37,22 @@ class Departure(_message.Message):
     def __init__(self, peer_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ScheduleReport(_message.Message):
-    __slots__ = ("peer_id", "seconds_per_step", "assigned_local_steps", "group_id", "expected_arrival_unix_ms", "base_model_version")
+    __slots__ = ("peer_id", "seconds_per_step", "assigned_local_steps", "group_id", "expected_arrival_unix_ms", "base_model_version", "round")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     SECONDS_PER_STEP_FIELD_NUMBER: _ClassVar[int]
     ASSIGNED_LOCAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_ARRIVAL_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     seconds_per_step: float
     assigned_local_steps: int
     group_id: bytes
     expected_arrival_unix_ms: int
     base_model_version: int
-    def __init__(self, peer_id: _Optional[str] = ..., seconds_per_step: _Optional[float] = ..., assigned_local_steps: _Optional[int] = ..., group_id: _Optional[bytes] = ..., expected_arrival_unix_ms: _Optional[int] = ..., base_model_version: _Optional[int] = ...) -> None: ...
+    round: int
+    def __init__(self, peer_id: _Optional[str] = ..., seconds_per_step: _Optional[float] = ..., assigned_local_steps: _Optional[int] = ..., group_id: _Optional[bytes] = ..., expected_arrival_unix_ms: _Optional[int] = ..., base_model_version: _Optional[int] = ..., round: _Optional[int] = ...) -> None: ...
 
 class GroupRecord(_message.Message):
     __slots__ = ("group_id", "creator_peer_id", "created_unix_ms", "expected_arrival_unix_ms", "deadline_unix_ms")
@@ -67,25 +69,33 @@ class GroupRecord(_message.Message):
     def __init__(self, group_id: _Optional[bytes] = ..., creator_peer_id: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., expected_arrival_unix_ms: _Optional[int] = ..., deadline_unix_ms: _Optional[int] = ...) -> None: ...
 
 class AggregationManifest(_message.Message):
-    __slots__ = ("round", "group_id", "base_model_version", "entries")
+    __slots__ = ("round", "group_id", "base_model_version", "entries", "federation_size", "deferred", "closed_unix_ms")
     class Entry(_message.Message):
-        __slots__ = ("sender_peer_id", "payload_sha256", "base_model_version")
+        __slots__ = ("sender_peer_id", "payload_sha256", "base_model_version", "round")
         SENDER_PEER_ID_FIELD_NUMBER: _ClassVar[int]
         PAYLOAD_SHA256_FIELD_NUMBER: _ClassVar[int]
         BASE_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+        ROUND_FIELD_NUMBER: _ClassVar[int]
         sender_peer_id: str
         payload_sha256: bytes
         base_model_version: int
-        def __init__(self, sender_peer_id: _Optional[str] = ..., payload_sha256: _Optional[bytes] = ..., base_model_version: _Optional[int] = ...) -> None: ...
+        round: int
+        def __init__(self, sender_peer_id: _Optional[str] = ..., payload_sha256: _Optional[bytes] = ..., base_model_version: _Optional[int] = ..., round: _Optional[int] = ...) -> None: ...
     ROUND_FIELD_NUMBER: _ClassVar[int]
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    FEDERATION_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DEFERRED_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     round: int
     group_id: bytes
     base_model_version: int
     entries: _containers.RepeatedCompositeFieldContainer[AggregationManifest.Entry]
-    def __init__(self, round: _Optional[int] = ..., group_id: _Optional[bytes] = ..., base_model_version: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[AggregationManifest.Entry, _Mapping]]] = ...) -> None: ...
+    federation_size: int
+    deferred: bool
+    closed_unix_ms: int
+    def __init__(self, round: _Optional[int] = ..., group_id: _Optional[bytes] = ..., base_model_version: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[AggregationManifest.Entry, _Mapping]]] = ..., federation_size: _Optional[int] = ..., deferred: _Optional[bool] = ..., closed_unix_ms: _Optional[int] = ...) -> None: ...
 
 class SnapshotOffer(_message.Message):
     __slots__ = ("header",)

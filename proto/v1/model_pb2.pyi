@@ -61,7 +61,7 @@ class UpdateHeader(_message.Message):
     def __init__(self, federation_id: _Optional[str] = ..., sender_peer_id: _Optional[str] = ..., round: _Optional[int] = ..., group_id: _Optional[bytes] = ..., base_model_version: _Optional[int] = ..., layout_digest: _Optional[str] = ..., payload_sha256: _Optional[bytes] = ..., payload_size: _Optional[int] = ..., codec: _Optional[_Union[_tensor_pb2.Codec, str]] = ..., num_samples: _Optional[int] = ..., local_steps: _Optional[int] = ..., train_loss: _Optional[float] = ..., created_unix_ms: _Optional[int] = ..., seconds_per_step: _Optional[float] = ..., inline_payload: _Optional[bytes] = ...) -> None: ...
 
 class SnapshotHeader(_message.Message):
-    __slots__ = ("federation_id", "model_version", "round", "layout_digest", "payload_sha256", "payload_size", "state_sha256", "state_size", "created_unix_ms")
+    __slots__ = ("federation_id", "model_version", "round", "layout_digest", "payload_sha256", "payload_size", "state_sha256", "state_size", "created_unix_ms", "applied_groups")
     FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,7 @@ class SnapshotHeader(_message.Message):
     STATE_SHA256_FIELD_NUMBER: _ClassVar[int]
     STATE_SIZE_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_GROUPS_FIELD_NUMBER: _ClassVar[int]
     federation_id: str
     model_version: int
     round: int
@@ -80,4 +81,5 @@ class SnapshotHeader(_message.Message):
     state_sha256: bytes
     state_size: int
     created_unix_ms: int
-    def __init__(self, federation_id: _Optional[str] = ..., model_version: _Optional[int] = ..., round: _Optional[int] = ..., layout_digest: _Optional[str] = ..., payload_sha256: _Optional[bytes] = ..., payload_size: _Optional[int] = ..., state_sha256: _Optional[bytes] = ..., state_size: _Optional[int] = ..., created_unix_ms: _Optional[int] = ...) -> None: ...
+    applied_groups: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, federation_id: _Optional[str] = ..., model_version: _Optional[int] = ..., round: _Optional[int] = ..., layout_digest: _Optional[str] = ..., payload_sha256: _Optional[bytes] = ..., payload_size: _Optional[int] = ..., state_sha256: _Optional[bytes] = ..., state_size: _Optional[int] = ..., created_unix_ms: _Optional[int] = ..., applied_groups: _Optional[_Iterable[bytes]] = ...) -> None: ...
