@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from fednode.node.errors import ConfigError
 
@@ -135,15 +135,43 @@ class FederationSection(_Section):
     min_participants: int = Field(
         default=2, ge=1, le=10_000, description="updates (own included) a round needs before it may aggregate"
     )
-    schedule: Literal["sync"] = Field(default="sync", description="round schedule")
+    schedule: Literal["sync", "fedcompass"] = Field(
+        default="sync", description="sync: k-of-n rounds; fedcompass: semi-asynchronous arrival groups (docs/fedcompass.md)"
+    )
     announce_interval: float = Field(default=2.0, gt=0, le=300, description="seconds between liveness announcements")
     max_clock_skew: float = Field(default=300.0, gt=0, description="accepted difference between a message's clock and ours (s)")
+    # FedCompass (schedule = "fedcompass"); see docs/fedcompass.md and fednode.node.scheduler.fedcompass.
+    q_min: int = Field(default=20, ge=1, le=1_000_000, description="fedcompass: fewest local steps a peer is given")
+    q_max: int = Field(default=100, ge=1, le=1_000_000, description="fedcompass: most local steps a peer is given")
+    latest_time_factor: float = Field(
+        default=1.5, ge=1.0, le=100.0, description="fedcompass: lambda; a group's deadline is lambda x its expected duration"
+    )
+    staleness: Literal["polynomial", "hinge", "constant"] = Field(
+        default="polynomial", description="fedcompass: staleness weight s(tau): (tau+1)^-a, hinge, or 1"
+    )
+    staleness_exponent: float = Field(default=0.5, ge=0.0, le=100.0, description="fedcompass: a in s(tau)")
+    staleness_hinge: float = Field(default=4.0, ge=0.0, le=1_000_000, description="fedcompass: b of the hinge function")
+    max_staleness: int = Field(default=64, ge=0, le=1_000_000, description="fedcompass: staler updates are not aggregated")
+    alpha: float = Field(default=0.9, gt=0.0, le=1.0, description="fedcompass: step size of alpha * (|U|/N) * AGR(...)")
+    speed_momentum: float = Field(default=0.9, gt=0.0, le=1.0, description="fedcompass: weight of the newest speed sample")
+    delivery_grace: float = Field(
+        default=0.3, ge=0.0, le=60.0,
+        description="fedcompass: least seconds added to deadlines for network delivery (raised to the measured delivery time)",
+    )
 
     @field_validator("id")
     @classmethod
     def _check_id(cls, value: str) -> str:
         if (value and not all(c.isalnum() or c in "-_." for c in value)) or len(value) > 128:
             raise ValueError("may contain only letters, digits, '-', '_' and '.', at most 128 characters")
+        return value
+
+    @field_validator("q_max")
+    @classmethod
+    def _check_q_max(cls, value: int, info: ValidationInfo) -> int:
+        q_min = info.data.get("q_min")
+        if q_min is not None and value < q_min:
+            raise ValueError(f"must be >= federation.q_min ({q_min}): FedCompass gives each peer between q_min and q_max steps")
         return value
 
 
