@@ -134,20 +134,23 @@ class TrustPolicy:
             table[key] = value
 
     # ----------------------------------------------------------------------------- revocations
-    def add_revocation(self, revocation: membership_pb2.Revocation, *, now_unix_ms: int | None = None) -> bool:
-        """Verify and apply a revocation; True if it is new (spread it further), False if known.
-        Raises Rejected for an invalid one (do not relay it)."""
+    def add_revocation(
+        self, federation_id: str, revocation: membership_pb2.Revocation, *, now_unix_ms: int | None = None
+    ) -> bool:
+        """Verify and apply a revocation received for `federation_id` (the topic's or the DHT
+        key's); True if it is new (spread it further), False if known. Raises Rejected for an
+        invalid one, including one of another federation (do not relay it)."""
         now = self._clock() if now_unix_ms is None else now_unix_ms
-        verify_revocation(revocation, revocation.federation_id, now_unix_ms=now, clock_skew_ms=self.clock_skew_ms)
+        verify_revocation(revocation, federation_id, now_unix_ms=now, clock_skew_ms=self.clock_skew_ms)
         digest = revocation_digest(revocation)
         with self._lock:
-            current = self._revoked.get(revocation.federation_id, _EMPTY)
+            current = self._revoked.get(federation_id, _EMPTY)
             if digest in current.digests:
                 return False
             copy = membership_pb2.Revocation()
             copy.CopyFrom(revocation)
             serial, key = bytes(copy.serial), bytes(copy.member_public_key)
-            self._revoked[revocation.federation_id] = _Revoked(
+            self._revoked[federation_id] = _Revoked(
                 serials=(current.serials | {serial}) if serial else current.serials,
                 keys=(current.keys | {key}) if key else current.keys,
                 digests=current.digests | {digest},

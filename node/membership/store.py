@@ -285,9 +285,11 @@ class MembershipStore:
         except Rejected as exc:
             raise self._corrupt(federation_id, REVOCATIONS_FILE, exc.detail) from exc
 
-    def add_revocation(self, revocation: membership_pb2.Revocation, *, now_unix_ms: int | None = None) -> bool:
-        """Verify and persist; True if it was new. Raises Rejected for an invalid revocation."""
-        federation_id = revocation.federation_id
+    def add_revocation(
+        self, federation_id: str, revocation: membership_pb2.Revocation, *, now_unix_ms: int | None = None
+    ) -> bool:
+        """Verify and persist; True if it was new. Raises Rejected for an invalid revocation or
+        one of another federation."""
         self._dir(federation_id)
         verify_revocation(revocation, federation_id, now_unix_ms=now_unix_ms)
         with self._lock:
@@ -321,7 +323,7 @@ class MembershipStore:
             if certificate is not None:
                 self.save_certificate(certificate)
             for revocation in revocations:
-                self.add_revocation(revocation, now_unix_ms=_FAR_FUTURE_MS)
+                self.add_revocation(descriptor.federation_id, revocation, now_unix_ms=_FAR_FUTURE_MS)
 
     def load(self, federation_id: str) -> FederationState:
         """Everything about one federation, every file verified; raises MembershipStateError."""
