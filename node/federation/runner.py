@@ -479,6 +479,12 @@ class FederationRunner:
         elif body == "departure":
             self.rounds.depart(valid.sender)
             self._wakeup.set()
+        else:
+            self._on_control(valid)
+
+    def _on_control(self, valid: ValidControl) -> None:
+        """Bodies the synchronous schedule does not use (fedcompass's schedule, group and
+        manifest messages); `CompassRunner` overrides this."""
 
     def _on_snapshot_offer(self, valid: ValidControl) -> None:
         header = valid.message.snapshot.header
@@ -519,29 +525,8 @@ class FederationRunner:
         self._spawn(self._obtain_update(sender, header), f"update-{sender[-6:]}-{header.round}")
 
     async def _obtain_update(self, sender: str, header: model_pb2.UpdateHeader) -> None:
-        digest = bytes(header.payload_sha256)
-        self.timings["gossip_delivery"].append(max(0.0, (now_ms() - header.created_unix_ms) / 1000))
-        if header.inline_payload:
-            data = bytes(header.inline_payload)  # hash checked by the validator
-        else:
-            try:
-                fetch_started = time.perf_counter()
-                data = await self.mesh.fetch_blob(digest, [sender], max_size=self.max_payload_bytes)
-                self.timings["fetch"].append(time.perf_counter() - fetch_started)
-            except Exception as exc:
-                self.book.release(sender, header.round)
-                self._reject(sender, Rejected(RejectReason.REJECT_HASH_MISMATCH if "hash" in str(exc).lower()
-                                              else RejectReason.REJECT_MALFORMED, f"payload fetch failed: {exc}"))
-                return
-            self._serve(digest, data)  # peers that fetched an update can serve it
-        try:
-            payload = tensor_pb2.TensorPayload.FromString(data)
-            delta = decode(payload, limits=self.limits, expected_numel=self.layout.numel).reshape(-1)
-        except PayloadError as exc:
-            self._reject(sender, Rejected(exc.reject_reason, str(exc)))
-            return
-        except Exception as exc:  # protobuf DecodeError and friends
-            self._reject(sender, Rejected(RejectReason.REJECT_MALFORMED, f"payload does not parse: {exc}"))
+        delta = await self._receive_payload(sender, header)
+        if delta is None:
             return
         if header.round <= self.round:
             self._reject(sender, Rejected(RejectReason.REJECT_STALE, f"update for round {header.round} arrived after it closed"))
@@ -551,6 +536,36 @@ class FederationRunner:
         self.contributions.setdefault(sender, PeerContribution()).accepted += 1
         self.rounds.record(sender, now, header.round)
         self._wakeup.set()
+
+    async def _receive_payload(
+        self, sender: str, header: model_pb2.UpdateHeader, providers: list[str] | None = None
+    ) -> torch.Tensor | None:
+        """The decoded update a validated header announces (inline, or fetched by hash from
+        `providers`, default the sender), or None after counting the rejection. Shared by both
+        schedules."""
+        digest = bytes(header.payload_sha256)
+        self.timings["gossip_delivery"].append(max(0.0, (now_ms() - header.created_unix_ms) / 1000))
+        if header.inline_payload:
+            data = bytes(header.inline_payload)  # hash checked by the validator
+        else:
+            try:
+                fetch_started = time.perf_counter()
+                data = await self.mesh.fetch_blob(digest, providers or [sender], max_size=self.max_payload_bytes)
+                self.timings["fetch"].append(time.perf_counter() - fetch_started)
+            except Exception as exc:
+                self.book.release(sender, header.round)
+                self._reject(sender, Rejected(RejectReason.REJECT_HASH_MISMATCH if "hash" in str(exc).lower()
+                                              else RejectReason.REJECT_MALFORMED, f"payload fetch failed: {exc}"))
+                return None
+            self._serve(digest, data)  # peers that fetched an update can serve it
+        try:
+            payload = tensor_pb2.TensorPayload.FromString(data)
+            return decode(payload, limits=self.limits, expected_numel=self.layout.numel).reshape(-1)
+        except PayloadError as exc:
+            self._reject(sender, Rejected(exc.reject_reason, str(exc)))
+        except Exception as exc:  # protobuf DecodeError and friends
+            self._reject(sender, Rejected(RejectReason.REJECT_MALFORMED, f"payload does not parse: {exc}"))
+        return None
 
     # ------------------------------------------------------------------------------ attacks
     async def _craft_attack(self, number: int, own: torch.Tensor) -> torch.Tensor:
