@@ -479,12 +479,11 @@ class FederationRunner:
         elif body == "departure":
             self.rounds.depart(valid.sender)
             self._wakeup.set()
-        else:
-            self._on_control(valid)
+        self._on_control(valid)
 
     def _on_control(self, valid: ValidControl) -> None:
-        """Bodies the synchronous schedule does not use (fedcompass's schedule, group and
-        manifest messages); `CompassRunner` overrides this."""
+        """Every valid control message from another peer, after the handling above: a hook for
+        schedules that need more (`CompassRunner`: schedule, group, manifest, departure)."""
 
     def _on_snapshot_offer(self, valid: ValidControl) -> None:
         header = valid.message.snapshot.header
