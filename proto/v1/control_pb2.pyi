@@ -69,7 +69,7 @@ class GroupRecord(_message.Message):
     def __init__(self, group_id: _Optional[bytes] = ..., creator_peer_id: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., expected_arrival_unix_ms: _Optional[int] = ..., deadline_unix_ms: _Optional[int] = ...) -> None: ...
 
 class AggregationManifest(_message.Message):
-    __slots__ = ("round", "group_id", "base_model_version", "entries", "federation_size", "deferred", "closed_unix_ms")
+    __slots__ = ("round", "group_id", "base_model_version", "entries", "federation_size", "deferred", "closed_unix_ms", "creator_peer_id", "group_created_unix_ms")
     class Entry(_message.Message):
         __slots__ = ("sender_peer_id", "payload_sha256", "base_model_version", "round")
         SENDER_PEER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +88,8 @@ class AggregationManifest(_message.Message):
     FEDERATION_SIZE_FIELD_NUMBER: _ClassVar[int]
     DEFERRED_FIELD_NUMBER: _ClassVar[int]
     CLOSED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    CREATOR_PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    GROUP_CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     round: int
     group_id: bytes
     base_model_version: int
@@ -95,7 +97,9 @@ class AggregationManifest(_message.Message):
     federation_size: int
     deferred: bool
     closed_unix_ms: int
-    def __init__(self, round: _Optional[int] = ..., group_id: _Optional[bytes] = ..., base_model_version: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[AggregationManifest.Entry, _Mapping]]] = ..., federation_size: _Optional[int] = ..., deferred: _Optional[bool] = ..., closed_unix_ms: _Optional[int] = ...) -> None: ...
+    creator_peer_id: str
+    group_created_unix_ms: int
+    def __init__(self, round: _Optional[int] = ..., group_id: _Optional[bytes] = ..., base_model_version: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[AggregationManifest.Entry, _Mapping]]] = ..., federation_size: _Optional[int] = ..., deferred: _Optional[bool] = ..., closed_unix_ms: _Optional[int] = ..., creator_peer_id: _Optional[str] = ..., group_created_unix_ms: _Optional[int] = ...) -> None: ...
 
 class SnapshotOffer(_message.Message):
     __slots__ = ("header",)
