@@ -280,6 +280,7 @@ def redeem_invite(
     max_clock_skew_ms: int = DEFAULT_JOIN_SKEW_MS,
     bootstrap_multiaddrs: tuple[str, ...] | list[str] = (),
     revocations: tuple[membership_pb2.Revocation, ...] | list[membership_pb2.Revocation] = (),
+    signer_public_key: bytes | None = None,
 ) -> tuple[membership_pb2.JoinResponse, InviteRecord | None]:
     """Issuer-side decision on a JoinRequest: (response, updated record or None if unchanged).
 
@@ -287,10 +288,15 @@ def redeem_invite(
     this under a lock per invite (MembershipStore.redeem does both), or a single-use invite could
     be redeemed twice. A retry by a key that already redeemed this invite (its answer was lost) gets
     a fresh certificate with the same serial and does not use the invite up further.
+
+    `signer_public_key`: the key that signed the envelope the request came in. When given it must
+    be the member key (proof that the joiner holds the key it asks a certificate for).
     """
     now = now_ms() if now_unix_ms is None else now_unix_ms
     if len(request.member_public_key) != KEY_BYTES:
         return _refuse(Status.BAD_REQUEST, "member_public_key must be a 32-byte Ed25519 key"), None
+    if signer_public_key is not None and bytes(signer_public_key) != bytes(request.member_public_key):
+        return _refuse(Status.BAD_REQUEST, "the request must be signed by the key it asks a certificate for"), None
     if len(request.display_name) > MAX_DISPLAY_NAME_CHARS:
         return _refuse(Status.BAD_REQUEST, f"display name longer than {MAX_DISPLAY_NAME_CHARS} characters"), None
     if request.federation_id != issuer.federation_id or (record is not None and record.federation_id != request.federation_id):

@@ -25,7 +25,8 @@ from fednode.node.membership.certificates import (
     verify_certificate_chain,
 )
 from fednode.node.membership.revocations import canonical_revocations, revocation_digest, verify_revocation
-from fednode.node.membership.signing import now_ms
+from fednode.node.membership.signing import FAR_FUTURE_MS, now_ms
+from fednode.node.membership.store import MembershipStore
 from fednode.proto.v1 import membership_pb2
 
 
@@ -157,6 +158,16 @@ class TrustPolicy:
                 entries=(*current.entries, copy),
             )
         return True
+
+    def load_store(self, store: MembershipStore) -> int:
+        """Apply every revocation the store holds (at daemon start); returns how many were new.
+        Stored entries were verified on arrival; only the future-date check is skipped, so a
+        clock stepped back cannot drop a revocation. Raises MembershipStateError on damage."""
+        added = 0
+        for federation_id in store.federation_ids():
+            for revocation in store.revocations(federation_id):
+                added += self.add_revocation(federation_id, revocation, now_unix_ms=FAR_FUTURE_MS)
+        return added
 
     def revocations(self, federation_id: str) -> list[membership_pb2.Revocation]:
         """Known revocations of a federation, canonical order (for the DHT record and JoinResponse)."""

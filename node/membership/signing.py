@@ -26,6 +26,9 @@ from fednode.node.identity import verify_signature
 SIGNING_DOMAIN = b"fednode/v1/membership\x00"
 KEY_BYTES = 32
 SIGNATURE_BYTES = 64
+#: "now" used when re-checking stored objects: they were verified on arrival, and a clock stepped
+#: back must not make them look dated in the future.
+FAR_FUTURE_MS = 1 << 62
 _FEDERATION_ID = re.compile(r"^[0-9a-f]{64}$")
 
 M = TypeVar("M", bound=Message)

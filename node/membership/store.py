@@ -43,7 +43,7 @@ from fednode.node.membership.revocations import (
     revocation_digest,
     verify_revocation,
 )
-from fednode.node.membership.signing import is_federation_id, now_ms
+from fednode.node.membership.signing import FAR_FUTURE_MS, is_federation_id, now_ms
 from fednode.proto.v1 import membership_pb2
 
 DESCRIPTOR_FILE = "descriptor.pb"
@@ -55,8 +55,6 @@ REVOCATIONS_FILE = "revocations.pb"
 #: Expired invites are kept this long (a late redeemer hears EXPIRED, not UNKNOWN_INVITE), then pruned.
 INVITE_RETENTION_MS = 7 * 24 * 3600 * 1000
 _INVITES_VERSION = 1
-# Stored revocations were verified when received; a clock stepped back must not invalidate them.
-_FAR_FUTURE_MS = 1 << 62
 
 
 @dataclass(frozen=True)
@@ -239,8 +237,10 @@ class MembershipStore:
         now_unix_ms: int | None = None,
         max_clock_skew_ms: int = DEFAULT_JOIN_SKEW_MS,
         bootstrap_multiaddrs: tuple[str, ...] | list[str] = (),
+        signer_public_key: bytes | None = None,
     ) -> membership_pb2.JoinResponse:
-        """Answer a JoinRequest, persisting the invite's use before the answer exists (a crash
+        """Answer a JoinRequest (see `redeem_invite`; pass the envelope signer as
+        `signer_public_key`), persisting the invite's use before the answer exists (a crash
         after this returns cannot give a single-use invite a second use). Raises
         MembershipStateError if the federation's files are damaged (answer INTERNAL then)."""
         now = now_ms() if now_unix_ms is None else now_unix_ms
@@ -263,6 +263,7 @@ class MembershipStore:
             response, updated = redeem_invite(
                 issuer, descriptor, record, request, now_unix_ms=now, max_clock_skew_ms=max_clock_skew_ms,
                 bootstrap_multiaddrs=bootstrap_multiaddrs, revocations=list(self.revocations(federation_id)),
+                signer_public_key=signer_public_key,
             )
             if updated is not None:
                 self._save_invites(federation_id, [updated if r.invite_id == updated.invite_id else r for r in records], now)
@@ -281,7 +282,7 @@ class MembershipStore:
         if data is None:
             return []
         try:
-            return decode_revocation_list(data, federation_id, max_bytes=1 << 30, now_unix_ms=_FAR_FUTURE_MS)
+            return decode_revocation_list(data, federation_id, max_bytes=1 << 30, now_unix_ms=FAR_FUTURE_MS)
         except Rejected as exc:
             raise self._corrupt(federation_id, REVOCATIONS_FILE, exc.detail) from exc
 
@@ -323,7 +324,7 @@ class MembershipStore:
             if certificate is not None:
                 self.save_certificate(certificate)
             for revocation in revocations:
-                self.add_revocation(descriptor.federation_id, revocation, now_unix_ms=_FAR_FUTURE_MS)
+                self.add_revocation(descriptor.federation_id, revocation, now_unix_ms=FAR_FUTURE_MS)
 
     def load(self, federation_id: str) -> FederationState:
         """Everything about one federation, every file verified; raises MembershipStateError."""

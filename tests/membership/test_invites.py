@@ -61,7 +61,8 @@ def test_create_invite_redeem_verify_round_trip(tmp_path, federation, issuer_sto
     request = make_join_request(invite, member.public_key, display_name="bob", now_unix_ms=NOW + HOUR)
     wire_request = membership_pb2.JoinRequest.FromString(request.SerializeToString())
     # issuer
-    response = issuer_store.redeem(wire_request, now_unix_ms=NOW + HOUR, bootstrap_multiaddrs=ADDRS)
+    response = issuer_store.redeem(wire_request, now_unix_ms=NOW + HOUR, bootstrap_multiaddrs=ADDRS,
+                                   signer_public_key=member.public_key)
     assert response.status == Status.OK, response.message
     wire_response = membership_pb2.JoinResponse.FromString(response.SerializeToString())
     # joiner checks the answer against the federation id from the token, then stores it
@@ -100,6 +101,9 @@ def test_refusal_statuses(federation, other_federation, issuer_store, member) ->
     assert status(request(federation_id=other_federation.id)) == Status.WRONG_FEDERATION
     assert status(request(member_public_key=b"short")) == Status.BAD_REQUEST
     assert status(request(display_name="x" * 500)) == Status.BAD_REQUEST
+    signed_by_another = issuer_store.redeem(request(), now_unix_ms=NOW + 1000,
+                                            signer_public_key=Identity.generate().public_key)
+    assert signed_by_another.status == Status.BAD_REQUEST
     assert status(request(requested=NOW + 1000 - 10 * 60 * 1000)) == Status.CLOCK_SKEW
     assert status(request(requested=NOW + 1000 + 10 * 60 * 1000)) == Status.CLOCK_SKEW
     assert status(request(requested=NOW + 2 * HOUR), when=NOW + 2 * HOUR) == Status.EXPIRED

@@ -18,6 +18,7 @@ from fednode.node.membership import (
     MembershipError,
     MembershipStateError,
     MembershipStore,
+    TrustPolicy,
     issue_certificate,
     issue_invite,
     make_join_request,
@@ -53,6 +54,8 @@ def test_state_survives_a_restart(tmp_path, federation, other_federation) -> Non
     assert len(state.invites) == 1 and len(state.revocations) == 1
     other = reopened.load(other_federation.id)
     assert other.issuer is None and other.certificate is None and other.invites == ()
+    policy = TrustPolicy(clock=lambda: NOW - 10 * 24 * 3600 * 1000)  # clock stepped back: still applied
+    assert policy.load_store(reopened) == 1 and policy.is_revoked(federation.id, serial=bytes(16))
 
 
 def test_file_modes(tmp_path, federation) -> None:
