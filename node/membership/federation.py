@@ -33,7 +33,7 @@ MAX_NAME_CHARS = 128
 SCHEDULES = ("sync", "fedcompass")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Issuer:
     """A private key allowed to sign for one federation: the federation key itself, or an admin
     key together with the delegation the federation key signed for it.
@@ -91,7 +91,9 @@ class Issuer:
                 "the admin delegation of this key is not valid now; ask the federation owner for a new one"
             )
 
-    def stamp(self, message: membership_pb2.MemberCertificate | membership_pb2.Invite | membership_pb2.Revocation) -> None:
+    def stamp(
+        self, message: membership_pb2.MemberCertificate | membership_pb2.Invite | membership_pb2.Revocation
+    ) -> None:
         """Set issuer_public_key and delegation, then sign (in place)."""
         message.issuer_public_key = self.public_key
         if self.delegation is not None:

@@ -31,7 +31,7 @@ from fednode.node.membership.certificates import (
     issue_certificate,
     verify_certificate,
 )
-from fednode.node.membership.errors import InvalidInvite, JoinRefused
+from fednode.node.membership.errors import InvalidInvite, JoinRefused, MembershipError
 from fednode.node.membership.federation import Issuer, check_issuer, verify_descriptor
 from fednode.node.membership.signing import (
     KEY_BYTES,
@@ -212,8 +212,9 @@ def parse_token(token: str, *, now_unix_ms: int | None = None) -> membership_pb2
         raise InvalidInvite(f"the invite token is {len(text)} characters, longer than any real token ({MAX_TOKEN_CHARS})")
     if not _BASE64URL.match(text):
         raise InvalidInvite("the invite token contains characters outside base64url (A-Z a-z 0-9 - _); was it mangled?")
+    unpadded = text.rstrip("=")
     try:
-        data = base64.b64decode(text.rstrip("=") + "=" * (-len(text.rstrip("=")) % 4), altchars=b"-_", validate=True)
+        data = base64.b64decode(unpadded + "=" * (-len(unpadded) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidInvite("the invite token is not valid base64url; it may be truncated, copy it again") from exc
     try:
@@ -322,7 +323,7 @@ def redeem_invite(
             display_name=request.display_name, now_unix_ms=now,
             serial=None if previous is None else previous.serial,
         )
-    except Exception as exc:  # an expired admin delegation, mostly
+    except (MembershipError, ValueError) as exc:  # an expired admin delegation, mostly
         return _refuse(Status.INTERNAL, f"the issuer cannot sign certificates now ({exc}); retry later"), None
     response = membership_pb2.JoinResponse(
         status=Status.OK,
