@@ -346,7 +346,12 @@ class FederationRunner:
         )
 
     # ------------------------------------------------------------------------------ sending
-    async def _publish_update(self, number: int, delta: torch.Tensor, train: TrainResult) -> ReceivedUpdate:
+    async def _publish_update(
+        self, number: int, delta: torch.Tensor, train: TrainResult, *, group_id: bytes = b"",
+        base_model_version: int | None = None,
+    ) -> ReceivedUpdate:
+        """Encode, serve and announce our update (fedcompass passes its group and the version
+        its training started from)."""
         seed = derive_seed(self.federation_id, self.peer_id, round_number=number)
         if bool(torch.isfinite(delta).all()):
             payload = self.compressor.compress(delta, seed=seed, step=number)
@@ -363,7 +368,8 @@ class FederationRunner:
             federation_id=self.federation_id,
             sender_peer_id=self.peer_id,
             round=number,
-            base_model_version=self.model_version,
+            base_model_version=self.model_version if base_model_version is None else base_model_version,
+            group_id=group_id,
             layout_digest=self.layout.digest,
             payload_sha256=digest,
             payload_size=len(data),
