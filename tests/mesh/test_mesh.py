@@ -243,6 +243,11 @@ def test_size_limits(fed: Federation, runner: LoopRunner) -> None:
             for fetcher in (fed.c, fed.d):  # fast path and libp2p stream
                 with pytest.raises(BlobTooLargeError):
                     await fetcher.fetch_blob(cid, [fed.b.peer_id], max_size=1_000_000)
+            # The provider counts a refusal after answering it: give its thread a moment.
+            for _ in range(50):
+                if fed.b.stats().uploads_refused.get("too_large", 0) >= 2:
+                    break
+                await asyncio.sleep(0.05)
             assert fed.b.stats().uploads_refused.get("too_large", 0) >= 2
             with pytest.raises(ValueError):
                 fed.b.serve_blob(hashlib.sha256(b"other").digest(), data)
