@@ -151,7 +151,8 @@ class Daemon:
     """One node. Construct, then `await run()`; returns the process exit code.
 
     Without `federation.id` the node trains alone. With it, the node joins the mesh and trains
-    with the federation (`fednode.node.federation.FederationRunner`).
+    with the federation (`fednode.node.federation.FederationRunner`, or `CompassRunner` when
+    `federation.schedule = "fedcompass"`).
     """
 
     def __init__(self, config: FednodeConfig) -> None:
@@ -400,7 +401,17 @@ class Daemon:
                 addresses[0] if addresses else "?",
                 extra={"event": "listening", "multiaddrs": addresses},
             )
-            self.runner = FederationRunner(
+            runner_class: Any = FederationRunner
+            schedule_options: dict[str, Any] = {}
+            if federation.schedule == "fedcompass":
+                from fednode.node.federation.compass import CompassRunner, policy_from_config
+
+                try:
+                    schedule_options["compass"] = policy_from_config(federation)
+                except ValueError as exc:
+                    raise ConfigError(f"invalid fedcompass settings in [federation]: {exc}") from exc
+                runner_class = CompassRunner
+            self.runner = runner_class(
                 federation_id=federation.id,
                 identity=self.identity,
                 mesh=self.mesh,
@@ -416,6 +427,7 @@ class Daemon:
                 stop=self.stop_event,
                 attack=self.attack,
                 on_round=self._on_federated_round,
+                **schedule_options,
             )
             if self.extra_state.get("federation_id") == federation.id:
                 self.runner.restore(self.round, self.model_version, self.extra_state)
