@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -59,12 +60,20 @@ class ValidControl:
 
 
 class ControlValidator:
-    """Envelope signature, federation, freshness, and signer-consistency checks."""
+    """Envelope signature, membership, federation, freshness, and signer-consistency checks.
 
-    def __init__(self, federation_id: str, max_clock_skew_s: float, layout_digest: str) -> None:
+    With a `TrustPolicy` (federations created with `fednode federation create`), every sender
+    must present a valid, unrevoked member certificate; only contributors may send updates. An
+    open federation (an id named in config only, for local experiments) has no policy.
+    """
+
+    def __init__(
+        self, federation_id: str, max_clock_skew_s: float, layout_digest: str, policy: Any = None
+    ) -> None:
         self.federation_id = federation_id
         self.max_skew_ms = int(max_clock_skew_s * 1000)
         self.layout_digest = layout_digest
+        self.policy = policy
 
     def check(self, data: bytes, from_peer: str) -> str | None:
         """Mesh topic validator: None accepts, a RejectReason short name rejects."""
@@ -85,6 +94,20 @@ class ControlValidator:
         body = message.WhichOneof("body")
         if body is None:
             raise Rejected(RejectReason.REJECT_MALFORMED, "control message without a body")
+        if self.policy is not None:
+            from fednode.node.membership import CONTRIBUTOR
+
+            self.policy.verify(
+                self.federation_id, opened.sender_public_key, opened.certificate,
+                roles={CONTRIBUTOR} if body in ("update", "schedule", "group", "manifest") else None,
+            )
+            if body == "revocation":
+                from fednode.node.membership import verify_revocation
+
+                try:
+                    verify_revocation(message.revocation, self.federation_id)
+                except Exception as exc:
+                    raise Rejected(RejectReason.REJECT_BAD_SIGNATURE, f"revocation does not verify: {exc}") from exc
         field = _SELF_DESCRIBING.get(body)
         if field is not None and getattr(getattr(message, body), field) != opened.sender_peer_id:
             raise Rejected(RejectReason.REJECT_SENDER_MISMATCH, f"{body} names another peer than its signer")

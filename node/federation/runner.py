@@ -64,6 +64,7 @@ class MemberView:
     multiaddrs: tuple[str, ...] = ()
     last_seen: float = 0.0  # time.time()
     display_name: str = ""
+    public_key: bytes = b""  # the key its envelopes are signed with (for revocations)
 
 
 @dataclass
@@ -107,6 +108,9 @@ class FederationRunner:
         attack: Any = None,
         on_round: Callable[[RoundOutcome], Awaitable[None]] | None = None,
         display_name: str = "",
+        trust: Any = None,
+        certificate: Any = None,
+        on_event: Callable[..., None] | None = None,
     ) -> None:
         self.federation_id = federation_id
         self.identity = identity
@@ -124,7 +128,10 @@ class FederationRunner:
         self.on_round = on_round
         self.display_name = display_name
         self.topic = topic_for(federation_id)
-        self.validator = ControlValidator(federation_id, max_clock_skew, layout.digest)
+        self.validator = ControlValidator(federation_id, max_clock_skew, layout.digest, trust)
+        self.certificate = certificate  # attached to every message of a certified federation
+        # on_event(kind, **fields): daemon-side sink for admin events, the audit log and metrics
+        self.on_event = on_event or (lambda kind, **fields: None)
         self.rounds = SyncRound(self.peer_id, policy)
         self.book = UpdateBook()
         self.limits = DecodeLimits(max_numel=layout.numel)
@@ -391,7 +398,11 @@ class FederationRunner:
     async def _publish(self, message: control_pb2.ControlMessage) -> None:
         message.federation_id = self.federation_id
         message.sent_unix_ms = now_ms()
-        await self.mesh.publish(self.topic, seal(self.identity, message))
+        await self.mesh.publish(self.topic, seal(self.identity, message, self.certificate))
+
+    async def publish_revocation(self, revocation: Any) -> None:
+        """Spread a revocation on the federation topic (receivers verify it themselves)."""
+        await self._publish(control_pb2.ControlMessage(revocation=revocation))
 
     def _serve(self, digest: bytes, data: bytes) -> None:
         self.mesh.serve_blob(digest, data)
@@ -451,12 +462,15 @@ class FederationRunner:
             elif kind == "PeerDisconnected":
                 self._connected.discard(event.peer_id)
 
-    def _reject(self, sender: str | None, rejected: Rejected) -> None:
+    def _reject(self, sender: str | None, rejected: Rejected, header: model_pb2.UpdateHeader | None = None) -> None:
         name = reason_name(rejected.reason)
         self.rejections[name] += 1
         if sender:
             self.contributions.setdefault(sender, PeerContribution()).reject(name)
         log.info("rejected message from %s: %s", (sender or "?")[-8:], rejected, extra={"reject_reason": name})
+        self.on_event("update_rejected", peer_id=sender or "", reason=name, detail=rejected.detail,
+                      payload_sha256=bytes(header.payload_sha256) if header is not None else b"",
+                      round=header.round if header is not None else 0)
 
     def _on_gossip(self, data: bytes, from_peer: str) -> None:
         try:
@@ -470,6 +484,7 @@ class FederationRunner:
         message = valid.message
         member = self.members.setdefault(valid.sender, MemberView(valid.sender))
         member.last_seen = time.time()
+        member.public_key = valid.opened.sender_public_key
         if body == "announcement":
             announcement = message.announcement
             member.round = max(member.round, announcement.round)
@@ -485,6 +500,9 @@ class FederationRunner:
         elif body == "departure":
             self.rounds.depart(valid.sender)
             self._wakeup.set()
+            self.on_event("leave", peer_id=valid.sender, detail=message.departure.reason)
+        elif body == "revocation":
+            self.on_event("revocation", revocation=message.revocation, peer_id=valid.sender)
         self._on_control(valid)
 
     def _on_control(self, valid: ValidControl) -> None:
@@ -510,7 +528,7 @@ class FederationRunner:
         header = valid.message.update
         sender = valid.sender
         if header.payload_size > self.max_payload_bytes:
-            self._reject(sender, Rejected(RejectReason.REJECT_OVERSIZED, f"{header.payload_size} byte payload"))
+            self._reject(sender, Rejected(RejectReason.REJECT_OVERSIZED, f"{header.payload_size} byte payload"), header)
             return
         if header.round > self.round + 16:
             # We are behind (just started or restarted); state sync will catch us up. Not the
@@ -521,10 +539,10 @@ class FederationRunner:
             if not self.book.claim(sender, header.round, header.payload_sha256):
                 return  # a duplicate (gossip paths, or the sender re-announcing an open round)
         except Rejected as rejected:
-            self._reject(sender, rejected)
+            self._reject(sender, rejected, header)
             return
         if header.round <= self.round:
-            self._reject(sender, Rejected(RejectReason.REJECT_STALE, f"update for closed round {header.round}"))
+            self._reject(sender, Rejected(RejectReason.REJECT_STALE, f"update for closed round {header.round}"), header)
             return
         self.rounds.note_member(sender)
         self._spawn(self._obtain_update(sender, header), f"update-{sender[-6:]}-{header.round}")
@@ -534,11 +552,13 @@ class FederationRunner:
         if delta is None:
             return
         if header.round <= self.round:
-            self._reject(sender, Rejected(RejectReason.REJECT_STALE, f"update for round {header.round} arrived after it closed"))
+            self._reject(sender, Rejected(RejectReason.REJECT_STALE, f"update for round {header.round} arrived after it closed"), header)
             return
         now = asyncio.get_running_loop().time()
         self.book.add(ReceivedUpdate(sender, header.round, header, delta, now))
         self.contributions.setdefault(sender, PeerContribution()).accepted += 1
+        self.on_event("update_accepted", peer_id=sender, round=header.round,
+                      payload_sha256=bytes(header.payload_sha256))
         self.rounds.record(sender, now, header.round)
         self._wakeup.set()
 
@@ -560,16 +580,16 @@ class FederationRunner:
             except Exception as exc:
                 self.book.release(sender, header.round)
                 self._reject(sender, Rejected(RejectReason.REJECT_HASH_MISMATCH if "hash" in str(exc).lower()
-                                              else RejectReason.REJECT_MALFORMED, f"payload fetch failed: {exc}"))
+                                              else RejectReason.REJECT_MALFORMED, f"payload fetch failed: {exc}"), header)
                 return None
             self._serve(digest, data)  # peers that fetched an update can serve it
         try:
             payload = tensor_pb2.TensorPayload.FromString(data)
             return decode(payload, limits=self.limits, expected_numel=self.layout.numel).reshape(-1)
         except PayloadError as exc:
-            self._reject(sender, Rejected(exc.reject_reason, str(exc)))
+            self._reject(sender, Rejected(exc.reject_reason, str(exc)), header)
         except Exception as exc:  # protobuf DecodeError and friends
-            self._reject(sender, Rejected(RejectReason.REJECT_MALFORMED, f"payload does not parse: {exc}"))
+            self._reject(sender, Rejected(RejectReason.REJECT_MALFORMED, f"payload does not parse: {exc}"), header)
         return None
 
     # ------------------------------------------------------------------------------ attacks
