@@ -6,12 +6,12 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
 from .errors import AggregationError, PreconditionError
-from .numerics import WORK_DTYPE
+from .numerics import WORK_DTYPE, gram_and_norms
 from .result import AggregationResult, Combination
 from .sanitize import DEFAULT_MAX_NORM, DEFAULT_MAX_NORM_RATIO, RejectionPolicy
 
@@ -25,6 +25,9 @@ class CallContext:
     weights: torch.Tensor | None = None  # float64, one entry per kept row; None = uniform
     seed: int | None = None
     center: torch.Tensor | None = None  # d-vector, finite
+    # The rule's `scan_gram` Gram matrix of exactly these rows, computed in the rejection pass
+    # (None when rows were rejected, or the rule asked for none: it then computes its own).
+    gram: torch.Tensor | None = None
 
     def normalized_weights(self, n: int) -> torch.Tensor:
         """Float64 weights summing to 1 (uniform when none were given)."""
@@ -39,6 +42,9 @@ class CallContext:
 
     def with_weights(self, weights: torch.Tensor | None) -> CallContext:
         return replace(self, weights=weights)
+
+    def without_gram(self) -> CallContext:
+        return replace(self, gram=None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +70,10 @@ class Aggregator(ABC):
     uses_weights: ClassVar[bool] = False
     uses_seed: ClassVar[bool] = False
     uses_center: ClassVar[bool] = False
+    # Gram matrix to compute in the same pass as the rejection norms: "raw" (rows as given),
+    # "centered" (rows minus their mean, see numerics.gram) or None (norms only). It reaches
+    # `combine` as `context.gram` when no row was rejected.
+    scan_gram: ClassVar[Literal["raw", "centered"] | None] = None
 
     f: int = 0
     max_norm: float | None = DEFAULT_MAX_NORM
@@ -103,6 +113,10 @@ class Aggregator(ABC):
     def requirement_text(self) -> str:
         return f"{self.requirement} (= {self.minimum_rows()} rows)"
 
+    def scan_extra(self, matrix: torch.Tensor, center: torch.Tensor | None) -> torch.Tensor | None:
+        """Rows appended below the input in the scan's Gram matrix (centred clipping: its centre)."""
+        return None
+
     def __call__(
         self,
         updates: torch.Tensor,
@@ -128,7 +142,15 @@ class Aggregator(ABC):
                 )
             checked_center = _checked_center(self.name, center, d)
 
-        rejection = self.rejection.find(matrix)
+        scan_gram = scan_norms = None
+        if self.scan_gram is not None:
+            # One pass over the data gives the Gram matrix the rule needs and the norms that
+            # rejection needs; it is recomputed on the kept rows only when rows are rejected.
+            with torch.no_grad():
+                scan_gram, scan_norms = gram_and_norms(
+                    matrix, centered=self.scan_gram == "centered", extra=self.scan_extra(matrix, checked_center)
+                )
+        rejection = self.rejection.find(matrix, scan_norms)
         rejected = rejection.indices
         if rejected:
             dropped = set(rejected)
@@ -147,7 +169,8 @@ class Aggregator(ABC):
         self.check_rows(rows.shape[0], rejected=len(rejected))
 
         with torch.no_grad():
-            combination = self.combine(rows, CallContext(kept_weights, checked_seed, checked_center))
+            context = CallContext(kept_weights, checked_seed, checked_center, None if rejected else scan_gram)
+            combination = self.combine(rows, context)
         return _to_result(combination, kept, n, rejected, matrix.dtype)
 
 

@@ -28,6 +28,7 @@ class CenteredClipping(Aggregator):
     )
     uses_weights = True
     uses_center = True
+    scan_gram = "centered"
 
     tau: float = 1.0
     iters: int = 1
@@ -40,14 +41,23 @@ class CenteredClipping(Aggregator):
                 f"rule 'centered_clipping': iters must be a positive int, got {self.iters!r}"
             )
 
-    def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
-        n, d = rows.shape
-        center = context.center
+    def scan_extra(self, matrix: torch.Tensor, center: torch.Tensor | None) -> torch.Tensor:
+        return self._centre(matrix, center)[None, :]
+
+    @staticmethod
+    def _centre(rows: torch.Tensor, center: torch.Tensor | None) -> torch.Tensor:
         if center is None:
-            center = torch.zeros(d, dtype=rows.dtype, device=rows.device)
+            return torch.zeros(rows.shape[1], dtype=rows.dtype, device=rows.device)
+        return center
+
+    def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
+        n = rows.shape[0]
+        center = self._centre(rows, context.center)
         # Row n of the augmented Gram matrix is the centre; v is kept as coefficients over the
         # n rows plus the centre, so each step costs O(n^2).
-        gram_matrix = gram(rows, centered=True, extra=center[None, :])
+        gram_matrix = context.gram
+        if gram_matrix is None:
+            gram_matrix = gram(rows, centered=True, extra=center[None, :])
         weights = context.normalized_weights(n)
         unit = torch.eye(n + 1, dtype=WORK_DTYPE)
         v = unit[n].clone()

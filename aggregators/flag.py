@@ -104,6 +104,7 @@ class FlagAggregator(Aggregator):
     name = "flag"
     description = "Flag Aggregator: unit rows projected on a FlagIRLS r-dimensional subspace (Gram form)."
     requirement = "n > r (r defaults to ceil(n/2))"
+    scan_gram = "raw"
 
     r: int | None = None
     lam: float = 0.0
@@ -130,7 +131,7 @@ class FlagAggregator(Aggregator):
     def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
         n = rows.shape[0]
         r = self.subspace_dimension(n)
-        raw = gram(rows, centered=False)
+        raw = context.gram if context.gram is not None else gram(rows, centered=False)
         norms = raw.diagonal().clamp_min(0.0).sqrt()
         inverse = 1.0 / norms.clamp_min(NORM_FLOOR)
         gram_hat = raw * inverse[:, None] * inverse[None, :]

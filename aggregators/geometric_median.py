@@ -33,6 +33,7 @@ class GeometricMedian(Aggregator):
     description = "Geometric median (RFA): smoothed Weiszfeld from the weighted mean, to a tolerance."
     requirement = "n >= 2f+1"
     uses_weights = True
+    scan_gram = "centered"
 
     nu: float = 1e-6
     tol: float = 1e-10
@@ -49,7 +50,7 @@ class GeometricMedian(Aggregator):
 
     def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
         n = rows.shape[0]
-        gram_matrix = gram(rows, centered=True)
+        gram_matrix = context.gram if context.gram is not None else gram(rows, centered=True)
         alpha = context.normalized_weights(n)
         spread = math.sqrt(max(float(gram_matrix.diagonal().sum()) / n, 0.0))
         coefficients = alpha.clone()

@@ -26,9 +26,13 @@ from .numerics import (
 from .result import Combination
 
 
-def pairwise_squared_distances(rows: torch.Tensor) -> torch.Tensor:
-    """Float64 n x n squared distances from a centred, thread-independent Gram matrix."""
-    return squared_distances(gram(rows, centered=True))
+def pairwise_squared_distances(rows: torch.Tensor, context: CallContext | None = None) -> torch.Tensor:
+    """Float64 n x n squared distances from the centred Gram matrix of the rows (the one the
+    rejection pass computed, when the context carries it)."""
+    centered_gram = None if context is None else context.gram
+    if centered_gram is None:
+        centered_gram = gram(rows, centered=True)
+    return squared_distances(centered_gram)
 
 
 def _krum_scores(distances: np.ndarray, f: int, minimum_neighbours: int) -> np.ndarray:
@@ -85,12 +89,13 @@ class Krum(Aggregator):
     name = "krum"
     description = "Krum: the row whose n-f-2 nearest other rows are closest (sum of squared distances)."
     requirement = "n >= 2f+3"
+    scan_gram = "centered"
 
     def minimum_rows(self) -> int:
         return 2 * self.f + 3
 
     def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
-        scores = krum_scores(pairwise_squared_distances(rows), self.f)
+        scores = krum_scores(pairwise_squared_distances(rows, context), self.f)
         winner = int(stable_order(scores)[0])
         return Combination(
             aggregate=rows[winner].to(result_dtype(rows)).clone(), scores=scores, selected=(winner,)
@@ -105,6 +110,7 @@ class MultiKrum(Aggregator):
     description = "Multi-Krum: mean of the m rows with the smallest Krum scores (m = n-f by default)."
     requirement = "n >= 2f+3"
     uses_weights = True
+    scan_gram = "centered"
 
     m: int | None = None
 
@@ -123,7 +129,7 @@ class MultiKrum(Aggregator):
     def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
         n = rows.shape[0]
         count = n - self.f if self.m is None else self.m
-        scores = krum_scores(pairwise_squared_distances(rows), self.f)
+        scores = krum_scores(pairwise_squared_distances(rows, context), self.f)
         chosen = stable_order(scores)[:count]
         weights = torch.zeros(n, dtype=WORK_DTYPE)
         weights[chosen] = context.normalized_weights(n)[chosen]
@@ -161,13 +167,14 @@ class Bulyan(Aggregator):
         "chosen values closest to their median."
     )
     requirement = "n >= 4f+3"
+    scan_gram = "centered"
 
     def minimum_rows(self) -> int:
         return 4 * self.f + 3
 
     def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
         n = rows.shape[0]
-        distances = pairwise_squared_distances(rows)
+        distances = pairwise_squared_distances(rows, context)
         theta = n - 2 * self.f
         chosen = torch.tensor(sorted(iterated_krum(distances, self.f, theta)), device=rows.device)
         beta = theta - 2 * self.f

@@ -11,28 +11,31 @@ import torch
 from .base import Aggregator, CallContext
 from .errors import AggregationError
 from .krum import pairwise_squared_distances
-from .numerics import WORK_DTYPE, column_blocks, result_dtype, stable_order
+from .numerics import WORK_DTYPE, mix_rows, result_dtype, stable_order
 from .result import Combination
 
 
-def nearest_neighbour_mixing(rows: torch.Tensor, f: int) -> torch.Tensor:
+def mixing_matrix(distances: torch.Tensor, f: int) -> torch.Tensor:
+    """n x n float64 matrix whose row i averages the n-f rows nearest to row i (itself first)."""
+    n = distances.shape[0]
+    ranked = distances.clone()
+    ranked.fill_diagonal_(-1.0)  # each row is its own first neighbour
+    mixing = torch.zeros(n, n, dtype=WORK_DTYPE)
+    for i in range(n):
+        mixing[i, stable_order(ranked[i])[: n - f]] = 1.0 / (n - f)
+    return mixing
+
+
+def nearest_neighbour_mixing(rows: torch.Tensor, f: int, context: CallContext | None = None) -> torch.Tensor:
     """Replace each row by the mean of its n-f nearest rows, itself included.
 
     Neighbours are ranked by float64 squared distance, ties by row index; the row itself always
     comes first. The mixed rows are stored in the input dtype (at least float32).
     """
     n, d = rows.shape
-    distances = pairwise_squared_distances(rows)
-    distances.fill_diagonal_(-1.0)  # each row is its own first neighbour
-    mixing = torch.zeros(n, n, dtype=WORK_DTYPE)
-    for i in range(n):
-        mixing[i, stable_order(distances[i])[: n - f]] = 1.0 / (n - f)
-    storage = result_dtype(rows)
-    mixed = torch.empty(n, d, dtype=storage, device=rows.device)
-    for cols in column_blocks(d):
-        block = rows[:, cols].to(WORK_DTYPE)
-        for i in range(n):
-            mixed[i, cols] = (block * mixing[i][:, None]).sum(dim=0).to(storage)
+    mixing = mixing_matrix(pairwise_squared_distances(rows, context), f)
+    mixed = torch.empty(n, d, dtype=result_dtype(rows), device=rows.device)
+    mix_rows(rows, mixing, lambda cols, block: mixed[:, cols].copy_(block))
     return mixed
 
 
@@ -53,6 +56,7 @@ class NearestNeighbourMixing(Aggregator):
         "Nearest-neighbour mixing: each row becomes the mean of its n-f nearest rows, then `base` runs."
     )
     requirement = "n >= f+1 and the base rule's requirement"
+    scan_gram = "centered"
 
     base: str = "trimmed_mean"
     base_params: Mapping[str, Any] = field(default_factory=dict)
@@ -75,4 +79,4 @@ class NearestNeighbourMixing(Aggregator):
     def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
         if context.weights is not None and not self.base_rule.uses_weights:
             context = context.with_weights(None)  # uniform weights, checked by the caller
-        return self.base_rule.combine(nearest_neighbour_mixing(rows, self.f), context)
+        return self.base_rule.combine(nearest_neighbour_mixing(rows, self.f, context), context.without_gram())

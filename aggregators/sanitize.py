@@ -51,10 +51,15 @@ class RejectionPolicy:
             if value is not None and not (isinstance(value, (int, float)) and value > 0):
                 raise AggregationError(f"{name} must be a positive number or None, got {value!r}")
 
-    def find(self, matrix: torch.Tensor) -> RowRejection:
+    def find(self, matrix: torch.Tensor, squared_norms: torch.Tensor | None = None) -> RowRejection:
+        """Rows to drop. `squared_norms` (float64, one per row) may come from a pass the caller
+        made anyway (a Gram matrix); if any of them is not finite they are recomputed row by row,
+        because a fused pass can spread one row's NaN to the others."""
         # One float64 pass: NaN/inf entries make the squared norm NaN/inf. A finite float64 row
         # can also overflow it (entries above ~1e154); only such rows get an entry-wise check.
-        norms = row_squared_norms(matrix).sqrt()
+        if squared_norms is None or not bool(torch.isfinite(squared_norms).all()):
+            squared_norms = row_squared_norms(matrix)
+        norms = squared_norms.to(device="cpu", dtype=torch.float64).sqrt()
         suspicious = torch.nonzero(~torch.isfinite(norms)).flatten()
         non_finite_mask = torch.zeros(matrix.shape[0], dtype=torch.bool)
         if suspicious.numel():
