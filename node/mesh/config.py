@@ -7,6 +7,7 @@ filter, the 1 GiB / 1 h relay circuits, and the absent size check before publish
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 KIB = 1024
@@ -23,9 +24,9 @@ class RelayLimits:
     """
 
     max_circuit_duration_s: int = 3600  # a circuit is torn down after this long
-    max_circuit_bytes: int = 256 * MIB  # ... or after this many bytes, per circuit
+    max_circuit_bytes: int = 256 * MIB  # ... or after this many bytes, per circuit (both directions)
     max_reservations: int = 32  # peers that may hold a reservation (slot) at once
-    max_circuits: int = 16  # relayed connections carried at once
+    max_circuits: int = 16  # relayed connections carried at once, by the whole relay
     reservation_ttl_s: int = 3600  # a reservation must be refreshed after this long
 
     def __post_init__(self) -> None:
@@ -77,7 +78,15 @@ class MeshConfig:
     bootstrap_multiaddrs: tuple[str, ...] = ()  # full /ip4/.../tcp/.../p2p/<id> addresses
     relay_hop: bool = False  # act as a circuit relay v2 for others (bootstrap/relay nodes)
     relay_limits: RelayLimits = field(default_factory=RelayLimits)
-    enable_relay_client: bool = True  # reserve slots on relays found among bootstrap peers
+    # Who may use this node's relay: ``relay_admission(peer_id) -> bool`` is asked for every
+    # reservation and every circuit (both ends), in the networking thread (cheap, non-blocking,
+    # thread-safe; an exception refuses). None = any peer (fine for an open federation; a
+    # private federation passes its membership check so the relay is no open proxy).
+    # Mesh.set_relay_admission() replaces it at run time.
+    relay_admission: Callable[[str], bool] | None = None
+    # Reserve a slot on every relay among the bootstrap peers (whatever AutoNAT says: see
+    # Libp2pNode._wants_relay and docs/nat-traversal.md).
+    enable_relay_client: bool = True
     enable_autonat: bool = True  # ask connected peers to dial us back; serve their requests
     enable_dcutr: bool = True  # upgrade relayed connections to direct ones (hole punching)
     autonat_confirmations: int = 3  # agreeing verdicts before reachability flips

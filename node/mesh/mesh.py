@@ -28,6 +28,7 @@ from .errors import (
 )
 from .identity import NodeIdentity
 from .libp2p_node import Libp2pNode
+from .reachability import ReachabilityFacts, describe_reachability
 from .transfer import CONTENT_ID_LEN, BlobStore, FetchState, ProviderRefused, TransferProtocolError
 from .types import MeshEvent, MeshStats, PeerInfo, Reachability, StatsCollector, Validator
 
@@ -100,6 +101,8 @@ class Mesh:
         self._fast: fastpath.FastPathServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: dict[str, list[tuple[float, fastpath.SecureChannel]]] = {}
+        self._relay_admission = config.relay_admission
+        self._blob_paths: dict[str, str] = {}  # peer -> last path a fetch from it used (for the log)
         self._state = "new"
 
     # ------------------------------------------------------------------ lifecycle
@@ -133,6 +136,7 @@ class Mesh:
                 if host not in _WILDCARD_HOSTS and cfg.fast_path_announce_port is None:
                     info.hosts.append(host)
             node = Libp2pNode(cfg, self._identity, self._store, self._stats, self._emit_threadsafe, info)
+            node.relay_admission = self._relay_admission
             self._node = node
             self._bridge = TrioThread(node.running, name=f"fednode-mesh-{self.peer_id[-8:]}")
             await self._bridge.start(timeout=max(1.0, deadline - loop.time()))
@@ -244,6 +248,61 @@ class Mesh:
             return Reachability("unknown", 0, 0, (), None)
         return self._node.reachability()
 
+    async def wait_for_reachability(self, timeout: float) -> Reachability:
+        """The reachability once AutoNAT has a verdict ("public"/"private"), or after ``timeout``.
+
+        Bounded; polls (cheap). For the start-up message: ``await`` this, then log
+        :meth:`reachability_report`.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        while self.running and self.reachability().status == "unknown" and loop.time() < deadline:
+            await asyncio.sleep(0.2)
+        return self.reachability()
+
+    def reachability_report(self) -> str:
+        """One actionable sentence: is this node reachable, and what does it do about it.
+
+        E.g. "reachable (public): 1 of 1 peer(s) asked could dial it back; peers can dial
+        /ip4/.../p2p/... directly", or "behind NAT (private): ...; reserved a relay slot on
+        ...; will try hole punching (DCUtR) with every peer that connects through it", or
+        "reachability unknown yet (...)". See :mod:`.reachability`.
+        """
+        cfg = self.config
+        addrs = self.listen_multiaddrs()
+        port = None
+        for addr in cfg.listen_multiaddrs:
+            parts = addr.split("/")
+            if "tcp" in parts and parts[parts.index("tcp") + 1].isdigit():
+                port = int(parts[parts.index("tcp") + 1]) or None
+                break
+        if port is None:
+            direct = [a for a in addrs if "/p2p-circuit" not in a and "/tcp/" in a]
+            if direct:
+                port = int(direct[0].split("/tcp/")[1].split("/")[0])
+        facts = ReachabilityFacts(
+            reachability=self.reachability(),
+            direct_addrs=tuple(a for a in addrs if "/p2p-circuit" not in a),
+            relay_hop=cfg.relay_hop,
+            bootstrap_configured=bool(cfg.bootstrap_multiaddrs),
+            relays=tuple(self._node.relays()) if self._node is not None else (),
+            listen_port=port,
+            dcutr=cfg.enable_dcutr,
+        )
+        return describe_reachability(facts)
+
+    def set_relay_admission(self, admission: Callable[[str], bool] | None) -> None:
+        """Decide who may use this node's relay (reservations and circuits, checked per request).
+
+        ``admission(peer_id) -> bool`` runs in the networking thread: cheap, non-blocking,
+        thread-safe; an exception refuses. None opens the relay to every peer (the default
+        unless ``MeshConfig.relay_admission`` is set). Takes effect for the next request;
+        works before and after start().
+        """
+        if self._node is not None:
+            self._node.relay_admission = admission
+        self._relay_admission = admission
+
     def stats(self) -> MeshStats:
         return self._stats.snapshot()
 
@@ -277,6 +336,31 @@ class Mesh:
                 f"{self.config.gossip.max_message_size}; gossip metadata and fetch the payload as a blob"
             )
         await self._call(Libp2pNode.publish, topic, bytes(data))
+
+    # ------------------------------------------------------------------ requests
+
+    def set_request_handler(self, handler: Callable[[str, bytes, str], Awaitable[bytes]] | None) -> None:
+        """Answer /fednode/request/1.0.0 requests: ``await handler(kind, data, from_peer) -> bytes``
+        runs on this event loop; raising an exception sends the peer its message as a refusal.
+        One handler per node (it dispatches on ``kind``); requests are at most 1 MiB."""
+        node = self._require_running()
+        if handler is None:
+            node.request_handler = None
+            return
+        loop = asyncio.get_running_loop()
+        timeout = 3 * self.config.io_timeout_s
+
+        def call_from_trio_worker(kind: str, data: bytes, peer: str) -> bytes:
+            return asyncio.run_coroutine_threadsafe(handler(kind, data, peer), loop).result(timeout)
+
+        node.request_handler = call_from_trio_worker
+
+    async def request(self, target: str, kind: str, data: bytes, *, max_response: int = 1 << 20) -> bytes:
+        """Send one request to ``target`` (a full multiaddr, or a peer id the node can reach)
+        and return the answer. Raises DialError, TimeoutError or MeshError (refused)."""
+        if len(data) > (1 << 20):
+            raise MessageTooLargeError(f"request of {len(data)} bytes exceeds 1 MiB")
+        return await self._call(Libp2pNode.request, target, kind, bytes(data), max_response)
 
     async def topic_peers(self, topic: str) -> list[str]:
         """Peers known to be subscribed to ``topic`` (useful to wait for a mesh to form)."""
@@ -405,9 +489,22 @@ class Mesh:
     async def _fetch_from(self, peer: str, state: FetchState) -> None:
         """One attempt with one provider: fast path first if possible, then the libp2p stream."""
         if self._fast is not None and await self._fetch_fast(peer, state):
+            self._note_blob_path(peer, "fast-path")
             return
         self._stats.add("fetch_attempts_libp2p")
         await self._call(Libp2pNode.fetch_range, peer, state)
+        self._note_blob_path(peer, "libp2p")
+
+    def _note_blob_path(self, peer: str, transport: str) -> None:
+        """Log (once per change) which path blobs from ``peer`` take: fast path, or a libp2p
+        stream over a direct, hole-punched or relayed connection."""
+        kind = next((p.connection for p in self.peers() if p.peer_id == peer), "none")
+        path = "fast-path" if transport == "fast-path" else f"libp2p-{kind}"
+        if self._blob_paths.get(peer) == path:
+            return
+        self._blob_paths[peer] = path
+        log.info("blobs from %s now arrive over %s", peer, path,
+                 extra={"event": "blob_path", "peer": peer, "path": path, "connection": kind})
 
     async def _fetch_fast(self, peer: str, state: FetchState, reuse: bool = True) -> bool:
         """Try the fast path; True when it delivered the range, False to fall back to libp2p.
@@ -434,7 +531,8 @@ class Mesh:
                 return False
             except (OSError, asyncio.TimeoutError) as exc:
                 log.debug("fast path of %s unreachable: %s; using libp2p", peer, exc)
-                await self._call(Libp2pNode.forget_fastpath, peer)
+                # Remember it: a firewall that drops the SYNs would cost io_timeout_s per fetch.
+                await self._call(Libp2pNode.forget_fastpath, peer, True)
                 return False
         self._stats.add("fetch_attempts_fast_path")
         before = state.received

@@ -1,0 +1,147 @@
+"""Real `fednode start` daemons inside a :class:`~netlab.NetLab`, and what their logs say.
+
+Every observation comes from what the daemon already writes: its JSON log lines (events
+``listening``, ``peer_connection``, ``reachability``, ``relay_reservation``, ``blob_path``,
+``round``, ``stopped``) and its ``summary.json``. Nothing is mocked; the daemons are the product.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from netlab import Host, LabProcess, NetLab
+
+FEDNODE = [sys.executable, "-m", "fednode.cli.app"]
+LISTEN_PORT = 4001
+FEDERATION = "natfed"
+
+
+@dataclass
+class LabDaemon:
+    """One daemon in the lab: its host, process, state dir, and parsed JSON log."""
+
+    name: str
+    host: Host
+    proc: LabProcess
+    state_dir: Path
+    started_at: float  # time.time() just before launch
+    _records: list[dict[str, Any]] = field(default_factory=list)
+    _offset: int = 0
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every JSON log record so far (parsed incrementally)."""
+        path = self.proc.log_path
+        if path is None or not path.exists():
+            return self._records
+        with open(path, "rb") as handle:
+            handle.seek(self._offset)
+            chunk = handle.read()
+        end = chunk.rfind(b"\n") + 1
+        self._offset += end
+        for line in chunk[:end].decode(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    self._records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return self._records
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [r for r in self.records() if r.get("event") == name]
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.proc.log()[-chars:]
+
+    @property
+    def exited(self) -> bool:
+        return self.proc.process.poll() is not None
+
+    def wait_for(self, predicate: Callable[[LabDaemon], Any], timeout: float, what: str) -> Any:
+        """Poll ``predicate(self)`` until it returns something truthy (bounded); return it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = predicate(self)
+            if result:
+                return result
+            if self.exited and not predicate(self):
+                raise AssertionError(f"{self.name} exited ({self.proc.process.returncode}) before {what}:\n"
+                                     f"{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name}: no {what} within {timeout:.0f} s:\n{self.log_tail()}")
+            time.sleep(0.2)
+
+    def multiaddrs(self, timeout: float = 60.0) -> list[str]:
+        record = self.wait_for(lambda d: next(iter(d.events("listening")), None), timeout, "listening record")
+        return list(record["multiaddrs"])
+
+    @property
+    def peer_id(self) -> str:
+        return self.multiaddrs()[0].rsplit("/p2p/", 1)[1]
+
+    def connection_to(self, other: LabDaemon) -> str:
+        """The latest connection kind this daemon logged towards ``other`` ("none" if never)."""
+        kinds = [r["connection"] for r in self.events("peer_connection") if r.get("peer") == other.peer_id]
+        return kinds[-1] if kinds else "none"
+
+    def first_connection_at(self, other: LabDaemon) -> float | None:
+        """Seconds from this daemon's launch to its first connection with ``other``."""
+        for record in self.events("peer_connection"):
+            if record.get("peer") == other.peer_id and record["connection"] != "none":
+                return _ts(record) - self.started_at
+        return None
+
+    def upgraded_at(self, other: LabDaemon) -> float | None:
+        """Seconds from launch to the first direct or hole-punched connection with ``other``."""
+        for record in self.events("peer_connection"):
+            if record.get("peer") == other.peer_id and record["connection"] in ("direct", "hole-punched"):
+                return _ts(record) - self.started_at
+        return None
+
+    def reachability(self) -> str:
+        records = self.events("reachability")
+        return records[-1]["status"] if records else "unknown"
+
+    def summary(self) -> dict[str, Any]:
+        return json.loads((self.state_dir / "summary.json").read_text())
+
+
+def _ts(record: dict[str, Any]) -> float:
+    """A JSON record's ``ts`` (UTC, millisecond precision) as time.time()."""
+    stamp, _, millis = record["ts"].rstrip("Z").partition(".")
+    return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S")) - time.timezone + int(millis or 0) / 1000
+
+
+def start_daemon(lab: NetLab, host: Host, workdir: Path, *, shard: str, args: list[str],
+                 bootstrap: str | None = None, relay_hop: bool = False) -> LabDaemon:
+    """Launch `fednode start` inside ``host`` (listening on 0.0.0.0:4001) with federation settings."""
+    state_dir = workdir / host.name
+    log_path = workdir / f"{host.name}.log"
+    argv = [
+        *FEDNODE, "start", "--state-dir", str(state_dir), "--shard", shard, "--log-format", "json",
+        "--set", f'federation.id="{FEDERATION}"',
+        "--set", f'mesh.listen=["/ip4/0.0.0.0/tcp/{LISTEN_PORT}"]',
+        *args,
+    ]
+    if relay_hop:
+        argv += ["--set", "mesh.relay_hop=true"]
+    if bootstrap:
+        argv += ["--set", f'mesh.bootstrap=["{bootstrap}"]']
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDNODE_")}
+    started = time.time()
+    proc = lab.spawn(host, argv, log_path=log_path, env=env)
+    return LabDaemon(host.name, host, proc, state_dir, started)
+
+
+def public_multiaddr(daemon: LabDaemon) -> str:
+    """The daemon's address on its public interface (the one other sites can dial)."""
+    for addr in daemon.multiaddrs():
+        if f"/ip4/{daemon.host.ip}/" in addr and "/p2p-circuit" not in addr:
+            return addr
+    raise AssertionError(f"{daemon.name} does not advertise {daemon.host.ip}: {daemon.multiaddrs()}")
