@@ -118,6 +118,15 @@ class MeshSection(_Section):
     relay_hop: bool = Field(default=False, description="serve as a circuit relay v2 for other peers")
     fast_path: bool = Field(default=True, description="encrypted direct TCP data channel for payloads (faster than libp2p streams)")
     fast_path_port: int = Field(default=0, ge=0, le=65535, description="port of the fast path; 0 = any free port")
+    # Limits of the relay (relay_hop = true), so it cannot become an unmetered proxy.
+    relay_max_reservations: int = Field(default=32, ge=1, le=100_000, description="relay: peers that may hold a slot at once")
+    relay_max_circuits: int = Field(default=16, ge=1, le=100_000, description="relay: relayed connections carried at once")
+    relay_max_circuit_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1024 * 1024, description="relay: bytes one circuit may carry (both directions) before it is closed"
+    )
+    relay_max_circuit_duration: int = Field(
+        default=3600, ge=10, le=7 * 86400, description="relay: seconds one circuit may stay open"
+    )
 
     @field_validator("listen", "announce", "bootstrap")
     @classmethod

@@ -368,7 +368,7 @@ class Daemon:
 
     async def _run_federated(self) -> None:
         from fednode.node.federation import FederationRunner
-        from fednode.node.mesh import Mesh, MeshConfig, MeshError
+        from fednode.node.mesh import Mesh, MeshConfig, MeshError, RelayLimits
         from fednode.node.scheduler import SyncPolicy
 
         assert self.identity is not None and self.model is not None and self.trainer is not None
@@ -383,6 +383,12 @@ class Daemon:
                 relay_hop=mesh_cfg.relay_hop,
                 fast_path=mesh_cfg.fast_path,
                 fast_path_port=mesh_cfg.fast_path_port,
+                relay_limits=RelayLimits(
+                    max_circuit_duration_s=mesh_cfg.relay_max_circuit_duration,
+                    max_circuit_bytes=mesh_cfg.relay_max_circuit_bytes,
+                    max_reservations=mesh_cfg.relay_max_reservations,
+                    max_circuits=mesh_cfg.relay_max_circuits,
+                ),
             )
         except ValueError as exc:
             raise ConfigError(f"invalid [mesh] settings: {exc}") from exc
@@ -392,6 +398,7 @@ class Daemon:
             await self.mesh.start()
         except MeshError as exc:
             raise NetworkError(f"cannot start networking: {exc}; check mesh.listen and mesh.bootstrap") from exc
+        reachability_task: asyncio.Future[None] | None = None
         try:
             addresses = self.mesh.listen_multiaddrs()
             assert self.summary is not None
@@ -401,6 +408,7 @@ class Daemon:
                 addresses[0] if addresses else "?",
                 extra={"event": "listening", "multiaddrs": addresses},
             )
+            reachability_task = asyncio.ensure_future(self._report_reachability())
             runner_class: Any = FederationRunner
             schedule_options: dict[str, Any] = {}
             if federation.schedule == "fedcompass":
@@ -436,6 +444,8 @@ class Daemon:
             if not self._done():
                 await self.runner.run(should_stop=self._done)
         finally:
+            if reachability_task is not None:
+                reachability_task.cancel()
             if self.runner is not None:
                 self.round, self.model_version = self.runner.round, self.runner.model_version
                 if self.stop_reason in ("rounds", "target_accuracy"):
@@ -443,6 +453,14 @@ class Daemon:
                 self._record_mesh_totals()
                 await self.runner.close()
             await self.mesh.stop()
+
+    async def _report_reachability(self) -> None:
+        """Say once whether peers can dial this node and what it does about it (issue 8), as soon
+        as AutoNAT has a verdict (or after 30 s without one, saying why)."""
+        with suppress(Exception):
+            reachability = await self.mesh.wait_for_reachability(timeout=30.0)
+            log.info("%s", self.mesh.reachability_report(),
+                     extra={"event": "reachability_report", "status": reachability.status})
 
     async def _on_federated_round(self, outcome: Any) -> None:
         self.round = outcome.round
