@@ -102,8 +102,11 @@ def call(target: AdminTarget, method: Callable[[admin_pb2_grpc.AdminServiceStub]
 def _translate(error: grpc.RpcError, target: AdminTarget) -> FednodeError:
     code = error.code() if hasattr(error, "code") else None
     details = error.details() if hasattr(error, "details") else str(error)
-    if code == grpc.StatusCode.UNAVAILABLE and not target.admin:
-        return NoDaemon(f"no daemon answers at {target.address()} ({details}); is `fednode start` running?")
+    # gRPC's own connection failures, as opposed to a daemon answering UNAVAILABLE itself.
+    unreachable = "failed to connect" in (details or "").lower() or "connection refused" in (details or "").lower()
+    if code == grpc.StatusCode.UNAVAILABLE and unreachable:
+        where = target.address()
+        return NoDaemon(f"no daemon answers at {where} ({details}); is `fednode start` running?")
     name = code.name if code is not None else "ERROR"
     return RequestFailed(f"{name.lower()}: {details}")
 

@@ -316,6 +316,15 @@ def config_show(
         raise typer.Exit(int(ExitCode.USAGE))
 
 
+def _register_admin_commands() -> None:
+    from fednode.cli.admin import register
+
+    register(app)
+
+
+_register_admin_commands()
+
+
 def main() -> None:
     app()
 

@@ -51,6 +51,7 @@ class NodeSection(_Section):
     shutdown_timeout: float = Field(
         default=20.0, gt=0, le=600, description="seconds a graceful stop may take before it is forced"
     )
+    display_name: str = Field(default="", max_length=64, description="label other members see for this node")
 
     @field_validator("device")
     @classmethod
@@ -207,6 +208,23 @@ class AttackSection(_Section):
     params: dict[str, Any] = Field(default_factory=dict, description="attack parameters")
 
 
+class AdminSection(_Section):
+    """The local admin API (gRPC). A Unix socket in the state dir is always served."""
+
+    listen: str = Field(default="", description="optional TCP listener host:port (needs TLS and a token)")
+    tls_cert: Path | None = Field(default=None, description="PEM certificate chain for the TCP listener")
+    tls_key: Path | None = Field(default=None, description="PEM private key for the TCP listener")
+    token_file: Path | None = Field(default=None, description="file holding the bearer token TCP clients must send")
+    insecure: bool = Field(default=False, description="allow the TCP listener without TLS/token (development only)")
+
+
+class MetricsSection(_Section):
+    """Prometheus metrics endpoint (opt-in)."""
+
+    port: int = Field(default=-1, ge=-1, le=65535, description="-1 = off; 0 = any free port; else the port")
+    host: str = Field(default="127.0.0.1", description="address the metrics endpoint binds")
+
+
 class FednodeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -218,6 +236,8 @@ class FednodeConfig(BaseModel):
     aggregation: AggregationSection = Field(default_factory=AggregationSection)
     compression: CompressionSection = Field(default_factory=CompressionSection)
     attack: AttackSection = Field(default_factory=AttackSection)
+    admin: AdminSection = Field(default_factory=AdminSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
 
     def resolved_state_dir(self) -> Path:
         return Path(self.node.state_dir) if self.node.state_dir else default_state_dir()

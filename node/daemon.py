@@ -147,6 +147,29 @@ def remove_interrupted_writes(state_dir: Path) -> None:
     remove_stale_temp_files(state_dir / "checkpoints")
 
 
+@dataclass(frozen=True)
+class FederationSettings:
+    """How a federation trains: from its signed descriptor, or from config for an open one."""
+
+    rule: str
+    rule_params: dict[str, Any]
+    f: int
+    schedule: str
+    min_participants: int
+    codec: str
+    codec_params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class FederationSession:
+    """The federation this node trains in now."""
+
+    federation_id: str
+    settings: FederationSettings
+    certificate: Any = None  # MemberCertificate for certified federations
+    certified: bool = False  # membership enforced (created/joined via the admin API)
+
+
 class Daemon:
     """One node. Construct, then `await run()`; returns the process exit code.
 
@@ -173,6 +196,18 @@ class Daemon:
         self.mesh: Any = None
         self.runner: Any = None
         self._started = time.perf_counter()
+        self.state = "starting"
+        self.display_name = config.node.display_name
+        self.session: FederationSession | None = None
+        self.bootstrap_hints: list[str] = []
+        self.store: Any = None  # MembershipStore
+        self.trust: Any = None  # TrustPolicy
+        self.audit: Any = None  # AuditLog
+        self.metrics: Any = None  # NodeMetrics
+        self.control: Any = None  # NodeControl (admin API backend)
+        self.admin: Any = None  # AdminServer
+        self._session_changed: asyncio.Event | None = None
+        self._alone_allowed = True
 
     @property
     def federated(self) -> bool:
@@ -212,8 +247,16 @@ class Daemon:
             seed=task_cfg.seed * 1_000_003 + task_cfg.shard_index,
             slowdown=training.slowdown,
         )
-        if self.federated:
-            self._check_federation_settings()
+        from fednode.node.membership import AuditLog, MembershipStore, TrustPolicy
+
+        self.store = MembershipStore(self.state_dir)
+        self.trust = TrustPolicy()
+        self.trust.load_store(self.store)
+        self.audit = AuditLog(self.state_dir / "audit.jsonl")
+        self.session = self._initial_session()
+        if self.session is not None:
+            self._alone_allowed = False
+            self._federation_components(self.session.settings)  # fail fast on bad settings
         self.summary = RunSummary(
             peer_id=self.identity.peer_id,
             version=__version__,
@@ -221,7 +264,7 @@ class Daemon:
             device=str(device),
             state_dir=str(self.state_dir),
             started_unix=time.time(),
-            federation_id=self.config.federation.id,
+            federation_id=self.session.federation_id if self.session else "",
             attack=self.config.attack.name,
         )
         self._resume()
@@ -255,28 +298,76 @@ class Daemon:
             raise ConfigError(f"attack {self.config.attack.name!r} needs a task whose training data has .labels")
         data.labels = self.attack.transform_labels(labels)
 
-    def _check_federation_settings(self) -> None:
-        aggregation = self.config.aggregation
+    def _config_settings(self) -> FederationSettings:
+        cfg = self.config
+        return FederationSettings(
+            rule=cfg.aggregation.rule, rule_params=dict(cfg.aggregation.params), f=cfg.aggregation.f,
+            schedule=cfg.federation.schedule, min_participants=cfg.federation.min_participants,
+            codec=cfg.compression.codec, codec_params=dict(cfg.compression.params),
+        )
+
+    def _descriptor_settings(self, descriptor: Any) -> FederationSettings:
+        params = json.loads(descriptor.aggregator_params_json or "{}")
+        f = int(params.pop("f", 0))
+        same_codec = descriptor.codec in ("", self.config.compression.codec)
+        return FederationSettings(
+            rule=descriptor.aggregator or self.config.aggregation.rule, rule_params=params, f=f,
+            schedule=descriptor.schedule or self.config.federation.schedule,
+            min_participants=max(1, descriptor.min_participants or self.config.federation.min_participants),
+            codec=descriptor.codec or self.config.compression.codec,
+            codec_params=dict(self.config.compression.params) if same_codec else {},
+        )
+
+    def _initial_session(self) -> FederationSession | None:
+        """config `federation.id`, else the federation this node created or joined before."""
+        wanted = self.config.federation.id
+        stored = [fid for fid in self.store.federation_ids() if self.store.load(fid).certificate is not None]
+        if wanted and wanted not in stored:
+            return FederationSession(wanted, self._config_settings())  # open federation (experiments)
+        if wanted or stored:
+            return self._certified_session(wanted or stored[0])
+        return None
+
+    def _certified_session(self, federation_id: str) -> FederationSession:
+        state = self.store.load(federation_id)
+        if state.descriptor is None or state.certificate is None:
+            raise StateDirError(f"membership of {federation_id[:16]} in {self.state_dir} is incomplete; "
+                                f"leave and join it again (fednode federation leave/join)")
+        return FederationSession(federation_id, self._descriptor_settings(state.descriptor),
+                                 certificate=state.certificate, certified=True)
+
+    def check_aggregation(self, rule: str, params: dict[str, Any], min_participants: int) -> None:
+        """Raise ValueError when a federation's rule cannot work with its minimum participants."""
+        params = dict(params)
+        f = int(params.pop("f", 0))
+        settings = FederationSettings(rule, params, f, "sync", min_participants, self.config.compression.codec,
+                                      dict(self.config.compression.params))
         try:
-            self.aggregator = build_aggregator(aggregation.rule, f=aggregation.f, **aggregation.params)
-        except (AggregationError, TypeError, ValueError) as exc:
-            raise ConfigError(f"invalid aggregation settings: {exc}") from exc
-        needed = self.aggregator.minimum_rows()
-        if self.config.federation.min_participants < needed:
-            raise ConfigError(
-                f"aggregation.rule = {aggregation.rule!r} with f = {aggregation.f} needs at least {needed} updates "
-                f"per round, but federation.min_participants = {self.config.federation.min_participants}; "
-                f"raise min_participants or lower f"
-            )
+            self._federation_components(settings)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from exc
+
+    def _federation_components(self, settings: FederationSettings) -> tuple[Any, Any]:
+        """(aggregator, compressor) for a federation; ConfigError with what to change."""
         from fednode.node.compression import UpdateCompressor, build_codec
 
-        compression = self.config.compression
         try:
-            self.compressor = UpdateCompressor(
-                build_codec(compression.codec, **compression.params), error_feedback=compression.error_feedback
+            aggregator = build_aggregator(settings.rule, f=settings.f, **settings.rule_params)
+        except (AggregationError, TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid aggregation settings: {exc}") from exc
+        needed = aggregator.minimum_rows()
+        if settings.min_participants < needed:
+            raise ConfigError(
+                f"aggregation rule {settings.rule!r} with f = {settings.f} needs at least {needed} updates "
+                f"per round, but min_participants = {settings.min_participants}; raise min_participants or lower f"
+            )
+        try:
+            compressor = UpdateCompressor(
+                build_codec(settings.codec, **settings.codec_params), error_feedback=self.config.compression.error_feedback
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"invalid compression settings: {exc}") from exc
+        return aggregator, compressor
 
     def _resume(self) -> None:
         assert self.model is not None and self.trainer is not None and self.summary is not None
@@ -332,16 +423,102 @@ class Daemon:
     async def run(self) -> ExitCode:
         loop = asyncio.get_running_loop()
         self._install_signal_handlers(loop)
+        self._session_changed = asyncio.Event()
         try:
             self.setup()
-            if self.federated:
-                await self._run_federated()
-            else:
-                await self._run_alone()
-            self._finish()
+            await self._start_services()
+            try:
+                await self._run_sessions()
+                self._finish()
+            finally:
+                await self._stop_services()
         finally:
             self._lock.release()
         return ExitCode.OK
+
+    async def _run_sessions(self) -> None:
+        """Train alone, or with the current federation; switch when a federation is created,
+        joined or left through the admin API; return when the daemon stops."""
+        assert self._session_changed is not None
+        while not self._done():
+            self._session_changed.clear()
+            session = self.session
+            if session is not None:
+                self.state = "training"
+                await self._run_federated(session)
+            elif self._alone_allowed:
+                self.state = "training"
+                await self._run_alone()
+            else:
+                self.state = "idle"  # left its federation: wait for a new one, or a stop
+                await self._wait_for_change()
+
+    async def _wait_for_change(self) -> None:
+        assert self._session_changed is not None
+        while not self.stop_event.is_set() and not self._session_changed.is_set():
+            with suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._session_changed.wait(), timeout=0.5)
+
+    async def switch_federation(self, federation_id: str | None) -> None:
+        """Make `federation_id` (certified, in the store) the one this node trains in; None = none."""
+        assert self._session_changed is not None
+        self.session = self._certified_session(federation_id) if federation_id else None
+        self._alone_allowed = False
+        if self.session is not None:
+            self._federation_components(self.session.settings)
+        self._session_changed.set()
+        if self.runner is not None:
+            self.runner.wake()
+
+    async def _start_services(self) -> None:
+        from fednode.node.admin import AdminServer, TcpListener
+        from fednode.node.control import JOIN_REQUEST_KIND, NodeControl
+        from fednode.node.metrics import NodeMetrics
+
+        self.control = NodeControl(self)
+        self._join_kind = JOIN_REQUEST_KIND
+        admin = self.config.admin
+        tcp = None
+        if admin.listen:
+            token = admin.token_file.read_text().strip() if admin.token_file else None
+            tcp = TcpListener(
+                address=admin.listen,
+                certificate=admin.tls_cert.read_bytes() if admin.tls_cert else None,
+                private_key=admin.tls_key.read_bytes() if admin.tls_key else None,
+                token=token,
+                insecure=admin.insecure,
+            )
+        self.admin = AdminServer(self.control, self.state_dir, tcp)
+        from fednode.node.admin import AdminError
+
+        try:
+            await self.admin.start()
+        except AdminError as exc:
+            raise ConfigError(f"admin API: {exc.message}") from exc
+        if self.config.metrics.port >= 0:
+            self.metrics = NodeMetrics()
+            port = self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
+            log.info("metrics on http://%s:%d/metrics", self.config.metrics.host, port,
+                     extra={"event": "metrics", "port": port})
+
+    async def _stop_services(self) -> None:
+        self.state = "stopping"
+        task = getattr(self, "_reachability_task", None)
+        if task is not None:
+            task.cancel()
+        if self.admin is not None:
+            with suppress(Exception):
+                await self.admin.stop()
+        if self.mesh is not None:
+            with suppress(Exception):
+                await self.mesh.stop()
+            self.mesh = None
+        if self.metrics is not None:
+            with suppress(Exception):
+                self.metrics.close()
+        if self.audit is not None:
+            with suppress(Exception):
+                self.audit.close()
 
     def _done(self) -> bool:
         """Stop conditions that do not come from a signal."""
@@ -350,10 +527,13 @@ class Daemon:
             self.request_stop("rounds")
         return self.stop_event.is_set()
 
+    def _session_over(self) -> bool:
+        return self._done() or (self._session_changed is not None and self._session_changed.is_set())
+
     async def _run_alone(self) -> None:
         assert self.model is not None and self.trainer is not None
         training = self.config.training
-        while not self._done():
+        while not self._session_over():
             before = flatten_parameters(self.model)
             result = await asyncio.to_thread(
                 self.trainer.train_round, self.model, training.local_steps, self.stop_event
@@ -366,20 +546,20 @@ class Daemon:
             self.model_version += 1
             self._after_round(result.mean_loss, result.seconds, result.seconds, participants=1, left_out=0)
 
-    async def _run_federated(self) -> None:
-        from fednode.node.federation import FederationRunner
+    async def ensure_mesh(self) -> Any:
+        """The mesh, started on first use and kept for the daemon's life."""
         from fednode.node.mesh import Mesh, MeshConfig, MeshError, RelayLimits
-        from fednode.node.scheduler import SyncPolicy
 
-        assert self.identity is not None and self.model is not None and self.trainer is not None
+        if self.mesh is not None:
+            return self.mesh
+        assert self.identity is not None
         mesh_cfg = self.config.mesh
-        federation = self.config.federation
         try:
             mesh_config = MeshConfig(
                 identity_key=self.identity.private_seed,
                 listen_multiaddrs=tuple(mesh_cfg.listen),
                 announce_multiaddrs=tuple(mesh_cfg.announce) or None,
-                bootstrap_multiaddrs=tuple(mesh_cfg.bootstrap),
+                bootstrap_multiaddrs=tuple(mesh_cfg.bootstrap) + tuple(self.bootstrap_hints),
                 relay_hop=mesh_cfg.relay_hop,
                 fast_path=mesh_cfg.fast_path,
                 fast_path_port=mesh_cfg.fast_path_port,
@@ -392,67 +572,150 @@ class Daemon:
             )
         except ValueError as exc:
             raise ConfigError(f"invalid [mesh] settings: {exc}") from exc
-        self.mesh = Mesh(mesh_config)
+        mesh = Mesh(mesh_config)
         quiet_noisy_libraries()
         try:
-            await self.mesh.start()
+            await mesh.start()
         except MeshError as exc:
             raise NetworkError(f"cannot start networking: {exc}; check mesh.listen and mesh.bootstrap") from exc
-        reachability_task: asyncio.Future[None] | None = None
-        try:
-            addresses = self.mesh.listen_multiaddrs()
-            assert self.summary is not None
+        self.mesh = mesh
+        mesh.set_request_handler(self._answer_request)
+        addresses = mesh.listen_multiaddrs()
+        if self.summary is not None:
             self.summary.multiaddrs = list(addresses)
-            log.info(
-                "listening; to connect other peers to this one use: --set 'mesh.bootstrap=[\"%s\"]'",
-                addresses[0] if addresses else "?",
-                extra={"event": "listening", "multiaddrs": addresses},
-            )
-            reachability_task = asyncio.ensure_future(self._report_reachability())
-            runner_class: Any = FederationRunner
-            schedule_options: dict[str, Any] = {}
-            if federation.schedule == "fedcompass":
-                from fednode.node.federation.compass import CompassRunner, policy_from_config
+        log.info(
+            "listening; to connect other peers to this one use: --set 'mesh.bootstrap=[\"%s\"]'",
+            addresses[0] if addresses else "?",
+            extra={"event": "listening", "multiaddrs": addresses},
+        )
+        self._reachability_task = asyncio.ensure_future(self._report_reachability())
+        return mesh
 
-                try:
-                    schedule_options["compass"] = policy_from_config(federation)
-                except ValueError as exc:
-                    raise ConfigError(f"invalid fedcompass settings in [federation]: {exc}") from exc
-                runner_class = CompassRunner
-            self.runner = runner_class(
-                federation_id=federation.id,
-                identity=self.identity,
-                mesh=self.mesh,
-                model=self.model,
-                trainer=self.trainer,
-                layout=self.layout,
-                aggregator=self.aggregator,
-                compressor=self.compressor,
-                local_steps=self.config.training.local_steps,
-                policy=SyncPolicy(min_participants=federation.min_participants),
-                announce_interval=federation.announce_interval,
-                max_clock_skew=federation.max_clock_skew,
-                stop=self.stop_event,
-                attack=self.attack,
-                on_round=self._on_federated_round,
-                **schedule_options,
-            )
-            if self.extra_state.get("federation_id") == federation.id:
-                self.runner.restore(self.round, self.model_version, self.extra_state)
+    async def _answer_request(self, kind: str, data: bytes, from_peer: str) -> bytes:
+        if kind == self._join_kind and self.control is not None:
+            return await self.control.answer_join(data, from_peer)
+        raise ValueError(f"unknown request kind {kind!r}")
+
+    async def _run_federated(self, session: FederationSession) -> None:
+        from fednode.node.federation import FederationRunner
+        from fednode.node.scheduler import SyncPolicy
+
+        assert self.identity is not None and self.model is not None and self.trainer is not None
+        federation = self.config.federation
+        settings = session.settings
+        aggregator, compressor = self._federation_components(settings)
+        mesh = await self.ensure_mesh()
+        runner_class: Any = FederationRunner
+        schedule_options: dict[str, Any] = {}
+        if settings.schedule == "fedcompass":
+            from fednode.node.federation.compass import CompassRunner, policy_from_config
+
+            try:
+                schedule_options["compass"] = policy_from_config(federation)
+            except ValueError as exc:
+                raise ConfigError(f"invalid fedcompass settings in [federation]: {exc}") from exc
+            runner_class = CompassRunner
+        self.runner = runner_class(
+            federation_id=session.federation_id,
+            identity=self.identity,
+            mesh=mesh,
+            model=self.model,
+            trainer=self.trainer,
+            layout=self.layout,
+            aggregator=aggregator,
+            compressor=compressor,
+            local_steps=self.config.training.local_steps,
+            policy=SyncPolicy(min_participants=settings.min_participants),
+            announce_interval=federation.announce_interval,
+            max_clock_skew=federation.max_clock_skew,
+            stop=self.stop_event,
+            attack=self.attack,
+            on_round=self._on_federated_round,
+            display_name=self.display_name,
+            trust=self.trust if session.certified else None,
+            certificate=session.certificate,
+            on_event=self._on_runner_event,
+            **schedule_options,
+        )
+        if self.extra_state.get("federation_id") == session.federation_id:
+            self.runner.restore(self.round, self.model_version, self.extra_state)
+        else:
+            # A federation this node has no checkpoint for: its rounds count from zero (peers
+            # that are ahead are caught up with by state sync).
+            self.round = self.model_version = 0
+        if self.summary is not None:
+            self.summary.federation_id = session.federation_id
+        try:
             await self.runner.start()
-            self.summary.idle_rss_mb = current_rss_mb()
-            if not self._done():
-                await self.runner.run(should_stop=self._done)
+            if self.summary is not None:
+                self.summary.idle_rss_mb = current_rss_mb()
+            if not self._session_over():
+                await self.runner.run(should_stop=self._session_over)
         finally:
-            if reachability_task is not None:
-                reachability_task.cancel()
-            if self.runner is not None:
-                self.round, self.model_version = self.runner.round, self.runner.model_version
-                if self.stop_reason in ("rounds", "target_accuracy"):
-                    await self.runner.linger()
-                self._record_mesh_totals()
-                await self.runner.close()
-            await self.mesh.stop()
+            self.round, self.model_version = self.runner.round, self.runner.model_version
+            if self.stop_reason in ("rounds", "target_accuracy"):
+                await self.runner.linger()
+            self._record_mesh_totals()
+            await self.runner.close()
+            self.runner = None
+
+    def member_public_key(self, peer_id: str) -> bytes | None:
+        """The Ed25519 key a member signs with (seen in its messages), for revocations."""
+        runner = self.runner
+        member = runner.members.get(peer_id) if runner is not None else None
+        return member.public_key if member is not None and member.public_key else None
+
+    def record_revocation(self, federation_id: str, revocation: Any) -> bool:
+        """Remember a verified revocation (trust policy and store); True when it is new."""
+        new = bool(self.trust.add_revocation(federation_id, revocation))
+        if new:
+            with suppress(Exception):
+                self.store.add_revocation(federation_id, revocation)
+            if self.audit is not None:
+                with suppress(Exception):
+                    self.audit.record("member_revoked", "applied", event={"federation_id": federation_id,
+                                                                          "reason": revocation.reason})
+        return new
+
+    async def apply_revocation(self, federation_id: str, revocation: Any, *, spread: bool) -> bool:
+        """Record a revocation this node issued and gossip it to the federation."""
+        new = self.record_revocation(federation_id, revocation)
+        if spread and self.runner is not None and self.runner.federation_id == federation_id:
+            await self.runner.publish_revocation(revocation)
+        return new
+
+    def _on_runner_event(self, kind: str, **fields: Any) -> None:
+        """Runner events -> admin WatchEvents, the audit log and metrics."""
+        session = self.session
+        federation_id = session.federation_id if session is not None else ""
+        peer = str(fields.get("peer_id", ""))
+        if kind in ("update_accepted", "update_rejected", "update_aggregated") and self.audit is not None:
+            with suppress(Exception):
+                score = fields.get("score")
+                self.audit.record_update(
+                    federation_id=federation_id, sender_peer_id=peer, round=int(fields.get("round", 0)),
+                    payload_sha256=bytes(fields.get("payload_sha256", b"")).hex(),
+                    accepted=kind != "update_rejected" and bool(fields.get("selected", True)),
+                    reason=str(fields.get("reason", "")) or None,
+                    aggregator_score=float(score) if score is not None else None,
+                    detail="aggregation" if kind == "update_aggregated" else None,
+                )
+        if kind in ("update_accepted", "update_rejected") and self.metrics is not None:
+            with suppress(Exception):
+                self.metrics.record_update(federation_id, accepted=kind == "update_accepted",
+                                           reason=fields.get("reason") or None)
+        if kind == "revocation":
+            revocation = fields.get("revocation")
+            if revocation is not None and federation_id:
+                self.record_revocation(federation_id, revocation)
+            kind_detail = "revocation received"
+        else:
+            kind_detail = str(fields.get("detail", ""))
+        if self.control is not None and kind not in ("update_accepted", "update_aggregated"):
+            self.control.events.publish(
+                kind, federation_id=federation_id, peer_id=peer, reason=str(fields.get("reason", "")),
+                round=int(fields.get("round", 0)), detail=kind_detail[:500],
+            )
 
     async def _report_reachability(self) -> None:
         """Say once whether peers can dial this node and what it does about it (issue 8), as soon
@@ -472,6 +735,27 @@ class Daemon:
             participants=len(outcome.participants),
             left_out=len(outcome.rejected_by_aggregator),
         )
+        federation_id = self.session.federation_id if self.session is not None else ""
+        last = self.summary.history[-1] if self.summary and self.summary.history else None
+        if self.metrics is not None and last is not None:
+            with suppress(Exception):
+                self.metrics.record_round(
+                    federation_id, outcome.round, model_version=outcome.model_version, accuracy=last.accuracy,
+                    loss=last.loss, train_loss=last.train_loss, aggregation_seconds=outcome.aggregation_seconds,
+                    participants=len(outcome.participants),
+                )
+                if self.mesh is not None:
+                    self.metrics.observe_mesh_stats(self.mesh.stats())
+                    kinds: dict[str, int] = {}
+                    for peer in self.mesh.peers():
+                        kinds[peer.connection] = kinds.get(peer.connection, 0) + 1
+                    self.metrics.set_peers(kinds)
+                    self.metrics.set_reachability(self.mesh.reachability().status)
+        if self.control is not None and last is not None:
+            self.control.events.publish(
+                "round", federation_id=federation_id, round=outcome.round, model_version=outcome.model_version,
+                accuracy=last.accuracy, detail=f"{len(outcome.participants)} participant(s); {outcome.close_reason}",
+            )
 
     def _after_round(
         self, train_loss: float, train_seconds: float, round_seconds: float, *, participants: int, left_out: int

@@ -335,6 +335,13 @@ class FederationRunner:
                     dropped.append(sender)
             if dropped:
                 log.info("round %d: aggregator left out %s", number, ", ".join(p[-8:] for p in dropped))
+            for index, sender in enumerate(senders):
+                self.on_event(
+                    "update_aggregated", peer_id=sender, round=number,
+                    payload_sha256=bytes(updates[sender].header.payload_sha256), selected=sender in selected,
+                    score=float(result.scores[index]) if result.scores is not None else None,
+                    reason="" if sender in selected else "aggregator_outlier",
+                )
         self.round = number
         self.model_version += 1
         self.book.prune(number)

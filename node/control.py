@@ -1,0 +1,340 @@
+"""The daemon's side of the admin API: status, peers, federation lifecycle, model export.
+
+`NodeControl` implements `fednode.node.admin.AdminBackend` over a running `Daemon`. Federation
+lifecycle (create / join / leave / revoke) goes through the membership library
+(`fednode.node.membership`) and the daemon's `switch_federation`, which stops the current
+training session and starts the new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import math
+import time
+from typing import TYPE_CHECKING
+
+import grpc
+import torch
+
+from fednode.node import __version__
+from fednode.node.admin import AdminError, EventBus
+from fednode.node.envelope import Rejected, open_envelope, seal
+from fednode.node.membership import (
+    CONTRIBUTOR,
+    InvalidInvite,
+    JoinRefused,
+    MembershipError,
+    accept_join_response,
+    create_federation,
+    encode_token,
+    issue_certificate,
+    issue_invite,
+    make_join_request,
+    parse_token,
+    revoke,
+)
+from fednode.node.model import flatten_parameters
+from fednode.proto.v1 import admin_pb2, membership_pb2
+
+if TYPE_CHECKING:
+    from fednode.node.daemon import Daemon
+
+log = logging.getLogger("fednode.control")
+
+JOIN_REQUEST_KIND = "join"
+MAX_JOIN_MESSAGE = 64 * 1024
+
+
+class NodeControl:
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.events = EventBus()
+        self.started = time.monotonic()
+
+    # ------------------------------------------------------------------------------ queries
+    def status(self) -> admin_pb2.NodeStatus:
+        d = self.daemon
+        summary = d.summary
+        mesh = d.mesh
+        status = admin_pb2.NodeStatus(
+            peer_id=d.identity.peer_id if d.identity else "",
+            version=__version__,
+            uptime_seconds=int(time.monotonic() - self.started),
+            device=summary.device if summary else "",
+            task=summary.task if summary else "",
+            model_version=d.model_version,
+            round=d.round,
+            accuracy=summary.accuracy if summary else math.nan,
+            loss=summary.loss if summary else math.nan,
+            state=d.state,
+            state_dir=str(d.state_dir),
+            federations=[s for s in d.store.federation_ids()] if d.store else [],
+        )
+        if d.session is not None and d.session.federation_id not in status.federations:
+            status.federations.append(d.session.federation_id)
+        if mesh is not None and mesh.running:
+            status.listen_multiaddrs.extend(mesh.listen_multiaddrs())
+            status.reachability = mesh.reachability().status
+            status.connected_peers = len(mesh.peers())
+        else:
+            status.reachability = "unknown"
+        return status
+
+    def peers(self) -> list[admin_pb2.PeerStatus]:
+        d = self.daemon
+        if d.mesh is None or not d.mesh.running:
+            return []
+        runner = d.runner
+        members = runner.members if runner is not None else {}
+        contributions = runner.contributions if runner is not None else {}
+        result = []
+        for peer in sorted(d.mesh.peers(), key=lambda p: p.peer_id):
+            member = members.get(peer.peer_id)
+            contribution = contributions.get(peer.peer_id)
+            result.append(admin_pb2.PeerStatus(
+                peer_id=peer.peer_id,
+                multiaddrs=list(peer.addrs),
+                connection=peer.connection,
+                latency_ms=peer.latency_ms if peer.latency_ms is not None else -1.0,
+                last_seen_unix_ms=int(peer.last_seen * 1000),
+                reputation=contribution.reputation if contribution else 1.0,
+                display_name=member.display_name if member else "",
+                federations=[d.session.federation_id] if member is not None and d.session else [],
+                model_version=member.model_version if member else 0,
+            ))
+        return result
+
+    def federations(self) -> list[admin_pb2.FederationStatus]:
+        d = self.daemon
+        result = []
+        ids = list(d.store.federation_ids()) if d.store else []
+        if d.session is not None and d.session.federation_id not in ids:
+            ids.append(d.session.federation_id)
+        for federation_id in ids:
+            result.append(self._federation_status(federation_id))
+        return result
+
+    def federation(self, federation_id: str) -> admin_pb2.FederationStatus:
+        return self._federation_status(self._resolve(federation_id))
+
+    def _resolve(self, federation_id: str) -> str:
+        """A full id from a full id or a unique prefix of at least 8 characters."""
+        known = set(self.daemon.store.federation_ids()) if self.daemon.store else set()
+        if self.daemon.session is not None:
+            known.add(self.daemon.session.federation_id)
+        if federation_id in known:
+            return federation_id
+        matches = [k for k in known if len(federation_id) >= 8 and k.startswith(federation_id)]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise AdminError(grpc.StatusCode.NOT_FOUND,
+                             f"this node is not a member of federation {federation_id!r}; see `fednode federation list`")
+        raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, f"{federation_id!r} matches several federations; give more characters")
+
+    def _federation_status(self, federation_id: str) -> admin_pb2.FederationStatus:
+        d = self.daemon
+        status = admin_pb2.FederationStatus()
+        state = d.store.load(federation_id) if d.store and federation_id in d.store.federation_ids() else None
+        if state is not None:
+            if state.descriptor is not None:
+                status.descriptor.CopyFrom(state.descriptor)
+            if state.certificate is not None:
+                status.certificate.CopyFrom(state.certificate)
+            status.role = "owner" if state.issuer is not None else "contributor"
+        else:  # an open federation named in config
+            status.descriptor.federation_id = federation_id
+            status.descriptor.name = federation_id
+            status.descriptor.aggregator = d.config.aggregation.rule
+            status.descriptor.schedule = d.config.federation.schedule
+            status.descriptor.codec = d.config.compression.codec
+            status.descriptor.min_participants = d.config.federation.min_participants
+            status.role = "contributor"
+        active = d.session is not None and d.session.federation_id == federation_id
+        if active and d.runner is not None:
+            status.round = d.runner.round
+            status.model_version = d.runner.model_version
+            status.participants.extend(sorted(d.runner.rounds.expected()))
+            group = getattr(d.runner, "current_group_id", b"")
+            if group:
+                status.group_id = group
+        return status
+
+    # ------------------------------------------------------------------------------ lifecycle
+    async def create_federation(self, request: admin_pb2.CreateFederationRequest) -> admin_pb2.FederationStatus:
+        d = self.daemon
+        if d.session is not None and d.session.certified:
+            raise AdminError(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"this node trains in federation {d.session.federation_id[:16]}; leave it first "
+                             f"(fednode federation leave {d.session.federation_id[:16]})")
+        config = d.config
+        aggregator = request.aggregator or config.aggregation.rule
+        params = request.aggregator_params_json or json.dumps({"f": config.aggregation.f, **config.aggregation.params})
+        try:
+            decoded = json.loads(params)
+            if not isinstance(decoded, dict):
+                raise ValueError("not a JSON object")
+            d.check_aggregation(aggregator, decoded, request.min_participants or config.federation.min_participants)
+            issuer, descriptor = create_federation(
+                request.name or "federation",
+                task=config.task.name,
+                model_layout_digest=d.layout.digest,
+                aggregator=aggregator,
+                aggregator_params_json=json.dumps(decoded, sort_keys=True),
+                schedule=request.schedule or config.federation.schedule,
+                min_participants=request.min_participants or config.federation.min_participants,
+                codec=request.codec or config.compression.codec,
+                private=request.private,
+            )
+        except (ValueError, MembershipError) as exc:
+            raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, f"cannot create the federation: {exc}") from exc
+        certificate = issue_certificate(issuer, d.identity.public_key, display_name=d.display_name)
+        d.store.save_membership(descriptor, certificate, issuer=issuer)
+        self.events.publish("join", federation_id=descriptor.federation_id, peer_id=d.identity.peer_id,
+                            detail=f"created federation {descriptor.name!r}")
+        await d.switch_federation(descriptor.federation_id)
+        return self._federation_status(descriptor.federation_id)
+
+    async def create_invite(self, request: admin_pb2.CreateInviteRequest) -> admin_pb2.CreateInviteResponse:
+        d = self.daemon
+        federation_id = self._resolve(request.federation_id)
+        state = d.store.load(federation_id)
+        if state.issuer is None:
+            raise AdminError(grpc.StatusCode.PERMISSION_DENIED,
+                             "this node does not hold the federation key (or an admin delegation); "
+                             "ask the federation's owner for an invite")
+        mesh = await d.ensure_mesh()
+        invite, record = issue_invite(
+            state.issuer,
+            ttl_ms=(request.ttl_seconds or 86_400) * 1000,
+            max_uses=request.max_uses,
+            issuer_multiaddrs=tuple(mesh.listen_multiaddrs()),
+            issuer_peer_id=d.identity.peer_id,
+        )
+        d.store.add_invite(record)
+        return admin_pb2.CreateInviteResponse(token=encode_token(invite), expires_unix_ms=invite.expires_unix_ms)
+
+    async def join_federation(self, request: admin_pb2.JoinFederationRequest) -> admin_pb2.FederationStatus:
+        d = self.daemon
+        try:
+            invite = parse_token(request.token.strip())
+        except InvalidInvite as exc:
+            raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, f"unusable invite token: {exc}") from exc
+        if d.session is not None and d.session.federation_id != invite.federation_id and d.session.certified:
+            raise AdminError(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"this node trains in federation {d.session.federation_id[:16]}; leave it first")
+        if invite.federation_id in d.store.federation_ids():
+            raise AdminError(grpc.StatusCode.ALREADY_EXISTS, "this node is already a member of that federation")
+        mesh = await d.ensure_mesh()
+        if request.display_name:
+            d.display_name = request.display_name
+        join = make_join_request(invite, d.identity.public_key, display_name=d.display_name)
+        sealed = seal(d.identity, join)
+        errors = []
+        response: membership_pb2.JoinResponse | None = None
+        for address in invite.issuer_multiaddrs:
+            try:
+                raw = await mesh.request(address, JOIN_REQUEST_KIND, sealed, max_response=MAX_JOIN_MESSAGE)
+                response = membership_pb2.JoinResponse.FromString(raw)
+                break
+            except Exception as exc:  # try the next address the issuer gave
+                errors.append(f"{address}: {exc}")
+        if response is None:
+            raise AdminError(grpc.StatusCode.UNAVAILABLE,
+                             "cannot reach the issuer to redeem the invite (" + "; ".join(errors)[:500]
+                             + "); check that the issuing daemon runs and is reachable, then retry")
+        try:
+            certificate, descriptor = accept_join_response(response, invite, d.identity.public_key)
+        except JoinRefused as exc:
+            raise AdminError(grpc.StatusCode.PERMISSION_DENIED, f"the issuer refused the invite: {exc}") from exc
+        except MembershipError as exc:
+            raise AdminError(grpc.StatusCode.INTERNAL, f"the issuer's answer does not verify: {exc}") from exc
+        if descriptor.model_layout_digest and descriptor.model_layout_digest != d.layout.digest:
+            raise AdminError(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"the federation trains task {descriptor.task!r} with another model; "
+                             f"start this daemon with that task (task.name) and join again")
+        d.store.save_membership(descriptor, certificate, list(response.revocations))
+        d.bootstrap_hints = list(response.bootstrap_multiaddrs) or list(invite.issuer_multiaddrs)
+        self.events.publish("join", federation_id=descriptor.federation_id, peer_id=d.identity.peer_id,
+                            detail=f"joined federation {descriptor.name!r}")
+        await d.switch_federation(descriptor.federation_id)
+        return self._federation_status(descriptor.federation_id)
+
+    async def answer_join(self, data: bytes, from_peer: str) -> bytes:
+        """Issuer side of a join: the request arrives over the mesh's request protocol."""
+        d = self.daemon
+        try:
+            opened = open_envelope(data, membership_pb2.JoinRequest, max_size=MAX_JOIN_MESSAGE)
+        except Rejected as rejected:
+            return membership_pb2.JoinResponse(status=membership_pb2.JoinResponse.BAD_REQUEST,
+                                               message=f"join request refused: {rejected}").SerializeToString()
+        request = opened.message
+        assert isinstance(request, membership_pb2.JoinRequest)
+        addresses = list(d.mesh.listen_multiaddrs()) if d.mesh is not None else []
+        try:
+            response = d.store.redeem(request, bootstrap_multiaddrs=addresses,
+                                      signer_public_key=opened.sender_public_key)
+        except MembershipError as exc:
+            log.error("cannot answer a join request: %s", exc)
+            response = membership_pb2.JoinResponse(status=membership_pb2.JoinResponse.INTERNAL,
+                                                   message="the issuer failed; retry later")
+        accepted = response.status == membership_pb2.JoinResponse.OK
+        self.events.publish("join", federation_id=request.federation_id, peer_id=opened.sender_peer_id,
+                            detail=f"join {'accepted' if accepted else 'refused'}: "
+                                   f"{membership_pb2.JoinResponse.Status.Name(response.status)}")
+        if accepted and d.audit is not None:
+            d.audit.record("member_joined", "accepted",
+                           actor={"id": opened.sender_peer_id},
+                           event={"federation_id": request.federation_id})
+        return response.SerializeToString()
+
+    async def leave_federation(self, request: admin_pb2.LeaveFederationRequest) -> None:
+        d = self.daemon
+        federation_id = self._resolve(request.federation_id)
+        if d.store and federation_id in d.store.federation_ids():
+            d.store.forget(federation_id)
+        self.events.publish("leave", federation_id=federation_id, peer_id=d.identity.peer_id, detail="left")
+        if d.session is not None and d.session.federation_id == federation_id:
+            await d.switch_federation(None)
+
+    async def revoke_member(self, request: admin_pb2.RevokeMemberRequest) -> admin_pb2.RevokeMemberResponse:
+        d = self.daemon
+        federation_id = self._resolve(request.federation_id)
+        state = d.store.load(federation_id)
+        if state.issuer is None:
+            raise AdminError(grpc.StatusCode.PERMISSION_DENIED,
+                             "only the federation's owner (or an admin) can revoke members")
+        key = d.member_public_key(request.peer_id)
+        if key is None:
+            raise AdminError(grpc.StatusCode.NOT_FOUND,
+                             f"no certificate of peer {request.peer_id} has been seen; it must have sent a message first")
+        revocation = revoke(state.issuer, member_public_key=key, reason=request.reason)
+        await d.apply_revocation(federation_id, revocation, spread=True)
+        self.events.publish("revocation", federation_id=federation_id, peer_id=request.peer_id,
+                            detail=request.reason or "revoked")
+        return admin_pb2.RevokeMemberResponse(revocation=revocation)
+
+    def export_model(self, request: admin_pb2.ExportModelRequest) -> tuple[bytes, int]:
+        d = self.daemon
+        if request.federation_id and (d.session is None or d.session.federation_id != self._resolve(request.federation_id)):
+            raise AdminError(grpc.StatusCode.FAILED_PRECONDITION, "that federation is not the one this node trains now")
+        if d.model is None:
+            raise AdminError(grpc.StatusCode.UNAVAILABLE, "the model is not built yet; retry in a moment")
+        if request.format in ("", "pt"):
+            buffer = io.BytesIO()
+            torch.save({k: v.detach().cpu() for k, v in d.model.state_dict().items()}, buffer)
+            return buffer.getvalue(), d.model_version
+        if request.format == "raw":
+            from fednode.node.federation.protocol import snapshot_payload
+
+            return snapshot_payload(flatten_parameters(d.model)), d.model_version
+        raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, f'format must be "pt" or "raw", got {request.format!r}')
+
+    def shutdown(self) -> None:
+        asyncio.get_running_loop().call_soon(self.daemon.request_stop, "admin")
+
+
+__all__ = ["CONTRIBUTOR", "JOIN_REQUEST_KIND", "NodeControl"]
