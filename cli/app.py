@@ -161,6 +161,21 @@ def _parse_params(option: str, text: str | None) -> dict[str, Any]:
     return value
 
 
+def _parse_slowdowns(text: str | None) -> list[float]:
+    """"1,2,4,8" -> [1.0, 2.0, 4.0, 8.0]; each factor must be in [1, 1000] (training.slowdown)."""
+    from fednode.node.errors import ConfigError
+
+    if not text:
+        return []
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--slowdowns must be comma-separated numbers such as 1,2,4,8, got {text!r}") from None
+    if not values or any(not 1.0 <= v <= 1000.0 for v in values):
+        raise ConfigError(f"--slowdowns factors must be between 1 and 1000, got {text!r}")
+    return values
+
+
 @app.command()
 def launch(
     nodes: Annotated[int, typer.Option("--nodes", "-n", min=1, max=64, help="daemons to start")] = 4,
@@ -175,6 +190,9 @@ def launch(
     codec_params: Annotated[str | None, typer.Option("--codec-params", help="TOML table, e.g. 'fraction = 0.01'")] = None,
     min_participants: Annotated[int, typer.Option("--min-participants", min=0, help="0 = a majority, at least what the rule needs")] = 0,
     target_accuracy: Annotated[float, typer.Option("--target-accuracy", help="nodes stop once they reach it")] = 0.0,
+    schedule: Annotated[str, typer.Option("--schedule", help="sync (k-of-n rounds) or fedcompass (semi-asynchronous)")] = "sync",
+    slowdowns: Annotated[str | None, typer.Option(
+        "--slowdowns", help="per-node slowness factors, cycled over the nodes, e.g. 1,2,4,8 (heterogeneity emulation)")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="run directory (default runs/<timestamp>)")] = None,
     settings: SetOption = None,
 ) -> None:
@@ -190,6 +208,10 @@ def launch(
             from fednode.node.errors import ConfigError
 
             raise ConfigError("--byzantine needs --attack NAME (e.g. --attack ipm --attack-params 'eps = 10')")
+        if schedule not in ("sync", "fedcompass"):
+            from fednode.node.errors import ConfigError
+
+            raise ConfigError(f"--schedule must be sync or fedcompass, got {schedule!r}")
         plan = LaunchPlan(
             nodes=nodes,
             rounds=rounds,
@@ -203,6 +225,8 @@ def launch(
             codec_params=_parse_params("--codec-params", codec_params),
             min_participants=min_participants,
             target_accuracy=target_accuracy,
+            schedule=schedule,
+            slowdowns=_parse_slowdowns(slowdowns),
             out_dir=out or Path("runs") / _time.strftime("%Y%m%d-%H%M%S"),
             settings=list(settings or []),
         )

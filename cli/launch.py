@@ -43,6 +43,8 @@ class LaunchPlan:
     codec_params: dict[str, Any] = field(default_factory=dict)
     min_participants: int = 0  # 0 = derived: a majority, and at least what the rule needs
     target_accuracy: float = 0.0
+    schedule: str = "sync"  # federation.schedule: "sync" or "fedcompass"
+    slowdowns: list[float] = field(default_factory=list)  # per-node training.slowdown, cycled; empty = all 1
     out_dir: Path = Path("runs")
     settings: list[str] = field(default_factory=list)  # extra --set for every node
     node_settings: dict[int, list[str]] = field(default_factory=dict)  # extra --set per node
@@ -100,6 +102,7 @@ class LocalFederation:
         settings = {
             "federation.id": json.dumps(self.federation_id),
             "federation.min_participants": str(plan.derived_min_participants()),
+            "federation.schedule": json.dumps(plan.schedule),
             "aggregation.rule": json.dumps(plan.rule),
             "aggregation.f": str(plan.f),
             "aggregation.params": _toml_inline(plan.rule_params),
@@ -136,6 +139,8 @@ class LocalFederation:
         if byzantine:
             argv += ["--set", f"attack.name={json.dumps(plan.attack)}",
                      "--set", f"attack.params={_toml_inline(plan.attack_params)}"]
+        if plan.slowdowns:
+            argv += ["--set", f"training.slowdown={plan.slowdowns[index % len(plan.slowdowns)]}"]
         for item in plan.node_settings.get(index, []):
             argv += ["--set", item]
         env = {k: v for k, v in os.environ.items() if not k.startswith("FEDNODE_")}
@@ -298,6 +303,7 @@ class LocalFederation:
             "nodes": rows,
             "plan": {
                 "nodes": self.plan.nodes, "rounds": self.plan.rounds, "byzantine": self.plan.byzantine,
+                "schedule": self.plan.schedule, "slowdowns": self.plan.slowdowns,
                 "attack": self.plan.attack, "rule": self.plan.rule, "f": self.plan.f, "codec": self.plan.codec,
                 "min_participants": self.plan.derived_min_participants(),
             },
@@ -307,7 +313,8 @@ class LocalFederation:
             "interrupted": interrupted,
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        table = Table(title=f"federation {self.federation_id}: {self.plan.nodes} nodes, rule {self.plan.rule}")
+        table = Table(title=f"federation {self.federation_id}: {self.plan.nodes} nodes, rule {self.plan.rule}, "
+                            f"schedule {self.plan.schedule}")
         for column in ("node", "role", "rounds", "accuracy", "sent", "received", "wall", "exit"):
             table.add_column(column, justify="right" if column not in ("node", "role") else "left")
         for row in rows:
