@@ -143,6 +143,10 @@ class FederationRunner:
         self.contributions: dict[str, PeerContribution] = {}
         self.offers: dict[bytes, SnapshotOffer] = {}
         self.rejections: Counter[str] = Counter()
+        # Digests of envelopes already processed. A sender never emits the same envelope twice
+        # (every message carries a fresh timestamp) and GossipSub drops its own duplicates, so
+        # identical bytes arriving again are a replay by someone else.
+        self._seen_envelopes: dict[bytes, None] = {}
         self.syncs = 0
         self._snapshot: tuple[model_pb2.SnapshotHeader, bytes] | None = None
         self._served: deque[bytes] = deque()
@@ -487,6 +491,15 @@ class FederationRunner:
             return
         if valid.sender == self.peer_id:
             return
+        digest = hashlib.sha256(data).digest()
+        if digest in self._seen_envelopes:
+            # Not held against the signer: whoever re-published the bytes is not identifiable.
+            self._reject(None, Rejected(RejectReason.REJECT_REPLAY, f"replayed {valid.body} message of {valid.sender[-8:]}"))
+            return
+        self._seen_envelopes[digest] = None
+        if len(self._seen_envelopes) > 20_000:
+            for old in list(self._seen_envelopes)[:10_000]:
+                del self._seen_envelopes[old]
         body = valid.body
         message = valid.message
         member = self.members.setdefault(valid.sender, MemberView(valid.sender))
