@@ -337,7 +337,10 @@ class CompassRunner(FederationRunner):
 
     async def _local_round(self, loop: asyncio.AbstractEventLoop) -> None:
         assignment = await self._assign(loop.time())
-        steps = assignment.local_steps if assignment is not None else self.compass.q_max
+        # The first round only calibrates our speed; q_min (the reference starts everyone at
+        # q_max) keeps a straggler's first contribution from arriving q_max x its speed late.
+        steps = assignment.local_steps if assignment is not None else self.compass.q_min
+        started = loop.time()
         base = from_fixed(self.master)
         base_version = self.model_version
         assign_parameters(self.work_model, base)
@@ -346,7 +349,6 @@ class CompassRunner(FederationRunner):
             return  # stopped mid-round
         self.last_train = result
         self._last_train_seconds = result.seconds
-        self.sched.speeds.observe(self.peer_id, result.seconds, result.steps)
         delta = flatten_parameters(self.work_model) - base
         if not bool(torch.isfinite(delta).all()):
             log.error("local training produced a non-finite update; sending a zero update")
@@ -360,7 +362,7 @@ class CompassRunner(FederationRunner):
             # closes at once; the node learns its speed from this round.
             group_id = await self._create_singleton(now)
             wait_for = group_id
-        elif now > assignment.deadline:
+        elif now > assignment.deadline + (self.grace if assignment.created else self.grace / 2):
             # Missed our own group: the update goes to the group expected to close first, and
             # we continue at once from the current global model (spec: missed -> buffer).
             group_id = await self._buffer_target(now, exclude=assignment.group_id)
@@ -372,9 +374,18 @@ class CompassRunner(FederationRunner):
             wait_for = group_id
         header = await self._publish_compass_update(self.seq, delta, result, group_id, base_version)
         self.own[self.seq] = OwnPending(self.seq, header, group_id, now)
-        self._wakeup.set()
+        # Our speed as the reference server would measure it: from the assignment to the update
+        # being out (training, encoding, publishing), so group ETAs include that overhead.
+        self.sched.speeds.observe(self.peer_id, loop.time() - started, result.steps)
+        self._poke()
+        published = loop.time()
         if wait_for is not None:
             await self._wait_for_group(wait_for)
+        log.debug("local round %d: %d steps, training %.3f s, out after %.3f s, waited %.3f s for group %s",
+                  self.seq, result.steps, result.seconds, published - started, loop.time() - published,
+                  group_id.hex()[:8], extra={"event": "local_round", "seq": self.seq, "steps": result.steps,
+                                             "train_seconds": round(result.seconds, 4),
+                                             "wait_seconds": round(loop.time() - published, 4)})
 
     async def _assign(self, now: float) -> Assignment | None:
         """join-or-create for ourselves over our view of the groups (None: first round)."""

@@ -74,17 +74,35 @@ class ControlValidator:
         self.max_skew_ms = int(max_clock_skew_s * 1000)
         self.layout_digest = layout_digest
         self.policy = policy
+        self.on_reject: Any = None  # on_reject(Rejected) from the networking thread; see check()
 
     def check(self, data: bytes, from_peer: str) -> str | None:
-        """Mesh topic validator: None accepts, a RejectReason short name rejects."""
+        """Mesh topic validator: None accepts, a RejectReason short name rejects.
+
+        Runs in the networking thread. Refused messages never reach the node's event loop, so
+        `on_reject(rejected)` (if set; it must be thread-safe) lets the node audit them.
+        """
         try:
             self.open(data)
         except Rejected as rejected:
+            if self.on_reject is not None:
+                self.on_reject(rejected)
             return rejected.reason_name
         return None
 
     def open(self, data: bytes) -> ValidControl:
         opened = open_envelope(data, control_pb2.ControlMessage, max_size=MAX_CONTROL_BYTES)
+        try:
+            return self._check_opened(opened)
+        except Rejected as rejected:
+            # Who signed it and what it announced, for the audit log (the signature verified).
+            rejected.sender = opened.sender_peer_id  # type: ignore[attr-defined]
+            message = opened.message
+            if isinstance(message, control_pb2.ControlMessage) and message.WhichOneof("body") == "update":
+                rejected.header = message.update  # type: ignore[attr-defined]
+            raise
+
+    def _check_opened(self, opened: OpenedEnvelope) -> ValidControl:
         message = opened.message
         assert isinstance(message, control_pb2.ControlMessage)
         if message.federation_id != self.federation_id:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -161,6 +162,17 @@ class FederationRunner:
 
     # ------------------------------------------------------------------------------ start / stop
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def refused_in_network_thread(rejected: Rejected) -> None:
+            sender = getattr(rejected, "sender", None)
+            if sender is not None:  # anonymous garbage is counted by the mesh; signed refusals are audited
+                # The mesh counts validator refusals itself (summary merges both): count=False.
+                loop.call_soon_threadsafe(
+                    functools.partial(self._reject, sender, rejected, getattr(rejected, "header", None), count=False)
+                )
+
+        self.validator.on_reject = refused_in_network_thread
         await self.mesh.subscribe(self.topic, self.validator.check)
         self._spawn(self._pump_events(), "mesh-events")
         self._spawn(self._announce_periodically(), "announcer")
@@ -473,9 +485,13 @@ class FederationRunner:
             elif kind == "PeerDisconnected":
                 self._connected.discard(event.peer_id)
 
-    def _reject(self, sender: str | None, rejected: Rejected, header: model_pb2.UpdateHeader | None = None) -> None:
+    def _reject(
+        self, sender: str | None, rejected: Rejected, header: model_pb2.UpdateHeader | None = None, *, count: bool = True
+    ) -> None:
+        """Record a refusal: counters (unless the mesh already counted it), reputation, event, audit."""
         name = reason_name(rejected.reason)
-        self.rejections[name] += 1
+        if count:
+            self.rejections[name] += 1
         if sender:
             self.contributions.setdefault(sender, PeerContribution()).reject(name)
         log.info("rejected message from %s: %s", (sender or "?")[-8:], rejected, extra={"reject_reason": name})
