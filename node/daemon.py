@@ -207,6 +207,7 @@ class Daemon:
         self.control: Any = None  # NodeControl (admin API backend)
         self.admin: Any = None  # AdminServer
         self._session_changed: asyncio.Event | None = None
+        self._mesh_lock: asyncio.Lock | None = None
         self._alone_allowed = True
 
     @property
@@ -548,10 +549,16 @@ class Daemon:
 
     async def ensure_mesh(self) -> Any:
         """The mesh, started on first use and kept for the daemon's life."""
+        if self._mesh_lock is None:
+            self._mesh_lock = asyncio.Lock()
+        async with self._mesh_lock:  # admin calls and the session loop may both get here first
+            if self.mesh is None:
+                await self._start_mesh()
+            return self.mesh
+
+    async def _start_mesh(self) -> None:
         from fednode.node.mesh import Mesh, MeshConfig, MeshError, RelayLimits
 
-        if self.mesh is not None:
-            return self.mesh
         assert self.identity is not None
         mesh_cfg = self.config.mesh
         try:
@@ -589,7 +596,6 @@ class Daemon:
             extra={"event": "listening", "multiaddrs": addresses},
         )
         self._reachability_task = asyncio.ensure_future(self._report_reachability())
-        return mesh
 
     async def _answer_request(self, kind: str, data: bytes, from_peer: str) -> bytes:
         if kind == self._join_kind and self.control is not None:
