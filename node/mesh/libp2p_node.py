@@ -100,6 +100,10 @@ _FASTPATH_INFO_TTL_S = 300.0
 _AUTONAT_MAX_SERVERS = 5
 _AUTONAT_DIAL_TIMEOUT_S = 5.0  # a server's dial-back; the internet drops SYNs to closed NAT ports silently
 _FASTPATH_RETRY_S = 300.0  # after a failed fast-path connect, use libp2p streams with that peer this long
+# After a failed FastPathInfo request (typically a time-out while the peer is busy starting up or
+# training), ask again this soon: caching the failure for _FASTPATH_INFO_TTL_S would leave the
+# pair on libp2p streams, which time out under the same load, for five minutes.
+_FASTPATH_INFO_RETRY_S = 5.0
 # A relay dial starts this long after the direct dials (go-libp2p's dial ranker waits 500 ms too):
 # a reachable direct address usually answers well within it, an unreachable one never does.
 _RELAY_DIAL_DELAY_S = 0.5
@@ -1367,18 +1371,20 @@ class Libp2pNode:
         else:
             info = transfer_pb2.FastPathInfo()
             stream = None
+            fetched_at = time.monotonic()
             try:
                 with trio.fail_after(io):
                     stream = await self.host.new_stream(peer, [TProtocol(FASTPATH_INFO_PROTOCOL)])
                     info = transfer_pb2.FastPathInfo.FromString(
                         await _FrameReader(stream, io).read_frame(MAX_HEADER_FRAME)
                     )
-            except Exception as exc:  # an older or foreign peer: no fast path
-                log.debug("no fast-path info from %s: %s", peer_key, exc)
+            except Exception as exc:  # an older or foreign peer, or a busy one: no fast path for now
+                log.debug("no fast-path info from %s: %r", peer_key, exc)
+                fetched_at -= _FASTPATH_INFO_TTL_S - _FASTPATH_INFO_RETRY_S  # expires in _FASTPATH_INFO_RETRY_S
             finally:
                 if stream is not None:
                     await _close_stream(stream)
-            self._fastpath_cache[peer_key] = (time.monotonic(), info)
+            self._fastpath_cache[peer_key] = (fetched_at, info)
         if not info.port or info.version != 1:
             return None
         listed = [h for h in info.hosts if h not in _WILDCARDS]
