@@ -724,12 +724,18 @@ class Daemon:
             )
 
     async def _report_reachability(self) -> None:
-        """Say once whether peers can dial this node and what it does about it (issue 8), as soon
-        as AutoNAT has a verdict (or after 30 s without one, saying why)."""
+        """Say whether peers can dial this node and what it does about it (issue 8), as soon as
+        AutoNAT has a verdict; after 30 s without one, say why, and report again once it comes
+        (a bootstrap node started first has nobody to ask until peers join)."""
         with suppress(Exception):
             reachability = await self.mesh.wait_for_reachability(timeout=30.0)
             log.info("%s", self.mesh.reachability_report(),
                      extra={"event": "reachability_report", "status": reachability.status})
+            if reachability.status == "unknown":
+                reachability = await self.mesh.wait_for_reachability(timeout=3600.0)
+                if reachability.status != "unknown":
+                    log.info("%s", self.mesh.reachability_report(),
+                             extra={"event": "reachability_report", "status": reachability.status})
 
     async def _on_federated_round(self, outcome: Any) -> None:
         self.round = outcome.round
