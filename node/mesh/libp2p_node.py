@@ -1082,6 +1082,8 @@ class Libp2pNode:
                         "private_votes": private})
         self._emit(ReachabilityChanged(status))
         self._refresh_addrs()
+        for peer in list(self.host.get_network().connections):
+            self._update_peer_view(peer)  # the hole-punched/direct label depends on the verdict
 
     # ------------------------------------------------------------------ gossip
 

@@ -136,7 +136,26 @@ class DialBackAutoNAT(AutoNATService):
 
 
 class BoundedDCUtR(DCUtRProtocol):
-    """DCUtR whose pre-punch direct dial gives up after a few seconds (see the module docstring)."""
+    """DCUtR whose pre-punch direct dial gives up after a few seconds (see the module docstring).
+
+    Also logs every hole-punch attempt and its outcome (event ``hole_punch``): the library logs
+    them at levels the daemon does not show, and without them a relayed connection that stays
+    relayed cannot be told from one that was never tried.
+    """
+
+    async def _perform_hole_punch(self, peer_id: ID, addrs: list[Multiaddr], as_responder: bool = False) -> bool:
+        started = trio.current_time()
+        ok = False
+        try:
+            ok = await super()._perform_hole_punch(peer_id, addrs, as_responder=as_responder)
+            return ok
+        finally:
+            targets = [str(a) for a in addrs if "/p2p-circuit" not in str(a)]
+            log.info("hole punch with %s %s after %.1f s (dialed %s)", peer_id, "succeeded" if ok else "failed",
+                     trio.current_time() - started, ", ".join(targets) or "no address",
+                     extra={"event": "hole_punch", "peer": peer_id.to_base58(), "success": ok,
+                            "seconds": round(trio.current_time() - started, 3), "targets": targets,
+                            "role": "initiator" if as_responder else "responder"})
 
     async def _try_unilateral_upgrade(self, peer_id: ID) -> bool:
         # The library's step 0, with its own bound instead of the (shared) dial time-out.

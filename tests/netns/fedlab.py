@@ -90,6 +90,26 @@ class LabDaemon:
         kinds = [r["connection"] for r in self.events("peer_connection") if r.get("peer") == other.peer_id]
         return kinds[-1] if kinds else "none"
 
+    def final_connection_to(self, other: LabDaemon) -> str:
+        """The connection kind towards ``other`` when this daemon closed its last round.
+
+        Not simply the last record: at shutdown connections close one by one, so a
+        hole-punched peer may briefly show "relayed" before "none".
+        """
+        rounds = self.events("round")
+        if not rounds:
+            return "none"
+        end = _ts(rounds[-1])
+        kinds = [r["connection"] for r in self.events("peer_connection")
+                 if r.get("peer") == other.peer_id and _ts(r) <= end]
+        return kinds[-1] if kinds else "none"
+
+    def blob_path_from(self, other: LabDaemon) -> str:
+        """The last path (fast-path, libp2p-direct, libp2p-hole-punched, libp2p-relayed) blobs
+        from ``other`` took ("none" if no blob came from it)."""
+        paths = [r["path"] for r in self.events("blob_path") if r.get("peer") == other.peer_id]
+        return paths[-1] if paths else "none"
+
     def first_connection_at(self, other: LabDaemon) -> float | None:
         """Seconds from this daemon's launch to its first connection with ``other``."""
         for record in self.events("peer_connection"):
@@ -145,3 +165,48 @@ def public_multiaddr(daemon: LabDaemon) -> str:
         if f"/ip4/{daemon.host.ip}/" in addr and "/p2p-circuit" not in addr:
             return addr
     raise AssertionError(f"{daemon.name} does not advertise {daemon.host.ip}: {daemon.multiaddrs()}")
+
+
+#: Small and quick, yet every update is a blob (the default digits MLP, int8: ~85 KB > the
+#: 32 KiB inline limit), so payloads really cross the paths under test; every member takes
+#: part in every round (min_participants = all), so each path carries every round's updates.
+ROUNDS = 10
+
+
+def federation_args(members: int, rounds: int = ROUNDS) -> list[str]:
+    return ["--rounds", str(rounds), "--set", "training.local_steps=10",
+            "--set", f"federation.min_participants={members}"]
+
+
+def run_federation(lab: NetLab, workdir: Path, relay_host: Host, peer_hosts: list[Host],
+                   timeout: float = 300.0) -> tuple[LabDaemon, list[LabDaemon]]:
+    """A bootstrap+relay daemon on ``relay_host`` and one daemon per peer host; wait until all
+    stopped (after ROUNDS rounds; bounded by ``timeout``). Returns (relay, peers)."""
+    members = 1 + len(peer_hosts)
+    args = federation_args(members)
+    relay = start_daemon(lab, relay_host, workdir, shard=f"0/{members}", args=args, relay_hop=True)
+    bootstrap = public_multiaddr(relay)
+    peers = [start_daemon(lab, host, workdir, shard=f"{index}/{members}", args=args, bootstrap=bootstrap)
+             for index, host in enumerate(peer_hosts, start=1)]
+    deadline = time.monotonic() + timeout
+    everyone = [relay, *peers]
+    while not all(d.exited for d in everyone):
+        if time.monotonic() > deadline:
+            tails = "\n".join(f"--- {d.name}:\n{d.log_tail(2500)}" for d in everyone if not d.exited)
+            raise AssertionError(f"federation did not finish {ROUNDS} rounds within {timeout:.0f} s:\n{tails}")
+        time.sleep(0.5)
+    for daemon in everyone:
+        daemon.records()
+        assert daemon.proc.process.returncode == 0, f"{daemon.name} exited {daemon.proc.process.returncode}:\n" \
+            f"{daemon.log_tail()}"
+    return relay, peers
+
+
+def report(name: str, row: dict[str, Any]) -> None:
+    """Print one measurement row and append it to $NETNS_REPORT (JSON lines) when set."""
+    line = json.dumps({"topology": name, **row})
+    print(line)
+    target = os.environ.get("NETNS_REPORT")
+    if target:
+        with open(target, "a") as handle:
+            handle.write(line + "\n")
