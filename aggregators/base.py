@@ -11,7 +11,7 @@ from typing import ClassVar, Literal
 import torch
 
 from .errors import AggregationError, PreconditionError
-from .numerics import WORK_DTYPE, gram_and_norms
+from .numerics import WORK_DTYPE, gram_and_norms, single_threaded_blas
 from .result import AggregationResult, Combination
 from .sanitize import DEFAULT_MAX_NORM, DEFAULT_MAX_NORM_RATIO, RejectionPolicy
 
@@ -142,14 +142,28 @@ class Aggregator(ABC):
                 )
             checked_center = _checked_center(self.name, center, d)
 
+        with torch.no_grad(), single_threaded_blas():
+            combination, kept, rejected = self._run(matrix, weight_vector, checked_seed, checked_center)
+        result = _to_result(combination, kept, n, rejected, matrix.dtype)
+        if updates.device.type != "cpu":
+            result = replace(result, aggregate=result.aggregate.to(updates.device))
+        return result
+
+    def _run(
+        self,
+        matrix: torch.Tensor,
+        weight_vector: torch.Tensor | None,
+        seed: int | None,
+        center: torch.Tensor | None,
+    ) -> tuple[Combination, torch.Tensor, tuple[int, ...]]:
+        n = matrix.shape[0]
         scan_gram = scan_norms = None
         if self.scan_gram is not None:
             # One pass over the data gives the Gram matrix the rule needs and the norms that
             # rejection needs; it is recomputed on the kept rows only when rows are rejected.
-            with torch.no_grad():
-                scan_gram, scan_norms = gram_and_norms(
-                    matrix, centered=self.scan_gram == "centered", extra=self.scan_extra(matrix, checked_center)
-                )
+            scan_gram, scan_norms = gram_and_norms(
+                matrix, centered=self.scan_gram == "centered", extra=self.scan_extra(matrix, center)
+            )
         rejection = self.rejection.find(matrix, scan_norms)
         rejected = rejection.indices
         if rejected:
@@ -159,7 +173,7 @@ class Aggregator(ABC):
                 raise AggregationError(
                     f"rule {self.name!r}: all {n} rows were rejected as non-finite or absurd"
                 )
-            rows = matrix.index_select(0, kept.to(matrix.device))
+            rows = matrix.index_select(0, kept)
         else:
             kept = torch.arange(n)
             rows = matrix
@@ -167,11 +181,9 @@ class Aggregator(ABC):
         if kept_weights is not None and not float(kept_weights.sum()) > 0.0:
             raise AggregationError(f"rule {self.name!r}: the weights of the kept rows sum to zero")
         self.check_rows(rows.shape[0], rejected=len(rejected))
+        context = CallContext(kept_weights, seed, center, None if rejected else scan_gram)
+        return self.combine(rows, context), kept, rejected
 
-        with torch.no_grad():
-            context = CallContext(kept_weights, checked_seed, checked_center, None if rejected else scan_gram)
-            combination = self.combine(rows, context)
-        return _to_result(combination, kept, n, rejected, matrix.dtype)
 
 
 # ---------------------------------------------------------------------- input validation
@@ -188,7 +200,8 @@ def _checked_updates(rule: str, updates: object) -> torch.Tensor:
         raise AggregationError(f"rule {rule!r}: updates must be floating point, got {updates.dtype}")
     if updates.shape[0] == 0 or updates.shape[1] == 0:
         raise AggregationError(f"rule {rule!r}: updates must be non-empty, got shape {tuple(updates.shape)}")
-    return updates.detach().contiguous()
+    # The numerics run on the CPU (numpy views, MKL); the aggregate goes back to the input's device.
+    return updates.detach().cpu().contiguous()
 
 
 def _checked_weights(rule: str, weights: object, n: int) -> torch.Tensor | None:
@@ -219,7 +232,7 @@ def _checked_center(rule: str, center: object, d: int) -> torch.Tensor:
         raise AggregationError(f"rule {rule!r}: center must be a floating tensor of shape ({d},)")
     if not bool(torch.isfinite(center).all()):
         raise AggregationError(f"rule {rule!r}: center must be finite")
-    return center.detach()
+    return center.detach().cpu()
 
 
 def _to_result(

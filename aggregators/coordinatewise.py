@@ -2,29 +2,57 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .base import Aggregator, CallContext
-from .numerics import SORT_BLOCK, WORK_DTYPE, column_blocks, middle_average, result_dtype, sorted_columns
+from .numerics import Scratch, map_sorted_columns, middle_average
 from .result import Combination
 
-SortedReducer = Callable[[Sequence[torch.Tensor]], torch.Tensor]
+# Reduces the sorted rows of a block (n arrays of `width` values, ascending per column) to one
+# float64 value per column, in a scratch vector of at least `width` entries.
+SortedReducer = Callable[[Scratch, list[np.ndarray], int], np.ndarray]
 
 
-def reduce_sorted_columns(rows: torch.Tensor, reducer: SortedReducer) -> torch.Tensor:
-    """Sort every coordinate across rows, reduce the sorted rows to one value each (in float64),
-    and store it in `result_dtype(rows)`."""
-    out = torch.empty(rows.shape[1], dtype=result_dtype(rows), device=rows.device)
-    for cols in column_blocks(rows.shape[1], SORT_BLOCK):
-        out[cols] = reducer(sorted_columns(rows[:, cols]))
-    return out
+def _output(scratch: Scratch, width: int) -> np.ndarray:
+    return scratch.tensor("reduced", 1, width)[0].numpy()
+
+
+def median_reducer(scratch: Scratch, sorted_rows: list[np.ndarray], width: int) -> np.ndarray:
+    return middle_average(sorted_rows, _output(scratch, width))
+
+
+def trimmed_mean_reducer(f: int) -> SortedReducer:
+    """Mean of the sorted values f..n-f-1, summed in float64 in ascending order."""
+
+    def reduce(scratch: Scratch, sorted_rows: list[np.ndarray], width: int) -> np.ndarray:
+        kept = sorted_rows[f : len(sorted_rows) - f]
+        out = _output(scratch, width)
+        np.copyto(out, kept[0])
+        for row in kept[1:]:
+            out += row
+        out /= len(kept)
+        return out
+
+    return reduce
+
+
+class ColumnwiseRule(Aggregator):
+    """A rule whose output coordinate j depends only on column j (NNM fuses such base rules into
+    its mixing pass instead of materialising the mixed rows)."""
+
+    def column_reducer(self, n: int) -> SortedReducer:
+        raise NotImplementedError
+
+    def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
+        return Combination(aggregate=map_sorted_columns(rows, self.column_reducer(rows.shape[0])))
 
 
 @dataclass(frozen=True, kw_only=True)
-class Median(Aggregator):
+class Median(ColumnwiseRule):
     """Coordinate-wise median; for an even number of rows, the mean of the two middle values."""
 
     name = "median"
@@ -34,12 +62,12 @@ class Median(Aggregator):
     def minimum_rows(self) -> int:
         return 2 * self.f + 1
 
-    def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
-        return Combination(aggregate=reduce_sorted_columns(rows, middle_average))
+    def column_reducer(self, n: int) -> SortedReducer:
+        return median_reducer
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrimmedMean(Aggregator):
+class TrimmedMean(ColumnwiseRule):
     """Per coordinate: drop the f largest and f smallest values, average the n-2f left."""
 
     name = "trimmed_mean"
@@ -49,11 +77,5 @@ class TrimmedMean(Aggregator):
     def minimum_rows(self) -> int:
         return 2 * self.f + 1
 
-    def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
-        f = self.f
-
-        def trimmed(sorted_rows: Sequence[torch.Tensor]) -> torch.Tensor:
-            kept = torch.stack(list(sorted_rows[f : len(sorted_rows) - f])).to(WORK_DTYPE)
-            return kept.sum(dim=0) / kept.shape[0]
-
-        return Combination(aggregate=reduce_sorted_columns(rows, trimmed))
+    def column_reducer(self, n: int) -> SortedReducer:
+        return trimmed_mean_reducer(self.f)

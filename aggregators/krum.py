@@ -3,23 +3,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .base import Aggregator, CallContext
+from .coordinatewise import SortedReducer
 from .errors import AggregationError
 from .numerics import (
-    SORT_BLOCK,
     WORK_DTYPE,
-    column_blocks,
+    Scratch,
     gram,
+    map_sorted_columns,
     middle_average,
     result_dtype,
     row_combination,
-    sorted_columns,
     squared_distances,
     stable_order,
 )
@@ -139,21 +138,37 @@ class MultiKrum(Aggregator):
         return Combination(aggregate=aggregate, scores=scores, selected=tuple(int(i) for i in chosen))
 
 
-def mean_around_median(sorted_rows: Sequence[torch.Tensor], count: int) -> torch.Tensor:
-    """Per coordinate, the mean of the `count` values closest to the median (ties: lower values).
+def mean_around_median(count: int) -> SortedReducer:
+    """Per coordinate, the mean of the `count` sorted values closest to the median (ties: lower
+    values), in float64.
 
     The values closest to the median form a contiguous window of the sorted values; the window
     that contains them is the one whose farther endpoint is closest to the median (the first such
     window on ties).
     """
-    stacked = torch.stack(list(sorted_rows)).to(WORK_DTYPE)
-    windows = stacked.shape[0] - count + 1
-    median = middle_average(sorted_rows)
-    lower_ends = (stacked[:windows] - median).abs()
-    upper_ends = (stacked[count - 1 :] - median).abs()
-    best_start = torch.maximum(lower_ends, upper_ends).argmin(dim=0)  # first minimum on ties
-    offsets = torch.arange(count, device=median.device)[:, None]
-    return stacked.gather(0, best_start[None, :] + offsets).sum(dim=0) / count
+
+    def reduce(scratch: Scratch, sorted_rows: list[np.ndarray], width: int) -> np.ndarray:
+        total = len(sorted_rows)
+        windows = total - count + 1
+        work = scratch.tensor("bulyan", 2 * total + 2, width)
+        values = work[:total].numpy()  # sorted values, float64
+        deviations = work[total : 2 * total].numpy()
+        median, out = work[2 * total].numpy(), work[2 * total + 1].numpy()
+        for row, sorted_row in zip(values, sorted_rows, strict=True):
+            np.copyto(row, sorted_row)
+        middle_average(sorted_rows, median)
+        np.subtract(values, median, out=deviations)
+        np.abs(deviations, out=deviations)
+        # Window w spans values[w : w + count]; its cost is its larger endpoint deviation.
+        costs = np.maximum(deviations[:windows], deviations[count - 1 :])
+        start = np.argmin(costs, axis=0)  # first minimum on ties
+        np.copyto(out, np.take_along_axis(values, start[None, :], axis=0)[0])
+        for offset in range(1, count):
+            out += np.take_along_axis(values, (start + offset)[None, :], axis=0)[0]
+        out /= count
+        return out
+
+    return reduce
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -176,12 +191,9 @@ class Bulyan(Aggregator):
         n = rows.shape[0]
         distances = pairwise_squared_distances(rows, context)
         theta = n - 2 * self.f
-        chosen = torch.tensor(sorted(iterated_krum(distances, self.f, theta)), device=rows.device)
+        chosen = torch.tensor(sorted(iterated_krum(distances, self.f, theta)))
         beta = theta - 2 * self.f
-        out = torch.empty(rows.shape[1], dtype=result_dtype(rows), device=rows.device)
-        for cols in column_blocks(rows.shape[1], SORT_BLOCK):
-            block = rows[:, cols].index_select(0, chosen)
-            out[cols] = mean_around_median(sorted_columns(block), beta)
+        out = map_sorted_columns(rows, mean_around_median(beta), rows=chosen)
         return Combination(
             aggregate=out,
             scores=krum_scores(distances, self.f),

@@ -6,12 +6,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from .base import Aggregator, CallContext
+from .coordinatewise import ColumnwiseRule, SortedReducer
 from .errors import AggregationError
 from .krum import pairwise_squared_distances
-from .numerics import WORK_DTYPE, mix_rows, result_dtype, stable_order
+from .numerics import WORK_DTYPE, Scratch, mix_rows, result_dtype, sorted_columns, stable_order
 from .result import Combination
 
 
@@ -34,9 +36,35 @@ def nearest_neighbour_mixing(rows: torch.Tensor, f: int, context: CallContext | 
     """
     n, d = rows.shape
     mixing = mixing_matrix(pairwise_squared_distances(rows, context), f)
-    mixed = torch.empty(n, d, dtype=result_dtype(rows), device=rows.device)
-    mix_rows(rows, mixing, lambda cols, block: mixed[:, cols].copy_(block))
+    mixed = torch.empty(n, d, dtype=result_dtype(rows))
+    mixed_values = mixed.numpy()
+
+    def store(scratch: Scratch, cols: slice, block: np.ndarray) -> None:
+        np.copyto(mixed_values[:, cols], block)  # one rounding to the storage dtype
+
+    mix_rows(rows, mixing, store)
     return mixed
+
+
+def mixed_column_rule(rows: torch.Tensor, f: int, context: CallContext, reducer: SortedReducer) -> torch.Tensor:
+    """A coordinate-wise rule applied to the NNM-mixed rows without materialising them: each
+    column block is mixed, rounded to the storage dtype as `nearest_neighbour_mixing` would
+    store it, sorted and reduced while it is in cache. Same result, no n x d copy."""
+    n, d = rows.shape
+    mixing = mixing_matrix(pairwise_squared_distances(rows, context), f)
+    storage = result_dtype(rows)
+    out = torch.empty(d, dtype=storage)
+    out_values = out.numpy()
+
+    def reduce(scratch: Scratch, cols: slice, block: np.ndarray) -> None:
+        width = cols.stop - cols.start
+        stored = scratch.tensor("stored", n + 1, block.shape[1], storage).numpy()
+        np.copyto(stored[:n], block)
+        sorted_rows = sorted_columns(stored[:n], stored[n])
+        np.copyto(out_values[cols], reducer(scratch, sorted_rows, width)[:width])
+
+    mix_rows(rows, mixing, reduce)
+    return out
 
 
 def build_base(owner: str, base: str, f: int, base_params: Mapping[str, Any]) -> Aggregator:
@@ -79,4 +107,7 @@ class NearestNeighbourMixing(Aggregator):
     def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
         if context.weights is not None and not self.base_rule.uses_weights:
             context = context.with_weights(None)  # uniform weights, checked by the caller
+        if isinstance(self.base_rule, ColumnwiseRule):
+            reducer = self.base_rule.column_reducer(rows.shape[0])
+            return Combination(aggregate=mixed_column_rule(rows, self.f, context, reducer))
         return self.base_rule.combine(nearest_neighbour_mixing(rows, self.f, context), context.without_gram())

@@ -4,32 +4,37 @@ Determinism contract (same input, same torch build and CPU ISA -> bit-identical 
 `torch.get_num_threads()` is):
 
 * Every reduction over the model dimension d (Gram matrices, row norms, weighted sums of rows)
-  runs over fixed column blocks of `COLUMN_BLOCK` coordinates, accumulated in a fixed order. The
-  block size is part of the contract: changing it changes low-order bits.
-* Inside a block the reduction is a float64 BLAS call (MKL dgemm/dgemv, through torch.mm/mv),
-  pinned to ONE MKL thread for the calling thread only (`mkl_set_num_threads_local`, see
-  `single_threaded_blas`). MKL splits a product's reduction between its threads, so an unpinned
+  runs over fixed column blocks of `COLUMN_BLOCK` coordinates. Each block's contribution is
+  computed on its own and the contributions are added in block order (`ordered_sum`). The block
+  size is part of the contract: changing it changes low-order bits.
+* Inside a block the reduction is a float64 BLAS call (MKL dgemm/dgemv through torch.mm/mv) on
+  64-byte aligned scratch, with MKL pinned to ONE thread for the calling thread only
+  (`single_threaded_blas`). MKL splits a product's reduction between its threads, so an unpinned
   float64 Gram block differs between 1 and 2 threads (measured, and asserted by the tests); with
-  one thread its summation order is fixed. The pin is thread-local: it leaves
-  `torch.get_num_threads()`, MKL's global setting and every other thread (the training loop)
-  alone, needs no lock, and costs two ctypes calls per function.
-* Without MKL's thread-local control (a torch build whose BLAS is not MKL) the same quantities are
-  computed without BLAS: elementwise float64 products followed by torch reductions that have at
-  least two outputs or fewer than 32,768 elements (torch then parallelises over outputs only).
-  About 5x slower, equally deterministic; the bits differ from the BLAS path.
+  one thread and aligned operands its summation order is fixed. The pin is thread-local: it
+  leaves `torch.get_num_threads()`, MKL's global setting and every other thread (the training
+  loop) alone, needs no lock, and costs two ctypes calls.
+* Blocks may be spread over up to `torch.get_num_threads()` worker threads (`run_tasks`); since
+  every block is computed the same way on any thread and the reduction order is fixed, the
+  result does not depend on how many there were. Workers do elementwise work with numpy (no
+  OpenMP teams inside workers) and BLAS with MKL pinned to one thread.
+* Without MKL's thread-local control (a torch build whose BLAS is not MKL) the Gram matrices,
+  norms and combinations are computed without BLAS, sequentially: elementwise float64 products
+  followed by torch reductions that have at least two outputs or fewer than 32,768 elements
+  (torch then parallelises over outputs only). About 5x slower, equally deterministic; the bits
+  differ from the BLAS path.
 * Everything that involves cancellation (Gram matrices, distances, sums of many terms) runs in
   float64. Products of two float32 numbers are exact in float64.
-* Elementwise operations (conversion, centring, min/max) are exact or correctly rounded, so
-  torch may split them between threads freely.
-* Order statistics use a sorting network of `torch.minimum`/`torch.maximum`, which is exact.
+* Elementwise operations (conversion, centring, min/max) are exact or correctly rounded.
+* Order statistics use a sorting network of elementwise min/max, which is exact.
 * Ties in a selection are broken by row index (stable argsort).
 
 Why not the alternatives (measured at n=16, d=1e7 on the 2-core development VM, see
 docs/aggregators.md): wrapping BLAS in `torch.set_num_threads(1)` changes process-wide state that
 the training thread reads concurrently; float32 GEMM per block with float64 accumulation of the
-blocks loses the 1 - cos^2 of near-duplicate rows (spec section 7.2) at any block size that makes
-BLAS worthwhile; an exact (Ozaki) split needs 5-8 elementwise passes per block and was slower than
-the elementwise Gram it replaces.
+blocks gets 1 - cos^2 of near-duplicate rows wrong by percents (spec section 7.2); an exact
+(Ozaki) split needs 5-8 elementwise passes per block and was slower than the elementwise Gram it
+replaces.
 """
 
 from __future__ import annotations
@@ -38,8 +43,11 @@ import contextlib
 import ctypes
 import functools
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
+import numpy as np
 import torch
 
 WORK_DTYPE = torch.float64
@@ -50,7 +58,11 @@ COLUMN_BLOCK = 8_192
 # path only: fewer Python-level operations for small n); larger ones row by row.
 BROADCAST_LIMIT = 1 << 18
 # Sorting is exact, so its block size only affects speed and memory.
-SORT_BLOCK = 65_536
+SORT_BLOCK = 32_768
+# A worker thread gets at least this many blocks (below that, thread start-up is not repaid).
+MIN_BLOCKS_PER_WORKER = 8
+
+Task = TypeVar("Task")
 
 
 # ---------------------------------------------------------------------- BLAS thread pinning
@@ -75,8 +87,10 @@ def _mkl_local_thread_setter() -> Callable[[int], int] | None:
 
 
 _SET_LOCAL_THREADS = _mkl_local_thread_setter()
-# Tests switch this off to exercise the elementwise path.
+# Tests switch these off: USE_BLAS to exercise the elementwise path, PIN_BLAS to show that the
+# determinism tests catch an unpinned BLAS.
 USE_BLAS = _SET_LOCAL_THREADS is not None
+PIN_BLAS = True
 
 
 def blas_available() -> bool:
@@ -92,14 +106,100 @@ def single_threaded_blas() -> Iterator[None]:
     restored on exit, so concurrent aggregations and the training thread are unaffected.
     """
     setter = _SET_LOCAL_THREADS
-    if setter is None:
+    if setter is None or not PIN_BLAS:
         yield
         return
+    # torch initialises a thread's thread counts lazily, on its first parallel operation, and
+    # that sets MKL's thread-local count to the global one: it would undo a pin made before it.
+    # get_num_threads() runs that initialisation now.
+    torch.get_num_threads()
     previous = setter(1)  # previous thread-local value; 0 means "follow the global setting"
     try:
         yield
     finally:
         setter(previous)
+
+
+# ---------------------------------------------------------------------- worker threads
+
+_WORKER = threading.local()
+
+
+def worker_count(tasks: int, per_worker: int = MIN_BLOCKS_PER_WORKER) -> int:
+    """Threads to spread `tasks` independent tasks over: up to torch.get_num_threads() (the
+    caller's intra-op budget), one inside a worker (no nesting)."""
+    if getattr(_WORKER, "active", False):
+        return 1
+    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1, tasks // per_worker))
+
+
+class Scratch:
+    """Per-thread reusable buffers, allocated by torch (64-byte aligned, as MKL wants them)."""
+
+    def __init__(self) -> None:
+        self._store: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def tensor(self, name: str, rows: int, cols: int, dtype: torch.dtype = WORK_DTYPE) -> torch.Tensor:
+        """A rows x cols view of a buffer kept for the next call (its row stride may exceed cols)."""
+        key = (name, dtype)
+        buffer = self._store.get(key)
+        if buffer is None or buffer.shape[0] < rows or buffer.shape[1] < cols:
+            buffer = torch.empty(rows, cols, dtype=dtype)
+            self._store[key] = buffer
+        return buffer[:rows, :cols]
+
+
+def run_tasks(tasks: Sequence[Task], work: Callable[[Scratch, Task], object], workers: int | None = None) -> None:
+    """Call work(scratch, task) for every task, on `workers` threads (default `worker_count`),
+    each thread with its own Scratch and MKL pinned to one thread. Tasks must be independent
+    (each writes its own output slot); the first exception is re-raised here."""
+    count = worker_count(len(tasks)) if workers is None else max(1, min(workers, len(tasks)))
+    if count <= 1:
+        scratch = Scratch()
+        with single_threaded_blas(), _quiet():
+            for task in tasks:
+                work(scratch, task)
+        return
+    shares = [tasks[len(tasks) * w // count : len(tasks) * (w + 1) // count] for w in range(count)]
+    errors: list[BaseException] = []
+
+    def run(share: Sequence[Task]) -> None:
+        _WORKER.active = True
+        try:
+            scratch = Scratch()
+            with single_threaded_blas(), _quiet():
+                for task in share:
+                    if errors:
+                        return
+                    work(scratch, task)
+        except BaseException as exc:  # re-raised in the calling thread
+            errors.append(exc)
+        finally:
+            _WORKER.active = False
+
+    threads = [threading.Thread(target=run, args=(share,), daemon=True) for share in shares[1:]]
+    for thread in threads:
+        thread.start()
+    run(shares[0])  # the calling thread takes the first share
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+def _quiet() -> contextlib.AbstractContextManager[object]:
+    """numpy without floating-point warnings: a non-finite row is expected input here (it is
+    rejected from the norms), as it is for torch, which never warns."""
+    return np.errstate(all="ignore")
+
+
+def ordered_sum(parts: torch.Tensor) -> torch.Tensor:
+    """parts[0] + parts[1] + ... in that order (float64), whatever the thread count."""
+    stacked = parts.numpy()
+    total = stacked[0].copy()
+    for part in stacked[1:]:
+        total += part
+    return torch.from_numpy(total)
 
 
 # ---------------------------------------------------------------------- blocks and dtypes
@@ -111,15 +211,28 @@ def result_dtype(matrix: torch.Tensor) -> torch.dtype:
     return torch.promote_types(matrix.dtype, torch.float32)
 
 
-def column_blocks(d: int, block: int = COLUMN_BLOCK) -> Iterator[slice]:
+def column_blocks(d: int, block: int = COLUMN_BLOCK) -> list[slice]:
     """Fixed, contiguous coordinate blocks covering range(d)."""
-    for start in range(0, d, block):
-        yield slice(start, min(start + block, d))
+    return [slice(start, min(start + block, d)) for start in range(0, d, block)]
 
 
-def _work_buffer(rows: int, d: int, device: torch.device) -> torch.Tensor:
-    """Float64 scratch for one column block of `rows` rows (reused for every block)."""
-    return torch.empty(rows, min(d, COLUMN_BLOCK), dtype=WORK_DTYPE, device=device)
+_NUMPY_DTYPES = (torch.float16, torch.float32, torch.float64)
+
+
+def as_numpy(matrix: torch.Tensor) -> np.ndarray | None:
+    """A numpy view of a CPU tensor numpy can represent (not bfloat16), else None."""
+    if matrix.device.type == "cpu" and matrix.dtype in _NUMPY_DTYPES:
+        return matrix.detach().numpy()
+    return None
+
+
+def load(destination: torch.Tensor, matrix: torch.Tensor, source: np.ndarray | None, cols: slice) -> None:
+    """destination[:] = matrix[:, cols], converted exactly to destination's dtype (numpy when it
+    can: no OpenMP team inside a worker thread)."""
+    if source is not None:
+        np.copyto(destination.numpy(), source[:, cols])
+    else:
+        destination.copy_(matrix[:, cols])
 
 
 def finite_rows(matrix: torch.Tensor) -> torch.Tensor:
@@ -135,33 +248,42 @@ def finite_rows(matrix: torch.Tensor) -> torch.Tensor:
 
 def row_squared_norms(matrix: torch.Tensor) -> torch.Tensor:
     """Squared L2 norm of every row, float64. A non-finite entry only affects its own row."""
+    return row_squared_distances_to(matrix, None)
+
+
+def row_squared_distances_to(matrix: torch.Tensor, point: torch.Tensor | None) -> torch.Tensor:
+    """Squared L2 distance of every row of `matrix` to the d-vector `point` (to 0 when None),
+    float64. A non-finite entry only affects its own row."""
     n, d = matrix.shape
-    acc = torch.zeros(n, dtype=WORK_DTYPE, device=matrix.device)
     if not blas_available():
+        acc = torch.zeros(n, dtype=WORK_DTYPE)
         for cols in column_blocks(d):
             block = matrix[:, cols].to(WORK_DTYPE)
+            if point is not None:
+                block = block - point[cols].to(WORK_DTYPE)
             acc += (block * block).sum(dim=1)
         return acc
-    buffer = _work_buffer(n, d, matrix.device)
-    for cols in column_blocks(d):
-        block = buffer[:, : cols.stop - cols.start]
-        block.copy_(matrix[:, cols])
-        # n outputs (or one output of < 32,768 elements): each summed serially, in one order.
-        acc += torch.linalg.vector_norm(block, dim=1).square_()
-    return acc
+    blocks = column_blocks(d)
+    parts = torch.empty(len(blocks), n, dtype=WORK_DTYPE)
+    source = as_numpy(matrix)
+    point_values = None if point is None else as_numpy(point)
+    if point is not None and point_values is None:
+        point_values = point.to(torch.float32).numpy()  # bfloat16: exact in float32
+    ones = torch.ones(COLUMN_BLOCK, dtype=WORK_DTYPE)
 
+    def work(scratch: Scratch, index: int) -> None:
+        cols = blocks[index]
+        width = cols.stop - cols.start
+        block = scratch.tensor("rows", n, COLUMN_BLOCK)[:, :width]
+        load(block, matrix, source, cols)
+        values = block.numpy()
+        if point_values is not None:
+            np.subtract(values, point_values[cols], out=values)
+        np.multiply(values, values, out=values)
+        torch.mv(block, ones[:width], out=parts[index])
 
-def row_squared_distances_to(matrix: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
-    """Squared L2 distance of every row of `matrix` to the d-vector `point`, float64."""
-    n, d = matrix.shape
-    acc = torch.zeros(n, dtype=WORK_DTYPE, device=matrix.device)
-    buffer = _work_buffer(n, d, matrix.device)
-    for cols in column_blocks(d):
-        block = buffer[:, : cols.stop - cols.start]
-        block.copy_(matrix[:, cols])
-        block.sub_(point[cols].to(WORK_DTYPE))
-        acc += torch.linalg.vector_norm(block, dim=1).square_() if blas_available() else (block * block).sum(1)
-    return acc
+    run_tasks(range(len(blocks)), work)
+    return ordered_sum(parts)
 
 
 def gram(matrix: torch.Tensor, *, centered: bool, extra: torch.Tensor | None = None) -> torch.Tensor:
@@ -182,37 +304,42 @@ def gram_and_norms(
     `matrix` in float64.
 
     Uncentred: the norms are the Gram diagonal. Centred: ||x_i||^2 = ||x_i - c||^2 +
-    2 <x_i - c, c> + ||c||^2 with c the per-block centre, whose two extra terms cost one matrix-vector
-    product and one dot product per block. A non-finite row can spoil every entry (the centre
-    mixes the rows); callers check the norms and recompute on the kept rows.
+    2 <x_i - c, c> + ||c||^2 with c the block's centre; the two extra terms cost one
+    matrix-vector and one dot product per block. A non-finite row can spoil every entry (the
+    centre mixes the rows); callers check the norms and recompute on the kept rows.
     """
     if not blas_available():
         return _gram_elementwise(matrix, centered=centered, extra=extra)
     n, d = matrix.shape
     m = n + (0 if extra is None else extra.shape[0])
-    device = matrix.device
-    acc = torch.zeros(m, m, dtype=WORK_DTYPE, device=device)
-    cross = torch.zeros(m, dtype=WORK_DTYPE, device=device)
-    centre_squared = torch.zeros((), dtype=WORK_DTYPE, device=device)
-    buffer = _work_buffer(m + 1, d, device)  # rows, extra rows, then the block's centre
-    mean_weights = torch.full((n,), 1.0 / n, dtype=WORK_DTYPE, device=device)
-    with single_threaded_blas():
-        for cols in column_blocks(d):
-            block = buffer[:, : cols.stop - cols.start]
-            rows = block[:m]
-            rows[:n].copy_(matrix[:, cols])
-            if extra is not None:
-                rows[n:].copy_(extra[:, cols])
-            if centered:
-                centre = block[m]
-                torch.mv(rows[:n].T, mean_weights, out=centre)
-                rows.sub_(centre)
-                cross += torch.mv(rows, centre)
-                centre_squared += torch.dot(centre, centre)
-            acc += torch.mm(rows, rows.T)
+    blocks = column_blocks(d)
+    grams = torch.empty(len(blocks), m, m, dtype=WORK_DTYPE)
+    cross = torch.zeros(len(blocks), m + 1, dtype=WORK_DTYPE)  # <x_i - c, c>, then ||c||^2
+    source, extra_source = as_numpy(matrix), None if extra is None else as_numpy(extra)
+    mean_weights = torch.full((n,), 1.0 / n, dtype=WORK_DTYPE)
+
+    def work(scratch: Scratch, index: int) -> None:
+        cols = blocks[index]
+        width = cols.stop - cols.start
+        block = scratch.tensor("rows", m + 1, COLUMN_BLOCK)[:, :width]  # rows, extra rows, centre
+        rows = block[:m]
+        load(rows[:n], matrix, source, cols)
+        if extra is not None:
+            load(rows[n:], extra, extra_source, cols)
+        if centered:
+            centre = block[m]
+            torch.mv(rows[:n].T, mean_weights, out=centre)
+            values = rows.numpy()
+            np.subtract(values, centre.numpy(), out=values)
+            torch.mv(block, centre, out=cross[index])
+        torch.mm(rows, rows.T, out=grams[index])
+
+    run_tasks(range(len(blocks)), work)
+    acc = ordered_sum(grams)
     norms = acc.diagonal()[:n].clone()
     if centered:
-        norms += 2.0 * cross[:n] + centre_squared
+        terms = ordered_sum(cross)
+        norms += 2.0 * terms[:n] + terms[m]
     return acc, norms.clamp_min_(0.0)
 
 
@@ -222,8 +349,8 @@ def _gram_elementwise(
     """BLAS-free `gram_and_norms` (fallback when MKL cannot be pinned to one thread)."""
     n = matrix.shape[0]
     m = n + (0 if extra is None else extra.shape[0])
-    acc = torch.zeros(m, m, dtype=WORK_DTYPE, device=matrix.device)
-    norms = torch.zeros(n, dtype=WORK_DTYPE, device=matrix.device)
+    acc = torch.zeros(m, m, dtype=WORK_DTYPE)
+    norms = torch.zeros(n, dtype=WORK_DTYPE)
     for cols in column_blocks(matrix.shape[1]):
         block = matrix[:, cols].to(WORK_DTYPE)
         if centered:
@@ -251,14 +378,12 @@ def row_combination(
     """d-vector sum_i coefficients[i] * matrix[i] (+ the same over `extra`'s rows), accumulated in
     float64 per block and stored in `result_dtype(matrix)`."""
     n, d = matrix.shape
-    device = matrix.device
-    out = torch.empty(d, dtype=result_dtype(matrix), device=device)
-    weights = coefficients.to(device=device, dtype=WORK_DTYPE)
+    out = torch.empty(d, dtype=result_dtype(matrix))
+    weights = coefficients.to(dtype=WORK_DTYPE)
     if extra is not None and extra_coefficients is not None:
-        weights = torch.cat([weights, extra_coefficients.to(device=device, dtype=WORK_DTYPE)])
+        weights = torch.cat([weights, extra_coefficients.to(dtype=WORK_DTYPE)])
     else:
         extra = None
-    m = weights.shape[0]
     if not blas_available():
         for cols in column_blocks(d):
             block = matrix[:, cols].to(WORK_DTYPE)
@@ -266,44 +391,54 @@ def row_combination(
                 block = torch.cat([block, extra[:, cols].to(WORK_DTYPE)])
             out[cols] = (block * weights[:, None]).sum(dim=0)
         return out
-    buffer = _work_buffer(m, d, device)
-    combined = torch.empty(buffer.shape[1], dtype=WORK_DTYPE, device=device)
-    with single_threaded_blas():
-        for cols in column_blocks(d):
-            width = cols.stop - cols.start
-            block = buffer[:, :width]
-            block[:n].copy_(matrix[:, cols])
-            if extra is not None:
-                block[n:].copy_(extra[:, cols])
-            result = combined[:width]
-            torch.mv(block.T, weights, out=result)
-            out[cols] = result
+    m = weights.shape[0]
+    blocks = column_blocks(d)
+    source, extra_source = as_numpy(matrix), None if extra is None else as_numpy(extra)
+    out_values = out.numpy()
+
+    def work(scratch: Scratch, index: int) -> None:
+        cols = blocks[index]
+        width = cols.stop - cols.start
+        block = scratch.tensor("rows", m, COLUMN_BLOCK)[:, :width]
+        load(block[:n], matrix, source, cols)
+        if extra is not None:
+            load(block[n:], extra, extra_source, cols)
+        combined = scratch.tensor("combined", 1, COLUMN_BLOCK)[0, :width]
+        torch.mv(block.T, weights, out=combined)
+        np.copyto(out_values[cols], combined.numpy())  # one rounding to the output dtype
+
+    run_tasks(range(len(blocks)), work)
     return out
 
 
 def mix_rows(
-    matrix: torch.Tensor, mixing: torch.Tensor, consume: Callable[[slice, torch.Tensor], object]
+    matrix: torch.Tensor, mixing: torch.Tensor, consume: Callable[[Scratch, slice, np.ndarray], object]
 ) -> None:
-    """Call consume(columns, block) for every column block, with block = mixing @ matrix[:, columns]
-    (k x width, float64; the tensor is reused for the next block, so copy what you keep)."""
+    """Call consume(scratch, columns, block) for every column block, with block = mixing @
+    matrix[:, columns] (k x width, float64 numpy, valid during the call only). Calls may run on
+    several threads at once, each for different columns."""
     n, d = matrix.shape
-    device = matrix.device
-    weights = mixing.to(device=device, dtype=WORK_DTYPE)
+    weights = mixing.to(dtype=WORK_DTYPE)
+    k = weights.shape[0]
+    blocks = column_blocks(d)
     if not blas_available():
-        for cols in column_blocks(d):
+        for cols in blocks:
             block = matrix[:, cols].to(WORK_DTYPE)
-            consume(cols, torch.stack([(block * weights[i][:, None]).sum(dim=0) for i in range(weights.shape[0])]))
+            mixed = torch.stack([(block * weights[i][:, None]).sum(dim=0) for i in range(k)])
+            consume(Scratch(), cols, mixed.numpy())
         return
-    buffer = _work_buffer(n, d, device)
-    mixed = _work_buffer(weights.shape[0], d, device)
-    with single_threaded_blas():
-        for cols in column_blocks(d):
-            width = cols.stop - cols.start
-            block = buffer[:, :width]
-            block.copy_(matrix[:, cols])
-            result = mixed[:, :width]
-            torch.mm(weights, block, out=result)
-            consume(cols, result)
+    source = as_numpy(matrix)
+
+    def work(scratch: Scratch, index: int) -> None:
+        cols = blocks[index]
+        width = cols.stop - cols.start
+        block = scratch.tensor("rows", n, COLUMN_BLOCK)[:, :width]
+        load(block, matrix, source, cols)
+        mixed = scratch.tensor("mixed", k, COLUMN_BLOCK)[:, :width]
+        torch.mm(weights, block, out=mixed)
+        consume(scratch, cols, mixed.numpy())
+
+    run_tasks(range(len(blocks)), work)
 
 
 # ---------------------------------------------------------------------- n x n algebra
@@ -351,25 +486,72 @@ def sorting_network(n: int) -> tuple[tuple[int, int], ...]:
     return tuple(pairs)
 
 
-def sorted_columns(block: torch.Tensor) -> list[torch.Tensor]:
-    """Sort every column of a finite (n x c) block ascending; returns the n sorted rows.
+def sort_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype the sorting network runs in: the input's (exact), float32 for bfloat16."""
+    return dtype if dtype in _NUMPY_DTYPES else torch.float32
 
-    Uses a sorting network of elementwise min/max: exact, and several times faster than
-    torch.sort along dim 0 for the small n of aggregation.
+
+def sorted_columns(block: np.ndarray, spare: np.ndarray) -> list[np.ndarray]:
+    """Sort every column of a finite (n x c) block ascending, in place; returns the n sorted rows
+    (views into `block` and `spare`, a c-vector of the same dtype).
+
+    A sorting network of elementwise min/max: exact, and several times faster than a sort along
+    the row dimension for the small n of aggregation.
     """
-    rows = list(block.unbind(0))
+    rows = list(block)
     for low, high in sorting_network(len(rows)):
-        rows[low], rows[high] = torch.minimum(rows[low], rows[high]), torch.maximum(rows[low], rows[high])
+        a, b = rows[low], rows[high]
+        np.minimum(a, b, out=spare)
+        np.maximum(a, b, out=b)
+        rows[low], spare = spare, a
     return rows
 
 
-def middle_average(sorted_rows: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Coordinate-wise median of sorted rows; for an even count, the mean of the two middle rows."""
+def map_sorted_columns(
+    matrix: torch.Tensor,
+    reduce: Callable[[Scratch, list[np.ndarray], int], np.ndarray],
+    *,
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """out[cols] = reduce(scratch, sorted rows of matrix[rows][:, cols], width) for every block of
+    SORT_BLOCK columns; `reduce` returns a float64 vector (first `width` entries used), rounded
+    once into `result_dtype(matrix)`. Exact sorting, per-block results: thread-count independent."""
+    d = matrix.shape[1]
+    selected = None if rows is None else [int(i) for i in rows]
+    count = matrix.shape[0] if selected is None else len(selected)
+    out = torch.empty(d, dtype=result_dtype(matrix))
+    out_values = out.numpy()
+    dtype = sort_dtype(matrix.dtype)
+    source = as_numpy(matrix)
+    blocks = column_blocks(d, SORT_BLOCK)
+
+    def work(scratch: Scratch, cols: slice) -> None:
+        width = cols.stop - cols.start
+        block = scratch.tensor("sort", count + 1, SORT_BLOCK, dtype)[:, :width]
+        values = block.numpy()
+        if source is not None:
+            if selected is None:
+                np.copyto(values[:count], source[:, cols])
+            else:
+                np.take(source[:, cols], selected, axis=0, out=values[:count])
+        else:
+            picked = matrix[:, cols] if selected is None else matrix[:, cols][selected]
+            block[:count].copy_(picked)
+        np.copyto(out_values[cols], reduce(scratch, sorted_columns(values[:count], values[count]), width)[:width])
+
+    run_tasks(blocks, work, worker_count(len(blocks), per_worker=4))
+    return out
+
+
+def middle_average(sorted_rows: Sequence[np.ndarray], out: np.ndarray) -> np.ndarray:
+    """Coordinate-wise median of sorted rows into `out` (float64); for an even count, the mean
+    of the two middle rows."""
     count = len(sorted_rows)
-    low = sorted_rows[(count - 1) // 2].to(WORK_DTYPE)
-    if count % 2 == 1:
-        return low
-    return (low + sorted_rows[count // 2].to(WORK_DTYPE)) / 2.0
+    np.copyto(out, sorted_rows[(count - 1) // 2])
+    if count % 2 == 0:
+        out += sorted_rows[count // 2]
+        out *= 0.5
+    return out
 
 
 def median_value(values: torch.Tensor) -> float:
