@@ -421,7 +421,15 @@ class FederationRunner:
     async def _publish(self, message: control_pb2.ControlMessage) -> None:
         message.federation_id = self.federation_id
         message.sent_unix_ms = now_ms()
-        await self.mesh.publish(self.topic, seal(self.identity, message, self.certificate))
+        data = seal(self.identity, message, self.certificate)
+        self._remember_envelope(hashlib.sha256(data).digest())  # our own message coming back is a replay
+        await self.mesh.publish(self.topic, data)
+
+    def _remember_envelope(self, digest: bytes) -> None:
+        self._seen_envelopes[digest] = None
+        if len(self._seen_envelopes) > 20_000:
+            for old in list(self._seen_envelopes)[:10_000]:
+                del self._seen_envelopes[old]
 
     async def publish_revocation(self, revocation: Any) -> None:
         """Spread a revocation on the federation topic (receivers verify it themselves)."""
@@ -505,17 +513,14 @@ class FederationRunner:
         except Rejected as rejected:
             self._reject(None, rejected)
             return
-        if valid.sender == self.peer_id:
-            return
         digest = hashlib.sha256(data).digest()
         if digest in self._seen_envelopes:
             # Not held against the signer: whoever re-published the bytes is not identifiable.
             self._reject(None, Rejected(RejectReason.REJECT_REPLAY, f"replayed {valid.body} message of {valid.sender[-8:]}"))
             return
-        self._seen_envelopes[digest] = None
-        if len(self._seen_envelopes) > 20_000:
-            for old in list(self._seen_envelopes)[:10_000]:
-                del self._seen_envelopes[old]
+        self._remember_envelope(digest)
+        if valid.sender == self.peer_id:
+            return
         body = valid.body
         message = valid.message
         member = self.members.setdefault(valid.sender, MemberView(valid.sender))
