@@ -99,9 +99,9 @@ class LabDaemon:
         rounds = self.events("round")
         if not rounds:
             return "none"
-        end = _ts(rounds[-1])
+        end = ts(rounds[-1])
         kinds = [r["connection"] for r in self.events("peer_connection")
-                 if r.get("peer") == other.peer_id and _ts(r) <= end]
+                 if r.get("peer") == other.peer_id and ts(r) <= end]
         return kinds[-1] if kinds else "none"
 
     def blob_path_from(self, other: LabDaemon) -> str:
@@ -114,14 +114,14 @@ class LabDaemon:
         """Seconds from this daemon's launch to its first connection with ``other``."""
         for record in self.events("peer_connection"):
             if record.get("peer") == other.peer_id and record["connection"] != "none":
-                return _ts(record) - self.started_at
+                return ts(record) - self.started_at
         return None
 
     def upgraded_at(self, other: LabDaemon) -> float | None:
         """Seconds from launch to the first direct or hole-punched connection with ``other``."""
         for record in self.events("peer_connection"):
             if record.get("peer") == other.peer_id and record["connection"] in ("direct", "hole-punched"):
-                return _ts(record) - self.started_at
+                return ts(record) - self.started_at
         return None
 
     def reachability(self) -> str:
@@ -132,7 +132,7 @@ class LabDaemon:
         return json.loads((self.state_dir / "summary.json").read_text())
 
 
-def _ts(record: dict[str, Any]) -> float:
+def ts(record: dict[str, Any]) -> float:
     """A JSON record's ``ts`` (UTC, millisecond precision) as time.time()."""
     stamp, _, millis = record["ts"].rstrip("Z").partition(".")
     return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S")) - time.timezone + int(millis or 0) / 1000
