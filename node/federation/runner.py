@@ -52,6 +52,9 @@ from fednode.proto.v1 import control_pb2, model_pb2, tensor_pb2
 
 log = logging.getLogger("fednode.federation")
 
+#: Known revocations are re-gossiped every this many announcements (about 20 s by default).
+REVOCATION_REPEAT_EVERY = 10
+
 _CODEC_ENUM = {name.removeprefix("CODEC_").lower(): value for name, value in tensor_pb2.Codec.items()}
 
 
@@ -458,8 +461,16 @@ class FederationRunner:
         self._snapshot = (header, data)
 
     async def _announce_periodically(self) -> None:
+        beat = 0
         while True:
             await self._announce()
+            if beat % REVOCATION_REPEAT_EVERY == 0 and self.validator.policy is not None:
+                # Anti-entropy: peers that were offline when a revocation was first gossiped learn
+                # it from the next repetition (receivers drop the ones they know).
+                with contextlib.suppress(Exception):
+                    for revocation in self.validator.policy.revocations(self.federation_id):
+                        await self._publish(control_pb2.ControlMessage(revocation=revocation))
+            beat += 1
             await asyncio.sleep(self.announce_interval)
 
     async def _announce(self) -> None:
