@@ -168,6 +168,7 @@ class FederationSession:
     settings: FederationSettings
     certificate: Any = None  # MemberCertificate for certified federations
     certified: bool = False  # membership enforced (created/joined via the admin API)
+    private: bool = False  # relays and payload servers serve members only
 
 
 class Daemon:
@@ -335,7 +336,7 @@ class Daemon:
             raise StateDirError(f"membership of {federation_id[:16]} in {self.state_dir} is incomplete; "
                                 f"leave and join it again (fednode federation leave/join)")
         return FederationSession(federation_id, self._descriptor_settings(state.descriptor),
-                                 certificate=state.certificate, certified=True)
+                                 certificate=state.certificate, certified=True, private=state.descriptor.private)
 
     def check_aggregation(self, rule: str, params: dict[str, Any], min_participants: int) -> None:
         """Raise ValueError when a federation's rule cannot work with its minimum participants."""
@@ -651,6 +652,8 @@ class Daemon:
             self.round = self.model_version = 0
         if self.summary is not None:
             self.summary.federation_id = session.federation_id
+        # A private federation's relay serves its members only (not an open proxy).
+        mesh.set_relay_admission(self._member_admission(session.federation_id) if session.private else None)
         try:
             await self.runner.start()
             if self.summary is not None:
@@ -664,6 +667,21 @@ class Daemon:
             self._record_mesh_totals()
             await self.runner.close()
             self.runner = None
+
+    def _member_admission(self, federation_id: str) -> Any:
+        """Relay admission for a private federation: peers whose valid, unrevoked certificate
+        this node has verified (from their messages). Runs in the networking thread."""
+        from fednode.node.identity import public_key_from_peer_id
+
+        trust = self.trust
+
+        def admitted(peer_id: str) -> bool:
+            key = public_key_from_peer_id(peer_id)
+            if key is None or trust.is_revoked(federation_id, member_public_key=key):
+                return False
+            return trust.member(federation_id, key) is not None
+
+        return admitted
 
     def member_public_key(self, peer_id: str) -> bytes | None:
         """The Ed25519 key a member signs with (seen in its messages), for revocations."""

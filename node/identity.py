@@ -38,6 +38,18 @@ def peer_id_from_public_key(public_key: bytes) -> str:
     return base58.b58encode(_IDENTITY_MULTIHASH_PREFIX + encoded).decode("ascii")
 
 
+def public_key_from_peer_id(peer_id: str) -> bytes | None:
+    """The raw Ed25519 key embedded in an Ed25519 peer id, or None for other kinds of id."""
+    try:
+        raw = base58.b58decode(peer_id)
+    except ValueError:
+        return None
+    prefix = _IDENTITY_MULTIHASH_PREFIX + _LIBP2P_ED25519_PUBKEY_PREFIX
+    if len(raw) != len(prefix) + 32 or not raw.startswith(prefix):
+        return None
+    return raw[len(prefix) :]
+
+
 def verify_signature(public_key: bytes, signature: bytes, message: bytes) -> bool:
     """True when `signature` is a valid Ed25519 signature of `message` by `public_key`."""
     try:

@@ -81,3 +81,12 @@ def test_cli_identity_create_and_show(tmp_path: Path, cli) -> None:
     assert json.loads(shown.stdout)["peer_id"] == json.loads(created.stdout)["peer_id"]
     missing = cli("identity", "show", "--state-dir", str(tmp_path / "empty"))
     assert missing.returncode == ExitCode.IDENTITY and "fednode identity create" in missing.stderr
+
+
+def test_public_key_round_trips_through_the_peer_id(tmp_path: Path) -> None:
+    from fednode.node.identity import public_key_from_peer_id
+
+    ident, _ = load_or_create_identity(tmp_path)
+    assert public_key_from_peer_id(ident.peer_id) == ident.public_key
+    assert public_key_from_peer_id("QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N") is None
+    assert public_key_from_peer_id("not base58 0OIl") is None
