@@ -50,7 +50,19 @@ Introspection
     ``mesh.peers() -> list[PeerInfo]`` (connection "direct" / "relayed" / "hole-punched",
     addresses, ping latency, last seen), ``mesh.reachability() -> Reachability`` (AutoNAT
     verdict, relay addresses), ``mesh.stats() -> MeshStats`` (gossip and blob bytes, rejections
-    by reason, fetch counters, fast-path use).
+    by reason, fetch counters, fast-path use). ``await mesh.wait_for_reachability(timeout)``
+    returns once AutoNAT has a verdict (bounded); ``mesh.reachability_report() -> str`` says in
+    one actionable sentence whether peers can dial this node and what it does about it.
+    Connection-kind changes, verdicts, relay slots, hole punches and blob paths are also logged
+    (records with ``event`` = peer_connection, reachability, relay_reservation, relay_refused,
+    hole_punch, blob_path).
+
+NAT traversal (docs/nat-traversal.md)
+    Every dial races direct addresses against relay (/p2p-circuit) ones; non-hop nodes hold a
+    slot on every bootstrap relay and advertise it; DCUtR upgrades relayed connections by TCP
+    hole punching. A relay (``relay_hop``) applies ``RelayLimits`` and asks
+    ``MeshConfig.relay_admission(peer_id) -> bool`` (or the hook given to
+    ``mesh.set_relay_admission``) before every reservation and circuit; no hook = open relay.
 
 Design (details in docs/mesh.md)
 --------------------------------
