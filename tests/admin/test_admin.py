@@ -228,8 +228,16 @@ def test_remote_admin_needs_tls_and_token_and_health_is_serving(start_daemon, cl
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
     daemon = start_daemon(*SMALL, "--set", f'admin.listen="127.0.0.1:{port}"', "--set", f'admin.tls_cert="{cert}"',
-                          "--set", f'admin.tls_key="{key}"', "--set", f'admin.token_file="{token_file}"', name="remote")
+                          "--set", f'admin.tls_key="{key}"', "--set", f'admin.token_file="{token_file}"',
+                          "--set", "metrics.port=0", "--log-format", "json", name="remote")
     admin_up(cli, daemon)
+    # The opt-in Prometheus endpoint answers with fednode's metrics.
+    import urllib.request
+
+    metrics_port = next(json.loads(line)["port"] for line in daemon.log().splitlines() if '"event": "metrics"' in line)
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+        exposition = response.read().decode()
+    assert "fednode_" in exposition
     remote = ["--admin", f"localhost:{port}", "--tls-ca", str(cert)]
     without = cli("status", *remote)
     assert without.returncode == ExitCode.REQUEST_FAILED and "unauthenticated" in without.stderr
