@@ -52,6 +52,19 @@ if [ -n "$missing" ]; then
     fi
 fi
 
+# Optional: iproute2 and iptables let the NAT-traversal tests (tests/netns, root or
+# CAP_NET_ADMIN only) build emulated networks. Installed when we are root; never required.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    optional=()
+    command -v ip >/dev/null 2>&1 || optional+=(iproute2)
+    command -v iptables >/dev/null 2>&1 || optional+=(iptables)
+    if [ ${#optional[@]} -gt 0 ]; then
+        log "installing ${optional[*]} (network-namespace tests)"
+        DEBIAN_FRONTEND=noninteractive bash -c "apt-get update && apt-get install -y ${optional[*]}" >/dev/null \
+            || log "could not install ${optional[*]}; tests/netns will be skipped"
+    fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
     log "creating virtualenv .venv with $PY"
     "$PY" -m venv .venv
