@@ -81,7 +81,9 @@ MAX_MANIFEST_ENTRIES = 256
 MANIFEST_FETCH_SECONDS = 10.0  # a manifest whose updates stay unobtainable this long is skipped
 MAX_READDRESS = 3  # a buffered update is re-addressed at most this often, then dropped
 SYNC_LAG = 8  # adopt a snapshot when the newest one offered is this many versions ahead
-HELD_PER_SENDER = 8  # decoded updates kept per sender (older ones are aggregated or useless)
+HELD_PER_SENDER = 32  # at most this many updates kept per sender (consumed ones go sooner)
+SERVED_UPDATES = 256  # update payloads (ours and those we fetched) kept available to late fetchers
+PUBLISH_TIMEOUT = 5.0  # a gossip publish stuck behind a dead peer's stream is given up (and re-sent)
 MIN_GROUP_CAP_SECONDS = 60.0  # a group may always last this long (see _check_group_record)
 SINGLETON_SLACK = 1.0  # seconds a group of one may stay open after its ETA (and record slack)
 
@@ -262,6 +264,8 @@ class CompassRunner(FederationRunner):
         self._aggregations = 0
         self.group_created_ms: dict[bytes, int] = {}  # group -> its creator's created_unix_ms
         self.claim_only: set[str] = set()  # peers whose speed is still their (clamped) claim
+        self.consumed: set[tuple[str, int]] = set()  # updates in a final (creator's) applied manifest
+        self._served_snapshot: bytes | None = None
         self._steward_wakeup: asyncio.Event | None = None
 
     # ------------------------------------------------------------------------------ state
@@ -323,7 +327,12 @@ class CompassRunner(FederationRunner):
     async def run(self, should_stop: Callable[[], bool]) -> None:
         """Local rounds until `should_stop()` or the stop event; groups are closed and manifests
         applied by the steward task meanwhile."""
+        # torch initialises lazily on the first optimizer step (seconds on a busy host); do it
+        # while the initial sync waits, so it does not count as our speed in the first round.
+        warm_up = asyncio.ensure_future(asyncio.to_thread(self.trainer.train_round, copy.deepcopy(self.model), 0))
         await self._initial_sync()
+        with contextlib.suppress(Exception):
+            await warm_up
         self._spawn(self._steward(), "compass-steward")
         loop = asyncio.get_running_loop()
         self._last_apply_at = loop.time()
@@ -375,13 +384,15 @@ class CompassRunner(FederationRunner):
         header = await self._publish_compass_update(self.seq, delta, result, group_id, base_version)
         self.own[self.seq] = OwnPending(self.seq, header, group_id, now)
         # Our speed as the reference server would measure it: from the assignment to the update
-        # being out (training, encoding, publishing), so group ETAs include that overhead.
-        self.sched.speeds.observe(self.peer_id, loop.time() - started, result.steps)
+        # being out (training, encoding, publishing), so group ETAs include that overhead; a
+        # one-off stall (a jammed publish) counts at most as much as the training itself.
+        overhead = max(0.0, loop.time() - started - result.seconds)
+        self.sched.speeds.observe(self.peer_id, result.seconds + min(overhead, max(0.5, result.seconds)), result.steps)
         self._poke()
         published = loop.time()
         if wait_for is not None:
             await self._wait_for_group(wait_for)
-        log.debug("local round %d: %d steps, training %.3f s, out after %.3f s, waited %.3f s for group %s",
+        log.info("local round %d: %d steps, training %.3f s, out after %.3f s, waited %.3f s for group %s",
                   self.seq, result.steps, result.seconds, published - started, loop.time() - published,
                   group_id.hex()[:8], extra={"event": "local_round", "seq": self.seq, "steps": result.steps,
                                              "train_seconds": round(result.seconds, 4),
@@ -582,7 +593,11 @@ class CompassRunner(FederationRunner):
         log.info("group %s closes with %d update(s) from %d peer(s)%s: %s", info["group"], len(cut.entries),
                  len(cut.senders), " (deferred: too few for the rule)" if cut.deferred else "", reason, extra=info)
         message = control_pb2.ControlMessage(manifest=manifest)
-        self._republish[b"manifest" + group.group_id] = (message, now + 2 * self.announce_interval + 0.5)
+        # The group's record stops being re-sent; its manifest is re-sent as long as the record
+        # could still make a late peer join it.
+        self._republish.pop(b"group" + group.group_id, None)
+        until = max(now + 2 * self.announce_interval + 0.5, group.deadline + self.grace)
+        self._republish[b"manifest" + group.group_id] = (message, until)
         with contextlib.suppress(Exception):
             await self._publish(message)
         self._on_manifest(self.peer_id, manifest)
@@ -701,6 +716,8 @@ class CompassRunner(FederationRunner):
         final = candidate.signer == outcome.creator
         outcome.step = None if final else (step if step is not None else torch.zeros_like(self.master))
         outcome.applied = candidate
+        if final and not manifest.deferred:
+            self.consumed.update((e.sender_peer_id, int(e.round)) for e in manifest.entries)
         outcome.applied_at = loop.time()
         assign_parameters(self.model, from_fixed(self.master))
         if result.error and result.error != "deferred":
@@ -824,6 +841,9 @@ class CompassRunner(FederationRunner):
     ) -> model_pb2.UpdateHeader:
         received = await self._publish_update(seq, delta, train, group_id=group_id, base_model_version=base_version)
         header = received.header
+        if header.inline_payload:
+            # Served too: a peer that missed this header can still fetch what a manifest names.
+            self._serve(bytes(header.payload_sha256), bytes(header.inline_payload))
         now = asyncio.get_running_loop().time()
         held = Held(self.peer_id, seq, bytes(header.payload_sha256), base_version, train.steps, group_id,
                     int(header.created_unix_ms), int(header.payload_size), received.delta, now)
@@ -856,10 +876,18 @@ class CompassRunner(FederationRunner):
             self._poke()
 
     def _local_time(self, unix_ms: int, valid: ValidControl) -> float:
-        """A sender-clock instant on our monotonic clock, relative to the message's own send time:
-        clock skew between peers cancels out (only the gossip delay remains, making deadlines a
-        little later here than at the sender)."""
-        return asyncio.get_running_loop().time() + (int(unix_ms) - int(valid.message.sent_unix_ms)) / 1000
+        """A sender-clock instant on our monotonic clock: the earlier of two estimates.
+
+        Relative to the message's own send time, clock skew cancels out but the delivery delay
+        is added (a message that took 6 s to arrive would show a group as open for 6 s too
+        long); read against our clock, the delay cancels but the skew is added. The earlier one
+        errs only towards "that group is already over" (we then create a group instead of
+        joining one), never towards waiting for a group that is gone.
+        """
+        now = asyncio.get_running_loop().time()
+        relative = now + (int(unix_ms) - int(valid.message.sent_unix_ms)) / 1000
+        absolute = now + (int(unix_ms) - now_ms()) / 1000
+        return min(relative, absolute)
 
     def _check_group_record(self, record: control_pb2.GroupRecord) -> str | None:
         if group_id_for(record.creator_peer_id, record.created_unix_ms) != bytes(record.group_id):
@@ -938,13 +966,14 @@ class CompassRunner(FederationRunner):
             # updates belong to no group.
             self._reject(sender, Rejected(RejectReason.REJECT_MALFORMED, "update without a fedcompass group"))
             return
-        if header.round <= self.seq_floor.get(sender, 0):
-            self._reject(sender, Rejected(RejectReason.REJECT_STALE, f"update {header.round} is older than the ones kept"))
+        key = (sender, int(header.round))
+        held = self.held.get(key)
+        if held is None and header.round <= self.seq_floor.get(sender, 0):
+            # An update we already used or dropped, announced again (its sender re-sends pending
+            # updates; gossip also delivers late): not held against the sender.
             return
         if self.sched.version - int(header.base_model_version) > self.compass.max_staleness:
             return  # too stale to be aggregated; not the sender's fault (it may have been slow)
-        key = (sender, int(header.round))
-        held = self.held.get(key)
         digest = bytes(header.payload_sha256)
         if held is not None:
             if held.digest != digest:
@@ -976,6 +1005,8 @@ class CompassRunner(FederationRunner):
         now = loop.time()
         held.delta = delta
         held.arrived_at = now
+        if header.inline_payload:
+            self._serve(held.digest, bytes(header.inline_payload))  # we can provide it to others now
         self.contributions.setdefault(held.sender, PeerContribution()).accepted += 1
         self._measure_speed(held, now)
         if held.group_id:
@@ -1014,13 +1045,16 @@ class CompassRunner(FederationRunner):
         for sender, seq in self.held:
             by_sender.setdefault(sender, []).append(seq)
         for sender, seqs in by_sender.items():
-            if sender == self.peer_id:
-                keep = set(self.own) | set(sorted(seqs)[-2:])
-            else:
-                keep = set(sorted(seqs)[-HELD_PER_SENDER:])
+            newest = set(sorted(seqs)[-HELD_PER_SENDER:])
             for seq in seqs:
-                if seq not in keep and not self.held[(sender, seq)].fetching:
-                    del self.held[(sender, seq)]
+                key = (sender, seq)
+                held = self.held[key]
+                if held.fetching or (sender == self.peer_id and seq in self.own):
+                    continue
+                too_stale = self.sched.version - held.base_version > self.compass.max_staleness
+                if key in self.consumed or too_stale or seq not in newest:
+                    del self.held[key]
+                    self.consumed.discard(key)
                     self.seq_floor[sender] = max(self.seq_floor.get(sender, 0), seq)
 
     def _maybe_refresh_snapshot(self, now: float) -> None:
@@ -1031,8 +1065,40 @@ class CompassRunner(FederationRunner):
 
     def _refresh_snapshot(self) -> None:
         super()._refresh_snapshot()
-        if self._snapshot is not None:
-            self._snapshot[0].applied_groups.extend(self.applied_order)
+        if self._snapshot is None:
+            return
+        self._snapshot[0].applied_groups.extend(self.applied_order)
+        # Versions change several times a second here: serve the newest snapshot only, so
+        # snapshots do not push the update payloads out of the served set.
+        digest = bytes(self._snapshot[0].payload_sha256)
+        if self._served_snapshot is not None and self._served_snapshot != digest:
+            self.mesh.unserve_blob(self._served_snapshot)
+            with contextlib.suppress(ValueError):
+                self._served.remove(self._served_snapshot)
+        self._served_snapshot = digest
+
+    def _serve(self, digest: bytes, data: bytes) -> None:
+        """As the base, but keeping SERVED_UPDATES payloads (fedcompass produces many)."""
+        if digest in self._served:
+            return
+        self.mesh.serve_blob(digest, data)
+        self._served.append(digest)
+        while len(self._served) > SERVED_UPDATES:
+            self.mesh.unserve_blob(self._served.popleft())
+
+    async def _publish(self, message: control_pb2.ControlMessage) -> None:
+        """Bounded: a publish stuck behind a peer's jammed stream must not stall our rounds.
+        Whatever still matters is re-sent by `_republish_all`."""
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(super()._publish(message), timeout=PUBLISH_TIMEOUT)
+        except asyncio.TimeoutError:
+            log.warning("publishing a %s message took over %.0f s; given up (re-sent later if still needed)",
+                        message.WhichOneof("body"), PUBLISH_TIMEOUT)
+            return
+        elapsed = time.perf_counter() - started
+        if elapsed > 1.0:
+            log.info("publishing a %s message took %.1f s", message.WhichOneof("body"), elapsed)
 
     async def _sync_from_peers(self) -> bool:
         before = set(self.applied_order)
