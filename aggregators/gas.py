@@ -7,12 +7,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from .base import Aggregator, CallContext
 from .errors import AggregationError
 from .nnm import build_base
-from .numerics import WORK_DTYPE, row_combination, row_squared_distances_to, stable_order
+from .numerics import (
+    WORK_DTYPE,
+    Scratch,
+    coordinate_major,
+    ordered_sum,
+    row_combination,
+    row_squared_distances_to,
+    run_tasks,
+    stable_order,
+    worker_count,
+)
 from .result import Combination
 
 
@@ -76,13 +87,29 @@ class GradientSplitting(Aggregator):
 
     def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
         n, d = rows.shape
-        scores = torch.zeros(n, dtype=WORK_DTYPE)
         parts = coordinate_parts(d, self.p, context.seed)
-        for part in parts:
-            columns = part.to(rows.device)
-            sub_rows = rows.index_select(1, columns)
-            part_aggregate = self.base_rule.combine(sub_rows, context.for_columns(columns)).aggregate
-            scores += row_squared_distances_to(sub_rows, part_aggregate).sqrt().cpu()
+        # Every part is a random subset of the coordinates. Gathering it from the row-major
+        # rows touches one cache line per value (3.2 s for all parts at n=16, d=1e7, measured);
+        # from a coordinate-major copy, one line per coordinate (0.5 s, plus 0.4 s for the copy,
+        # which costs one extra input size of memory).
+        by_coordinate = coordinate_major(rows) if len(parts) > 1 else None
+        distances = torch.empty(len(parts), n, dtype=WORK_DTYPE)
+
+        def score_part(scratch: Scratch, index: int) -> None:
+            columns = parts[index]
+            if by_coordinate is None:
+                sub_rows = rows.index_select(1, columns)
+            else:
+                sub_rows = torch.from_numpy(np.ascontiguousarray(np.take(by_coordinate, columns.numpy(), axis=0).T))
+            result = self.base_rule.combine(sub_rows, context.for_columns(columns))
+            if result.distances is not None:
+                distances[index] = result.distances
+            else:
+                distances[index] = row_squared_distances_to(sub_rows, result.aggregate).sqrt_()
+
+        # Parts are independent: spread over worker threads, summed in part order.
+        run_tasks(range(len(parts)), score_part, worker_count(len(parts), per_worker=4))
+        scores = ordered_sum(distances)
         chosen = stable_order(scores)[: n - self.f]
         weights = torch.zeros(n, dtype=WORK_DTYPE)
         weights[chosen] = context.normalized_weights(n)[chosen]

@@ -235,6 +235,17 @@ def load(destination: torch.Tensor, matrix: torch.Tensor, source: np.ndarray | N
         destination.copy_(matrix[:, cols])
 
 
+def coordinate_major(matrix: torch.Tensor) -> np.ndarray:
+    """d x n copy of the n x d matrix (numpy, float32 for bfloat16), built block by block."""
+    n, d = matrix.shape
+    source = as_numpy(matrix)
+    out = np.empty((d, n), dtype=torch.empty(0, dtype=sort_dtype(matrix.dtype)).numpy().dtype)
+    for cols in column_blocks(d):
+        block = source[:, cols] if source is not None else matrix[:, cols].to(torch.float32).numpy()
+        np.copyto(out[cols], block.T)
+    return out
+
+
 def finite_rows(matrix: torch.Tensor) -> torch.Tensor:
     """Boolean mask of rows whose entries are all finite."""
     mask = torch.ones(matrix.shape[0], dtype=torch.bool, device=matrix.device)

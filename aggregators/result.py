@@ -34,10 +34,13 @@ class Combination:
     """Internal result of a rule on already-sanitised rows, before mapping back to input indices.
 
     `aggregate` is computed in float64 and stored in the rows' dtype (at least float32), block by
-    block; `scores` and `selected` refer to the sanitised rows.
+    block; `scores` and `selected` refer to the sanitised rows. `distances`, when a rule gets it
+    for free, is the float64 L2 distance of every row to `aggregate` exactly as stored (GAS uses it
+    instead of another pass over the rows).
     """
 
     aggregate: torch.Tensor
     scores: torch.Tensor | None = None
     selected: tuple[int, ...] | None = None
     diagnostics: Mapping[str, float] = field(default_factory=dict)
+    distances: torch.Tensor | None = None
