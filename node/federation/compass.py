@@ -82,6 +82,9 @@ MANIFEST_FETCH_SECONDS = 10.0  # a manifest whose updates stay unobtainable this
 MAX_READDRESS = 3  # a buffered update is re-addressed at most this often, then dropped
 SYNC_LAG = 8  # adopt a snapshot when the newest one offered is this many versions ahead
 HELD_PER_SENDER = 32  # at most this many updates kept per sender (consumed ones go sooner)
+STEP_KEEP_SECONDS = 30.0  # an applied group's step is kept this long, so a preferred manifest can replace it
+STEPS_KEPT = 32  # ... and for at most this many groups (memory: one int64 model-sized vector each)
+SNAPSHOTS_SERVED = 4  # our newest snapshots kept available (a fetch in flight must not lose its blob)
 SERVED_UPDATES = 256  # update payloads (ours and those we fetched) kept available to late fetchers
 PUBLISH_TIMEOUT = 5.0  # a gossip publish stuck behind a dead peer's stream is given up (and re-sent)
 MIN_GROUP_CAP_SECONDS = 60.0  # a group may always last this long (see _check_group_record)
@@ -192,9 +195,9 @@ class GroupOutcome:
     """The manifests heard for one group and the one applied."""
 
     creator: str
-    candidates: dict[str, Candidate] = field(default_factory=dict)  # signer -> its (first) manifest
+    candidates: dict[bytes, Candidate] = field(default_factory=dict)  # manifest digest -> manifest
     applied: Candidate | None = None
-    step: torch.Tensor | None = None  # fixed-point step of `applied`, kept while a better manifest may come
+    step: torch.Tensor | None = None  # fixed-point step of `applied`, kept STEP_KEEP_SECONDS for swaps
     external: bool = False  # included in an adopted snapshot: never applied again
     skipped: bool = False  # updates unobtainable: not applied (this peer drifts until it syncs)
     applied_at: float | None = None
@@ -265,7 +268,8 @@ class CompassRunner(FederationRunner):
         self.group_created_ms: dict[bytes, int] = {}  # group -> its creator's created_unix_ms
         self.claim_only: set[str] = set()  # peers whose speed is still their (clamped) claim
         self.consumed: set[tuple[str, int]] = set()  # updates in a final (creator's) applied manifest
-        self._served_snapshot: bytes | None = None
+        self._served_snapshots: deque[bytes] = deque()
+        self._next_sync_try = 0.0
         self._steward_wakeup: asyncio.Event | None = None
 
     # ------------------------------------------------------------------------------ state
@@ -338,9 +342,11 @@ class CompassRunner(FederationRunner):
         self._last_apply_at = loop.time()
         while not should_stop() and not self.stop.is_set():
             best = self._best_offer()
-            if best is not None and best.header.round > self.model_version + SYNC_LAG:
+            if best is not None and best.header.round > self.model_version + SYNC_LAG and loop.time() >= self._next_sync_try:
                 log.info("peers are %d versions ahead; syncing", best.header.round - self.model_version)
-                await self._sync_from_peers()
+                if not await self._sync_from_peers():
+                    # Train meanwhile: a failing sync must not keep us from contributing.
+                    self._next_sync_try = loop.time() + 2 * self.announce_interval
                 continue
             await self._local_round(loop)
 
@@ -621,21 +627,21 @@ class CompassRunner(FederationRunner):
             return
         group = self.sched.groups.get(group_id)
         now = asyncio.get_running_loop().time()
-        if group is not None and signer != creator and not group.closed and now < group.deadline + self.grace:
-            # A fallback takes over only after the deadline (+ 2 grace); earlier is an attempt to
-            # close someone else's group.
-            self._reject(signer, Rejected(RejectReason.REJECT_STALE, "fallback manifest before the group's deadline"))
-            return
+        # A fallback takes over only after the deadline (+ 2 grace). One that comes earlier by our
+        # clock is kept (its sender's clock may run ahead) but neither closes the group nor is
+        # applied before the deadline: the creator may still close it, and its manifest wins.
+        premature = group is not None and signer != creator and not group.closed and now < group.deadline + self.grace
         outcome = self.outcomes.setdefault(group_id, GroupOutcome(creator=creator))
         outcome.creator = creator
         digest = hashlib.sha256(manifest.SerializeToString(deterministic=True)).digest()
-        known = outcome.candidates.get(signer)
-        if known is not None:
-            if known.digest != digest:
-                self._reject(signer, Rejected(RejectReason.REJECT_REPLAY, f"second, different manifest for group {group_id.hex()[:8]}"))
-            return
-        outcome.candidates[signer] = Candidate(signer, digest, manifest, now)
-        if group is not None:
+        if digest in outcome.candidates:
+            return  # the same manifest again (re-sent, or several gossip paths)
+        if any(c.signer == signer for c in outcome.candidates.values()):
+            # Equivocation: counted against the signer; every peer then prefers the smaller
+            # digest, whatever order it heard them in.
+            self._reject(signer, Rejected(RejectReason.REJECT_REPLAY, f"second, different manifest for group {group_id.hex()[:8]}"))
+        outcome.candidates[digest] = Candidate(signer, digest, manifest, now)
+        if group is not None and not premature:
             group.closed = True  # nobody joins a group that has a manifest
             self.led.discard(group_id)
         for entry in manifest.entries:
@@ -670,9 +676,16 @@ class CompassRunner(FederationRunner):
             best = outcome.best(group_id)
             if best is None or (outcome.applied is not None and outcome.applied.digest == best.digest):
                 continue
+            group = self.sched.groups.get(group_id)
+            if (best.signer != outcome.creator and group is not None and not group.closed
+                    and loop.time() < group.deadline + self.grace):
+                continue  # a premature fallback manifest: give the creator its chance
+            # Not ready: an update we do not hold yet, or one whose sender addressed it to another
+            # group (a leader may only aggregate what was sent to its group; a re-addressing
+            # header may still be on its way, so this waits like a missing payload).
             missing = [e for e in best.manifest.entries
                        if (h := self.held.get((e.sender_peer_id, e.round))) is None or h.delta is None
-                       or h.digest != bytes(e.payload_sha256)]
+                       or h.digest != bytes(e.payload_sha256) or (h.label_ms and h.group_id != group_id)]
             if missing:
                 if loop.time() - best.received_at > MANIFEST_FETCH_SECONDS and not outcome.skipped:
                     outcome.skipped = True
@@ -681,9 +694,9 @@ class CompassRunner(FederationRunner):
                     self._poke()
                 continue
             if outcome.applied is not None and outcome.step is None:
-                log.warning("group %s: a preferred manifest arrived after the applied one was final; keeping it",
-                            group_id.hex()[:8])
-                outcome.applied = best  # nothing to swap (the creator's manifest needs no replacement)
+                log.warning("group %s: a preferred manifest arrived %.0f s after another was applied; keeping that one",
+                            group_id.hex()[:8], STEP_KEEP_SECONDS)
+                outcome.candidates = {outcome.applied.digest: outcome.applied}
                 continue
             await self._apply(group_id, outcome, best)
 
@@ -712,9 +725,10 @@ class CompassRunner(FederationRunner):
             self.master -= outcome.step
         if step is not None:
             self.master += step
-        # A later, better-ranked manifest can only replace a fallback's: keep the step for that.
+        # Kept for a while: a preferred manifest (the creator's after a fallback's, or the smaller
+        # of an equivocating signer's two) replaces this one exactly.
         final = candidate.signer == outcome.creator
-        outcome.step = None if final else (step if step is not None else torch.zeros_like(self.master))
+        outcome.step = step if step is not None else torch.zeros_like(self.master)
         outcome.applied = candidate
         if final and not manifest.deferred:
             self.consumed.update((e.sender_peer_id, int(e.round)) for e in manifest.entries)
@@ -1034,8 +1048,16 @@ class CompassRunner(FederationRunner):
 
     # ------------------------------------------------------------------------------ housekeeping
     def _prune(self) -> None:
+        now = asyncio.get_running_loop().time()
+        kept = sorted((o for o in self.outcomes.values() if o.step is not None), key=lambda o: o.applied_at or 0.0)
+        for index, outcome in enumerate(kept):
+            too_old = outcome.applied_at is not None and now - outcome.applied_at > STEP_KEEP_SECONDS
+            if too_old or index < len(kept) - STEPS_KEPT:
+                outcome.step = None  # final from now on
         self.sched.prune(keep_closed=128)
         known = set(self.sched.groups)
+        for group_id in [g for g in self.group_created_ms if g not in known]:
+            del self.group_created_ms[group_id]
         for group_id in [g for g, o in self.outcomes.items()
                          if g not in known and (o.step is None or o.external) and len(self.outcomes) > 256]:
             del self.outcomes[group_id]
@@ -1058,24 +1080,37 @@ class CompassRunner(FederationRunner):
                     self.seq_floor[sender] = max(self.seq_floor.get(sender, 0), seq)
 
     def _maybe_refresh_snapshot(self, now: float) -> None:
-        if self.model_version != self._snapshot_version and now - self._snapshot_at >= min(1.0, self.announce_interval):
+        """A new snapshot at most once per announcement (it is offered with each one)."""
+        if self.model_version != self._snapshot_version and now - self._snapshot_at >= self.announce_interval:
             self._refresh_snapshot()
             self._snapshot_version = self.model_version
             self._snapshot_at = now
+
+    async def close(self) -> None:
+        """Before leaving, close the groups we lead that others already delivered to, so their
+        members do not wait for a fallback leader."""
+        for group_id in list(self.led):
+            group = self.sched.groups.get(group_id)
+            if group is not None and not group.closed and group.arrivals:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._close_group(group, "leader leaving", group.outstanding(), fallback=False),
+                                           timeout=PUBLISH_TIMEOUT)
+        await super().close()
 
     def _refresh_snapshot(self) -> None:
         super()._refresh_snapshot()
         if self._snapshot is None:
             return
         self._snapshot[0].applied_groups.extend(self.applied_order)
-        # Versions change several times a second here: serve the newest snapshot only, so
-        # snapshots do not push the update payloads out of the served set.
+        # Serve our newest few snapshots only (kept apart from the update payloads, which they
+        # would otherwise push out of the served set).
         digest = bytes(self._snapshot[0].payload_sha256)
-        if self._served_snapshot is not None and self._served_snapshot != digest:
-            self.mesh.unserve_blob(self._served_snapshot)
-            with contextlib.suppress(ValueError):
-                self._served.remove(self._served_snapshot)
-        self._served_snapshot = digest
+        with contextlib.suppress(ValueError):
+            self._served.remove(digest)
+        if digest not in self._served_snapshots:
+            self._served_snapshots.append(digest)
+        while len(self._served_snapshots) > SNAPSHOTS_SERVED:
+            self.mesh.unserve_blob(self._served_snapshots.popleft())
 
     def _serve(self, digest: bytes, data: bytes) -> None:
         """As the base, but keeping SERVED_UPDATES payloads (fedcompass produces many)."""
