@@ -46,10 +46,13 @@ import dataclasses
 import hashlib
 import logging
 import math
+import os
 import statistics
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +91,7 @@ SNAPSHOTS_SERVED = 4  # our newest snapshots kept available (a fetch in flight m
 SERVED_UPDATES = 256  # update payloads (ours and those we fetched) kept available to late fetchers
 PUBLISH_TIMEOUT = 5.0  # a gossip publish stuck behind a dead peer's stream is given up (and re-sent)
 MIN_GROUP_CAP_SECONDS = 60.0  # a group may always last this long (see _check_group_record)
+TRAIN_NICENESS = 10  # the training thread yields the CPU to networking (see _lower_priority)
 SINGLETON_SLACK = 1.0  # seconds a group of one may stay open after its ETA (and record slack)
 
 
@@ -271,6 +275,7 @@ class CompassRunner(FederationRunner):
         self._served_snapshots: deque[bytes] = deque()
         self._next_sync_try = 0.0
         self._steward_wakeup: asyncio.Event | None = None
+        self._train_executor = ThreadPoolExecutor(1, thread_name_prefix="compass-train", initializer=_lower_priority)
 
     # ------------------------------------------------------------------------------ state
     def restore(self, round_number: int, model_version: int, extra: dict[str, Any]) -> None:
@@ -333,7 +338,7 @@ class CompassRunner(FederationRunner):
         applied by the steward task meanwhile."""
         # torch initialises lazily on the first optimizer step (seconds on a busy host); do it
         # while the initial sync waits, so it does not count as our speed in the first round.
-        warm_up = asyncio.ensure_future(asyncio.to_thread(self.trainer.train_round, copy.deepcopy(self.model), 0))
+        warm_up = asyncio.ensure_future(self._train(copy.deepcopy(self.model), 0))
         await self._initial_sync()
         with contextlib.suppress(Exception):
             await warm_up
@@ -359,7 +364,7 @@ class CompassRunner(FederationRunner):
         base = from_fixed(self.master)
         base_version = self.model_version
         assign_parameters(self.work_model, base)
-        result = await asyncio.to_thread(self.trainer.train_round, self.work_model, steps, self.stop)
+        result = await self._train(self.work_model, steps)
         if result.steps < steps:
             return  # stopped mid-round
         self.last_train = result
@@ -403,6 +408,14 @@ class CompassRunner(FederationRunner):
                   group_id.hex()[:8], extra={"event": "local_round", "seq": self.seq, "steps": result.steps,
                                              "train_seconds": round(result.seconds, 4),
                                              "wait_seconds": round(loop.time() - published, 4)})
+
+    async def _train(self, model: torch.nn.Module, steps: int) -> TrainResult:
+        """Local steps in our own low-priority thread. Unlike synchronous rounds, a fedcompass
+        node trains back to back; at normal priority a fast node sharing its CPU (with other
+        daemons, as in a local federation) starves its own networking thread, and its peers'
+        fetches and stream openings time out."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._train_executor, self.trainer.train_round, model, steps, self.stop)
 
     async def _assign(self, now: float) -> Assignment | None:
         """join-or-create for ourselves over our view of the groups (None: first round)."""
@@ -461,8 +474,9 @@ class CompassRunner(FederationRunner):
         group_id = group_id_for(self.peer_id, created_ms)
         # ETA now (nobody can join: they would get 0 steps); a deadline a little later so our
         # own arrival, registered after publishing, is on time.
+        # No members: our update's arrival completes it. (Adding us as a member would drop us
+        # from the group we may be training for right now.)
         self.sched.add_group(ArrivalGroup(group_id, self.peer_id, now, now, now + SINGLETON_SLACK))
-        self.sched.add_member(group_id, self.peer_id, self.compass.q_max, seq=self.seq)
         self.led.add(group_id)
         await self._publish_group(group_id, created_ms)
         return group_id
@@ -1096,6 +1110,7 @@ class CompassRunner(FederationRunner):
                     await asyncio.wait_for(self._close_group(group, "leader leaving", group.outstanding(), fallback=False),
                                            timeout=PUBLISH_TIMEOUT)
         await super().close()
+        self._train_executor.shutdown(wait=False, cancel_futures=True)
 
     def _refresh_snapshot(self) -> None:
         super()._refresh_snapshot()
@@ -1162,3 +1177,8 @@ class CompassRunner(FederationRunner):
         """Figures for benchmarks and tests."""
         return {"aggregations": self._aggregations, "closed_groups": list(self.closed_groups)}
 
+
+def _lower_priority() -> None:
+    """Raise this thread's nice value (Linux applies nice per thread); best effort elsewhere."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), TRAIN_NICENESS)
