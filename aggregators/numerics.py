@@ -123,6 +123,7 @@ def single_threaded_blas() -> Iterator[None]:
 # ---------------------------------------------------------------------- worker threads
 
 _WORKER = threading.local()
+_CPUS = os.cpu_count() or 1
 
 
 def worker_count(tasks: int, per_worker: int = MIN_BLOCKS_PER_WORKER) -> int:
@@ -130,7 +131,7 @@ def worker_count(tasks: int, per_worker: int = MIN_BLOCKS_PER_WORKER) -> int:
     caller's intra-op budget), one inside a worker (no nesting)."""
     if getattr(_WORKER, "active", False):
         return 1
-    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1, tasks // per_worker))
+    return max(1, min(torch.get_num_threads(), _CPUS, tasks // per_worker))
 
 
 class Scratch:
@@ -240,9 +241,12 @@ def coordinate_major(matrix: torch.Tensor) -> np.ndarray:
     n, d = matrix.shape
     source = as_numpy(matrix)
     out = np.empty((d, n), dtype=torch.empty(0, dtype=sort_dtype(matrix.dtype)).numpy().dtype)
-    for cols in column_blocks(d):
+
+    def work(scratch: Scratch, cols: slice) -> None:
         block = source[:, cols] if source is not None else matrix[:, cols].to(torch.float32).numpy()
         np.copyto(out[cols], block.T)
+
+    run_tasks(column_blocks(d), work)
     return out
 
 
