@@ -91,7 +91,7 @@ SNAPSHOTS_SERVED = 4  # our newest snapshots kept available (a fetch in flight m
 SERVED_UPDATES = 256  # update payloads (ours and those we fetched) kept available to late fetchers
 PUBLISH_TIMEOUT = 5.0  # a gossip publish stuck behind a dead peer's stream is given up (and re-sent)
 MIN_GROUP_CAP_SECONDS = 60.0  # a group may always last this long (see _check_group_record)
-TRAIN_NICENESS = 10  # the training thread yields the CPU to networking (see _lower_priority)
+TRAIN_NICENESS = 5  # the training thread yields the CPU to networking (see _train)
 SINGLETON_SLACK = 1.0  # seconds a group of one may stay open after its ETA (and record slack)
 
 
@@ -338,7 +338,7 @@ class CompassRunner(FederationRunner):
         applied by the steward task meanwhile."""
         # torch initialises lazily on the first optimizer step (seconds on a busy host); do it
         # while the initial sync waits, so it does not count as our speed in the first round.
-        warm_up = asyncio.ensure_future(self._train(copy.deepcopy(self.model), 0))
+        warm_up = asyncio.ensure_future(asyncio.to_thread(self.trainer.train_round, copy.deepcopy(self.model), 0))
         await self._initial_sync()
         with contextlib.suppress(Exception):
             await warm_up
@@ -410,10 +410,11 @@ class CompassRunner(FederationRunner):
                                              "wait_seconds": round(loop.time() - published, 4)})
 
     async def _train(self, model: torch.nn.Module, steps: int) -> TrainResult:
-        """Local steps in our own low-priority thread. Unlike synchronous rounds, a fedcompass
-        node trains back to back; at normal priority a fast node sharing its CPU (with other
-        daemons, as in a local federation) starves its own networking thread, and its peers'
-        fetches and stream openings time out."""
+        """Local steps in our own lower-priority thread (nice +TRAIN_NICENESS). Unlike
+        synchronous rounds, a fedcompass node trains back to back; at normal priority a fast node
+        on a contended CPU (other daemons, as in a local federation) starves its own networking
+        thread, and its peers' payload fetches and stream openings time out. The cost: on a
+        contended host the training itself gets a smaller share."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._train_executor, self.trainer.train_round, model, steps, self.stop)
 
