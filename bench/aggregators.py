@@ -1,71 +1,52 @@
 """Time and peak extra memory per aggregation rule, plus Flag vs a thin-SVD implementation.
 
-    python bench/aggregators.py                       # n=10, d=1e6, float32
-    python bench/aggregators.py --n 16 --d 10000000
-    python bench/aggregators.py --grid --threads 1    # n in {8,16,32} x d in {1e5,1e6,1e7}
+    python bench/aggregators.py                      # n in {8,16,32} x d in {1e5,1e6,1e7}
+    python bench/aggregators.py --quick              # d in {1e5,1e6}, one timed call
+    python bench/aggregators.py --only flag,krum --n 16 --d 1e7 --rounds 3
+    python bench/aggregators.py --threads 2          # torch intra-op threads in every case
 
-Each line shows the best wall time, the best process CPU time (steadier on a shared machine) and
-the peak extra memory of one call relative to the input size. On a shared or busy machine use
---threads 1: with more threads than free cores, OpenMP barriers dominate (10-40x slower measured).
+Every (rule, n, d) case runs in a fresh subprocess, so its peak memory is its own: the child
+builds the float32 input (seeded), makes a warm-up call on a 50,000-column slice (one-time library
+set-up), then one call whose peak extra memory it records, then `--repeat` timed calls. `--rounds R` runs the whole list of cases R times, interleaved (round 1 of
+every case, then round 2, ...), and reports medians over all timed calls: on a shared machine the
+noise then hits every rule alike.
 
-Peak extra memory is the rise of the process's peak RSS (VmHWM, reset through
-/proc/self/clear_refs) above the RSS before the call, relative to the input's size. Linux only.
-Run on an otherwise idle machine; numbers on a shared host are upper bounds.
+Columns: wall seconds and process CPU seconds per call (medians; CPU time is the steadier figure
+on a shared machine) and the peak extra memory of one call relative to the input size. Peak extra
+memory is the rise of the process's peak RSS (VmHWM, reset through /proc/self/clear_refs just
+before the call) above the RSS before the call; torch's allocations are included, allocator
+noise of a few MiB dominates at d <= 1e6. Linux only.
+
+The last line of each table is the thin-SVD Flag's time divided by the Gram-form Flag's (the
+issue-3 target is >= 10 at n=16, d=1e7).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import math
+import os
+import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from fednode.aggregators import build
-
 STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
+SVD_LABEL = "flag: thin SVD (reference)"
 
 
-def _status_kib(field: str) -> int:
-    for line in STATUS.read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in {STATUS}")
-
-
-def measure(call: Callable[[], object], repeat: int) -> tuple[float, float, float]:
-    """Best wall time and best process CPU time over `repeat` calls (s), and the peak RSS rise of
-    the first call (bytes). On a shared machine the CPU time is the steadier figure."""
-    gc.collect()
-    CLEAR_REFS.write_text("5")  # reset VmHWM to the current RSS
-    before = _status_kib("VmRSS")
-    best_wall = best_cpu = math.inf
-    for attempt in range(repeat):
-        wall, cpu = time.perf_counter(), time.process_time()
-        call()
-        best_wall = min(best_wall, time.perf_counter() - wall)
-        best_cpu = min(best_cpu, time.process_time() - cpu)
-        if attempt == 0:
-            peak = _status_kib("VmHWM")
-    return best_wall, best_cpu, max(peak - before, 0) * 1024.0
-
-
-def flag_thin_svd(updates: torch.Tensor, r: int) -> torch.Tensor:
-    """The reference implementation's approach (one unweighted IRLS step): thin SVD of the d x n
-    matrix of unit rows, output = sum of the unit rows projected on the top-r left singular
-    vectors, divided by r."""
-    unit = F.normalize(updates, p=2, dim=1)
-    left, _, _ = torch.linalg.svd(unit.T, full_matrices=False)
-    basis = left[:, :r]
-    return basis @ (basis.T @ unit.sum(dim=0)) / r
-
-
-def rule_configurations(n: int) -> list[tuple[str, str, dict[str, object]]]:
+def rule_configurations(n: int) -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, rule name, parameters) of every benchmarked rule for n rows."""
     f = max((n - 3) // 4, 0)  # Bulyan's bound, so every rule accepts it
     return [
         ("mean", "mean", {}),
@@ -80,54 +61,188 @@ def rule_configurations(n: int) -> list[tuple[str, str, dict[str, object]]]:
         ("flag(r=n/2)", "flag", {}),
         ("gas(bulyan,p=1000)", "gas", {"f": f}),
         ("gas(krum,p=1000)", "gas", {"f": f, "base": "krum"}),
+        (SVD_LABEL, "flag_thin_svd", {}),
     ]
 
 
-def bench(n: int, d: int, repeat: int, rules: set[str] | None) -> None:
-    generator = torch.Generator().manual_seed(0)
-    updates = torch.randn(n, d, generator=generator)
-    input_bytes = updates.numel() * updates.element_size()
-    print(
-        f"\nn={n} d={d:.0e} float32 input {input_bytes / 2**20:.0f} MiB, torch threads {torch.get_num_threads()}"
+def flag_thin_svd(updates: torch.Tensor, r: int) -> torch.Tensor:
+    """The reference implementation's approach (one unweighted IRLS step): thin SVD of the d x n
+    matrix of unit rows, output = sum of the unit rows projected on the top-r left singular
+    vectors, divided by r."""
+    unit = F.normalize(updates, p=2, dim=1)
+    left, _, _ = torch.linalg.svd(unit.T, full_matrices=False)
+    basis = left[:, :r]
+    return basis @ (basis.T @ unit.sum(dim=0)) / r
+
+
+# ---------------------------------------------------------------------- child process
+
+
+def _status_kib(field: str) -> int:
+    for line in STATUS.read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in {STATUS}")
+
+
+def _timed(call: Callable[[], object]) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    call()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def run_case(spec: dict[str, Any]) -> dict[str, Any]:
+    """Measure one case in this process: peak extra memory of the first call, then timings."""
+    torch.set_num_threads(spec["threads"])
+    n, d = spec["n"], spec["d"]
+    updates = torch.randn(n, d, generator=torch.Generator().manual_seed(0))
+    r = math.ceil(n / 2)
+    if spec["rule"] == "flag_thin_svd":
+
+        def call() -> object:
+            return flag_thin_svd(updates, r)
+
+    else:
+        from fednode.aggregators import build
+
+        aggregator = build(spec["rule"], **spec["params"])
+
+        def call() -> object:
+            return aggregator(updates, seed=1)
+
+    warm_up = updates[:, : min(d, 50_000)].clone()  # one-time library set-up is not the call's cost
+    if spec["rule"] == "flag_thin_svd":
+        flag_thin_svd(warm_up, r)
+    else:
+        aggregator(warm_up, seed=1)
+    del warm_up
+    gc.collect()
+    CLEAR_REFS.write_text("5")  # reset VmHWM to the current RSS
+    before = _status_kib("VmRSS")
+    first = _timed(call)
+    peak = max(_status_kib("VmHWM") - before, 0) * 1024
+    timings = [_timed(call) for _ in range(spec["repeat"])] or [first]
+    return {
+        "wall": [w for w, _ in timings],
+        "cpu": [c for _, c in timings],
+        "extra": peak / (updates.numel() * updates.element_size()),
+    }
+
+
+# ---------------------------------------------------------------------- driver
+
+
+@dataclass
+class Case:
+    label: str
+    rule: str
+    params: dict[str, Any]
+    n: int
+    d: int
+    wall: list[float]
+    cpu: list[float]
+    extra: list[float]
+    error: str = ""
+
+
+def _child(case: Case, repeat: int, threads: int) -> None:
+    spec = {"rule": case.rule, "params": case.params, "n": case.n, "d": case.d, "repeat": repeat, "threads": threads}
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, env=env
     )
-    print(f"{'rule':28s} {'wall':>8s} {'cpu':>8s} {'extra mem':>10s}")
-    cpu_by_rule: dict[str, float] = {}
-    for label, name, params in rule_configurations(n):
-        if rules is not None and name not in rules:
-            continue
-        aggregator = build(name, **params)
-        wall, cpu, extra = measure(lambda a=aggregator: a(updates, seed=1), repeat)
-        cpu_by_rule.setdefault(name, cpu)
-        print(f"{label:28s} {wall:7.3f}s {cpu:7.3f}s {extra / input_bytes:9.2f}x", flush=True)
-    if "flag" in cpu_by_rule:
-        r = math.ceil(n / 2)
-        wall, cpu, extra = measure(lambda: flag_thin_svd(updates, r), repeat)
-        print(
-            f"{'flag: thin SVD (reference)':28s} {wall:7.3f}s {cpu:7.3f}s {extra / input_bytes:9.2f}x"
-            f"   -> thin SVD / Gram form CPU time: {cpu / cpu_by_rule['flag']:.2f}",
-            flush=True,
-        )
+    if proc.returncode != 0:
+        case.error = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+        return
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    case.wall += result["wall"]
+    case.cpu += result["cpu"]
+    case.extra.append(result["extra"])
+
+
+def _cell(case: Case | None) -> str:
+    if case is None:
+        return f"{'':>21s}"
+    if case.error:
+        return f"{'error':>21s}"
+    if not case.wall:
+        return f"{'-':>21s}"
+    wall, cpu, extra = statistics.median(case.wall), statistics.median(case.cpu), max(case.extra)
+    return f"{wall:6.3f} {cpu:6.3f} {extra:6.2f}x"
+
+
+def _print_table(d: int, ns: list[int], cases: dict[tuple[str, int, int], Case], labels: list[str]) -> None:
+    width = max(len(label) for label in labels) + 2
+    print(f"\nd={d:.0e}, float32; per n: wall s, CPU s (medians), peak extra memory / input")
+    print(f"{'rule':{width}s}" + "".join(f"| {'n=' + str(n):^21s}" for n in ns))
+    for label in labels:
+        print(f"{label:{width}s}" + "".join(f"| {_cell(cases.get((label, n, d)))}" for n in ns))
+    ratios = []
+    for n in ns:
+        flag, svd = cases.get(("flag(r=n/2)", n, d)), cases.get((SVD_LABEL, n, d))
+        if flag and svd and flag.wall and svd.wall:
+            ratios.append(
+                f"wall {statistics.median(svd.wall) / statistics.median(flag.wall):5.1f}x "
+                f"cpu {statistics.median(svd.cpu) / statistics.median(flag.cpu):5.1f}x"
+            )
+        else:
+            ratios.append("")
+    if any(ratios):
+        print(f"{'thin SVD / Gram-form flag':{width}s}" + "".join(f"| {r:^21s}" for r in ratios))
+
+
+def _selected(label: str, rule: str, only: list[str] | None) -> bool:
+    if not only:
+        return True
+    return any(word == rule or label.startswith(word) for word in only)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, nargs="*", help="row counts (default 8 16 32)")
+    parser.add_argument("--d", type=float, nargs="*", help="dimensions (default 1e5 1e6 1e7)")
+    parser.add_argument("--quick", action="store_true", help="d in {1e5,1e6} and one timed call per case")
+    parser.add_argument(
+        "--only", help="comma-separated rule names or label prefixes, e.g. flag,krum or 'gas(krum'"
     )
-    parser.add_argument("--n", type=int, default=10)
-    parser.add_argument("--d", type=float, default=1e6)
-    parser.add_argument("--grid", action="store_true", help="n in {8,16,32} x d in {1e5,1e6,1e7}")
-    parser.add_argument("--repeat", type=int, default=2, help="timed calls per rule (best is kept)")
-    parser.add_argument("--rules", nargs="*", help="rule names to run (default: all)")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--repeat", type=int, help="timed calls per case and round (default 3; --quick 1)")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds over all cases")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, as the daemon)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rules = set(args.rules) if args.rules else None
-    shapes = (
-        [(n, int(d)) for d in (1e5, 1e6, 1e7) for n in (8, 16, 32)] if args.grid else [(args.n, int(args.d))]
+    if args.child:
+        print(json.dumps(run_case(json.loads(args.child))))
+        return
+    ns = args.n or [8, 16, 32]
+    ds = [int(d) for d in (args.d or ([1e5, 1e6] if args.quick else [1e5, 1e6, 1e7]))]
+    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
+    only = [word.strip() for word in args.only.split(",")] if args.only else None
+    cases: dict[tuple[str, int, int], Case] = {}
+    labels: list[str] = []
+    for d in ds:
+        for n in ns:
+            for label, rule, params in rule_configurations(n):
+                if _selected(label, rule, only):
+                    cases[(label, n, d)] = Case(label, rule, params, n, d, [], [], [])
+                    if label not in labels:
+                        labels.append(label)
+    load = os.getloadavg()
+    print(
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs, torch threads {args.threads}, "
+        f"{len(cases)} cases x {args.rounds} round(s) x {repeat} timed call(s); load average {load[0]:.1f}",
+        flush=True,
     )
-    for n, d in shapes:
-        bench(n, d, args.repeat, rules)
+    for _ in range(args.rounds):
+        for d in ds:
+            for case in cases.values():
+                if case.d == d and not case.error:
+                    _child(case, repeat, args.threads)
+    for d in ds:
+        _print_table(d, ns, cases, labels)
+    for case in cases.values():
+        if case.error:
+            print(f"error: {case.label} n={case.n} d={case.d:.0e}: {case.error}")
+    print(f"\nload average after the run: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
