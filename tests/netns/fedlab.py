@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -190,7 +191,19 @@ def run_federation(lab: NetLab, workdir: Path, relay_host: Host, peer_hosts: lis
              for index, host in enumerate(peer_hosts, start=1)]
     deadline = time.monotonic() + timeout
     everyone = [relay, *peers]
+    finished_at: dict[str, float] = {}
     while not all(d.exited for d in everyone):
+        for daemon in everyone:
+            # A daemon that caught up with the last round by *syncing* (not training it) does
+            # not stop by itself: the daemon counts rounds in its round callback, which a sync
+            # does not call (reported to the daemon's owner). Stop it gracefully (SIGTERM: it
+            # still writes its summary) once it has been at the last round for a while.
+            reached = [r["round"] for r in daemon.events("round") + daemon.events("sync")]
+            if not daemon.exited and reached and max(reached) >= ROUNDS:
+                since = finished_at.setdefault(daemon.name, time.monotonic())
+                if time.monotonic() - since > 15.0:
+                    daemon.proc.process.send_signal(signal.SIGTERM)
+                    finished_at[daemon.name] = float("inf")
         if time.monotonic() > deadline:
             tails = "\n".join(f"--- {d.name}:\n{d.log_tail(2500)}" for d in everyone if not d.exited)
             raise AssertionError(f"federation did not finish {ROUNDS} rounds within {timeout:.0f} s:\n{tails}")

@@ -64,16 +64,18 @@ def timings(name: str, relay: LabDaemon, first: LabDaemon, second: LabDaemon) ->
     to_first = [t for t in (first.first_connection_at(second), second.first_connection_at(first)) if t]
     upgraded = [t for t in (first.upgraded_at(second), second.upgraded_at(first)) if t]
     relayed_at = min(to_first)
-    # Also from the moment both were listening (launch includes ~10-20 s of Python imports).
-    up = max(ts(d.events("listening")[0]) for d in (first, second))
+    # From the moment both had joined (connected to the bootstrap node): the launch itself
+    # includes 10-20 s of Python imports on a loaded machine.
+    joined = max(ts(next(r for r in d.events("peer_connection") if r.get("peer") == relay.peer_id))
+                 for d in (first, second))
     meets = [ts(r) for d, o in ((first, second), (second, first)) for r in d.events("peer_connection")
              if r.get("peer") == o.peer_id and r["connection"] != "none"]
     direct = [ts(r) for d, o in ((first, second), (second, first)) for r in d.events("peer_connection")
               if r.get("peer") == o.peer_id and r["connection"] in ("direct", "hole-punched")]
     row = {
         "first_connection_s": round(relayed_at, 1),
-        "first_connection_after_both_up_s": round(max(0.0, min(meets) - up), 1),
-        "direct_after_both_up_s": round(max(0.0, min(direct) - up), 1) if direct else None,
+        "first_connection_after_join_s": round(min(meets) - joined, 2),
+        "direct_after_first_connection_s": round(min(direct) - min(meets), 2) if direct else None,
         "first_connection_kind": first.events("peer_connection") and next(
             r["connection"] for r in first.events("peer_connection") if r.get("peer") == second.peer_id),
         "direct_after_s": round(min(upgraded), 1) if upgraded else None,
