@@ -904,7 +904,7 @@ class Libp2pNode:
         return sorted({self._relay_key(a) for a in self._relay_addrs})
 
     def _relay_refused(self, peer: str, what: str) -> None:
-        log.warning("relay refused %s to %s", what, peer,
+        log.warning("relay refused peer %s (%s)", peer, what,
                     extra={"event": "relay_refused", "peer": peer, "reason": what})
 
     async def _maintenance_loop(self) -> None:

@@ -67,8 +67,9 @@ class AdmissionRelay(CircuitV2Protocol):
     async def _refuse(self, stream: INetStream, peer: ID, what: str, code: StatusCode, reason: str) -> None:
         self._on_refused(peer.to_base58(), f"{what}: {reason}")
         await self._send_status(stream, code, reason)
-        with contextlib.suppress(Exception):
-            await stream.reset()
+        # Close, not reset: a reset can overtake the status, and the client should learn why.
+        with trio.move_on_after(2.0), contextlib.suppress(Exception):
+            await stream.close()
 
     async def _handle_reserve(self, stream: INetStream, msg: Any) -> None:
         peer = stream.muxed_conn.peer_id
