@@ -153,6 +153,10 @@ class FederationSection(_Section):
     # FedCompass (schedule = "fedcompass"); see docs/fedcompass.md and fednode.node.scheduler.fedcompass.
     q_min: int = Field(default=20, ge=1, le=1_000_000, description="fedcompass: fewest local steps a peer is given")
     q_max: int = Field(default=100, ge=1, le=1_000_000, description="fedcompass: most local steps a peer is given")
+    q_upper: int = Field(
+        default=0, ge=0, le=1_000_000,
+        description="fedcompass: most steps a peer accepts to join an existing group; 0 = q_max (the paper used 1.2 q_max)",
+    )
     latest_time_factor: float = Field(
         default=1.5, ge=1.0, le=100.0, description="fedcompass: lambda; a group's deadline is lambda x its expected duration"
     )
@@ -182,6 +186,14 @@ class FederationSection(_Section):
         q_min = info.data.get("q_min")
         if q_min is not None and value < q_min:
             raise ValueError(f"must be >= federation.q_min ({q_min}): FedCompass gives each peer between q_min and q_max steps")
+        return value
+
+    @field_validator("q_upper")
+    @classmethod
+    def _check_q_upper(cls, value: int, info: ValidationInfo) -> int:
+        q_max = info.data.get("q_max")
+        if value and q_max is not None and value < q_max:
+            raise ValueError(f"must be 0 (= q_max) or >= federation.q_max ({q_max})")
         return value
 
 

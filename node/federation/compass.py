@@ -227,6 +227,7 @@ def policy_from_config(federation: Any, grace: float | None = None) -> CompassPo
     return CompassPolicy(
         q_min=federation.q_min,
         q_max=federation.q_max,
+        q_upper=federation.q_upper,
         latest_time_factor=federation.latest_time_factor,
         speed_momentum=federation.speed_momentum,
         staleness=federation.staleness,
@@ -344,6 +345,7 @@ class CompassRunner(FederationRunner):
             await warm_up
         self._spawn(self._steward(), "compass-steward")
         loop = asyncio.get_running_loop()
+        await self._wait_for_members(should_stop)
         self._last_apply_at = loop.time()
         while not should_stop() and not self.stop.is_set():
             best = self._best_offer()
@@ -354,6 +356,22 @@ class CompassRunner(FederationRunner):
                     self._next_sync_try = loop.time() + 2 * self.announce_interval
                 continue
             await self._local_round(loop)
+
+    async def _wait_for_members(self, should_stop: Callable[[], bool]) -> None:
+        """Start training once `federation.min_participants` members (us included) are present,
+        as synchronous rounds need them before aggregating: a peer that starts first would
+        otherwise fit the global model to its own shard while the others are still starting.
+        Checked at start only; afterwards FedCompass copes with members coming and going."""
+        needed = self.rounds.policy.min_participants
+        loop = asyncio.get_running_loop()
+        reported = 0.0
+        while self._federation_size() < needed and not should_stop() and not self.stop.is_set():
+            if loop.time() >= reported:
+                log.info("waiting for %d member(s) before training (%d present)", needed, self._federation_size())
+                reported = loop.time() + 30.0
+            self._wakeup.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=0.5)
 
     async def _local_round(self, loop: asyncio.AbstractEventLoop) -> None:
         assignment = await self._assign(loop.time())
