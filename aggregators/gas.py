@@ -97,8 +97,8 @@ class GradientSplitting(Aggregator):
 
         def score_part(scratch: Scratch, index: int) -> None:
             columns = parts[index]
-            if by_coordinate is None:
-                sub_rows = rows.index_select(1, columns)
+            if len(parts) == 1:
+                sub_rows = rows  # one part in coordinate order: no copy
             else:
                 sub_rows = torch.from_numpy(np.ascontiguousarray(np.take(by_coordinate, columns.numpy(), axis=0).T))
             result = self.base_rule.combine(sub_rows, context.for_columns(columns))
