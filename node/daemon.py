@@ -525,7 +525,9 @@ class Daemon:
     def _done(self) -> bool:
         """Stop conditions that do not come from a signal."""
         training = self.config.training
-        if training.rounds and self.round >= training.rounds:
+        # A state sync can carry the runner past the last round without a round of its own.
+        current = max(self.round, self.runner.round if self.runner is not None else 0)
+        if training.rounds and current >= training.rounds:
             self.request_stop("rounds")
         return self.stop_event.is_set()
 
