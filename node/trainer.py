@@ -76,6 +76,9 @@ class LocalTrainer:
         self._train_x, self._train_y = features.to(device), labels.to(device)
         test_x, test_y = _materialise(task.test_data)
         self._test_x, self._test_y = test_x.to(device), test_y.to(device)
+        # torch imports its compiler stack the first time an optimizer is built (3-8 s on a busy
+        # 2-core host); pay that at start-up rather than inside the first round.
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
 
     @property
     def num_train_samples(self) -> int:

@@ -337,12 +337,7 @@ class CompassRunner(FederationRunner):
     async def run(self, should_stop: Callable[[], bool]) -> None:
         """Local rounds until `should_stop()` or the stop event; groups are closed and manifests
         applied by the steward task meanwhile."""
-        # torch initialises lazily on the first optimizer step (seconds on a busy host); do it
-        # while the initial sync waits, so it does not count as our speed in the first round.
-        warm_up = asyncio.ensure_future(asyncio.to_thread(self.trainer.train_round, copy.deepcopy(self.model), 0))
         await self._initial_sync()
-        with contextlib.suppress(Exception):
-            await warm_up
         self._spawn(self._steward(), "compass-steward")
         loop = asyncio.get_running_loop()
         await self._wait_for_members(should_stop)
@@ -574,6 +569,12 @@ class CompassRunner(FederationRunner):
             outcome = self.outcomes.get(group.group_id)
             if group.group_id in self.led:
                 decision = self.sched.decide(group.group_id, now)
+                if decision.close and not decision.missing and now < group.eta:
+                    # Every member we know of arrived before the ETA. Unlike the reference server
+                    # we may not know every member yet (a join is a gossiped report); joins can
+                    # come until the ETA, and we computed that ETA for ourselves, so hold it.
+                    next_at = min(next_at, group.eta)
+                    continue
                 if decision.close:
                     await self._close_group(group, decision.reason, decision.missing, fallback=False)
                 else:
