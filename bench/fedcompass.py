@@ -1,0 +1,181 @@
+"""Benchmark: FedCompass vs synchronous rounds with heterogeneous peers, side by side in one run.
+
+    python bench/fedcompass.py                                   # 4 daemons, slowdowns 1,2,4,8
+    python bench/fedcompass.py --nodes 6 --slowdowns 1,1,2,4,8,8 --repeats 2 --json runs/fc.json
+
+Each run is a real local federation started with `fednode launch` (separate daemon processes,
+py-libp2p on 127.0.0.1), digits MLP 64-256-256-10, mean aggregation, int8 updates, the same
+training settings for both schedules; per-node slowdowns emulate slower machines (each local step
+takes `slowdown` times longer). The schedules take turns (sync, fedcompass, sync, ...) so load
+drift on this shared machine hits both alike.
+
+Measured from the moment every daemon is listening (start-up, which is the same for both, is
+left out):
+
+* time to target: until every node's model has reached the target test accuracy (0.90);
+* final accuracy: mean over nodes of the last evaluated accuracy when the budget ends;
+* aggregations: global model versions applied (sync: rounds; fedcompass: group aggregations).
+
+The ratio column is fedcompass / sync (medians over repeats). Target (issue 6): fedcompass
+reaches 0.90 in <= 0.6 x the sync time, with final accuracy at most 1 point lower. No pass/fail
+here: the figures go to docs/fedcompass.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _ts(text: str) -> float:
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.UTC).timestamp()
+
+
+def _records(path: Path) -> list[dict]:
+    records = []
+    if not path.exists():
+        return records
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
+
+
+def _ready_time(run_dir: Path, nodes: int) -> float | None:
+    """When the last node started listening (unix time), or None if not all are up."""
+    times = []
+    for index in range(nodes):
+        listening = [_ts(r["ts"]) for r in _records(run_dir / f"node-{index}.log") if r.get("event") == "listening"]
+        if not listening:
+            return None
+        times.append(listening[0])
+    return max(times)
+
+
+def run_once(schedule: str, args: argparse.Namespace, out: Path) -> dict:
+    """One federation for `args.budget` seconds after every node is up; returns its figures."""
+    command = [
+        sys.executable, "-m", "fednode.cli.app", "launch",
+        "--nodes", str(args.nodes), "--rounds", "1000000", "--schedule", schedule,
+        "--slowdowns", args.slowdowns, "--out", str(out),
+        "--set", f"training.local_steps={args.local_steps}",
+        "--set", f"training.lr={args.lr}",
+        "--set", f"federation.q_min={args.q_min}",
+        "--set", f"federation.q_max={args.q_max}",
+    ]
+    for item in args.set or []:
+        command += ["--set", item]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDNODE_")}
+    launcher = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+    ready = None
+    try:
+        deadline = time.monotonic() + args.start_timeout
+        while ready is None and time.monotonic() < deadline and launcher.poll() is None:
+            time.sleep(0.5)
+            ready = _ready_time(out, args.nodes)
+        if ready is None:
+            raise RuntimeError(f"{schedule}: the daemons did not all start within {args.start_timeout} s")
+        time.sleep(max(0.0, ready + args.budget - time.time()))
+    finally:
+        if launcher.poll() is None:
+            launcher.send_signal(signal.SIGINT)  # the launcher stops every daemon gracefully
+            try:
+                launcher.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(launcher.pid, signal.SIGKILL)  # daemons die with it (PR_SET_PDEATHSIG)
+                launcher.wait(timeout=10)
+    assert ready is not None
+    per_node = []
+    for index in range(args.nodes):
+        rounds = [(_ts(r["ts"]) - ready, r["accuracy"], r["round"])
+                  for r in _records(out / f"node-{index}.log") if r.get("event") == "round"]
+        rounds = [r for r in rounds if r[0] <= args.budget]
+        hit = next((t for t, accuracy, _ in rounds if accuracy >= args.target), None)
+        per_node.append({
+            "node": index,
+            "hit": hit,
+            "final": rounds[-1][1] if rounds else float("nan"),
+            "versions": rounds[-1][2] if rounds else 0,
+        })
+    hits = [n["hit"] for n in per_node]
+    groups = sum(1 for index in range(args.nodes) for r in _records(out / f"node-{index}.log")
+                 if r.get("event") == "group_closed" and not r.get("deferred"))
+    return {
+        "schedule": schedule,
+        "time_to_target": max(hits) if all(h is not None for h in hits) else None,
+        "final_accuracy": statistics.fmean(n["final"] for n in per_node),
+        "versions": max(n["versions"] for n in per_node),
+        "groups": groups,
+        "nodes": per_node,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--slowdowns", default="1,2,4,8", help="per-node slowdown factors, cycled")
+    parser.add_argument("--budget", type=float, default=45.0, help="seconds each federation trains after all are up")
+    parser.add_argument("--target", type=float, default=0.90)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--local-steps", type=int, default=20, help="sync: steps per round")
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--q-min", type=int, default=20, help="fedcompass: fewest local steps")
+    parser.add_argument("--q-max", type=int, default=100, help="fedcompass: most local steps")
+    parser.add_argument("--set", action="append", help="extra --set for every node of both schedules")
+    parser.add_argument("--start-timeout", type=float, default=180.0)
+    parser.add_argument("--json", type=Path, help="write every run's figures here")
+    parser.add_argument("--keep", type=Path, help="keep the run directories (logs) under this directory")
+    args = parser.parse_args()
+
+    results: dict[str, list[dict]] = {"sync": [], "fedcompass": []}
+    with tempfile.TemporaryDirectory(prefix="fedcompass-bench-") as scratch:
+        tmp = args.keep or scratch
+        for repeat in range(args.repeats):
+            order = ("sync", "fedcompass") if repeat % 2 == 0 else ("fedcompass", "sync")
+            for schedule in order:
+                result = run_once(schedule, args, Path(tmp) / f"{schedule}-{repeat}")
+                results[schedule].append(result)
+                hit = result["time_to_target"]
+                print(f"[{repeat + 1}/{args.repeats}] {schedule:10s} time to {args.target:.2f}: "
+                      f"{'not reached' if hit is None else f'{hit:.1f} s'}, final accuracy {result['final_accuracy']:.4f}, "
+                      f"{result['versions']} model versions", flush=True)
+
+    def median(schedule: str, key: str) -> float | None:
+        values = [r[key] for r in results[schedule] if r[key] is not None]
+        return statistics.median(values) if len(values) == len(results[schedule]) and values else None
+
+    print()
+    print(f"{args.nodes} daemons, slowdowns {args.slowdowns}, budget {args.budget:.0f} s after start-up, "
+          f"sync {args.local_steps} steps/round, fedcompass q in [{args.q_min}, {args.q_max}], lr {args.lr}, "
+          f"{args.repeats} repeat(s), load average {os.getloadavg()[0]:.1f}")
+    header = f"| schedule | time to {args.target:.2f} (s) | final accuracy | model versions |"
+    print(header)
+    print("|---|---|---|---|")
+    for schedule in ("sync", "fedcompass"):
+        hit = median(schedule, "time_to_target")
+        print(f"| {schedule} | {'not reached' if hit is None else f'{hit:.1f}'} | "
+              f"{median(schedule, 'final_accuracy'):.4f} | {median(schedule, 'versions'):.0f} |")
+    sync_hit, fc_hit = median("sync", "time_to_target"), median("fedcompass", "time_to_target")
+    ratio = f"{fc_hit / sync_hit:.2f}" if sync_hit and fc_hit else "n/a"
+    delta = (median("fedcompass", "final_accuracy") or 0) - (median("sync", "final_accuracy") or 0)
+    print(f"| ratio fedcompass/sync | {ratio} | {delta * 100:+.1f} points | |")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"args": vars(args), "results": results}, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
