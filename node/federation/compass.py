@@ -275,6 +275,7 @@ class CompassRunner(FederationRunner):
         self.consumed: set[tuple[str, int]] = set()  # updates in a final (creator's) applied manifest
         self._served_snapshots: deque[bytes] = deque()
         self._next_sync_try = 0.0
+        self._fetch_retry_at: dict[tuple[str, int], float] = {}
         self._steward_wakeup: asyncio.Event | None = None
         self._train_executor = ThreadPoolExecutor(1, thread_name_prefix="compass-train", initializer=_lower_priority)
 
@@ -689,6 +690,12 @@ class CompassRunner(FederationRunner):
         held = self.held.get(key)
         if held is not None and (held.delta is not None or held.fetching) and held.digest == bytes(entry.payload_sha256):
             return
+        now = asyncio.get_running_loop().time()
+        if held is None and self._fetch_retry_at.get(key, 0.0) > now:
+            return
+        self._fetch_retry_at[key] = now + 1.0
+        if len(self._fetch_retry_at) > 4096:
+            self._fetch_retry_at = {k: t for k, t in self._fetch_retry_at.items() if t > now}
         if held is not None and held.digest != bytes(entry.payload_sha256):
             return  # the manifest names another payload than the sender announced: unobtainable
         header = model_pb2.UpdateHeader(
@@ -721,6 +728,8 @@ class CompassRunner(FederationRunner):
                        if (h := self.held.get((e.sender_peer_id, e.round))) is None or h.delta is None
                        or h.digest != bytes(e.payload_sha256) or (h.label_ms and h.group_id != group_id)]
             if missing:
+                for entry in missing:  # fetches that failed are retried (backed off) until the allowance ends
+                    self._ensure_entry(entry, providers=[entry.sender_peer_id, best.signer])
                 if loop.time() - best.received_at > MANIFEST_FETCH_SECONDS and not outcome.skipped:
                     outcome.skipped = True
                     log.warning("group %s: %d update(s) of its manifest unobtainable; not applied (will sync if behind)",
