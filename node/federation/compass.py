@@ -453,9 +453,12 @@ class CompassRunner(FederationRunner):
                 round=self.seq + 1,
             )))
         self.sched.groups[assignment.group_id].expected_seq[self.peer_id] = self.seq + 1
-        log.debug("round %d: %s group %s for %d steps (eta in %.2f s)", self.seq + 1,
-                  "created" if assignment.created else "joined", assignment.group_id.hex()[:8],
-                  assignment.local_steps, assignment.eta - now)
+        log.info("round %d: %s group %s for %d steps (eta in %.2f s)", self.seq + 1,
+                 "created" if assignment.created else "joined", assignment.group_id.hex()[:8],
+                 assignment.local_steps, assignment.eta - now,
+                 extra={"event": "assigned", "seq": self.seq + 1, "group": assignment.group_id.hex()[:8],
+                        "new_group": assignment.created, "steps": assignment.local_steps,
+                        "eta_seconds": round(assignment.eta - now, 3)})
         return assignment
 
     def _fresh_ms(self) -> int:

@@ -88,11 +88,22 @@ def test_a_straggler_never_stalls_the_others(start_federation) -> None:
 
 
 def test_a_peer_killed_mid_group_holds_its_group_no_longer_than_the_deadline(start_federation) -> None:
-    args = [*COMPASS, "--rounds", "80", "--set", "training.slowdown=30",
+    args = [*COMPASS, "--rounds", "60", "--set", "training.slowdown=60",
             "--set", "federation.q_min=10", "--set", "federation.q_max=20"]
     nodes = start_federation(3, *args, federation="compass-kill")
     victim = nodes[2]
-    _wait(lambda: sum(r.get("event") == "local_round" for r in _records(victim)) >= 5, "the victim's rounds", nodes)
+
+    def training_in_a_peers_group() -> bool:
+        # Kill the victim while it trains for a group a survivor created (so a survivor leads it
+        # and must close it without the victim). Killed between its update and its next
+        # assignment, or alone in a group of its own, it would be nobody's missing member.
+        records = _records(victim)
+        rounds = [r for r in records if r.get("event") == "local_round"]
+        assigned = [r for r in records if r.get("event") == "assigned"]
+        return (len(rounds) >= 5 and bool(assigned) and assigned[-1]["seq"] == rounds[-1]["seq"] + 1
+                and not assigned[-1]["new_group"] and _ts(assigned[-1]) + 0.2 < time.time())
+
+    _wait(training_in_a_peers_group, "the victim to train in a survivor's group", nodes)
     victim_id = _peer_id(victim)[-8:]
     victim.process.send_signal(signal.SIGKILL)
     victim.process.wait(timeout=10)
