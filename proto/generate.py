@@ -13,6 +13,7 @@ import each other as `fednode.proto.v1.*_pb2`, whatever directory the repository
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 import tempfile
@@ -53,9 +54,16 @@ def _generate_into(out_dir: Path) -> dict[str, bytes]:
     for version in VERSIONS:
         folder = generated_root / "fednode" / "proto" / version
         for path in sorted(folder.iterdir()):
-            if path.name.endswith(GENERATED_SUFFIXES):
-                result[f"{version}/{path.name}"] = path.read_bytes()
+            if not path.name.endswith(GENERATED_SUFFIXES):
+                continue
+            if path.name.endswith("_pb2_grpc.py") and not _declares_service(PROTO_ROOT / version / path.name.replace("_pb2_grpc.py", ".proto")):
+                continue  # protoc writes an import-only stub for message-only files; keep just the real ones
+            result[f"{version}/{path.name}"] = path.read_bytes()
     return result
+
+
+def _declares_service(proto_file: Path) -> bool:
+    return re.search(r"^\s*service\s+\w+", proto_file.read_text(), flags=re.MULTILINE) is not None
 
 
 def _committed() -> dict[str, bytes]:

@@ -812,26 +812,9 @@ class CompassRunner(FederationRunner):
             await self.on_round(outcome_record)
 
     def _account(self, result: StepResult) -> tuple[list[str], list[str]]:
-        selected: list[str] = []
-        dropped: list[str] = []
-        aggregation = result.result
-        if aggregation is None:
-            return selected, list(result.senders)
-        chosen = set(range(len(result.senders))) if aggregation.selected is None else {int(i) for i in aggregation.selected}
-        rejected = {int(i) for i in (aggregation.rejected or [])}
-        for index, sender in enumerate(result.senders):
-            contribution = self.contributions.setdefault(sender, PeerContribution())
-            if aggregation.scores is not None:
-                contribution.last_score = float(aggregation.scores[index])
-            if index in rejected:
-                contribution.reject("non_finite_or_absurd")
-                dropped.append(sender)
-            elif index in chosen:
-                contribution.selected += 1
-                selected.append(sender)
-            else:
-                dropped.append(sender)
-        return selected, dropped
+        if result.result is None:
+            return [], list(result.senders)
+        return self._credit_contributions(list(result.senders), result.result)
 
     # ------------------------------------------------------------------------------ our buffered updates
     async def _readdress_own(self, now: float) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from fednode.aggregators import AggregationError, Aggregator
+from fednode.aggregators import AggregationError, AggregationResult, Aggregator
 from fednode.aggregators import attacks as attack_registry
 from fednode.node import __version__
 from fednode.node.compression import DecodeLimits, PayloadError, UpdateCompressor, decode, derive_seed
@@ -338,20 +338,7 @@ class FederationRunner:
             assign_parameters(self.model, new)
             if self.aggregator.name == "centered_clipping":
                 self.aggregator_center = result.aggregate.detach().clone()
-            chosen = set(range(len(senders))) if result.selected is None else {int(i) for i in result.selected}
-            rejected = {int(i) for i in (result.rejected or [])}
-            for index, sender in enumerate(senders):
-                contribution = self.contributions.setdefault(sender, PeerContribution())
-                if result.scores is not None:
-                    contribution.last_score = float(result.scores[index])
-                if index in rejected:
-                    contribution.reject("non_finite_or_absurd")
-                    dropped.append(sender)
-                elif index in chosen:
-                    contribution.selected += 1
-                    selected.append(sender)
-                else:
-                    dropped.append(sender)
+            selected, dropped = self._credit_contributions(senders, result)
             if dropped:
                 log.info("round %d: aggregator left out %s", number, ", ".join(p[-8:] for p in dropped))
             for index, sender in enumerate(senders):
@@ -379,6 +366,27 @@ class FederationRunner:
         )
 
     # ------------------------------------------------------------------------------ sending
+    def _credit_contributions(self, senders: list[str], result: AggregationResult) -> tuple[list[str], list[str]]:
+        """Record each sender's score and whether the rule used its row (rows are in `senders`
+        order). Returns (selected, dropped): dropped = rejected as non-finite/absurd or left out."""
+        selected: list[str] = []
+        dropped: list[str] = []
+        chosen = set(range(len(senders))) if result.selected is None else {int(i) for i in result.selected}
+        rejected = {int(i) for i in (result.rejected or [])}
+        for index, sender in enumerate(senders):
+            contribution = self.contributions.setdefault(sender, PeerContribution())
+            if result.scores is not None:
+                contribution.last_score = float(result.scores[index])
+            if index in rejected:
+                contribution.reject("non_finite_or_absurd")
+                dropped.append(sender)
+            elif index in chosen:
+                contribution.selected += 1
+                selected.append(sender)
+            else:
+                dropped.append(sender)
+        return selected, dropped
+
     async def _publish_update(
         self, number: int, delta: torch.Tensor, train: TrainResult, *, group_id: bytes = b"",
         base_model_version: int | None = None,

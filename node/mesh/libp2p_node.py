@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -1258,20 +1258,29 @@ class Libp2pNode:
         finally:
             await _close_stream(stream)
 
-    async def request(self, target: str, kind: str, data: bytes, max_response: int) -> bytes:
-        """Requester side: dial `target` (a full multiaddr or a peer id), send, read the answer."""
-        io = self.config.io_timeout_s
+    async def _open_stream(self, resolve_peer: Callable[[], Awaitable[ID]], protocol: str, timeout: float, what: str) -> Any:
+        """Resolve the peer, connect if needed and open a stream for `protocol`, all within
+        `timeout`; failures become DialError (MeshError subclasses pass through)."""
         try:
-            with trio.fail_after(3 * io):
-                peer = ID.from_base58(await self.connect(target)) if target.startswith("/") else ID.from_base58(target)
+            with trio.fail_after(timeout):
+                peer = await resolve_peer()
                 await self._ensure_connected(peer)
-                stream = await self.host.new_stream(peer, [TProtocol(REQUEST_PROTOCOL)])
+                return await self.host.new_stream(peer, [TProtocol(protocol)])
         except trio.TooSlowError as exc:
-            raise DialError(f"opening a request stream to {target} timed out") from exc
+            raise DialError(f"opening {what} timed out") from exc
         except MeshError:
             raise
         except Exception as exc:
-            raise DialError(f"cannot open a request stream to {target}: {exc}") from exc
+            raise DialError(f"cannot open {what}: {exc}") from exc
+
+    async def request(self, target: str, kind: str, data: bytes, max_response: int) -> bytes:
+        """Requester side: dial `target` (a full multiaddr or a peer id), send, read the answer."""
+        io = self.config.io_timeout_s
+
+        async def peer_of_target() -> ID:
+            return ID.from_base58(await self.connect(target)) if target.startswith("/") else ID.from_base58(target)
+
+        stream = await self._open_stream(peer_of_target, REQUEST_PROTOCOL, 3 * io, f"a request stream to {target}")
         try:
             await _write_frame(stream, kind.encode(), io)
             await _write_frame(stream, data, io)
@@ -1292,17 +1301,11 @@ class Libp2pNode:
     async def fetch_range(self, peer_key: str, state: FetchState) -> None:
         """Requester side over a libp2p stream: fill ``state`` from ``state.received`` on."""
         io = self.config.io_timeout_s
-        peer = ID.from_base58(peer_key)
-        try:
-            with trio.fail_after(io):
-                await self._ensure_connected(peer)
-                stream = await self.host.new_stream(peer, [TProtocol(TRANSFER_PROTOCOL)])
-        except trio.TooSlowError as exc:
-            raise DialError(f"opening a transfer stream to {peer_key} timed out") from exc
-        except MeshError:
-            raise
-        except Exception as exc:
-            raise DialError(f"cannot open a transfer stream to {peer_key}: {exc}") from exc
+
+        async def peer_of_key() -> ID:
+            return ID.from_base58(peer_key)
+
+        stream = await self._open_stream(peer_of_key, TRANSFER_PROTOCOL, io, f"a transfer stream to {peer_key}")
         try:
             await _write_frame(stream, build_request(state), io)
             with trio.fail_after(io), contextlib.suppress(Exception):
