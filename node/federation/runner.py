@@ -144,7 +144,6 @@ class FederationRunner:
         self.model_version = 0
         self.aggregator_center: torch.Tensor | None = None
         self.members: dict[str, MemberView] = {}
-        self._announced: set[str] = set()  # members heard from through their own announcements
         self.contributions: dict[str, PeerContribution] = {}
         self.offers: dict[bytes, SnapshotOffer] = {}
         self.rejections: Counter[str] = Counter()
@@ -552,7 +551,6 @@ class FederationRunner:
             member.model_version = announcement.model_version
             member.multiaddrs = tuple(announcement.multiaddrs)
             member.display_name = announcement.display_name
-            self._announced.add(valid.sender)
             self.rounds.note_member(valid.sender)
             self._wakeup.set()
         elif body == "update":
@@ -702,29 +700,16 @@ class FederationRunner:
         return min(candidates, key=lambda o: (-len(o.providers), bytes(o.header.payload_sha256)))
 
     async def _initial_sync(self) -> None:
-        """Give announcements a moment to arrive, then catch up if the federation is ahead.
-
-        Stops waiting early when enough members (min_participants - 1, at least one) announced
-        themselves and none of them is ahead of us: a new federation then starts at once
-        instead of after the whole window. A member that is ahead keeps us waiting for its
-        snapshot offer."""
+        """Give announcements a moment to arrive, then catch up if the federation is ahead."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 2 * self.announce_interval + 1.0
         while loop.time() < deadline and not self.stop.is_set() and not self.offers:
-            if self._nobody_ahead():
-                break
             self._wakeup.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=0.2)
         best = self._best_offer()
         if best is not None and best.header.round > self.round:
             await self._sync_from_peers()
-
-    def _nobody_ahead(self) -> bool:
-        heard = [self.members[p] for p in self._announced if p in self.members]
-        if len(heard) < max(1, self.rounds.policy.min_participants - 1):
-            return False
-        return all(m.round <= self.round and m.model_version <= self.model_version for m in heard)
 
     async def _sync_from_peers(self) -> bool:
         best = self._best_offer()
