@@ -24,6 +24,12 @@ class SyncPolicy:
     min_wait: float = 1.0
     max_wait: float = 300.0
     absent_after: int = 2
+    # A member that never delivered an update has no arrival time to measure yet (it may still
+    # be starting: imports, first connections). Rounds wait at least this long for such members,
+    # so the first rounds do not close a moment before their update arrives, which would leave
+    # peers aggregating different sets and holding different models from then on. A newcomer that
+    # never delivers costs this at most `absent_after` rounds.
+    first_contact_wait: float = 5.0
     smoothing: float = 0.5  # weight of the newest arrival sample in the moving average
 
     def __post_init__(self) -> None:
@@ -130,7 +136,10 @@ class SyncRound:
     def deadline(self) -> float:
         typical = self.arrivals.typical()
         budget = self.policy.patience * (typical if typical is not None else self._fallback)
-        return self.started_at + min(max(budget, self.policy.min_wait), self.policy.max_wait)
+        floor = self.policy.min_wait
+        if any(self.arrivals.of(peer) is None for peer in self.expected() - {self.own_peer_id}):
+            floor = max(floor, self.policy.first_contact_wait)
+        return self.started_at + min(max(budget, floor), self.policy.max_wait)
 
     def decide(self, now: float) -> Decision:
         expected = self.expected()

@@ -63,6 +63,23 @@ def test_deadline_follows_measured_arrivals_within_bounds() -> None:
     assert slow.deadline() == 5.0
 
 
+def test_members_without_a_measured_arrival_get_the_first_contact_wait() -> None:
+    rounds = tracker(min_participants=2, patience=3.0, min_wait=0.5, first_contact_wait=4.0)
+    for peer in (A, B):
+        rounds.note_member(peer)
+    rounds.start(1, 0.0, own_train_seconds=0.1)
+    rounds.record(ME, 0.1, 1)
+    rounds.record(A, 0.2, 1)
+    # B has never delivered: round 1 waits first_contact_wait for it, not 3 x 0.1 s.
+    assert rounds.deadline() == pytest.approx(4.0)
+    assert not rounds.decide(3.9).close
+    rounds.record(B, 3.9, 1)
+    assert rounds.decide(3.9).close
+    # Everyone measured: back to patience x the typical arrival (floored by min_wait).
+    rounds.start(2, 10.0, own_train_seconds=0.1)
+    assert rounds.deadline() == pytest.approx(10.0 + 3.0 * 0.2)
+
+
 def test_never_closes_below_min_participants_and_keeps_rechecking() -> None:
     rounds = tracker(min_participants=3, min_wait=0.5)
     rounds.note_member(A)
