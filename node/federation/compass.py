@@ -573,6 +573,12 @@ class CompassRunner(FederationRunner):
             outcome = self.outcomes.get(group.group_id)
             if group.group_id in self.led:
                 decision = self.sched.decide(group.group_id, now)
+                if decision.close and not group.arrivals and now < group.deadline:
+                    # Nothing arrived yet, so nothing to aggregate: closing early gains nothing and
+                    # would race our own update into a singleton group (it is registered only
+                    # once published, which on a loaded host can take a while).
+                    next_at = min(next_at, group.deadline)
+                    continue
                 if decision.close and not decision.missing and now < group.eta:
                     # Every member we know of arrived before the ETA. Unlike the reference server
                     # we may not know every member yet (a join is a gossiped report); joins can
