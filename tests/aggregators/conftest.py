@@ -32,3 +32,13 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def restore_threads() -> Iterator[None]:
+    """Tests that change torch's thread count get it back afterwards."""
+    previous = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

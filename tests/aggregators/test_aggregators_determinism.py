@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -31,15 +30,6 @@ RULES: list[tuple[str, dict[str, Any]]] = [
     ("gas", {"f": 2, "base": "krum", "p": 7}),
     ("gas", {"f": 2, "base": "bulyan", "p": 3}),
 ]
-
-
-@pytest.fixture
-def restore_threads() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def updates(dtype: torch.dtype, columns: int = COLUMN_BLOCK + 4321) -> torch.Tensor:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -18,15 +17,6 @@ from fednode.aggregators.krum import mean_around_median
 from fednode.aggregators.nnm import mixed_column_rule, nearest_neighbour_mixing
 
 needs_mkl = pytest.mark.skipif(not numerics.blas_available(), reason="torch's BLAS is not MKL")
-
-
-@pytest.fixture
-def restore_threads() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def near_duplicates(noise: float, d: int = 200_000) -> torch.Tensor:
