@@ -45,6 +45,10 @@ DHT
     (deduplicated, never this node). The node finds its federation by providing and looking up
     a key it derives from the federation id. Routing-table refresh, bootstrap re-dials and
     provider re-announcements run every ``dht_refresh_interval_s``.
+    ``await mesh.put_record(key, value)`` and ``await mesh.get_records(key) -> list[bytes]``
+    (every distinct valid value held here or by the closest peers) for keys
+    ``/<namespace>/...`` whose namespace has a ``RecordValidator`` in
+    ``MeshConfig.record_validators``; records of other namespaces are refused, put or received.
 
 Introspection
     ``mesh.peers() -> list[PeerInfo]`` (connection "direct" / "relayed" / "hole-punched",
@@ -102,6 +106,7 @@ from .types import (
     Reachability,
     ReachabilityChanged,
     ReachabilityStatus,
+    RecordValidator,
     Validator,
 )
 
@@ -127,6 +132,7 @@ __all__ = [
     "Reachability",
     "ReachabilityChanged",
     "ReachabilityStatus",
+    "RecordValidator",
     "RelayLimits",
     "Validator",
     "peer_id_from_public_key",

@@ -7,8 +7,10 @@ filter, the 1 GiB / 1 h relay circuits, and the absent size check before publish
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+
+from .types import RecordValidator
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -91,6 +93,11 @@ class MeshConfig:
     enable_dcutr: bool = True  # upgrade relayed connections to direct ones (hole punching)
     autonat_confirmations: int = 3  # agreeing verdicts before reachability flips
     gossip: GossipConfig = field(default_factory=GossipConfig)
+    # DHT record namespaces this node stores and reads (``put_record``/``get_records``), with their
+    # validators. Every other key is refused (the library would otherwise store anything anyone
+    # puts: free storage for strangers).
+    record_validators: Mapping[str, RecordValidator] = field(default_factory=dict)
+    max_record_size: int = 128 * KIB  # records above it are refused, put or received
     max_blob_size: int = 1 * GIB  # hard cap for serve_blob() and fetch_blob()
     fetch_chunk_size: int = 1 * MIB  # bytes per chunk frame
     # The fast path: an authenticated, encrypted asyncio TCP data channel used for blob transfer
@@ -125,6 +132,11 @@ class MeshConfig:
             raise ValueError("time-outs must be positive")
         if self.max_concurrent_uploads <= 0 or self.event_queue_size <= 0:
             raise ValueError("MeshConfig limits must be positive")
+        for namespace in self.record_validators:
+            if not namespace or "/" in namespace or namespace in ("pk", "ipns"):
+                raise ValueError(f"MeshConfig.record_validators: bad namespace {namespace!r}")
+        if not 0 < self.max_record_size <= 1 * MIB:
+            raise ValueError("MeshConfig.max_record_size must be in 1 .. 1 MiB")
         if self.autonat_confirmations <= 0:
             raise ValueError("MeshConfig.autonat_confirmations must be positive")
         if not 0 <= self.fast_path_port <= 65535:

@@ -41,6 +41,7 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.gossipsub import PROTOCOL_ID as GOSSIPSUB_V10
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, PROTOCOL_ID_V13, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.records.validator import Validator as Libp2pRecordValidator
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
 from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as RELAY_HOP_PROTOCOL
@@ -84,6 +85,7 @@ from .types import (
     Reachability,
     ReachabilityChanged,
     ReachabilityStatus,
+    RecordValidator,
     StatsCollector,
     Validator,
 )
@@ -379,6 +381,11 @@ class Libp2pNode:
         )
         self.pubsub = Pubsub(self.host, self.gossipsub, strict_signing=True)
         self.dht = KadDHT(self.host, DHTMode.SERVER, enable_random_walk=False)
+        # Strict: only namespaces with a validator (ours, plus the library's pk and ipns) are
+        # stored; the default accepts any key and value from anyone.
+        for namespace, rules in cfg.record_validators.items():
+            self.dht.set_namespace_validator(namespace, _SizedRecordValidator(rules, cfg.max_record_size))
+        self.dht.strict_validation = True
         limits = cfg.relay_limits
         lp_limits = Libp2pRelayLimits(
             duration=limits.max_circuit_duration_s,
@@ -1201,6 +1208,45 @@ class Libp2pNode:
             for info in providers:
                 found.setdefault(info.peer_id, info)
 
+    async def put_record(self, key: str, value: bytes) -> None:
+        """Validate, store locally and at the closest peers (each refuses a worse value)."""
+        self.dht.validator.validate(key, value)  # raises ValueError / InvalidRecordType
+        with trio.move_on_after(2 * self.config.io_timeout_s):
+            await self.dht.put_value(key, value)
+
+    async def get_records(self, key: str) -> list[bytes]:
+        """Every distinct valid value of ``key``: the local one plus those the closest peers hold.
+
+        The library's get_value() returns the local record as soon as there is one and never asks
+        the network (as find_providers does), and keeps only one "best" value; a reader that merges
+        records (revocation lists are sets) wants them all.
+        """
+        key_bytes = key.encode()
+        validator = self.dht.validator
+        values: list[bytes] = []
+
+        def keep(value: bytes | None) -> None:
+            if value is None or value in values:
+                return
+            with contextlib.suppress(Exception):
+                validator.validate(key, value)
+                values.append(value)
+
+        local = self.dht.value_store.get(key_bytes)
+        keep(local.value if local is not None else None)
+        with trio.move_on_after(self.config.io_timeout_s):
+            closest = list(await self.dht.peer_routing.find_closest_peers_network(key_bytes))
+            async with trio.open_nursery() as nursery:
+                for peer in closest[:20]:
+                    if peer != self.host.get_id():
+                        nursery.start_soon(self._record_from, peer, key_bytes, keep)
+        return values
+
+    async def _record_from(self, peer: ID, key: bytes, keep: Callable[[bytes | None], None]) -> None:
+        with trio.move_on_after(self.config.io_timeout_s), contextlib.suppress(Exception):
+            value = await self.dht.value_store._get_from_peer(peer, key)
+            keep(value if isinstance(value, bytes) else None)
+
     # ------------------------------------------------------------------ blob transfer
 
     async def _handle_transfer(self, stream: INetStream) -> None:
@@ -1402,3 +1448,20 @@ class Libp2pNode:
         self._fastpath_cache.pop(peer_key, None)
         if unreachable:
             self._fastpath_unreachable[peer_key] = time.monotonic()
+
+
+class _SizedRecordValidator(Libp2pRecordValidator):
+    """A RecordValidator behind the library's Validator interface, with a size cap first (so an
+    oversized value is refused before anything parses it)."""
+
+    def __init__(self, rules: RecordValidator, max_size: int) -> None:
+        self.rules = rules
+        self.max_size = max_size
+
+    def validate(self, key: str, value: bytes) -> None:
+        if len(value) > self.max_size:
+            raise ValueError(f"record of {len(value)} bytes > {self.max_size}")
+        self.rules.validate(key, bytes(value))
+
+    def select(self, key: str, values: list[bytes]) -> int:
+        return self.rules.select(key, [bytes(v) for v in values])

@@ -395,6 +395,24 @@ class Mesh:
         """Peer ids of providers of ``key`` (deduplicated, never this node), at most ``count``."""
         return await self._call(Libp2pNode.find_providers, bytes(key), count)
 
+    async def put_record(self, key: str, value: bytes) -> None:
+        """Store a record under ``key`` (``/<namespace>/...``, namespace registered in
+        ``MeshConfig.record_validators``) here and at the closest DHT peers, bounded by
+        ``2 * io_timeout_s``. Raises ValueError for a key or value its validator refuses."""
+        if len(value) > self.config.max_record_size:
+            raise ValueError(f"record of {len(value)} bytes exceeds {self.config.max_record_size}")
+        try:
+            await self._call(Libp2pNode.put_record, key, bytes(value))
+        except MeshError:
+            raise
+        except Exception as exc:  # the library's InvalidRecordType and friends
+            raise ValueError(f"record refused: {exc}") from exc
+
+    async def get_records(self, key: str) -> list[bytes]:
+        """Every distinct valid value of ``key`` held here or by the closest DHT peers (empty when
+        none), bounded by ``2 * io_timeout_s``. Callers merge them (or pick with their selector)."""
+        return await self._call(Libp2pNode.get_records, key)
+
     # ------------------------------------------------------------------ blobs
 
     def serve_blob(self, content_id: bytes, data: bytes | bytearray | memoryview) -> None:

@@ -20,6 +20,20 @@ Validator = Callable[[bytes, str], "str | None"]
 
 
 @dataclass(frozen=True)
+class RecordValidator:
+    """Rules for the DHT records of one namespace (keys ``/<namespace>/...``).
+
+    ``validate(key, value)`` raises ValueError for a record that must not be stored or returned;
+    ``select(key, values)`` returns the index of the best of several valid values (every node must
+    pick the same). Both run in the networking thread for every record put to or read from this
+    node: cheap, non-blocking, thread-safe. Keys of namespaces without a validator are refused.
+    """
+
+    validate: Callable[[str, bytes], None]
+    select: Callable[[str, list[bytes]], int]
+
+
+@dataclass(frozen=True)
 class GossipMessage:
     """A validated GossipSub message on a subscribed topic (never one this node published)."""
 
