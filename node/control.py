@@ -258,6 +258,7 @@ class NodeControl:
                              f"start this daemon with that task (task.name) and join again")
         d.store.save_membership(descriptor, certificate, list(response.revocations))
         d.bootstrap_hints = list(response.bootstrap_multiaddrs) or list(invite.issuer_multiaddrs)
+        d.store.save_peer_addresses(descriptor.federation_id, d.bootstrap_hints)
         self.events.publish("join", federation_id=descriptor.federation_id, peer_id=d.identity.peer_id,
                             detail=f"joined federation {descriptor.name!r}")
         await d.switch_federation(descriptor.federation_id)

@@ -560,7 +560,12 @@ class Daemon:
             return self.mesh
 
     async def _start_mesh(self) -> None:
-        from fednode.node.mesh import Mesh, MeshConfig, MeshError, RelayLimits
+        from fednode.node.membership.revocations import (
+            REVOCATION_RECORD_NAMESPACE,
+            select_revocation_record,
+            validate_revocation_record,
+        )
+        from fednode.node.mesh import Mesh, MeshConfig, MeshError, RecordValidator, RelayLimits
 
         assert self.identity is not None
         mesh_cfg = self.config.mesh
@@ -569,8 +574,11 @@ class Daemon:
                 identity_key=self.identity.private_seed,
                 listen_multiaddrs=tuple(mesh_cfg.listen),
                 announce_multiaddrs=tuple(mesh_cfg.announce) or None,
-                bootstrap_multiaddrs=tuple(mesh_cfg.bootstrap) + tuple(self.bootstrap_hints),
+                bootstrap_multiaddrs=tuple(mesh_cfg.bootstrap),
+                peer_hints=tuple(self.bootstrap_hints),
                 relay_hop=mesh_cfg.relay_hop,
+                record_validators={REVOCATION_RECORD_NAMESPACE: RecordValidator(validate_revocation_record,
+                                                                                select_revocation_record)},
                 fast_path=mesh_cfg.fast_path,
                 fast_path_port=mesh_cfg.fast_path_port,
                 relay_limits=RelayLimits(
@@ -613,6 +621,11 @@ class Daemon:
         federation = self.config.federation
         settings = session.settings
         aggregator, compressor = self._federation_components(settings)
+        if session.certified and self.mesh is None:
+            # Where members were last seen: a restarted member needs no mesh.bootstrap.
+            own = f"/p2p/{self.identity.peer_id}"
+            saved = [a for a in self.store.peer_addresses(session.federation_id) if not a.endswith(own)]
+            self.bootstrap_hints = list(dict.fromkeys([*self.bootstrap_hints, *saved]))
         mesh = await self.ensure_mesh()
         runner_class: Any = FederationRunner
         schedule_options: dict[str, Any] = {}
@@ -768,6 +781,7 @@ class Daemon:
             left_out=len(outcome.rejected_by_aggregator),
         )
         federation_id = self.session.federation_id if self.session is not None else ""
+        self._remember_peer_addresses()
         last = self.summary.history[-1] if self.summary and self.summary.history else None
         if self.metrics is not None and last is not None:
             with suppress(Exception):
@@ -788,6 +802,18 @@ class Daemon:
                 "round", federation_id=federation_id, round=outcome.round, model_version=outcome.model_version,
                 accuracy=last.accuracy, detail=f"{len(outcome.participants)} participant(s); {outcome.close_reason}",
             )
+
+    def _remember_peer_addresses(self) -> None:
+        """Save where the members were last seen (most recent first), so a restart reconnects
+        without mesh.bootstrap. Writes only on change."""
+        session, runner = self.session, self.runner
+        if session is None or not session.certified or runner is None:
+            return
+        members = sorted(runner.members.values(), key=lambda m: m.last_seen, reverse=True)
+        # Relayed addresses are left out: a relay is reached through its own direct address.
+        addresses = [a for m in members for a in m.multiaddrs if "/p2p-circuit" not in a]
+        with suppress(Exception):  # a hint: never worth failing a round over
+            self.store.save_peer_addresses(session.federation_id, addresses)
 
     def _after_round(
         self, train_loss: float, train_seconds: float, round_seconds: float, *, participants: int, left_out: int

@@ -43,6 +43,7 @@ from fednode.node.federation.protocol import (
     snapshot_payload,
     topic_for,
 )
+from fednode.node.federation.revocation_record import REPUBLISH_INTERVAL_S, RevocationRecord
 from fednode.node.federation.updates import PeerContribution, ReceivedUpdate, UpdateBook
 from fednode.node.identity import Identity
 from fednode.node.model import assign_parameters, flatten_parameters
@@ -136,6 +137,12 @@ class FederationRunner:
         self.certificate = certificate  # attached to every message of a certified federation
         # on_event(kind, **fields): daemon-side sink for admin events, the audit log and metrics
         self.on_event = on_event or (lambda kind, **fields: None)
+        policy_of_trust = self.validator.policy
+        self.revocation_record = None if policy_of_trust is None else RevocationRecord(
+            mesh, federation_id,
+            known=lambda: policy_of_trust.revocations(federation_id),
+            learn=lambda revocation: self.on_event("revocation", revocation=revocation, peer_id=""),
+        )
         self.rounds = SyncRound(self.peer_id, policy)
         self.book = UpdateBook()
         self.limits = DecodeLimits(max_numel=layout.numel)
@@ -176,6 +183,11 @@ class FederationRunner:
                 )
 
         self.validator.on_reject = refused_in_network_thread
+        if self.revocation_record is not None:
+            # Before subscribing: a member revoked while this node was offline must not get a
+            # message accepted in the seconds before gossip repeats the revocation.
+            await self._sync_revocation_record(store=False)
+            self._spawn(self._keep_revocation_record(), "revocation-record")
         await self.mesh.subscribe(self.topic, self.validator.check)
         self._spawn(self._pump_events(), "mesh-events")
         self._spawn(self._announce_periodically(), "announcer")
@@ -443,8 +455,25 @@ class FederationRunner:
                 del self._seen_envelopes[old]
 
     async def publish_revocation(self, revocation: Any) -> None:
-        """Spread a revocation on the federation topic (receivers verify it themselves)."""
+        """Spread a revocation on the federation topic (receivers verify it themselves) and in the
+        federation's DHT record (for members offline now)."""
         await self._publish(control_pb2.ControlMessage(revocation=revocation))
+        if self.revocation_record is not None:
+            self._spawn(self._sync_revocation_record(), "revocation-record-update")
+
+    async def _sync_revocation_record(self, *, store: bool = True, republish: bool = False) -> None:
+        assert self.revocation_record is not None
+        try:
+            await self.revocation_record.sync(store=store, republish=republish)
+        except Exception as exc:  # networking trouble: the next sync (or gossip) covers it
+            log.warning("revocation record not synchronised (%s); retrying in %.0f s", exc, REPUBLISH_INTERVAL_S,
+                        extra={"event": "revocation_record_failed"})
+
+    async def _keep_revocation_record(self) -> None:
+        await self._sync_revocation_record()  # store what the record lacks (read at start)
+        while True:
+            await asyncio.sleep(REPUBLISH_INTERVAL_S)
+            await self._sync_revocation_record(republish=True)
 
     def _serve(self, digest: bytes, data: bytes) -> None:
         self.mesh.serve_blob(digest, data)

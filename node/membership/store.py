@@ -9,6 +9,8 @@ Layout (one directory per federation, named by its id):
         delegation.pb     AdminDelegation, present when issuer.key is an admin key
         invites.json      issued invites: sha256(secret), uses, redemptions; mode 0600
         revocations.pb    RevocationList of every revocation this node knows
+        peers.json        multiaddrs of members seen recently (where a restarted daemon
+                          reconnects; mesh.bootstrap in the config is optional for members)
     <state_dir>/membership/left/<federation id>.<unix ms>/   federations this node left (kept, unused)
 
 Every write is `atomic_write_bytes` (temp file, fsync, rename, fsync dir), so kill -9 leaves each
@@ -52,6 +54,9 @@ ISSUER_KEY_FILE = "issuer.key"
 DELEGATION_FILE = "delegation.pb"
 INVITES_FILE = "invites.json"
 REVOCATIONS_FILE = "revocations.pb"
+PEERS_FILE = "peers.json"
+#: Addresses kept per federation: enough to find a live member after most of them moved.
+MAX_PEER_ADDRESSES = 32
 #: Expired invites are kept this long (a late redeemer hears EXPIRED, not UNKNOWN_INVITE), then pruned.
 INVITE_RETENTION_MS = 7 * 24 * 3600 * 1000
 _INVITES_VERSION = 1
@@ -301,6 +306,30 @@ class MembershipStore:
             merged = canonical_revocations([*known, revocation])
             self._write(federation_id, REVOCATIONS_FILE, encode_revocation_list(federation_id, merged), 0o644)
             return True
+
+    # ------------------------------------------------------------------------------ peers
+    def save_peer_addresses(self, federation_id: str, multiaddrs: list[str]) -> bool:
+        """Remember where members were last seen (newest first, deduplicated, capped); returns
+        False when nothing changed (no write). Addresses are hints: dials to stale ones fail."""
+        unique = list(dict.fromkeys(a for a in multiaddrs if isinstance(a, str) and a.startswith("/")
+                                    and "/p2p/" in a and len(a) <= 512))[:MAX_PEER_ADDRESSES]
+        with self._lock:
+            if not self._dir(federation_id).is_dir() or unique == self.peer_addresses(federation_id):
+                return False
+            self._write(federation_id, PEERS_FILE, json.dumps(unique, indent=1).encode(), 0o644)
+            return True
+
+    def peer_addresses(self, federation_id: str) -> list[str]:
+        """Addresses saved by save_peer_addresses (empty when none). A damaged file is only a
+        lost hint, not an error: it reads as empty and the next save replaces it."""
+        data = self._read(federation_id, PEERS_FILE)
+        try:
+            addresses = json.loads(data) if data else []
+        except ValueError:
+            return []
+        if not isinstance(addresses, list):
+            return []
+        return [a for a in addresses if isinstance(a, str)][:MAX_PEER_ADDRESSES]
 
     # ------------------------------------------------------------------------------ federation
     def save_membership(

@@ -78,6 +78,9 @@ class MeshConfig:
     # Addresses to advertise instead of the listen addresses (e.g. a public IP or a port mapping).
     announce_multiaddrs: tuple[str, ...] | None = None
     bootstrap_multiaddrs: tuple[str, ...] = ()  # full /ip4/.../tcp/.../p2p/<id> addresses
+    # Dialed like bootstrap peers, but best effort: addresses saved from earlier runs (members
+    # last seen) may be stale or damaged; unparsable ones are skipped with a warning.
+    peer_hints: tuple[str, ...] = ()
     relay_hop: bool = False  # act as a circuit relay v2 for others (bootstrap/relay nodes)
     relay_limits: RelayLimits = field(default_factory=RelayLimits)
     # Who may use this node's relay: ``relay_admission(peer_id) -> bool`` is asked for every

@@ -335,6 +335,14 @@ class Libp2pNode:
                 self._bootstrap_peers.append(info_from_p2p_addr(multiaddr.Multiaddr(addr)))
             except Exception as exc:
                 raise MeshError(f"bad bootstrap multiaddr {addr!r}: {exc}") from exc
+        for addr in cfg.peer_hints:
+            try:
+                info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+            except Exception as exc:
+                log.warning("ignoring unusable peer address %r: %s", addr[:200], exc)
+                continue
+            if info.peer_id not in {known.peer_id for known in self._bootstrap_peers}:
+                self._bootstrap_peers.append(info)
         key_pair = self.identity.libp2p_key_pair()
         self.host = cast(
             BasicHost,
@@ -1182,12 +1190,13 @@ class Libp2pNode:
         found: dict[ID, Libp2pPeerInfo] = {}
         for info in store.get_providers(key):
             found.setdefault(info.peer_id, info)
-        with trio.move_on_after(self.config.io_timeout_s):
-            closest = list(await self.dht.peer_routing.find_closest_peers_network(key))
-            async with trio.open_nursery() as nursery:
-                for peer in closest[:20]:
-                    if peer != self.host.get_id():
-                        nursery.start_soon(self._providers_from, peer, key, found)
+
+        async def providers_from(peer: ID) -> None:
+            providers, _ = await store._get_providers_from_peer_with_closers(peer, key)
+            for info in providers:
+                found.setdefault(info.peer_id, info)
+
+        await self._with_closest_peers(key, providers_from)
         me = self.host.get_id()
         peerstore = self.host.get_peerstore()
         result = []
@@ -1202,17 +1211,24 @@ class Libp2pNode:
                 break
         return result
 
-    async def _providers_from(self, peer: ID, key: bytes, found: dict[ID, Libp2pPeerInfo]) -> None:
-        with trio.move_on_after(self.config.io_timeout_s), contextlib.suppress(Exception):
-            providers, _ = await self.dht.provider_store._get_providers_from_peer_with_closers(peer, key)
-            for info in providers:
-                found.setdefault(info.peer_id, info)
-
     async def put_record(self, key: str, value: bytes) -> None:
-        """Validate, store locally and at the closest peers (each refuses a worse value)."""
-        self.dht.validator.validate(key, value)  # raises ValueError / InvalidRecordType
-        with trio.move_on_after(2 * self.config.io_timeout_s):
-            await self.dht.put_value(key, value)
+        """Validate, store here and at the closest peers (each validates and refuses a worse value).
+
+        Not the library's put_value(): its network lookup can spend the whole budget on dead
+        peers from the routing table before storing anywhere (see _with_closest_peers).
+        """
+        validator = self.dht.validator
+        validator.validate(key, value)  # raises ValueError / InvalidRecordType
+        key_bytes = key.encode()
+        held = self.dht.value_store.get(key_bytes)
+        if held is not None and held.value != value and validator.select(key, [value, held.value]) != 0:
+            raise ValueError("this node holds a better record for the key; merge it first")
+        self.dht.value_store.put(key_bytes, value)
+
+        async def store_at(peer: ID) -> None:
+            await self.dht.value_store._store_at_peer(peer, key_bytes, value)
+
+        await self._with_closest_peers(key_bytes, store_at)
 
     async def get_records(self, key: str) -> list[bytes]:
         """Every distinct valid value of ``key``: the local one plus those the closest peers hold.
@@ -1234,18 +1250,64 @@ class Libp2pNode:
 
         local = self.dht.value_store.get(key_bytes)
         keep(local.value if local is not None else None)
-        with trio.move_on_after(self.config.io_timeout_s):
-            closest = list(await self.dht.peer_routing.find_closest_peers_network(key_bytes))
-            async with trio.open_nursery() as nursery:
-                for peer in closest[:20]:
-                    if peer != self.host.get_id():
-                        nursery.start_soon(self._record_from, peer, key_bytes, keep)
-        return values
 
-    async def _record_from(self, peer: ID, key: bytes, keep: Callable[[bytes | None], None]) -> None:
-        with trio.move_on_after(self.config.io_timeout_s), contextlib.suppress(Exception):
-            value = await self.dht.value_store._get_from_peer(peer, key)
+        async def read_from(peer: ID) -> None:
+            value = await self.dht.value_store._get_from_peer(peer, key_bytes)
             keep(value if isinstance(value, bytes) else None)
+
+        await self._with_closest_peers(key_bytes, read_from)
+        return list(values)  # a copy: an action that outlived the deadline may still append
+
+    async def _with_closest_peers(self, key: bytes, action: Callable[[ID], Awaitable[None]]) -> None:
+        """Run ``action(peer)`` for the 20 peers closest to ``key``: those of the routing table at
+        once, those a network lookup finds as soon as it returns. Each action is bounded by
+        io_timeout_s and its errors ignored; this returns after 2 x io_timeout_s at the latest.
+
+        Starting with the routing table matters: the iterative lookup dials stale entries (peers
+        that left) and can take the whole budget, leaving the live peers unasked. The actions run
+        in the node's nursery, not in one of ours: a library stream clean-up is shielded from
+        cancellation and was seen to outlive its deadline, which would hold a local nursery open.
+        """
+        io = self.config.io_timeout_s
+        nursery = self._nursery
+        if nursery is None:
+            raise MeshError("the mesh is not running")
+        asked: set[ID] = {self.host.get_id()}
+        outstanding = [1]  # the network lookup, plus one per asked peer
+        all_done = trio.Event()
+
+        def finished() -> None:
+            outstanding[0] -= 1
+            if outstanding[0] == 0:
+                all_done.set()
+
+        async def bounded(peer: ID) -> None:
+            try:
+                with trio.move_on_after(io), contextlib.suppress(Exception):
+                    await action(peer)
+            finally:
+                finished()
+
+        def ask(peers: list[ID]) -> None:
+            for peer in peers:
+                if len(asked) > 20:
+                    return
+                if peer not in asked:
+                    asked.add(peer)
+                    outstanding[0] += 1
+                    nursery.start_soon(bounded, peer)
+
+        async def lookup() -> None:
+            try:
+                with trio.move_on_after(io), contextlib.suppress(Exception):
+                    ask(list(await self.dht.peer_routing.find_closest_peers_network(key)))
+            finally:
+                finished()
+
+        ask(list(self.dht.routing_table.find_local_closest_peers(key, 20)))
+        nursery.start_soon(lookup)
+        with trio.move_on_after(2 * io):
+            await all_done.wait()
 
     # ------------------------------------------------------------------ blob transfer
 

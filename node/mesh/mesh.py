@@ -303,7 +303,7 @@ class Mesh:
             reachability=self.reachability(),
             direct_addrs=tuple(a for a in addrs if "/p2p-circuit" not in a),
             relay_hop=cfg.relay_hop,
-            bootstrap_configured=bool(cfg.bootstrap_multiaddrs),
+            bootstrap_configured=bool(cfg.bootstrap_multiaddrs or cfg.peer_hints),
             relays=tuple(self._node.relays()) if self._node is not None else (),
             listen_port=port,
             dcutr=cfg.enable_dcutr,

@@ -165,12 +165,17 @@ def test_non_members_forgeries_replays_and_revoked_members_are_rejected(start_da
     owner = start_daemon(*SMALL, name="owner")
     member = start_daemon(*SMALL, name="member")
     witness = start_daemon(*SMALL, name="witness")
+    sleeper = start_daemon(*SMALL, name="sleeper")  # offline while the revocation is gossiped
     admin_up(cli, owner)
     member_status = admin_up(cli, member)
     admin_up(cli, witness)
+    sleeper_status = admin_up(cli, sleeper)
     federation_id = create_federation(cli, owner)
-    json_of(cli, "federation", "join", invite(cli, owner, federation_id), "--state-dir", str(member.state_dir))
-    json_of(cli, "federation", "join", invite(cli, owner, federation_id), "--state-dir", str(witness.state_dir))
+    for joiner in (member, witness, sleeper):
+        json_of(cli, "federation", "join", invite(cli, owner, federation_id), "--state-dir", str(joiner.state_dir))
+    wait_until(lambda: sleeper_status["peer_id"] in participants(cli, owner, federation_id), what="the sleeper training")
+    sleeper.signal(signal.SIGTERM)
+    assert sleeper.wait(timeout=60) == 0
     bootstrap = wait_until(lambda: [a for a in json_of(cli, "status", "--state-dir", str(owner.state_dir))["listen_multiaddrs"]
                                     if "p2p-circuit" not in a], what="owner addresses")[0]
     # A daemon that only knows the federation id (no certificate) trains "in" it: it is ignored.
@@ -190,7 +195,15 @@ def test_non_members_forgeries_replays_and_revoked_members_are_rejected(start_da
     wait_until(lambda: audit_reasons(owner).get("revoked", 0) > 0, what="the revoked member rejected")
     # ...and by another member, which learnt the revocation from the mesh (gossip).
     wait_until(lambda: audit_reasons(witness).get("revoked", 0) > 0, what="the revocation spread to the witness")
-    for daemon in (owner, member, witness, outsider):
+    # ...and by a member that was offline meanwhile: at restart it reads the federation's DHT
+    # record before it subscribes to the topic, so it never accepts the revoked member's updates.
+    owner.wait_for_log("stored the merged list")
+    outsider.signal(signal.SIGTERM)  # done with it; frees a core for the restart
+    assert outsider.wait(timeout=60) == 0
+    sleeper = start_daemon(*SMALL, name="sleeper")
+    sleeper.wait_for_log("revocation record: 1 learned", timeout=120)
+    wait_until(lambda: audit_reasons(sleeper).get("revoked", 0) > 0, what="the restarted member rejecting the revoked one")
+    for daemon in (owner, member, witness, sleeper):
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(timeout=60) == 0
 

@@ -58,6 +58,26 @@ def test_state_survives_a_restart(tmp_path, federation, other_federation) -> Non
     assert policy.load_store(reopened) == 1 and policy.is_revoked(federation.id, serial=bytes(16))
 
 
+def test_peer_addresses_are_hints_kept_across_restarts(tmp_path, federation) -> None:
+    store, _ = _populated(tmp_path, federation)
+    peer = Identity.generate().peer_id
+    first = f"/ip4/10.0.0.1/tcp/4001/p2p/{peer}"
+    second = f"/ip4/10.0.0.2/tcp/4001/p2p/{peer}"
+    assert store.peer_addresses(federation.id) == []
+    many = [first, first, "no-slash", "/ip4/1.2.3.4/tcp/1", second] + [f"/ip4/10.1.0.{i}/tcp/1/p2p/{peer}" for i in range(50)]
+    assert store.save_peer_addresses(federation.id, many) is True
+    saved = MembershipStore(tmp_path).peer_addresses(federation.id)
+    assert saved[:2] == [first, second] and len(saved) == 32  # deduplicated, junk dropped, capped
+    assert store.save_peer_addresses(federation.id, many) is False  # unchanged: no write
+    # A damaged file is a lost hint, not a failure; the next save replaces it.
+    (tmp_path / "membership" / federation.id / "peers.json").write_text("{not json")
+    assert store.peer_addresses(federation.id) == []
+    assert store.save_peer_addresses(federation.id, [second]) is True
+    assert store.peer_addresses(federation.id) == [second]
+    # Nothing is written for a federation this node is not in.
+    assert store.save_peer_addresses("0" * 64, [first]) is False
+
+
 def test_file_modes(tmp_path, federation) -> None:
     store, _ = _populated(tmp_path, federation)
     directory = store.root / federation.id

@@ -498,3 +498,17 @@ def test_stop_is_bounded_and_leaves_no_thread_behind(runner: LoopRunner) -> None
             break
         time.sleep(0.05)
     assert not leftover, f"threads left behind: {leftover}"
+
+
+def test_saved_peer_hints_are_dialed_and_unusable_ones_skipped(runner: LoopRunner) -> None:
+    async def scenario() -> None:
+        async with started(config(fast_path=False)) as (first,):
+            hints = ("/ip4/127.0.0.1/tcp/1/p2p/not-a-peer-id", "garbage", *first.listen_multiaddrs())
+            async with started(config(fast_path=False, peer_hints=hints)) as (second,):
+                await wait_until(lambda: any(p.peer_id == first.peer_id for p in second.peers()), 20,
+                                 "the hinted peer connected")
+            with pytest.raises(MeshError, match="bootstrap"):
+                async with started(config(fast_path=False, bootstrap_multiaddrs=("garbage",))):
+                    pass
+
+    runner.run(scenario())
