@@ -35,22 +35,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from fednode.node.logs import read_json_log
+
 
 def _ts(text: str) -> float:
     return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.UTC).timestamp()
 
 
 def _records(path: Path) -> list[dict]:
-    records = []
-    if not path.exists():
-        return records
-    for line in path.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-    return records
+    return read_json_log(path.read_text(errors="replace")) if path.exists() else []
 
 
 def _ready_time(run_dir: Path, nodes: int) -> float | None:

@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import time
+from typing import Any
 
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -28,6 +29,21 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+
+def read_json_log(text: str) -> list[dict[str, Any]]:
+    """The records of a `--log-format json` log (what JsonFormatter writes), in order. Other
+    lines (a library printing to stderr, a line cut short by a kill) are skipped."""
+    records = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
 
 
 def quiet_noisy_libraries() -> None:

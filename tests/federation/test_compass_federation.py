@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from fednode.node.logs import read_json_log
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 COMPASS = [
@@ -27,14 +29,7 @@ COMPASS = [
 
 
 def _records(daemon) -> list[dict]:
-    records = []
-    for line in daemon.log().splitlines():
-        if line.startswith("{"):
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-    return records
+    return read_json_log(daemon.log())
 
 
 def _ts(record: dict) -> float:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from fednode.node.logs import read_json_log
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 SMALL = ["--set", "task.params={hidden = [64]}", "--set", "training.local_steps=10"]
@@ -63,7 +65,7 @@ def test_one_attacker_breaks_mean_but_not_robust_rules(tmp_path: Path, rule: str
 
 
 def _rounds_in(log: str) -> list[dict]:
-    return [json.loads(line) for line in log.splitlines() if line.startswith("{") and '"event": "round"' in line]
+    return [record for record in read_json_log(log) if record.get("event") == "round"]
 
 
 def _wait_round(daemon, number: int, timeout: float = 300) -> None:

@@ -19,6 +19,8 @@ from typing import Any
 
 from netlab import Host, LabProcess, NetLab
 
+from fednode.node.logs import read_json_log
+
 FEDNODE = [sys.executable, "-m", "fednode.cli.app"]
 LISTEN_PORT = 4001
 FEDERATION = "natfed"
@@ -46,12 +48,7 @@ class LabDaemon:
             chunk = handle.read()
         end = chunk.rfind(b"\n") + 1
         self._offset += end
-        for line in chunk[:end].decode(errors="replace").splitlines():
-            if line.startswith("{"):
-                try:
-                    self._records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
+        self._records += read_json_log(chunk[:end].decode(errors="replace"))
         return self._records
 
     def events(self, name: str) -> list[dict[str, Any]]:
