@@ -47,7 +47,7 @@ from fednode.node.federation.revocation_record import REPUBLISH_INTERVAL_S, Revo
 from fednode.node.federation.updates import PeerContribution, ReceivedUpdate, UpdateBook
 from fednode.node.identity import Identity
 from fednode.node.model import assign_parameters, flatten_parameters
-from fednode.node.scheduler import SyncPolicy, SyncRound
+from fednode.node.scheduler import SyncPolicy, SyncRound, outvoted_round
 from fednode.node.trainer import LocalTrainer, TrainResult
 from fednode.proto.v1 import control_pb2, model_pb2, tensor_pb2
 
@@ -160,6 +160,7 @@ class FederationRunner:
         self._seen_envelopes: dict[bytes, None] = {}
         self.syncs = 0
         self._snapshot: tuple[model_pb2.SnapshotHeader, bytes] | None = None
+        self._own_hashes: dict[int, bytes] = {}  # round -> sha256 of our model after it (recent)
         self._served: deque[bytes] = deque()
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -257,12 +258,16 @@ class FederationRunner:
         """Run rounds until `should_stop()` (checked between rounds) or the stop event."""
         await self._initial_sync()
         while not should_stop():
-            if self._peers_completed(self.round + 1):
+            if self._peers_completed(self.round + 1) or self._outvoted():
                 await self._sync_from_peers()
                 continue
             outcome = await self._run_round(self.round + 1)
             if outcome is None:
                 continue
+            # Offer the new model at once (not at the next announcement): members compare model
+            # hashes per round, and a peer left with a minority model adopts the majority's.
+            with contextlib.suppress(Exception):
+                await self._offer_snapshot()
             if self.on_round is not None:
                 await self.on_round(outcome)
 
@@ -496,6 +501,9 @@ class FederationRunner:
         )
         self._serve(digest, data)
         self._snapshot = (header, data)
+        self._own_hashes[self.round] = digest
+        for number in [n for n in self._own_hashes if n < self.round - 8]:
+            del self._own_hashes[number]
 
     async def _announce_periodically(self) -> None:
         beat = 0
@@ -510,6 +518,10 @@ class FederationRunner:
             beat += 1
             await asyncio.sleep(self.announce_interval)
 
+    async def _offer_snapshot(self) -> None:
+        if self._snapshot is not None:
+            await self._publish(control_pb2.ControlMessage(snapshot=control_pb2.SnapshotOffer(header=self._snapshot[0])))
+
     async def _announce(self) -> None:
         announcement = control_pb2.PeerAnnouncement(
             peer_id=self.peer_id,
@@ -523,9 +535,7 @@ class FederationRunner:
         )
         try:
             await self._publish(control_pb2.ControlMessage(announcement=announcement))
-            if self._snapshot is not None:
-                await self._publish(control_pb2.ControlMessage(
-                    snapshot=control_pb2.SnapshotOffer(header=self._snapshot[0])))
+            await self._offer_snapshot()
         except Exception as exc:  # a failed announcement is retried at the next interval
             log.debug("announcement failed: %s", exc)
 
@@ -720,6 +730,19 @@ class FederationRunner:
         best = self._best_offer()
         return best is not None and best.header.round >= number
 
+    def _outvoted(self) -> bool:
+        """True when most members hold another model than ours after a recent round (see
+        outvoted_round) and a snapshot at least as new as our round is on offer to adopt."""
+        offers = [(o.header.round, bytes(o.header.payload_sha256), len(o.providers)) for o in self.offers.values()]
+        number = outvoted_round(self._own_hashes, offers)
+        best = self._best_offer()
+        if number is None or best is None or best.header.round < self.round:
+            return False
+        log.warning("after round %d most members hold another model than this node; adopting theirs", number,
+                    extra={"event": "outvoted", "round": number})
+        self._own_hashes = {n: h for n, h in self._own_hashes.items() if n > best.header.round}
+        return True
+
     def _best_offer(self) -> SnapshotOffer | None:
         if not self.offers:
             return None
@@ -768,6 +791,7 @@ class FederationRunner:
         self.syncs += 1
         self._serve(digest, data)
         self._snapshot = (header, data)
+        self._own_hashes[self.round] = digest
         log.info(
             "synced model from %d peer(s): round %d -> %d, model version %d",
             len(providers), previous, self.round, self.model_version,

@@ -19,7 +19,7 @@ from fednode.node.scheduler.fedcompass import (
     UpdateRef,
     staleness_weight,
 )
-from fednode.node.scheduler.sync import ArrivalEstimator, Decision, SyncPolicy, SyncRound
+from fednode.node.scheduler.sync import ArrivalEstimator, Decision, SyncPolicy, SyncRound, outvoted_round
 
 __all__ = [
     "Arrival",
@@ -37,5 +37,6 @@ __all__ = [
     "SyncPolicy",
     "SyncRound",
     "UpdateRef",
+    "outvoted_round",
     "staleness_weight",
 ]

@@ -157,3 +157,31 @@ class SyncRound:
                 False, retry, f"have {count} of the {self.policy.min_participants} updates needed", missing
             )
         return Decision(False, deadline, "waiting for updates", missing)
+
+
+def outvoted_round(own: dict[int, bytes], offers: list[tuple[int, bytes, int]]) -> int | None:
+    """The newest round after which this node's model is not the one most members hold.
+
+    Peers that aggregate the same updates in the same order hold bit-identical models. A round
+    that closed at its deadline can leave one peer with a different set (an update arrived just
+    after it closed), and nothing would ever bring it back: later rounds add the same aggregate
+    to different bases. Snapshot offers name each member's model hash per round, so a node can
+    see it is outvoted and adopt the majority's model.
+
+    `own`: round -> sha256 of this node's model after that round. `offers`: (round, sha256,
+    number of OTHER members offering it). A round counts when another hash is held by strictly
+    more members than this node's (itself included): a tie moves nobody (a half-and-half split
+    stays until a later round breaks it), and neither does partial information that a late offer
+    could overturn.
+    """
+    newest: int | None = None
+    holders: dict[tuple[int, bytes], int] = {}
+    for number, digest, count in offers:
+        holders[(number, digest)] = holders.get((number, digest), 0) + count
+    for (number, digest), count in holders.items():
+        mine = own.get(number)
+        if mine is None or digest == mine:
+            continue
+        if count > holders.get((number, mine), 0) + 1 and (newest is None or number > newest):
+            newest = number
+    return newest

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fednode.node.scheduler import SyncPolicy, SyncRound
+from fednode.node.scheduler import SyncPolicy, SyncRound, outvoted_round
 
 ME, A, B, C = "me", "peer-a", "peer-b", "peer-c"
 
@@ -130,3 +130,30 @@ def test_policy_validation() -> None:
         SyncPolicy(min_participants=0)
     with pytest.raises(ValueError):
         SyncPolicy(min_wait=2.0, max_wait=1.0)
+
+
+# ------------------------------------------------------------------ outvoted models
+
+X, Y, Z = b"x" * 32, b"y" * 32, b"z" * 32
+
+
+def test_a_node_holding_a_minority_model_is_outvoted_at_the_newest_such_round() -> None:
+    # 4 members; after round 7 the three others hold Y, we hold X.
+    assert outvoted_round({7: X}, [(7, Y, 3)]) == 7
+    # Offers arrive one by one: one Y against our X is a tie (nobody moves); two Y outvote us.
+    assert outvoted_round({7: X}, [(7, Y, 1)]) is None
+    assert outvoted_round({7: X}, [(7, Y, 2)]) == 7
+    # Our hash held by others too: 2 x X (with us) against 2 x Y is a tie; 3 x Y wins.
+    assert outvoted_round({7: X}, [(7, X, 1), (7, Y, 2)]) is None
+    assert outvoted_round({7: X}, [(7, X, 1), (7, Y, 3)]) == 7
+    # The newest outvoted round is reported; rounds we have no hash for are ignored.
+    assert outvoted_round({6: X, 7: Y}, [(6, Y, 2), (7, Z, 2), (8, Z, 5)]) == 7
+
+
+def test_the_majority_and_all_distinct_models_move_nobody() -> None:
+    assert outvoted_round({7: Y}, [(7, Y, 2), (7, X, 1)]) is None  # we are the majority
+    assert outvoted_round({7: X}, [(7, Y, 1), (7, Z, 1)]) is None  # every model distinct
+    assert outvoted_round({7: X}, [(7, X, 3)]) is None  # everyone agrees
+    assert outvoted_round({}, [(7, Y, 3)]) is None  # nothing of ours to compare
+    # Offers for the same (round, hash) listed twice add up (several snapshot headers).
+    assert outvoted_round({7: X}, [(7, Y, 1), (7, Y, 1)]) == 7
