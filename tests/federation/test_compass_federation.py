@@ -56,18 +56,30 @@ def _wait(predicate, what: str, daemons, timeout: float = 240.0) -> None:
 
 def test_a_straggler_never_stalls_the_others(start_federation) -> None:
     """Two fast peers and one 100x slower: the fast ones keep aggregating many times per
-    straggler round, and the straggler's updates are still aggregated (not dropped)."""
-    args = [*COMPASS, "--rounds", "150", "--set", "federation.q_min=5", "--set", "federation.q_max=20"]
+    straggler round, and the straggler's updates are still aggregated (not dropped).
+
+    The run ends when the straggler has delivered three updates, not after a number of fast
+    rounds: with min_participants 1 the first peer trains alone until the others are up, and on
+    a loaded machine it could finish a fixed budget before the straggler's first update (seen in
+    CI). Staleness is capped high: at 100x, fast peers make 100+ versions per straggler round,
+    and this test is about scheduling, not about the staleness cap (unit-tested on its own)."""
+    args = [*COMPASS, "--rounds", "100000", "--set", "federation.q_min=5", "--set", "federation.q_max=20",
+            "--set", "federation.max_staleness=100000"]
     nodes = start_federation(3, *args, federation="compass-straggler",
                              per_node={2: ["--set", "training.slowdown=100"]})
     fast, straggler = nodes[0], nodes[2]
-    assert fast.wait(timeout=400) == 0, fast.log()[-3000:]
-    assert nodes[1].wait(timeout=60) == 0, nodes[1].log()[-3000:]
-    straggler.signal(signal.SIGTERM)
-    straggler.wait(timeout=60)
 
-    slow_rounds = [r for r in _records(straggler) if r.get("event") == "local_round"]
-    assert slow_rounds, "the straggler finished at least one local round"
+    def straggler_rounds() -> list[dict]:
+        return [r for r in _records(straggler) if r.get("event") == "local_round"]
+
+    _wait(lambda: len(straggler_rounds()) >= 3, "three straggler updates", nodes, timeout=420)
+    time.sleep(2.0)  # let the last one's group close on the fast peers
+    for daemon in nodes:
+        daemon.signal(signal.SIGTERM)
+    for daemon in nodes:
+        assert daemon.wait(timeout=60) == 0, daemon.log()[-3000:]
+
+    slow_rounds = straggler_rounds()
     slow_round_seconds = statistics.median(r["train_seconds"] for r in slow_rounds)
     straggler_started = _ts(slow_rounds[0]) - slow_rounds[0]["train_seconds"]
     versions = [r for r in _records(fast) if r.get("event") == "round" and _ts(r) > straggler_started]
