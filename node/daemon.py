@@ -201,6 +201,7 @@ class Daemon:
         self.display_name = config.node.display_name
         self.session: FederationSession | None = None
         self.bootstrap_hints: list[str] = []
+        self._saved_peer_addresses: list[str] = []  # what _remember_peer_addresses wrote last
         self.store: Any = None  # MembershipStore
         self.trust: Any = None  # TrustPolicy
         self.audit: Any = None  # AuditLog
@@ -812,8 +813,11 @@ class Daemon:
         members = sorted(runner.members.values(), key=lambda m: m.last_seen, reverse=True)
         # Relayed addresses are left out: a relay is reached through its own direct address.
         addresses = [a for m in members for a in m.multiaddrs if "/p2p-circuit" not in a]
+        if addresses == self._saved_peer_addresses:
+            return  # the usual case: no disk access in the round path
         with suppress(Exception):  # a hint: never worth failing a round over
             self.store.save_peer_addresses(session.federation_id, addresses)
+            self._saved_peer_addresses = addresses
 
     def _after_round(
         self, train_loss: float, train_seconds: float, round_seconds: float, *, participants: int, left_out: int
