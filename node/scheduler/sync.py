@@ -171,8 +171,9 @@ def outvoted_round(own: dict[int, bytes], offers: list[tuple[int, bytes, int]]) 
     `own`: round -> sha256 of this node's model after that round. `offers`: (round, sha256,
     number of OTHER members offering it). A round counts when another hash is held by strictly
     more members than this node's (itself included): a tie moves nobody (a half-and-half split
-    stays until a later round breaks it), and neither does partial information that a late offer
-    could overturn.
+    stays until a later round breaks it), nor does a single differing offer. Offers still on
+    their way can mislead (two seen before a third): a node that moved then compares again after
+    the next rounds, like every other.
     """
     newest: int | None = None
     holders: dict[tuple[int, bytes], int] = {}
