@@ -68,22 +68,41 @@ Task = TypeVar("Task")
 # ---------------------------------------------------------------------- BLAS thread pinning
 
 
-def _mkl_local_thread_setter() -> Callable[[int], int] | None:
-    """MKL's `MKL_Set_Num_Threads_Local` from the MKL that torch links, or None.
-
-    Only when torch's BLAS is MKL (otherwise pinning MKL would not pin the BLAS torch calls).
-    """
+def _mkl_library() -> ctypes.CDLL | None:
+    """The MKL that torch links (inside libtorch_cpu), or None when torch's BLAS is not MKL
+    (pinning or calling another MKL would not affect the BLAS torch calls)."""
     if "BLAS_INFO=mkl" not in torch.__config__.show():
         return None
     library = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
     try:
-        handle = ctypes.CDLL(library)  # already loaded by torch: dlopen returns the same handle
-        setter = handle.MKL_Set_Num_Threads_Local  # C interface (the lower-case one is Fortran's)
-    except (OSError, AttributeError):
+        return ctypes.CDLL(library)  # already loaded by torch: dlopen returns the same handle
+    except OSError:
         return None
-    setter.argtypes = [ctypes.c_int]
-    setter.restype = ctypes.c_int
-    return setter
+
+
+def _mkl_function(name: str, argtypes: list[type], restype: type | None) -> Callable[..., object] | None:
+    """An exported C function of torch's MKL, or None."""
+    handle = _mkl_library()
+    function = getattr(handle, name, None) if handle is not None else None
+    if function is not None:
+        function.argtypes = argtypes
+        function.restype = restype
+    return function
+
+
+def _mkl_local_thread_setter() -> Callable[[int], int] | None:
+    """MKL's `MKL_Set_Num_Threads_Local` (the C interface; the lower-case one is Fortran's)."""
+    return _mkl_function("MKL_Set_Num_Threads_Local", [ctypes.c_int], ctypes.c_int)  # type: ignore[return-value]
+
+
+# MKL_Somatcopy(ordering, trans, rows, cols, alpha, A, lda, B, ldb): a blocked, vectorised
+# out-of-place transpose (C interface). numpy's transposing copy is 2.5x slower (measured).
+_TRANSPOSE_FLOAT32 = _mkl_function(
+    "MKL_Somatcopy",
+    [ctypes.c_char, ctypes.c_char, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_float]  # ordering, trans, rows, cols, alpha
+    + [ctypes.c_void_p, ctypes.c_size_t] * 2,  # A, lda, B, ldb
+    None,
+)
 
 
 _SET_LOCAL_THREADS = _mkl_local_thread_setter()
@@ -242,6 +261,33 @@ def load(destination: torch.Tensor, matrix: torch.Tensor, source: np.ndarray | N
         destination.copy_(matrix[:, cols])
 
 
+def load_transposed(
+    scratch: Scratch, destination: torch.Tensor, matrix: torch.Tensor, source: np.ndarray | None, cols: slice
+) -> None:
+    """destination[:] = matrix[:, cols].T (width x rows), converted exactly to destination's dtype.
+
+    float32 rows with unit column stride (the common case) go through MKL's transpose into a
+    float32 staging buffer, then one contiguous widening copy; anything else through numpy/torch.
+    """
+    width, rows = destination.shape
+    if (
+        _TRANSPOSE_FLOAT32 is not None
+        and source is not None
+        and source.dtype == np.float32
+        and source.strides[1] == source.itemsize
+        and source.strides[0] % source.itemsize == 0
+    ):
+        staging = scratch.tensor("staging", COLUMN_BLOCK, rows, torch.float32)[:width]
+        leading = source.strides[0] // source.itemsize
+        start = source.ctypes.data + cols.start * source.itemsize
+        _TRANSPOSE_FLOAT32(b"R", b"T", rows, width, 1.0, start, leading, staging.data_ptr(), staging.stride(0))
+        np.copyto(destination.numpy(), staging.numpy())
+    elif source is not None:
+        np.copyto(destination.numpy(), source[:, cols].T)
+    else:
+        destination.copy_(matrix[:, cols].T)
+
+
 def coordinate_major(matrix: torch.Tensor) -> np.ndarray:
     """d x n copy of the n x d matrix (numpy, float32 for bfloat16), built block by block."""
     n, d = matrix.shape
@@ -342,18 +388,20 @@ def gram_and_norms(
     def work(scratch: Scratch, index: int) -> None:
         cols = blocks[index]
         width = cols.stop - cols.start
-        block = scratch.tensor("rows", m + 1, COLUMN_BLOCK)[:, :width]  # rows, extra rows, centre
-        rows = block[:m]
-        load(rows[:n], matrix, source, cols)
+        # Coordinate-major (width x m): MKL computes block.T @ block twice as fast as the Gram of
+        # the m x width row-major block (measured at m=16: 0.12 s vs 0.24 s for d=1e7).
+        block = scratch.tensor("columns", COLUMN_BLOCK, m)[:width]
+        load_transposed(scratch, block[:, :n], matrix, source, cols)
         if extra is not None:
-            load(rows[n:], extra, extra_source, cols)
+            load_transposed(scratch, block[:, n:], extra, extra_source, cols)
         if centered:
-            centre = block[m]
-            torch.mv(rows[:n].T, mean_weights, out=centre)
-            values = rows.numpy()
-            np.subtract(values, centre.numpy(), out=values)
-            torch.mv(block, centre, out=cross[index])
-        torch.mm(rows, rows.T, out=grams[index])
+            centre = scratch.tensor("centre", 1, COLUMN_BLOCK)[0, :width]
+            torch.mv(block[:, :n], mean_weights, out=centre)
+            values = block.numpy()
+            np.subtract(values, centre.numpy()[:, None], out=values)
+            torch.mv(block.T, centre, out=cross[index, :m])
+            torch.dot(centre, centre, out=cross[index, m])
+        torch.mm(block.T, block, out=grams[index])
 
     run_tasks(range(len(blocks)), work)
     acc = ordered_sum(grams)
