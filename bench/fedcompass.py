@@ -24,7 +24,6 @@ here: the figures go to docs/fedcompass.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import signal
@@ -35,11 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fednode.node.logs import read_json_log
-
-
-def _ts(text: str) -> float:
-    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.UTC).timestamp()
+from fednode.node.logs import read_json_log, record_time
 
 
 def _records(path: Path) -> list[dict]:
@@ -50,7 +45,7 @@ def _ready_time(run_dir: Path, nodes: int) -> float | None:
     """When the last node started listening (unix time), or None if not all are up."""
     times = []
     for index in range(nodes):
-        listening = [_ts(r["ts"]) for r in _records(run_dir / f"node-{index}.log") if r.get("event") == "listening"]
+        listening = [record_time(r) for r in _records(run_dir / f"node-{index}.log") if r.get("event") == "listening"]
         if not listening:
             return None
         times.append(listening[0])
@@ -93,7 +88,7 @@ def run_once(schedule: str, args: argparse.Namespace, out: Path) -> dict:
     assert ready is not None
     per_node = []
     for index in range(args.nodes):
-        rounds = [(_ts(r["ts"]) - ready, r["accuracy"], r["round"])
+        rounds = [(record_time(r) - ready, r["accuracy"], r["round"])
                   for r in _records(out / f"node-{index}.log") if r.get("event") == "round"]
         rounds = [r for r in rounds if r[0] <= args.budget]
         hit = next((t for t, accuracy, _ in rounds if accuracy >= args.target), None)

@@ -6,6 +6,7 @@ so log shippers can index round numbers, peer ids and accuracies without parsing
 
 from __future__ import annotations
 
+import calendar
 import json
 import logging
 import sys
@@ -44,6 +45,12 @@ def read_json_log(text: str) -> list[dict[str, Any]]:
             if isinstance(record, dict):
                 records.append(record)
     return records
+
+
+def record_time(record: dict[str, Any]) -> float:
+    """A JSON record's `ts` ("2026-11-22T13:05:09.123Z", UTC) as unix seconds."""
+    stamp, _, millis = record["ts"].rstrip("Z").partition(".")
+    return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S")) + int(millis or 0) / 1000
 
 
 def quiet_noisy_libraries() -> None:

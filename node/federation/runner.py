@@ -53,6 +53,8 @@ from fednode.proto.v1 import control_pb2, model_pb2, tensor_pb2
 
 log = logging.getLogger("fednode.federation")
 
+#: Least gap between two of our announcements (an answer to a new member comes after it).
+ANSWER_FLOOR = 0.25
 #: Known revocations are re-gossiped every this many announcements (about 20 s by default).
 REVOCATION_REPEAT_EVERY = 10
 
@@ -68,6 +70,7 @@ class MemberView:
     model_version: int = 0
     multiaddrs: tuple[str, ...] = ()
     last_seen: float = 0.0  # time.time()
+    announced_at: float = 0.0  # time.time() of its last announcement (0: none yet)
     display_name: str = ""
     public_key: bytes = b""  # the key its envelopes are signed with (for revocations)
 
@@ -163,6 +166,7 @@ class FederationRunner:
         self._own_hashes: dict[int, bytes] = {}  # round -> sha256 of our model after it (recent)
         self._served: deque[bytes] = deque()
         self._wakeup = asyncio.Event()
+        self._announce_now = asyncio.Event()  # set when a member we had not heard from appears
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_train_seconds = 1.0
         self._connected: set[str] = set()
@@ -516,7 +520,13 @@ class FederationRunner:
                     for revocation in self.validator.policy.revocations(self.federation_id):
                         await self._publish(control_pb2.ControlMessage(revocation=revocation))
             beat += 1
-            await asyncio.sleep(self.announce_interval)
+            # Sleep one interval, or less when a new member appeared: it learns of us (and of our
+            # round) from this answer instead of waiting up to an interval. The floor bounds the
+            # rate whatever joins.
+            await asyncio.sleep(ANSWER_FLOOR)
+            self._announce_now.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._announce_now.wait(), timeout=max(0.0, self.announce_interval - ANSWER_FLOOR))
 
     async def _offer_snapshot(self) -> None:
         if self._snapshot is not None:
@@ -586,6 +596,9 @@ class FederationRunner:
         member.public_key = valid.opened.sender_public_key
         if body == "announcement":
             announcement = message.announcement
+            if member.announced_at == 0.0:
+                self._announce_now.set()  # the first we hear of this member: answer with our state
+            member.announced_at = member.last_seen
             member.round = max(member.round, announcement.round)
             member.model_version = announcement.model_version
             member.multiaddrs = tuple(announcement.multiaddrs)
@@ -752,16 +765,39 @@ class FederationRunner:
         return min(candidates, key=lambda o: (-len(o.providers), bytes(o.header.payload_sha256)))
 
     async def _initial_sync(self) -> None:
-        """Give announcements a moment to arrive, then catch up if the federation is ahead."""
+        """Give announcements a moment to arrive, then catch up if the federation is ahead.
+
+        Ends early when enough members to train with have announced and none of them is ahead
+        of us: nobody then has a newer model to offer (a fresh federation starts at once
+        instead of after two announcement intervals). A member ahead of us keeps us waiting for
+        its snapshot offer; one not heard from in time is caught up with later, like any peer
+        that falls behind (its completed rounds or offers trigger a sync).
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 2 * self.announce_interval + 1.0
         while loop.time() < deadline and not self.stop.is_set() and not self.offers:
+            if self._level_with_quorum():
+                log.debug("initial sync: %d member(s) announced, none ahead; starting", len(self._heard_members()))
+                break
             self._wakeup.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=0.2)
         best = self._best_offer()
         if best is not None and best.header.round > self.round:
             await self._sync_from_peers()
+
+    def _heard_members(self) -> list[MemberView]:
+        """Members that announced since this node started (not ourselves)."""
+        return [m for p, m in self.members.items() if p != self.peer_id and m.announced_at > 0.0]
+
+    def _level_with_quorum(self) -> bool:
+        """True when at least min_participants - 1 other members (at least one) have announced
+        and none is past our round or model version."""
+        heard = self._heard_members()
+        needed = max(2, self.rounds.policy.min_participants) - 1
+        return len(heard) >= needed and all(
+            m.round <= self.round and m.model_version <= self.model_version for m in heard
+        )
 
     async def _sync_from_peers(self) -> bool:
         best = self._best_offer()

@@ -65,6 +65,34 @@ def test_gram_keeps_one_minus_cos2_of_near_duplicates(
     assert relative_error(blocks) > float32_error
 
 
+@pytest.mark.parametrize("layout", ["float32", "float64", "float16", "bfloat16", "strided columns", "row subset"])
+@pytest.mark.parametrize("extra_rows", [0, 1, 3])
+@pytest.mark.parametrize("centered", [False, True])
+def test_gram_loads_every_input_layout_exactly(layout: str, extra_rows: int, centered: bool) -> None:
+    """The Gram pass copies blocks coordinate-major: through MKL's transpose for contiguous
+    float32 rows, through numpy or torch otherwise, and `extra` rows (another loader, another
+    row count, sharing the staging buffer) beside them. Every path must give the float64 Gram
+    of the exact input values, with d not a multiple of the block size."""
+    generator = torch.Generator().manual_seed(3)
+    d = 2 * numerics.COLUMN_BLOCK + 123
+    base = torch.randn(8, 3 * d, generator=generator)
+    rows = {
+        "float32": base[:6, :d].contiguous(),
+        "float64": base[:6, :d].double(),
+        "float16": base[:6, :d].half(),
+        "bfloat16": base[:6, :d].bfloat16(),
+        "strided columns": base[:6, ::3],
+        "row subset": base[::2, :d],
+    }[layout]
+    extra = torch.randn(extra_rows, rows.shape[1], generator=generator) if extra_rows else None
+    gram, norms = numerics.gram_and_norms(rows, centered=centered, extra=extra)
+    exact = rows.double() if extra is None else torch.cat([rows.double(), extra.double()])
+    if centered:
+        exact = exact - rows.double().mean(dim=0)
+    torch.testing.assert_close(gram, exact @ exact.T, rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(norms, (rows.double() ** 2).sum(dim=1), rtol=1e-12, atol=0.0)
+
+
 def test_centred_gram_norms_are_the_row_norms() -> None:
     rows = near_duplicates(1e-2, d=50_000) * 3.0 + 1.0
     gram, norms = numerics.gram_and_norms(rows, centered=True)

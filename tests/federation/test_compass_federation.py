@@ -4,7 +4,6 @@ heterogeneous federation started with the README's command reaches 0.90 on digit
 
 from __future__ import annotations
 
-import datetime
 import itertools
 import json
 import os
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fednode.node.logs import read_json_log
+from fednode.node.logs import read_json_log, record_time
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -30,11 +29,6 @@ COMPASS = [
 
 def _records(daemon) -> list[dict]:
     return read_json_log(daemon.log())
-
-
-def _ts(record: dict) -> float:
-    stamp = datetime.datetime.strptime(record["ts"], "%Y-%m-%dT%H:%M:%S.%fZ")
-    return stamp.replace(tzinfo=datetime.UTC).timestamp()
 
 
 def _peer_id(daemon) -> str:
@@ -81,10 +75,10 @@ def test_a_straggler_never_stalls_the_others(start_federation) -> None:
 
     slow_rounds = straggler_rounds()
     slow_round_seconds = statistics.median(r["train_seconds"] for r in slow_rounds)
-    straggler_started = _ts(slow_rounds[0]) - slow_rounds[0]["train_seconds"]
-    versions = [r for r in _records(fast) if r.get("event") == "round" and _ts(r) > straggler_started]
+    straggler_started = record_time(slow_rounds[0]) - slow_rounds[0]["train_seconds"]
+    versions = [r for r in _records(fast) if r.get("event") == "round" and record_time(r) > straggler_started]
     assert len(versions) >= 20, "the fast peers kept aggregating while the straggler trained"
-    gaps = [_ts(b) - _ts(a) for a, b in itertools.pairwise(versions)]
+    gaps = [record_time(b) - record_time(a) for a, b in itertools.pairwise(versions)]
     # Never stalled: the model advances several times per straggler round, and no gap between
     # two aggregations comes near a straggler round.
     assert statistics.median(gaps) < slow_round_seconds / 4, (statistics.median(gaps), slow_round_seconds)
@@ -108,7 +102,7 @@ def test_a_peer_killed_mid_group_holds_its_group_no_longer_than_the_deadline(sta
         rounds = [r for r in records if r.get("event") == "local_round"]
         assigned = [r for r in records if r.get("event") == "assigned"]
         return (len(rounds) >= 5 and bool(assigned) and assigned[-1]["seq"] == rounds[-1]["seq"] + 1
-                and not assigned[-1]["new_group"] and _ts(assigned[-1]) + 0.2 < time.time())
+                and not assigned[-1]["new_group"] and record_time(assigned[-1]) + 0.2 < time.time())
 
     _wait(training_in_a_peers_group, "the victim to train in a survivor's group", nodes)
     victim_id = _peer_id(victim)[-8:]
@@ -119,7 +113,7 @@ def test_a_peer_killed_mid_group_holds_its_group_no_longer_than_the_deadline(sta
         assert survivor.wait(timeout=300) == 0, survivor.log()[-3000:]
 
     closes = [r for node in nodes[:2] for r in _records(node)
-              if r.get("event") == "group_closed" and _ts(r) > killed_at - 1.0]
+              if r.get("event") == "group_closed" and record_time(r) > killed_at - 1.0]
     waited_for_victim = [r for r in closes if victim_id in r["missing"]]
     assert waited_for_victim, "some group had the victim as a member when it died"
     for close in waited_for_victim:
@@ -128,7 +122,7 @@ def test_a_peer_killed_mid_group_holds_its_group_no_longer_than_the_deadline(sta
         bound = close["grace"] * (3 if close["fallback"] else 1) + 0.75
         assert close["after_deadline"] <= bound, close
     assert len(waited_for_victim) <= 3, "the dead peer stops being expected (it reports no new group)"
-    later = [r for r in closes if _ts(r) > killed_at + 10]
+    later = [r for r in closes if record_time(r) > killed_at + 10]
     assert later and all(victim_id not in r["missing"] for r in later)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fednode.node.logs import read_json_log
+from fednode.node.logs import read_json_log, record_time
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -109,3 +109,17 @@ def test_kill_9_a_daemon_others_finish_and_it_resyncs(start_federation, start_da
     first_three = participants.index(3)
     assert 4 in participants[first_three:], "the restarted peer contributed again"
     assert survivor["accuracy"] >= 0.85
+
+
+def test_a_fresh_federation_starts_without_waiting_out_the_initial_sync(tmp_path: Path) -> None:
+    """Members that hear each other at round 0 start training at once: with 20 s between
+    announcements, the initial-sync wait (2 intervals + 1 s when nobody answers) would hold the
+    first round back for 41 s; answering a new member's announcement at once and ending the wait
+    when a quorum is level brings the first round in far sooner."""
+    interval = 20.0
+    launch(tmp_path, "--nodes", "3", "--rounds", "2", *SMALL, "--set", f"federation.announce_interval={interval}")
+    for index in range(3):
+        records = read_json_log((tmp_path / "run" / f"node-{index}.log").read_text())
+        listening = next(record_time(r) for r in records if r.get("event") == "listening")
+        first_round = next(record_time(r) for r in records if r.get("event") == "round")
+        assert first_round - listening < 2 * interval + 1, (index, first_round - listening)

@@ -20,6 +20,7 @@ from typing import Any
 from netlab import Host, LabProcess, NetLab
 
 from fednode.node.logs import read_json_log
+from fednode.node.logs import record_time as ts
 
 FEDNODE = [sys.executable, "-m", "fednode.cli.app"]
 LISTEN_PORT = 4001
@@ -128,12 +129,6 @@ class LabDaemon:
 
     def summary(self) -> dict[str, Any]:
         return json.loads((self.state_dir / "summary.json").read_text())
-
-
-def ts(record: dict[str, Any]) -> float:
-    """A JSON record's ``ts`` (UTC, millisecond precision) as time.time()."""
-    stamp, _, millis = record["ts"].rstrip("Z").partition(".")
-    return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S")) - time.timezone + int(millis or 0) / 1000
 
 
 def start_daemon(lab: NetLab, host: Host, workdir: Path, *, shard: str, args: list[str],
