@@ -53,6 +53,8 @@ from fednode.proto.v1 import control_pb2, model_pb2, tensor_pb2
 
 log = logging.getLogger("fednode.federation")
 
+#: The initial sync ends early only once no new member has announced for this long.
+ROSTER_SETTLE = 1.0
 #: Least gap between two of our announcements (an answer to a new member comes after it).
 ANSWER_FLOOR = 0.25
 #: Known revocations are re-gossiped every this many announcements (about 20 s by default).
@@ -167,6 +169,11 @@ class FederationRunner:
         self._served: deque[bytes] = deque()
         self._wakeup = asyncio.Event()
         self._announce_now = asyncio.Event()  # set when a member we had not heard from appears
+        self._newcomer_at = 0.0  # loop time of the first announcement of the newest member
+        # Our update for the round we last trained, kept while that round is open: after a failed
+        # sync the round is run again and must go on with the same update (a second, different
+        # one for the same round is equivocation to the others, and to our own book).
+        self._published: tuple[int, ReceivedUpdate, TrainResult] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_train_seconds = 1.0
         self._connected: set[str] = set()
@@ -282,22 +289,31 @@ class FederationRunner:
         for sender in self.book.senders(number):
             self.rounds.record(sender, started, number)  # arrived before we started: count as on time
         base = flatten_parameters(self.model)
-        result = await asyncio.to_thread(self.trainer.train_round, self.model, self.local_steps, self.stop)
-        if result.steps < self.local_steps:
-            assign_parameters(self.model, base)
-            return None
-        self._last_train_seconds = result.seconds
-        delta = flatten_parameters(self.model) - base
-        assign_parameters(self.model, base)  # the model moves only by the aggregate
-        if not bool(torch.isfinite(delta).all()):
-            # Local training diverged (e.g. the federation's model was poisoned). Contribute a
-            # zero update so rounds keep closing; others would reject a non-finite one anyway.
-            log.error("round %d: local training produced a non-finite update; sending a zero update", number)
-            delta = torch.zeros_like(delta)
+        if self._published is not None and self._published[0] == number:
+            # Back in a round we already contributed to (its peers seemed done, the sync failed,
+            # and the model has not moved since): go on with the update we published.
+            _, own, result = self._published
+            log.info("round %d: still open here; waiting again with the update already published", number)
+            with contextlib.suppress(Exception):
+                await self._publish(control_pb2.ControlMessage(update=own.header))
+        else:
+            result = await asyncio.to_thread(self.trainer.train_round, self.model, self.local_steps, self.stop)
+            if result.steps < self.local_steps:
+                assign_parameters(self.model, base)
+                return None
+            self._last_train_seconds = result.seconds
+            delta = flatten_parameters(self.model) - base
+            assign_parameters(self.model, base)  # the model moves only by the aggregate
+            if not bool(torch.isfinite(delta).all()):
+                # Local training diverged (e.g. the federation's model was poisoned). Contribute a
+                # zero update so rounds keep closing; others would reject a non-finite one anyway.
+                log.error("round %d: local training produced a non-finite update; sending a zero update", number)
+                delta = torch.zeros_like(delta)
 
-        if self.attack is not None and self.attack.kind == "update":
-            delta = await self._craft_attack(number, delta)
-        own = await self._publish_update(number, delta, result)
+            if self.attack is not None and self.attack.kind == "update":
+                delta = await self._craft_attack(number, delta)
+            own = await self._publish_update(number, delta, result)
+            self._published = (number, own, result)
         self.book.add(own)
         self.rounds.record(self.peer_id, loop.time(), number)
 
@@ -598,6 +614,7 @@ class FederationRunner:
             announcement = message.announcement
             if member.announced_at == 0.0:
                 self._announce_now.set()  # the first we hear of this member: answer with our state
+                self._newcomer_at = asyncio.get_running_loop().time()
             member.announced_at = member.last_seen
             member.round = max(member.round, announcement.round)
             member.model_version = announcement.model_version
@@ -767,16 +784,17 @@ class FederationRunner:
     async def _initial_sync(self) -> None:
         """Give announcements a moment to arrive, then catch up if the federation is ahead.
 
-        Ends early when enough members to train with have announced and none of them is ahead
-        of us: nobody then has a newer model to offer (a fresh federation starts at once
-        instead of after two announcement intervals). A member ahead of us keeps us waiting for
+        ends early when enough members to train with have announced, none of them is ahead of
+        us (nobody then has a newer model to offer) and no new member has appeared for
+        ROSTER_SETTLE seconds (members started together start training together): a fresh
+        federation starts at once instead of after two announcement intervals. A member ahead of us keeps us waiting for
         its snapshot offer; one not heard from in time is caught up with later, like any peer
         that falls behind (its completed rounds or offers trigger a sync).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 2 * self.announce_interval + 1.0
         while loop.time() < deadline and not self.stop.is_set() and not self.offers:
-            if self._level_with_quorum():
+            if self._level_with_quorum() and loop.time() - self._newcomer_at >= ROSTER_SETTLE:
                 log.debug("initial sync: %d member(s) announced, none ahead; starting", len(self._heard_members()))
                 break
             self._wakeup.clear()

@@ -115,9 +115,11 @@ def test_a_fresh_federation_starts_without_waiting_out_the_initial_sync(tmp_path
     """Members that hear each other at round 0 start training at once: with 20 s between
     announcements, the initial-sync wait (2 intervals + 1 s when nobody answers) would hold the
     first round back for 41 s; answering a new member's announcement at once and ending the wait
-    when a quorum is level brings the first round in far sooner."""
+    when a quorum is level (all three here, so nobody starts without the others) brings the
+    first round in far sooner."""
     interval = 20.0
-    launch(tmp_path, "--nodes", "3", "--rounds", "2", *SMALL, "--set", f"federation.announce_interval={interval}")
+    launch(tmp_path, "--nodes", "3", "--rounds", "3", "--min-participants", "3", *SMALL,
+           "--set", f"federation.announce_interval={interval}", timeout=300)
     for index in range(3):
         records = read_json_log((tmp_path / "run" / f"node-{index}.log").read_text())
         listening = next(record_time(r) for r in records if r.get("event") == "listening")
