@@ -784,12 +784,13 @@ class FederationRunner:
     async def _initial_sync(self) -> None:
         """Give announcements a moment to arrive, then catch up if the federation is ahead.
 
-        ends early when enough members to train with have announced, none of them is ahead of
-        us (nobody then has a newer model to offer) and no new member has appeared for
-        ROSTER_SETTLE seconds (members started together start training together): a fresh
-        federation starts at once instead of after two announcement intervals. A member ahead of us keeps us waiting for
-        its snapshot offer; one not heard from in time is caught up with later, like any peer
-        that falls behind (its completed rounds or offers trigger a sync).
+        The wait (at most two announcement intervals + 1 s) ends early when enough members to
+        train with have announced, none of them is ahead of us (nobody has a newer model to
+        offer) and no new member has appeared for ROSTER_SETTLE seconds (members started
+        together start training together): a fresh federation starts at once. A member ahead
+        of us keeps us waiting for its snapshot offer; one not heard from in time is caught up
+        with later, like any peer that falls behind (its completed rounds or offers trigger a
+        sync).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 2 * self.announce_interval + 1.0
