@@ -8,29 +8,85 @@ the full test set, so accuracies are comparable across peers.
 
 from __future__ import annotations
 
+import importlib.metadata
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from fednode.node.tasks.base import Task, TaskContext, TensorPairDataset, dirichlet_shards, mlp, seeded_init
 
+log = logging.getLogger("fednode.tasks")
+
+# Runs in a child interpreter (numpy and scikit-learn only): importing scikit-learn pulls in
+# scipy and costs the daemon about 76 MB of resident memory for the rest of its life, for a
+# split computed once. Writes the raw split to the path given as argv[2], atomically.
+_SPLIT_SCRIPT = """
+import os, sys
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+x, y = load_digits(return_X_y=True)
+x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=float(sys.argv[1]), stratify=y, random_state=0)
+target = sys.argv[2]
+temporary = f"{target}.{os.getpid()}.tmp.npz"
+np.savez(temporary, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+with open(temporary, "rb") as handle:
+    os.fsync(handle.fileno())
+os.replace(temporary, target)
+"""
+
+
+def _split_cache(test_fraction: float) -> Path:
+    """Where the split is cached: per scikit-learn version (its bundled data and splitter) and
+    test fraction, under $XDG_CACHE_HOME (default ~/.cache)/fednode."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fednode"
+    version = importlib.metadata.version("scikit-learn")
+    return root / f"digits-split-sklearn{version}-test{test_fraction!r}.npz"
+
+
+def _raw_split(test_fraction: float) -> dict[str, np.ndarray]:
+    """scikit-learn's stratified split of its bundled digits (computed out of process, cached)."""
+    cache = _split_cache(test_fraction)
+    if cache.exists():
+        try:
+            return _read_split(cache)
+        except (OSError, ValueError, KeyError) as exc:  # damaged or foreign file: compute again
+            log.warning("ignoring the unreadable digits cache %s (%s)", cache, exc)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _SPLIT_SCRIPT, repr(test_fraction), str(cache)],
+        capture_output=True, text=True, timeout=300,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"could not load scikit-learn's digits: {done.stderr.strip()[-500:]} "
+            "(is scikit-learn installed? `pip install scikit-learn`)"
+        )
+    return _read_split(cache)
+
+
+def _read_split(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as arrays:  # never unpickle, even from our own cache
+        return {name: arrays[name] for name in ("x_train", "y_train", "x_test", "y_test")}
+
 
 def load_digits_arrays(test_fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Standardised (x_train, y_train, x_test, y_test) as float32/int64 arrays."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    x, y = load_digits(return_X_y=True)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=test_fraction, stratify=y, random_state=0
-    )
+    split = _raw_split(test_fraction)
+    x_train, x_test = split["x_train"], split["x_test"]
     mean = x_train.mean(axis=0)
     std = x_train.std(axis=0)
     std[std == 0] = 1.0  # constant border pixels
     return (
         ((x_train - mean) / std).astype(np.float32),
-        y_train.astype(np.int64),
+        split["y_train"].astype(np.int64),
         ((x_test - mean) / std).astype(np.float32),
-        y_test.astype(np.int64),
+        split["y_test"].astype(np.int64),
     )
 
 

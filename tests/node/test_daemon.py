@@ -38,6 +38,10 @@ def test_signal_stops_gracefully_with_final_checkpoint_and_nothing_left(start_da
     daemon = start_daemon(*FAST, "--set", "training.slowdown=3")
     daemon.wait_for_log("round 2")
     assert daemon.group_members() == [daemon.pid]
+    # The digits split is computed out of process: scikit-learn (and scipy, ~76 MB resident)
+    # never loads into the daemon.
+    mapped = Path(f"/proc/{daemon.pid}/maps").read_text()
+    assert "/scipy" not in mapped and "/sklearn" not in mapped
     daemon.signal(signum)
     started = time.monotonic()
     code = daemon.wait(timeout=30)

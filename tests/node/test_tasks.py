@@ -124,3 +124,30 @@ def test_npz_with_objects_is_not_unpickled(tmp_path: Path) -> None:
     np.savez(path, x=np.array([{"a": 1}], dtype=object), y=np.array([0]))
     with pytest.raises((TaskError, ValueError)):
         load_task(FILES, TaskContext(), {"train": str(path), "test": str(path)})
+
+
+def test_digits_split_is_scikit_learns_computed_once_out_of_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default task's data equals scikit-learn's stratified split (spec section 8), is
+    computed in a child interpreter and cached; a damaged cache is computed again."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from fednode.node.tasks import digits
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    arrays = digits.load_digits_arrays()
+    x, y = load_digits(return_X_y=True)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, stratify=y, random_state=0)
+    mean, std = x_train.mean(axis=0), x_train.std(axis=0)
+    std[std == 0] = 1.0
+    expected = (((x_train - mean) / std).astype(np.float32), y_train, ((x_test - mean) / std).astype(np.float32), y_test)
+    for got, want in zip(arrays, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert [a.dtype for a in arrays] == [np.float32, np.int64, np.float32, np.int64]
+    cache = digits._split_cache(0.2)
+    assert cache.parent == tmp_path / "fednode" and cache.exists()
+    cache.write_bytes(b"not an npz file")
+    again = digits.load_digits_arrays()
+    for got, want in zip(again, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert [p.name for p in cache.parent.iterdir()] == [cache.name]  # no temporary left behind
