@@ -13,6 +13,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -57,17 +58,28 @@ def _raw_split(test_fraction: float) -> dict[str, np.ndarray]:
             return _read_split(cache)
         except (OSError, ValueError, KeyError) as exc:  # damaged or foreign file: compute again
             log.warning("ignoring the unreadable digits cache %s (%s)", cache, exc)
-    cache.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        return _compute_split(test_fraction, cache)
+    except OSError as exc:  # no writable cache directory: compute without caching
+        log.warning("cannot cache the digits split in %s (%s); computing it for this run only", cache.parent, exc)
+        with tempfile.TemporaryDirectory(prefix="fednode-digits-") as scratch:
+            return _compute_split(test_fraction, Path(scratch) / cache.name)
+
+
+def _compute_split(test_fraction: float, target: Path) -> dict[str, np.ndarray]:
     done = subprocess.run(
-        [sys.executable, "-c", _SPLIT_SCRIPT, repr(test_fraction), str(cache)],
+        [sys.executable, "-c", _SPLIT_SCRIPT, repr(test_fraction), str(target)],
         capture_output=True, text=True, timeout=300,
     )
     if done.returncode != 0:
+        if "PermissionError" in done.stderr or "Read-only file system" in done.stderr:
+            raise PermissionError(done.stderr.strip().splitlines()[-1])
         raise RuntimeError(
             f"could not load scikit-learn's digits: {done.stderr.strip()[-500:]} "
             "(is scikit-learn installed? `pip install scikit-learn`)"
         )
-    return _read_split(cache)
+    return _read_split(target)
 
 
 def _read_split(path: Path) -> dict[str, np.ndarray]:

@@ -151,3 +151,14 @@ def test_digits_split_is_scikit_learns_computed_once_out_of_process(tmp_path: Pa
     for got, want in zip(again, expected, strict=True):
         np.testing.assert_array_equal(got, want)
     assert [p.name for p in cache.parent.iterdir()] == [cache.name]  # no temporary left behind
+
+
+def test_digits_split_without_a_writable_cache_is_computed_anyway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fednode.node.tasks import digits
+
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the cache directory should go")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    x_train, y_train, x_test, y_test = digits.load_digits_arrays()
+    assert x_train.shape == (1437, 64) and x_test.shape == (360, 64)
+    assert sorted(set(y_train.tolist())) == sorted(set(y_test.tolist())) == list(range(10))
