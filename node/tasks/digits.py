@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fednode.node.errors import TaskError
 from fednode.node.tasks.base import Task, TaskContext, TensorPairDataset, dirichlet_shards, mlp, seeded_init
 
 log = logging.getLogger("fednode.tasks")
@@ -46,7 +47,10 @@ def _split_cache(test_fraction: float) -> Path:
     """Where the split is cached: per scikit-learn version (its bundled data and splitter) and
     test fraction, under $XDG_CACHE_HOME (default ~/.cache)/fednode."""
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fednode"
-    version = importlib.metadata.version("scikit-learn")
+    try:
+        version = importlib.metadata.version("scikit-learn")
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise TaskError("the digits task needs scikit-learn (its bundled data): pip install scikit-learn") from exc
     return root / f"digits-split-sklearn{version}-test{test_fraction!r}.npz"
 
 
@@ -68,17 +72,18 @@ def _raw_split(test_fraction: float) -> dict[str, np.ndarray]:
 
 
 def _compute_split(test_fraction: float, target: Path) -> dict[str, np.ndarray]:
-    done = subprocess.run(
-        [sys.executable, "-c", _SPLIT_SCRIPT, repr(test_fraction), str(target)],
-        capture_output=True, text=True, timeout=300,
-    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _SPLIT_SCRIPT, repr(test_fraction), str(target)],
+            capture_output=True, text=True, timeout=300,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise TaskError("splitting scikit-learn's digits took over 300 s; is the machine overloaded?") from exc
     if done.returncode != 0:
         if "PermissionError" in done.stderr or "Read-only file system" in done.stderr:
             raise PermissionError(done.stderr.strip().splitlines()[-1])
-        raise RuntimeError(
-            f"could not load scikit-learn's digits: {done.stderr.strip()[-500:]} "
-            "(is scikit-learn installed? `pip install scikit-learn`)"
-        )
+        last = (done.stderr.strip().splitlines() or ["no error output"])[-1]
+        raise TaskError(f"could not split scikit-learn's digits in a child interpreter: {last}")
     return _read_split(target)
 
 
