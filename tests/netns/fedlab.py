@@ -164,10 +164,15 @@ def public_multiaddr(daemon: LabDaemon) -> str:
 #: 32 KiB inline limit), so payloads really cross the paths under test; every member takes
 #: part in every round (min_participants = all), so each path carries every round's updates.
 ROUNDS = 10
+#: Steps slowed down so that the run outlasts AutoNAT's first verdict and hole punching (6-9 s
+#: after start-up in the lab), which the tests check once every daemon has stopped: without it
+#: 10 rounds end about 4 s after the members meet.
+SLOWDOWN = 60
 
 
 def federation_args(members: int, rounds: int = ROUNDS) -> list[str]:
     return ["--rounds", str(rounds), "--set", "training.local_steps=10",
+            "--set", f"training.slowdown={SLOWDOWN}",
             "--set", f"federation.min_participants={members}"]
 
 
