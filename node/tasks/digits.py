@@ -8,6 +8,7 @@ the full test set, so accuracies are comparable across peers.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import os
@@ -26,20 +27,15 @@ log = logging.getLogger("fednode.tasks")
 
 # Runs in a child interpreter (numpy and scikit-learn only): importing scikit-learn pulls in
 # scipy and costs the daemon about 76 MB of resident memory for the rest of its life, for a
-# split computed once. Writes the raw split to the path given as argv[2], atomically.
+# split computed once. Writes the raw split as .npz to the path given as argv[2].
 _SPLIT_SCRIPT = """
-import os, sys
+import sys
 import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 x, y = load_digits(return_X_y=True)
 x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=float(sys.argv[1]), stratify=y, random_state=0)
-target = sys.argv[2]
-temporary = f"{target}.{os.getpid()}.tmp.npz"
-np.savez(temporary, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-with open(temporary, "rb") as handle:
-    os.fsync(handle.fileno())
-os.replace(temporary, target)
+np.savez(sys.argv[2], x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
 """
 
 
@@ -63,7 +59,6 @@ def _raw_split(test_fraction: float) -> dict[str, np.ndarray]:
         except (OSError, ValueError, KeyError) as exc:  # damaged or foreign file: compute again
             log.warning("ignoring the unreadable digits cache %s (%s)", cache, exc)
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
         return _compute_split(test_fraction, cache)
     except OSError as exc:  # no writable cache directory: compute without caching
         log.warning("cannot cache the digits split in %s (%s); computing it for this run only", cache.parent, exc)
@@ -72,18 +67,28 @@ def _raw_split(test_fraction: float) -> dict[str, np.ndarray]:
 
 
 def _compute_split(test_fraction: float, target: Path) -> dict[str, np.ndarray]:
+    """Run the split in a child interpreter and store it at `target` atomically (temporary file
+    beside it, fsync, rename: daemons started together may race to write the same file)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".digits-", suffix=".npz")
+    os.close(handle)
     try:
-        done = subprocess.run(
-            [sys.executable, "-c", _SPLIT_SCRIPT, repr(test_fraction), str(target)],
-            capture_output=True, text=True, timeout=300,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise TaskError("splitting scikit-learn's digits took over 300 s; is the machine overloaded?") from exc
-    if done.returncode != 0:
-        if "PermissionError" in done.stderr or "Read-only file system" in done.stderr:
-            raise PermissionError(done.stderr.strip().splitlines()[-1])
-        last = (done.stderr.strip().splitlines() or ["no error output"])[-1]
-        raise TaskError(f"could not split scikit-learn's digits in a child interpreter: {last}")
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", _SPLIT_SCRIPT, repr(test_fraction), temporary],
+                capture_output=True, text=True, timeout=300,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise TaskError("splitting scikit-learn's digits took over 300 s; is the machine overloaded?") from exc
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no error output"])[-1]
+            raise TaskError(f"could not split scikit-learn's digits in a child interpreter: {last}")
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
     return _read_split(target)
 
 
