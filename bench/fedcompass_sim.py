@@ -36,7 +36,7 @@ import torch
 from fednode.aggregators import build
 from fednode.node.federation.compass import compass_step
 from fednode.node.model import assign_parameters, flatten_parameters
-from fednode.node.scheduler.fedcompass import CompassPolicy, CompassServer
+from fednode.node.scheduler.fedcompass import CompassPolicy, CompassServer, staleness_weight
 from fednode.node.tasks.base import TaskContext
 from fednode.node.tasks.digits import build_task
 from fednode.node.trainer import LocalTrainer
@@ -120,9 +120,11 @@ def run_fedcompass(nodes: list[Node], model: torch.nn.Module, args: argparse.Nam
             break
         for aggregation in aggregations:
             entries = []
-            for ref, _weight in zip(aggregation.entries, aggregation.weights):
+            for ref, weight in zip(aggregation.entries, aggregation.weights, strict=True):
                 delta, base = pending.pop(ref.key)
-                entries.append((ref.sender, ref.seq, delta, aggregation.version - 1 - base))
+                tau = aggregation.version - 1 - base
+                assert staleness_weight(policy, tau) == weight  # the server's s(tau), recomputed by compass_step
+                entries.append((ref.sender, ref.seq, delta, tau))
             step = compass_step(entries, policy=policy, aggregator=mean, federation_size=len(nodes), seed=0)
             assert step.step is not None, step.error
             global_ = global_ + step.step
