@@ -33,7 +33,7 @@ import logging
 import socket
 import struct
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidTag
@@ -52,15 +52,16 @@ from .transfer import (
     FetchState,
     TransferProtocolError,
     answer_request,
-    build_request,
     status_name,
+    transfer_request,
 )
 from .types import StatsCollector
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-VERSION = 1
+HANDSHAKE_VERSION = 1  # FastPathHello.version
+CHANNEL_VERSION = 2  # FastPathInfo.version: 2 = FastPathRequest records (fetches and pushes)
 LABEL_RESPONDER = b"fednode/fastpath/1 responder"
 LABEL_INITIATOR = b"fednode/fastpath/1 initiator"
 KEY_INFO = b"fednode/fastpath/1 keys"
@@ -222,7 +223,7 @@ async def _recv_hello(sock: socket.socket) -> transfer_pb2.FastPathHello:
         hello = transfer_pb2.FastPathHello.FromString(payload)
     except Exception as exc:
         raise FastPathAuthError("unparsable handshake message") from exc
-    if hello.version != VERSION:
+    if hello.version != HANDSHAKE_VERSION:
         raise FastPathAuthError(f"unsupported fast-path version {hello.version}")
     return hello
 
@@ -255,7 +256,7 @@ async def initiate(sock: socket.socket, identity: NodeIdentity, expected_peer_id
     """Run the initiator side; refuse unless the responder proves ``expected_peer_id``."""
     eph, e_i = _ephemeral()
     id_i = identity.public_key
-    await _send_hello(sock, transfer_pb2.FastPathHello(version=VERSION, ephemeral_key=e_i, identity_key=id_i))
+    await _send_hello(sock, transfer_pb2.FastPathHello(version=HANDSHAKE_VERSION, ephemeral_key=e_i, identity_key=id_i))
     reply = await _recv_hello(sock)
     e_r, id_r = reply.ephemeral_key, reply.identity_key
     if len(e_r) != 32 or len(id_r) != 32 or len(reply.signature) != 64:
@@ -266,7 +267,7 @@ async def initiate(sock: socket.socket, identity: NodeIdentity, expected_peer_id
     if not verify(id_r, reply.signature, LABEL_RESPONDER + e_i + e_r + id_i + id_r):
         raise FastPathAuthError("responder signature does not verify")
     signature = identity.sign(LABEL_INITIATOR + e_i + e_r + id_r + id_i)
-    await _send_hello(sock, transfer_pb2.FastPathHello(version=VERSION, signature=signature))
+    await _send_hello(sock, transfer_pb2.FastPathHello(version=HANDSHAKE_VERSION, signature=signature))
     to_responder, to_initiator = _derive_keys(_exchange(eph, e_r), e_i, e_r, id_i, id_r)
     return SecureChannel(sock, to_responder, to_initiator, id_r)
 
@@ -280,7 +281,7 @@ async def respond(sock: socket.socket, identity: NodeIdentity) -> SecureChannel:
     eph, e_r = _ephemeral()
     id_r = identity.public_key
     signature = identity.sign(LABEL_RESPONDER + e_i + e_r + id_i + id_r)
-    await _send_hello(sock, transfer_pb2.FastPathHello(version=VERSION, ephemeral_key=e_r, identity_key=id_r,
+    await _send_hello(sock, transfer_pb2.FastPathHello(version=HANDSHAKE_VERSION, ephemeral_key=e_r, identity_key=id_r,
                                                        signature=signature))
     final = await _recv_hello(sock)
     if len(final.signature) != 64 or not verify(id_i, final.signature, LABEL_INITIATOR + e_i + e_r + id_r + id_i):
@@ -316,8 +317,17 @@ class FastPathServer:
         chunk_size: int,
         io_timeout: float,
         max_connections: int = 64,
+        on_push: Callable[[str, bytes, str], None] | None = None,
+        max_push_size: int = 0,
     ) -> None:
+        """``on_push(topic, data, from_peer)`` receives pushed messages (on the event loop; it
+        must not block); pushes above ``max_push_size`` bytes, or any when ``on_push`` is None,
+        are refused and counted."""
         self._identity = identity
+        self._on_push = on_push
+        self._max_push_size = max_push_size
+        # A request record holds at most a fetch header or a push of max_push_size bytes.
+        self._max_request = MAX_HEADER_FRAME + max_push_size
         self._store = store
         self._stats = stats
         self._chunk_size = chunk_size
@@ -403,10 +413,19 @@ class FastPathServer:
             raise
         while True:
             try:
-                frame = await channel.recv_record(MAX_HEADER_FRAME, max(SERVER_IDLE_S, self._io_timeout))
+                frame = await channel.recv_record(self._max_request, max(SERVER_IDLE_S, self._io_timeout))
             except (ChannelClosed, asyncio.TimeoutError):
                 return  # the requester closed (or forgot) the channel between requests: done
-            answer = answer_request(self._store, frame, self._chunk_size)
+            request = transfer_pb2.FastPathRequest()
+            try:
+                request.ParseFromString(frame)
+            except Exception:
+                request.Clear()
+            kind = request.WhichOneof("kind")
+            if kind == "push":
+                self._accept_push(request.push, channel.remote_peer_id)
+                continue
+            answer = answer_request(self._store, request.fetch if kind == "fetch" else frame, self._chunk_size)
             if answer.data is None:
                 self._stats.refuse(status_name(answer.response.status))
                 await _bounded(channel.send_record(answer.response.SerializeToString()), self._io_timeout)
@@ -424,6 +443,16 @@ class FastPathServer:
                 self._stats.add("uploads_served")
             finally:
                 self._store.end_upload()
+
+
+    def _accept_push(self, push: transfer_pb2.PushedMessage, from_peer: str) -> None:
+        """Hand a pushed message on; never answered, so a refusal is only counted."""
+        if self._on_push is None:
+            self._stats.reject("push_refused")
+        elif len(push.data) > self._max_push_size:
+            self._stats.reject("oversized")
+        else:
+            self._on_push(push.topic, push.data, from_peer)
 
 
 # --------------------------------------------------------------------------------------------
@@ -465,7 +494,8 @@ async def fetch_range(channel: SecureChannel, state: FetchState, stats: StatsCol
     Each record is decrypted straight into its place in the result buffer and hashed there
     while it is still in cache: no intermediate copy.
     """
-    await _bounded(channel.send_record(build_request(state)), io_timeout)
+    request = transfer_pb2.FastPathRequest(fetch=transfer_request(state))
+    await _bounded(channel.send_record(request.SerializeToString()), io_timeout)
     frame = await channel.recv_record(MAX_HEADER_FRAME, io_timeout)
     remaining, chunk_size = state.accept_response(frame, channel.remote_peer_id)
     while remaining > 0:
@@ -473,3 +503,9 @@ async def fetch_range(channel: SecureChannel, state: FetchState, stats: StatsCol
         state.commit(n)
         remaining -= n
         stats.add("blob_bytes_received", n)
+
+
+async def push(channel: SecureChannel, topic: str, data: bytes, io_timeout: float) -> None:
+    """Send one gossip message straight to the channel's peer (no answer comes back)."""
+    record = transfer_pb2.FastPathRequest(push=transfer_pb2.PushedMessage(topic=topic, data=data))
+    await _bounded(channel.send_record(record.SerializeToString()), io_timeout)

@@ -59,6 +59,7 @@ from fednode.proto.v1 import transfer_pb2
 
 from .config import MeshConfig
 from .errors import DialError, MeshError
+from .fastpath import CHANNEL_VERSION
 from .identity import NodeIdentity
 from .nat import AdmissionRelay, BoundedDCUtR, DialBackAutoNAT
 from .transfer import (
@@ -1498,7 +1499,7 @@ class Libp2pNode:
                 if stream is not None:
                     await _close_stream(stream)
             self._fastpath_cache[peer_key] = (fetched_at, info)
-        if not info.port or info.version != 1:
+        if not info.port or info.version != CHANNEL_VERSION:
             return None
         listed = [h for h in info.hosts if h not in _WILDCARDS]
         # No hosts listed: "use the connection's address" (e.g. a forwarded fast-path port).

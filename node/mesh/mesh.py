@@ -30,7 +30,7 @@ from .identity import NodeIdentity
 from .libp2p_node import Libp2pNode
 from .reachability import ReachabilityFacts, describe_reachability
 from .transfer import CONTENT_ID_LEN, BlobStore, FetchState, ProviderRefused, TransferProtocolError
-from .types import MeshEvent, MeshStats, PeerInfo, Reachability, StatsCollector, Validator
+from .types import GossipMessage, MeshEvent, MeshStats, PeerInfo, Reachability, StatsCollector, Validator
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -120,6 +120,10 @@ class Mesh:
         self._fast: fastpath.FastPathServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: dict[str, list[tuple[float, fastpath.SecureChannel]]] = {}
+        # One channel per peer for pushes (sends serialised by its lock), with its last use.
+        self._push_channels: dict[str, tuple[float, fastpath.SecureChannel]] = {}
+        self._push_locks: dict[str, asyncio.Lock] = {}
+        self._validators: dict[str, Validator] = {}  # subscribed topics, for pushed messages
         self._relay_admission = config.relay_admission
         self._blob_paths: dict[str, str] = {}  # peer -> last path a fetch from it used (for the log)
         self._state = "new"
@@ -143,12 +147,13 @@ class Mesh:
         self._loop = loop
         deadline = loop.time() + cfg.start_timeout_s
         try:
-            info = transfer_pb2.FastPathInfo(version=fastpath.VERSION, port=0)
+            info = transfer_pb2.FastPathInfo(version=fastpath.CHANNEL_VERSION, port=0)
             if cfg.fast_path:
                 host = _fast_path_host(cfg.listen_multiaddrs[0])
                 self._fast = fastpath.FastPathServer(
                     self._identity, self._store, self._stats, cfg.fetch_chunk_size, cfg.io_timeout_s,
                     max_connections=4 * cfg.max_concurrent_uploads,
+                    on_push=self._on_push, max_push_size=cfg.gossip.max_message_size,
                 )
                 bound = await self._fast.start(host, cfg.fast_path_port)
                 info.port = cfg.fast_path_announce_port or bound
@@ -337,8 +342,10 @@ class Mesh:
         replaces the validator.
         """
         await self._call(Libp2pNode.subscribe, topic, validator)
+        self._validators[topic] = validator
 
     async def unsubscribe(self, topic: str) -> None:
+        self._validators.pop(topic, None)
         await self._call(Libp2pNode.unsubscribe, topic)
 
     async def publish(self, topic: str, data: bytes) -> None:
@@ -355,6 +362,103 @@ class Mesh:
                 f"{self.config.gossip.max_message_size}; gossip metadata and fetch the payload as a blob"
             )
         await self._call(Libp2pNode.publish, topic, bytes(data))
+
+    async def push(self, topic: str, data: bytes, peers: Iterable[str]) -> list[str]:
+        """Send ``data`` for ``topic`` straight to each of ``peers`` over the fast path; returns
+        the peers it was handed to (their kernels have it; no acknowledgement).
+
+        A latency shortcut next to :meth:`publish`, never a replacement: peers reachable only
+        through a relay, peers without a fast path and failed sends are skipped (gossip reaches
+        them), so publish the same bytes as well. Receivers validate and deliver a push exactly
+        like a gossip message from this node, with ``GossipMessage.direct`` set; they see the
+        gossip copy too. Pushes to one peer arrive in the order they were made. Bounded by
+        ``io_timeout_s`` per peer; the peers are served concurrently. Raises
+        :class:`MessageTooLargeError` like publish().
+        """
+        if len(data) > self.config.gossip.max_message_size:
+            raise MessageTooLargeError(
+                f"message of {len(data)} bytes exceeds max_message_size {self.config.gossip.max_message_size}"
+            )
+        if self._fast is None or self._state != "running":
+            return []
+        targets = [p for p in dict.fromkeys(peers) if p != self.peer_id]
+        sent = await asyncio.gather(*(self._push_to(peer, topic, bytes(data)) for peer in targets))
+        return [peer for peer, ok in zip(targets, sent, strict=True) if ok]
+
+    async def _push_to(self, peer: str, topic: str, data: bytes) -> bool:
+        lock = self._push_locks.setdefault(peer, asyncio.Lock())
+        async with lock:
+            io = self.config.io_timeout_s
+            for attempt in range(2):  # a kept channel may have been closed meanwhile: one retry
+                channel = self._push_channel(peer) if attempt == 0 else None
+                if channel is None:
+                    channel = await self._open_push_channel(peer)
+                    if channel is None:
+                        return False
+                try:
+                    await fastpath.push(channel, topic, data, io)
+                except (OSError, asyncio.TimeoutError) as exc:
+                    channel.close()
+                    self._push_channels.pop(peer, None)
+                    log.debug("push to %s failed: %s", peer, exc)
+                    continue
+                self._push_channels[peer] = (time.monotonic(), channel)
+                self._stats.add("pushes_sent")
+                self._stats.add("push_bytes_sent", len(data))
+                return True
+            return False
+
+    def _push_channel(self, peer: str) -> fastpath.SecureChannel | None:
+        """The peer's push channel unless it sat idle long enough for the peer to drop it (a
+        send into a channel the peer closed would vanish without an error)."""
+        kept = self._push_channels.get(peer)
+        if kept is None:
+            return None
+        last_used, channel = kept
+        if time.monotonic() - last_used < _IDLE_CHANNEL_TTL_S:
+            return channel
+        channel.close()
+        del self._push_channels[peer]
+        return None
+
+    async def _open_push_channel(self, peer: str) -> fastpath.SecureChannel | None:
+        if self._state != "running":
+            return None
+        try:
+            target = await self._call(Libp2pNode.fastpath_target, peer)
+        except MeshClosedError:
+            return None
+        if target is None:
+            return None
+        hosts, port = target
+        try:
+            return await fastpath.open_channel(hosts, port, self._identity, peer, self.config.io_timeout_s)
+        except FastPathAuthError as exc:
+            self._stats.add("fast_path_auth_failures")
+            log.warning("fast path of %s refused: %s; pushes to it skipped", peer, exc)
+            await self._call(Libp2pNode.forget_fastpath, peer)
+        except (OSError, asyncio.TimeoutError) as exc:
+            log.debug("fast path of %s unreachable for a push: %s", peer, exc)
+            await self._call(Libp2pNode.forget_fastpath, peer, True)
+        return None
+
+    def _on_push(self, topic: str, data: bytes, from_peer: str) -> None:
+        """A pushed message (fast-path server, event loop): the topic's validator, then events."""
+        validator = self._validators.get(topic)
+        if validator is None:
+            self._stats.reject("unsubscribed_topic")
+            return
+        try:
+            reason = validator(data, from_peer)
+        except Exception:
+            log.exception("validator raised on a pushed message; rejecting it")
+            reason = "validator_error"
+        if reason is not None:
+            self._stats.reject(str(reason))
+            return
+        self._stats.add("pushes_received")
+        self._stats.add("push_bytes_received", len(data))
+        self._deliver(GossipMessage(topic, data, from_peer, time.time(), direct=True))
 
     # ------------------------------------------------------------------ requests
 
@@ -615,3 +719,6 @@ class Mesh:
             for _, channel in idle:
                 channel.close()
         self._idle.clear()
+        for _, channel in self._push_channels.values():
+            channel.close()
+        self._push_channels.clear()

@@ -148,15 +148,18 @@ class Answer:
     upload_slot: bool = False  # an upload slot was taken; release it with store.end_upload()
 
 
-def answer_request(store: BlobStore, frame: bytes, chunk_size: int) -> Answer:
-    """Decide the provider's answer to one serialized TransferRequest."""
+def answer_request(store: BlobStore, frame: bytes | transfer_pb2.TransferRequest, chunk_size: int) -> Answer:
+    """Decide the provider's answer to one TransferRequest (serialized, or parsed already)."""
     resp = transfer_pb2.TransferResponse()
-    try:
-        req = transfer_pb2.TransferRequest.FromString(frame)
-    except Exception:
-        resp.status = transfer_pb2.TRANSFER_BAD_REQUEST
-        resp.detail = "unparsable request"
-        return Answer(resp)
+    if isinstance(frame, transfer_pb2.TransferRequest):
+        req = frame
+    else:
+        try:
+            req = transfer_pb2.TransferRequest.FromString(frame)
+        except Exception:
+            resp.status = transfer_pb2.TRANSFER_BAD_REQUEST
+            resp.detail = "unparsable request"
+            return Answer(resp)
     if len(req.content_id) != CONTENT_ID_LEN:
         resp.status = transfer_pb2.TRANSFER_BAD_REQUEST
         resp.detail = "content_id must be 32 bytes"
@@ -188,13 +191,18 @@ def answer_request(store: BlobStore, frame: bytes, chunk_size: int) -> Answer:
     return Answer(resp, memoryview(blob)[req.offset : req.offset + length], upload_slot=True)
 
 
-def build_request(state: FetchState, max_length: int = 0) -> bytes:
+def transfer_request(state: FetchState, max_length: int = 0) -> transfer_pb2.TransferRequest:
+    """The request for ``state``'s missing tail."""
     return transfer_pb2.TransferRequest(
         content_id=state.content_id,
         offset=state.received,
         max_length=max_length,
         max_total_size=state.max_size,
-    ).SerializeToString()
+    )
+
+
+def build_request(state: FetchState, max_length: int = 0) -> bytes:
+    return transfer_request(state, max_length).SerializeToString()
 
 
 @dataclass

@@ -35,12 +35,15 @@ class RecordValidator:
 
 @dataclass(frozen=True)
 class GossipMessage:
-    """A validated GossipSub message on a subscribed topic (never one this node published)."""
+    """A validated message on a subscribed topic (never one this node published): from GossipSub,
+    or pushed straight to us by its originator (`direct`), in which case the same bytes usually
+    arrive by gossip too."""
 
     topic: str
     data: bytes
     from_peer: str  # peer id of the originator (GossipSub signatures are checked by the library)
     received_at: float  # time.time() when the networking thread delivered it
+    direct: bool = False  # pushed by the originator over the fast path (Mesh.push), not gossiped
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ class MeshStats:
     gossip_bytes_published: int
     gossip_received: int
     gossip_bytes_received: int
-    gossip_rejected: dict[str, int]  # reason -> count (validator reasons, "oversized", ...)
+    gossip_rejected: dict[str, int]  # reason -> count (validator reasons, "oversized", ...), pushes included
     blob_bytes_sent: int
     blob_bytes_received: int
     uploads_served: int  # transfer requests answered OK (both paths)
@@ -112,6 +115,10 @@ class MeshStats:
     fetch_attempts_libp2p: int
     fast_path_auth_failures: int
     events_dropped: int  # events lost because the queue was full
+    pushes_sent: int = 0  # messages pushed to a peer over the fast path (Mesh.push)
+    push_bytes_sent: int = 0
+    pushes_received: int = 0  # pushed messages accepted and delivered (rejections: gossip_rejected)
+    push_bytes_received: int = 0
 
 
 # Bounds on caller-supplied reject reasons, so a buggy validator cannot grow the stats without limit.
@@ -166,4 +173,8 @@ class StatsCollector:
             fetch_attempts_libp2p=c.get("fetch_attempts_libp2p", 0),
             fast_path_auth_failures=c.get("fast_path_auth_failures", 0),
             events_dropped=c.get("events_dropped", 0),
+            pushes_sent=c.get("pushes_sent", 0),
+            push_bytes_sent=c.get("push_bytes_sent", 0),
+            pushes_received=c.get("pushes_received", 0),
+            push_bytes_received=c.get("push_bytes_received", 0),
         )

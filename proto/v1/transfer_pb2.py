@@ -24,23 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x65\x64node/proto/v1/transfer.proto\x12\nfednode.v1\"a\n\x0fTransferRequest\x12\x12\n\ncontent_id\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x12\n\nmax_length\x18\x03 \x01(\x04\x12\x16\n\x0emax_total_size\x18\x04 \x01(\x04\"\x96\x01\n\x10TransferResponse\x12*\n\x06status\x18\x01 \x01(\x0e\x32\x1a.fednode.v1.TransferStatus\x12\x12\n\ntotal_size\x18\x02 \x01(\x04\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\x04\x12\x12\n\nchunk_size\x18\x05 \x01(\r\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\"\x1d\n\rTransferChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"<\n\x0c\x46\x61stPathInfo\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\r\n\x05hosts\x18\x03 \x03(\t\"`\n\rFastPathHello\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x15\n\rephemeral_key\x18\x02 \x01(\x0c\x12\x14\n\x0cidentity_key\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c*\xb6\x01\n\x0eTransferStatus\x12\x1f\n\x1bTRANSFER_STATUS_UNSPECIFIED\x10\x00\x12\x0f\n\x0bTRANSFER_OK\x10\x01\x12\x16\n\x12TRANSFER_NOT_FOUND\x10\x02\x12\x16\n\x12TRANSFER_TOO_LARGE\x10\x03\x12\x18\n\x14TRANSFER_BAD_REQUEST\x10\x04\x12\x11\n\rTRANSFER_BUSY\x10\x05\x12\x15\n\x11TRANSFER_INTERNAL\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x65\x64node/proto/v1/transfer.proto\x12\nfednode.v1\"a\n\x0fTransferRequest\x12\x12\n\ncontent_id\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x12\n\nmax_length\x18\x03 \x01(\x04\x12\x16\n\x0emax_total_size\x18\x04 \x01(\x04\"\x96\x01\n\x10TransferResponse\x12*\n\x06status\x18\x01 \x01(\x0e\x32\x1a.fednode.v1.TransferStatus\x12\x12\n\ntotal_size\x18\x02 \x01(\x04\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\x04\x12\x12\n\nchunk_size\x18\x05 \x01(\r\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\"\x1d\n\rTransferChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"r\n\x0f\x46\x61stPathRequest\x12,\n\x05\x66\x65tch\x18\x01 \x01(\x0b\x32\x1b.fednode.v1.TransferRequestH\x00\x12)\n\x04push\x18\x02 \x01(\x0b\x32\x19.fednode.v1.PushedMessageH\x00\x42\x06\n\x04kind\",\n\rPushedMessage\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"<\n\x0c\x46\x61stPathInfo\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\r\n\x05hosts\x18\x03 \x03(\t\"`\n\rFastPathHello\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x15\n\rephemeral_key\x18\x02 \x01(\x0c\x12\x14\n\x0cidentity_key\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c*\xb6\x01\n\x0eTransferStatus\x12\x1f\n\x1bTRANSFER_STATUS_UNSPECIFIED\x10\x00\x12\x0f\n\x0bTRANSFER_OK\x10\x01\x12\x16\n\x12TRANSFER_NOT_FOUND\x10\x02\x12\x16\n\x12TRANSFER_TOO_LARGE\x10\x03\x12\x18\n\x14TRANSFER_BAD_REQUEST\x10\x04\x12\x11\n\rTRANSFER_BUSY\x10\x05\x12\x15\n\x11TRANSFER_INTERNAL\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fednode.proto.v1.transfer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRANSFERSTATUS']._serialized_start=491
-  _globals['_TRANSFERSTATUS']._serialized_end=673
+  _globals['_TRANSFERSTATUS']._serialized_start=653
+  _globals['_TRANSFERSTATUS']._serialized_end=835
   _globals['_TRANSFERREQUEST']._serialized_start=47
   _globals['_TRANSFERREQUEST']._serialized_end=144
   _globals['_TRANSFERRESPONSE']._serialized_start=147
   _globals['_TRANSFERRESPONSE']._serialized_end=297
   _globals['_TRANSFERCHUNK']._serialized_start=299
   _globals['_TRANSFERCHUNK']._serialized_end=328
-  _globals['_FASTPATHINFO']._serialized_start=330
-  _globals['_FASTPATHINFO']._serialized_end=390
-  _globals['_FASTPATHHELLO']._serialized_start=392
-  _globals['_FASTPATHHELLO']._serialized_end=488
+  _globals['_FASTPATHREQUEST']._serialized_start=330
+  _globals['_FASTPATHREQUEST']._serialized_end=444
+  _globals['_PUSHEDMESSAGE']._serialized_start=446
+  _globals['_PUSHEDMESSAGE']._serialized_end=490
+  _globals['_FASTPATHINFO']._serialized_start=492
+  _globals['_FASTPATHINFO']._serialized_end=552
+  _globals['_FASTPATHHELLO']._serialized_start=554
+  _globals['_FASTPATHHELLO']._serialized_end=650
 # @@protoc_insertion_point(module_scope)

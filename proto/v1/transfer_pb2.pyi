@@ -2,7 +2,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -57,6 +57,22 @@ class TransferChunk(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class FastPathRequest(_message.Message):
+    __slots__ = ("fetch", "push")
+    FETCH_FIELD_NUMBER: _ClassVar[int]
+    PUSH_FIELD_NUMBER: _ClassVar[int]
+    fetch: TransferRequest
+    push: PushedMessage
+    def __init__(self, fetch: _Optional[_Union[TransferRequest, _Mapping]] = ..., push: _Optional[_Union[PushedMessage, _Mapping]] = ...) -> None: ...
+
+class PushedMessage(_message.Message):
+    __slots__ = ("topic", "data")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    data: bytes
+    def __init__(self, topic: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class FastPathInfo(_message.Message):
     __slots__ = ("version", "port", "hosts")

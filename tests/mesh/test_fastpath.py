@@ -19,6 +19,7 @@ from fednode.node.mesh import FastPathAuthError, fastpath
 from fednode.node.mesh.identity import NodeIdentity
 from fednode.node.mesh.transfer import BlobStore, FetchState, ProviderRefused, TransferProtocolError
 from fednode.node.mesh.types import StatsCollector
+from fednode.proto.v1 import transfer_pb2
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -200,5 +201,55 @@ def test_provider_statuses_over_the_fast_path() -> None:
             assert provider.stats.snapshot().uploads_refused == {"not_found": 1, "too_large": 1}
         finally:
             await provider.server.close()
+
+    run(scenario)
+
+
+def test_pushes_reach_the_handler_and_bad_records_change_nothing() -> None:
+    """A push is handed on with the channel's authenticated peer id; oversized pushes, pushes to a
+    provider that takes none and unparsable records are refused and counted, and the channel
+    keeps serving fetches afterwards."""
+
+    async def scenario() -> None:
+        received: list[tuple[str, bytes, str]] = []
+        identity = NodeIdentity(os.urandom(32))
+        store, stats = BlobStore(1 << 30, 4), StatsCollector()
+        server = fastpath.FastPathServer(identity, store, stats, CHUNK, io_timeout=5.0,
+                                         on_push=lambda *m: received.append(m), max_push_size=1000)
+        await server.start("127.0.0.1", 0)
+        mute = await start_provider()  # no push handler
+        me = NodeIdentity(os.urandom(32))
+        try:
+            data, cid = blob(50_000)
+            store.serve(cid, data)
+            channel = await fastpath.open_channel(["127.0.0.1"], server.port, me, identity.peer_id, 5.0)
+            try:
+                await fastpath.push(channel, "topic-a", b"first", 5.0)
+                await fastpath.push(channel, "topic-a", b"x" * 1001, 5.0)  # above max_push_size
+                await channel.send_record(b"\xff\xff not a protobuf")  # answered BAD_REQUEST
+                response = transfer_pb2.TransferResponse.FromString(
+                    await channel.recv_record(fastpath.MAX_HEADER_FRAME, 5.0))
+                assert response.status == transfer_pb2.TRANSFER_BAD_REQUEST
+                await fastpath.push(channel, "topic-b", b"second", 5.0)
+                state = FetchState(cid, 1_000_000)
+                await fastpath.fetch_range(channel, state, StatsCollector(), 5.0)  # same channel, still good
+                assert state.verified()
+            finally:
+                channel.close()
+            assert received == [("topic-a", b"first", me.peer_id), ("topic-b", b"second", me.peer_id)]
+            assert stats.snapshot().gossip_rejected == {"oversized": 1}
+
+            channel = await fastpath.open_channel(["127.0.0.1"], mute.server.port, me, mute.identity.peer_id, 5.0)
+            try:
+                await fastpath.push(channel, "topic-a", b"ignored", 5.0)
+                state = FetchState(hashlib.sha256(b"missing").digest(), 1_000)
+                with pytest.raises(ProviderRefused):  # a round trip: the push was processed before it
+                    await fastpath.fetch_range(channel, state, StatsCollector(), 5.0)
+            finally:
+                channel.close()
+            assert mute.stats.snapshot().gossip_rejected == {"push_refused": 1}
+        finally:
+            await server.close()
+            await mute.server.close()
 
     run(scenario)

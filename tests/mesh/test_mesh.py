@@ -199,6 +199,51 @@ def test_gossip_delivery_validator_rejections_and_size_cap(fed: Federation, runn
     runner.run(scenario())
 
 
+def test_pushed_messages_are_validated_ordered_and_only_reach_fast_path_peers(fed: Federation, runner: LoopRunner) -> None:
+    """Mesh.push: straight to the peer over the fast path, through the same validator as gossip,
+    in order, from the authenticated sender; refused without a fast path, for an unsubscribed
+    topic and above the size cap; never a crash."""
+    topic = "fednode-test-push"
+
+    async def scenario() -> None:
+        await fed.c.subscribe(topic, reject_garbage)
+        await fed.d.subscribe(topic, reject_garbage)
+        drain(fed.c)
+        before = fed.c.stats()
+        pushed = [f"message {i}".encode() for i in range(20)]
+        for data in pushed[:10]:
+            assert await fed.b.push(topic, data, [fed.c.peer_id, fed.d.peer_id, fed.b.peer_id]) == [fed.c.peer_id]
+        # Concurrent pushes to one peer still arrive in the order they were made.
+        results = await asyncio.gather(*(fed.b.push(topic, data, [fed.c.peer_id]) for data in pushed[10:]))
+        assert all(r == [fed.c.peer_id] for r in results)
+        assert await fed.b.push(topic, b"garbage \x00", [fed.c.peer_id]) == [fed.c.peer_id]
+        assert await fed.b.push("fednode-test-not-subscribed", b"hello", [fed.c.peer_id]) == [fed.c.peer_id]
+        with pytest.raises(MessageTooLargeError):
+            await fed.b.push(topic, b"y" * (64 * 1024 + 1), [fed.c.peer_id])
+        got: list[GossipMessage] = []
+
+        def arrived() -> bool:
+            got.extend(ev for ev in drain(fed.c) if isinstance(ev, GossipMessage))
+            rejected = fed.c.stats().gossip_rejected
+            return (len(got) >= len(pushed) and rejected.get("garbage", 0) > before.gossip_rejected.get("garbage", 0)
+                    and rejected.get("unsubscribed_topic", 0) > before.gossip_rejected.get("unsubscribed_topic", 0))
+
+        await wait_until(arrived, 10, "the pushes and their rejections at C")
+        assert [m.data for m in got] == pushed
+        assert all(m.direct and m.from_peer == fed.b.peer_id and m.topic == topic for m in got)
+        after_c, after_b = fed.c.stats(), fed.b.stats()
+        assert after_c.pushes_received == before.pushes_received + len(pushed)
+        assert after_b.pushes_sent >= len(pushed) + 2
+        # D runs without a fast path: nothing was pushed to it (gossip is its way).
+        assert not [ev for ev in drain(fed.d) if isinstance(ev, GossipMessage) and ev.direct]
+        # A fast-path-less sender pushes nothing and says so.
+        assert await fed.d.push(topic, b"hello", [fed.c.peer_id]) == []
+        await fed.c.unsubscribe(topic)
+        await fed.d.unsubscribe(topic)
+
+    runner.run(scenario())
+
+
 async def _subscribed(mesh: Mesh, others: set[str]) -> bool:
     return others <= set(await mesh.topic_peers(TOPIC))
 
