@@ -294,6 +294,7 @@ class LocalFederation:
                 "bytes_received": data.get("bytes_received", 0),
                 "wall_seconds": data.get("wall_seconds", 0.0),
                 "syncs": data.get("syncs", 0),
+                "direct_deliveries": data.get("direct_deliveries", 0),
                 "rejected": data.get("rejected", {}),
                 "state_dir": str(node.state_dir),
             })

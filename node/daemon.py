@@ -83,6 +83,7 @@ class RunSummary:
     rejected: dict[str, int] = field(default_factory=dict)
     contributions: dict[str, dict[str, Any]] = field(default_factory=dict)
     syncs: int = 0
+    direct_deliveries: int = 0  # control messages that reached this node by push before gossip
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
     peak_rss_mb: float = 0.0
     idle_rss_mb: float = 0.0  # resident memory after start-up, before the first round
@@ -870,14 +871,15 @@ class Daemon:
             return
         with suppress(Exception):
             stats = self.mesh.stats()
-            self.summary.bytes_sent = stats.gossip_bytes_published + stats.blob_bytes_sent
-            self.summary.bytes_received = stats.gossip_bytes_received + stats.blob_bytes_received
+            self.summary.bytes_sent = stats.gossip_bytes_published + stats.blob_bytes_sent + stats.push_bytes_sent
+            self.summary.bytes_received = stats.gossip_bytes_received + stats.blob_bytes_received + stats.push_bytes_received
         self.summary.rejected = dict(self.runner.rejections)
         with suppress(Exception):
             # Messages the mesh's validator refused never reach the runner; count them too.
             for reason, count in self.mesh.stats().gossip_rejected.items():
                 self.summary.rejected[reason] = self.summary.rejected.get(reason, 0) + count
         self.summary.syncs = self.runner.syncs
+        self.summary.direct_deliveries = self.runner.direct_deliveries
         self.summary.timings = {
             name: {"median": statistics.median(samples), "p90": sorted(samples)[int(0.9 * (len(samples) - 1))],
                    "count": len(samples)}

@@ -53,6 +53,12 @@ from fednode.proto.v1 import control_pb2, model_pb2, tensor_pb2
 
 log = logging.getLogger("fednode.federation")
 
+# The paths an envelope reached us by (see _seen_envelopes).
+_VIA_GOSSIP = 1
+_VIA_PUSH = 2
+_VIA_BOTH = _VIA_GOSSIP | _VIA_PUSH
+MAX_PUSH_PEERS = 32  # control messages are pushed to at most this many members (gossip reaches all)
+
 #: The initial sync ends early only once no new member has announced for this long.
 ROSTER_SETTLE = 1.0
 #: Least gap between two of our announcements (an answer to a new member comes after it).
@@ -159,10 +165,13 @@ class FederationRunner:
         self.contributions: dict[str, PeerContribution] = {}
         self.offers: dict[bytes, SnapshotOffer] = {}
         self.rejections: Counter[str] = Counter()
-        # Digests of envelopes already processed. A sender never emits the same envelope twice
-        # (every message carries a fresh timestamp) and GossipSub drops its own duplicates, so
-        # identical bytes arriving again are a replay by someone else.
-        self._seen_envelopes: dict[bytes, None] = {}
+        # Digests of envelopes already processed -> the paths they came by (_VIA_*). A sender
+        # never emits the same envelope twice (every message carries a fresh timestamp), so the
+        # same bytes again are either expected (the gossip copy of a message its signer also
+        # pushed to us, or GossipSub delivering the signer's publication twice) or a replay: the
+        # bytes re-published by another gossip identity (see _on_gossip).
+        self._seen_envelopes: dict[bytes, int] = {}
+        self.direct_deliveries = 0  # messages that reached us by push before their gossip copy
         self.syncs = 0
         self._snapshot: tuple[model_pb2.SnapshotHeader, bytes] | None = None
         self._own_hashes: dict[int, bytes] = {}  # round -> sha256 of our model after it (recent)
@@ -470,11 +479,27 @@ class FederationRunner:
         message.federation_id = self.federation_id
         message.sent_unix_ms = now_ms()
         data = seal(self.identity, message, self.certificate)
-        self._remember_envelope(hashlib.sha256(data).digest())  # our own message coming back is a replay
+        self._remember_envelope(hashlib.sha256(data).digest(), _VIA_BOTH)  # ours coming back is a replay
+        targets = self._push_targets()
+        if targets:
+            self._spawn(self._push(data, targets), "push")
         await self.mesh.publish(self.topic, data)
 
-    def _remember_envelope(self, digest: bytes) -> None:
-        self._seen_envelopes[digest] = None
+    def _push_targets(self) -> list[str]:
+        """Members to push our control messages to: those we hear from and hold a connection to
+        (the mesh skips relayed ones), in canonical order, at most MAX_PUSH_PEERS. Gossip reaches
+        everyone else; pushing only saves its latency (tens of ms per message) where rounds wait."""
+        members = sorted(p for p, m in self.members.items() if p != self.peer_id and p in self._connected)
+        return members[:MAX_PUSH_PEERS]
+
+    async def _push(self, data: bytes, targets: list[str]) -> None:
+        try:
+            await self.mesh.push(self.topic, data, targets)
+        except Exception as exc:  # the gossip copy is on its way regardless
+            log.debug("push failed: %s", exc)
+
+    def _remember_envelope(self, digest: bytes, paths: int) -> None:
+        self._seen_envelopes[digest] = paths
         if len(self._seen_envelopes) > 20_000:
             for old in list(self._seen_envelopes)[:10_000]:
                 del self._seen_envelopes[old]
@@ -571,7 +596,7 @@ class FederationRunner:
             event = await self.mesh.events.get()
             kind = type(event).__name__
             if kind == "GossipMessage" and event.topic == self.topic:
-                self._on_gossip(event.data, event.from_peer)
+                self._on_gossip(event.data, event.from_peer, direct=event.direct)
             elif kind == "PeerConnected":
                 self._connected.add(event.peer_id)
             elif kind == "PeerDisconnected":
@@ -591,18 +616,31 @@ class FederationRunner:
                       payload_sha256=bytes(header.payload_sha256) if header is not None else b"",
                       round=header.round if header is not None else 0)
 
-    def _on_gossip(self, data: bytes, from_peer: str) -> None:
+    def _on_gossip(self, data: bytes, from_peer: str, *, direct: bool = False) -> None:
+        path = _VIA_PUSH if direct else _VIA_GOSSIP
+        digest = hashlib.sha256(data).digest()
+        seen = self._seen_envelopes.get(digest)
+        if seen is not None and not seen & path:
+            self._seen_envelopes[digest] = seen | path  # the other path's copy of a handled message
+            return
         try:
             valid = self.validator.open(data)
         except Rejected as rejected:
             self._reject(None, rejected)
             return
-        digest = hashlib.sha256(data).digest()
-        if digest in self._seen_envelopes:
-            # Not held against the signer: whoever re-published the bytes is not identifiable.
+        if seen is not None:
+            if from_peer == valid.sender:
+                # The signer's own publication delivered twice by the same path: py-libp2p's
+                # GossipSub marks a message seen only after validating it, so two copies in flight
+                # from different neighbours can both get through. Not a replay.
+                return
+            # Someone else re-published the signer's bytes. Not held against the signer: whoever
+            # re-published them is only known by its gossip identity.
             self._reject(None, Rejected(RejectReason.REJECT_REPLAY, f"replayed {valid.body} message of {valid.sender[-8:]}"))
             return
-        self._remember_envelope(digest)
+        self._remember_envelope(digest, path)
+        if direct:
+            self.direct_deliveries += 1
         if valid.sender == self.peer_id:
             return
         body = valid.body
