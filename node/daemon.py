@@ -400,6 +400,10 @@ class Daemon:
             return
         self.stop_reason = reason
         self.stop_event.set()
+        # Whatever asked for the stop (a signal, the round budget, the target accuracy, the admin
+        # API), the graceful part is bounded: a stuck step must not keep the process alive.
+        with suppress(RuntimeError):  # no running loop (tests driving the daemon synchronously)
+            asyncio.get_running_loop().call_later(self.config.node.shutdown_timeout, self._force_exit)
         if self.runner is not None:
             self.runner.wake()
 
@@ -411,10 +415,11 @@ class Daemon:
                 os._exit(ExitCode.FORCED_SHUTDOWN)
             log.info("%s received: stopping gracefully (send SIGINT again to force)", name)
             self.request_stop(name)
-            loop.call_later(self.config.node.shutdown_timeout, self._force_exit)
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, on_signal, signum)
+        # `kill -USR1 <pid>`: log where every asyncio task is waiting (for a daemon that seems stuck).
+        loop.add_signal_handler(signal.SIGUSR1, _log_task_stacks, loop)
 
     def _force_exit(self) -> None:
         log.error(
@@ -926,6 +931,21 @@ class Daemon:
             self.state_dir / SUMMARY_FILE,
             extra={"event": "stopped", "summary_file": str(self.state_dir / SUMMARY_FILE)},
         )
+
+
+def _log_task_stacks(loop: asyncio.AbstractEventLoop) -> None:
+    """Log where each asyncio task of the daemon is waiting (innermost frame last)."""
+    for task in sorted(asyncio.all_tasks(loop), key=lambda t: t.get_name()):
+        # Task.get_stack() shows one frame of a suspended coroutine; follow the await chain.
+        where, awaited = [], task.get_coro()
+        while awaited is not None and len(where) < 16:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+            if frame is None:
+                where.append(type(awaited).__name__)
+                break
+            where.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+        log.warning("task %s waits in %s", task.get_name(), " > ".join(where) or "(done)")
 
 
 def current_rss_mb() -> float:

@@ -53,6 +53,29 @@ from fednode.proto.v1 import control_pb2, model_pb2, tensor_pb2
 
 log = logging.getLogger("fednode.federation")
 
+TASK_STOP_SECONDS = 5.0  # background tasks get this long to finish once cancelled at close
+
+
+async def _cancel_and_wait(tasks: set[asyncio.Task[Any]], timeout: float) -> None:
+    """Cancel `tasks` and wait until they are done, cancelling again while any is left.
+
+    Once is not enough: asyncio.wait_for (Python 3.11) returns the inner result when the
+    cancellation lands just as the awaited thing completes, so a loop built on it (the steward's
+    `wait_for(wakeup.wait(), ...)`, woken by the very manifest a leaving leader publishes) can
+    swallow a single cancel() and run on. Bounded; tasks still running are logged.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pending = {task for task in tasks if not task.done()}
+    while pending and loop.time() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=min(0.2, max(0.0, deadline - loop.time())))
+    if pending:
+        log.warning("%d background task(s) did not stop within %.0f s: %s", len(pending), timeout,
+                    ", ".join(sorted(task.get_name() for task in pending)))
+
+
 # The paths an envelope reached us by (see _seen_envelopes).
 _VIA_GOSSIP = 1
 _VIA_PUSH = 2
@@ -232,10 +255,7 @@ class FederationRunner:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._publish(control_pb2.ControlMessage(
                 departure=control_pb2.Departure(peer_id=self.peer_id, reason="shutting down"))), timeout=2)
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await _cancel_and_wait(self._tasks, timeout=TASK_STOP_SECONDS)
 
     def _spawn(self, coroutine: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coroutine)
