@@ -61,8 +61,10 @@ def _ready_time(run_dir: Path, nodes: int) -> float | None:
 def run_once(variant: str, args: argparse.Namespace, out: Path) -> dict:
     """One federation for `args.budget` seconds after every node is up; returns its figures.
 
-    `variant`: "fedcompass" or "sync@<local steps per round>"."""
+    `variant`: "fedcompass", "fedcompass/gossip" (control messages by gossip only, no fast-path
+    pushes) or "sync@<local steps per round>"."""
     schedule, _, steps = variant.partition("@")
+    schedule, _, path = schedule.partition("/")
     command = [
         sys.executable, "-m", "fednode.cli.app", "launch",
         "--nodes", str(args.nodes), "--rounds", "1000000", "--schedule", schedule,
@@ -71,6 +73,7 @@ def run_once(variant: str, args: argparse.Namespace, out: Path) -> dict:
         "--set", f"training.lr={args.lr}",
         "--set", f"federation.q_min={args.q_min}",
         "--set", f"federation.q_max={args.q_max}",
+        "--set", f"federation.push={'false' if path == 'gossip' else 'true'}",
     ]
     for item in args.set or []:
         command += ["--set", item]
@@ -129,6 +132,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--sync-steps", default="q_max,20",
                         help="local steps per sync round, one sync baseline each; q_max = the reference's pairing")
+    parser.add_argument("--gossip-only", action="store_true",
+                        help="also run fedcompass with control messages by gossip only (no fast-path pushes)")
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--q-min", type=int, default=20, help="fedcompass: fewest local steps")
     parser.add_argument("--q-max", type=int, default=100, help="fedcompass: most local steps")
@@ -140,13 +145,15 @@ def main() -> None:
 
     sync_steps = [args.q_max if item.strip() == "q_max" else int(item) for item in args.sync_steps.split(",")]
     variants = [f"sync@{steps}" for steps in dict.fromkeys(sync_steps)] + ["fedcompass"]
+    if args.gossip_only:
+        variants.append("fedcompass/gossip")
     results: dict[str, list[dict]] = {variant: [] for variant in variants}
     with tempfile.TemporaryDirectory(prefix="fedcompass-bench-") as scratch:
         tmp = args.keep or scratch
         for repeat in range(args.repeats):
             # Take turns, reversing the order every repeat, so load drift hits every variant alike.
             for variant in variants if repeat % 2 == 0 else variants[::-1]:
-                result = run_once(variant, args, Path(tmp) / f"{variant.replace('@', '-')}-{repeat}")
+                result = run_once(variant, args, Path(tmp) / f"{variant.replace('@', '-').replace('/', '-')}-{repeat}")
                 results[variant].append(result)
                 hit = result["time_to_target"]
                 print(f"[{repeat + 1}/{args.repeats}] {variant:10s} time to {args.target:.2f}: "
@@ -166,8 +173,9 @@ def main() -> None:
     fc_hit, fc_final = median("fedcompass", "time_to_target"), median("fedcompass", "final_accuracy") or 0.0
     for variant in variants:
         hit, final = median(variant, "time_to_target"), median(variant, "final_accuracy") or 0.0
-        ratio = f"{fc_hit / hit:.2f}" if hit and fc_hit and variant != "fedcompass" else ""
-        delta = f"{(fc_final - final) * 100:+.1f} points" if variant != "fedcompass" else ""
+        baseline = variant.startswith("sync")
+        ratio = f"{fc_hit / hit:.2f}" if hit and fc_hit and baseline else ""
+        delta = f"{(fc_final - final) * 100:+.1f} points" if baseline else ""
         print(f"| {variant} | {'not reached' if hit is None else f'{hit:.1f}'} | {final:.4f} | "
               f"{median(variant, 'versions'):.0f} | {ratio} | {delta} |")
     if args.json:

@@ -23,7 +23,8 @@ which cancels most of the load drift. No pass/fail: the machine is noisy.
 
 W1 federation workload (same run, after the transfers; skip with --no-w1): `fednode launch` with
 4 daemons (separate processes, real libp2p on 127.0.0.1), digits MLP 64-256-256-10, 20 rounds, once
-with the default 20 local steps and once with 1 local step (FedSGD-like, so the exchange dominates).
+with the default 20 local steps and once with 1 local step (FedSGD-like, so the exchange dominates),
+each with control messages pushed over the fast path (the default) and with gossip only.
 Reported per configuration: steady seconds per round (median of rounds 5-20 over all daemons),
 its split into local training and exchange, gossip delivery and payload fetch medians, wall time,
 bytes per peer per round, idle RSS (after start-up, before training) and peak RSS per daemon.
@@ -218,10 +219,14 @@ def report(result: dict) -> None:
     print("frame and sha256-verify the whole blob; the raw paths do none of it.")
 
 
-def w1(local_steps: int, rounds: int, out: Path) -> dict:
-    """Run the W1 federation through the real launcher and summarise the daemons' own records."""
+def w1(local_steps: int, rounds: int, out: Path, push: bool = True) -> dict:
+    """Run the W1 federation through the real launcher and summarise the daemons' own records.
+
+    `push`: control messages pushed over the fast path as well as gossiped (the default), or
+    gossip only (`federation.push = false`), to show what the push saves."""
     command = [sys.executable, "-m", "fednode.cli.app", "launch", "--nodes", "4", "--rounds", str(rounds),
-               "--out", str(out), "--set", f"training.local_steps={local_steps}"]
+               "--out", str(out), "--set", f"training.local_steps={local_steps}",
+               "--set", f"federation.push={'true' if push else 'false'}"]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     wall = time.perf_counter() - started
@@ -231,6 +236,7 @@ def w1(local_steps: int, rounds: int, out: Path) -> dict:
     steady = [r for s in summaries for r in s["history"] if r["round"] >= 5]
     return {
         "local_steps": local_steps,
+        "push": push,
         "round_s": statistics.median(r["round_seconds"] for r in steady),
         "train_s": statistics.median(r["seconds"] for r in steady),
         "gossip_s": statistics.median(s["timings"].get("gossip_delivery", {}).get("median", float("nan")) for s in summaries),
@@ -245,16 +251,17 @@ def w1(local_steps: int, rounds: int, out: Path) -> dict:
 
 def report_w1(rows: list[dict]) -> None:
     print("\nW1: 4 daemons, digits MLP 64-256-256-10, 20 rounds (targets: round <= 25 ms, idle RSS <= 250 MB)")
-    header = f"{'local steps':>11} {'round ms':>9} {'train ms':>9} {'exchange ms':>12} {'gossip ms':>10} {'fetch ms':>9} " \
+    header = f"{'local steps':>11} {'control path':>13} {'round ms':>9} {'train ms':>9} {'exchange ms':>12} {'gossip ms':>10} {'fetch ms':>9} " \
              f"{'wall s':>7} {'kB/peer/rd':>11} {'idle RSS MB':>12} {'peak RSS MB':>12} {'accuracy':>9}"
     print(header)
     for r in rows:
-        print(f"{r['local_steps']:>11} {r['round_s'] * 1e3:>9.1f} {r['train_s'] * 1e3:>9.1f} "
+        print(f"{r['local_steps']:>11} {'push+gossip' if r['push'] else 'gossip only':>13} {r['round_s'] * 1e3:>9.1f} {r['train_s'] * 1e3:>9.1f} "
               f"{(r['round_s'] - r['train_s']) * 1e3:>12.1f} {r['gossip_s'] * 1e3:>10.1f} {r['fetch_s'] * 1e3:>9.1f} "
               f"{r['wall_s']:>7.1f} {r['bytes_per_peer_round'] / 1e3:>11.1f} {r['idle_rss_mb']:>12.0f} "
               f"{r['peak_rss_mb']:>12.0f} {r['accuracy']:>9.4f}")
     print("round = whole round as the daemon measures it (train, encode, exchange, aggregate, evaluate, checkpoint);")
-    print("gossip = header delivery (receive time - sender timestamp); fetch = payload pull over the mesh.")
+    print("gossip = header delivery (receive time - sender timestamp, whichever copy came first); fetch = payload")
+    print("pull over the mesh. control path: headers pushed over the fast path and gossiped, or gossiped only.")
 
 
 def main() -> None:
@@ -276,7 +283,8 @@ def main() -> None:
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="w1-") as tmp:
-            result["w1"] = [w1(steps, args.w1_rounds, Path(tmp) / f"steps{steps}") for steps in (20, 1)]
+            result["w1"] = [w1(steps, args.w1_rounds, Path(tmp) / f"steps{steps}-{'push' if push else 'gossip'}", push)
+                            for steps in (20, 1) for push in (True, False)]
         report_w1(result["w1"])
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -149,6 +149,10 @@ class FederationSection(_Section):
         default="sync", description="sync: k-of-n rounds; fedcompass: semi-asynchronous arrival groups (docs/fedcompass.md)"
     )
     announce_interval: float = Field(default=2.0, gt=0, le=300, description="seconds between liveness announcements")
+    push: bool = Field(
+        default=True,
+        description="also push control messages to directly connected members over the fast path (gossip alone: false)",
+    )
     max_clock_skew: float = Field(default=300.0, gt=0, description="accepted difference between a message's clock and ours (s)")
     # FedCompass (schedule = "fedcompass"); see docs/fedcompass.md and fednode.node.scheduler.fedcompass.
     q_min: int = Field(default=20, ge=1, le=1_000_000, description="fedcompass: fewest local steps a peer is given")

@@ -656,6 +656,7 @@ class Daemon:
             local_steps=self.config.training.local_steps,
             policy=SyncPolicy(min_participants=settings.min_participants),
             announce_interval=federation.announce_interval,
+            push=federation.push,
             max_clock_skew=federation.max_clock_skew,
             stop=self.stop_event,
             attack=self.attack,

@@ -144,6 +144,7 @@ class FederationRunner:
         announce_interval: float,
         max_clock_skew: float,
         stop: Any,  # threading.Event shared with the trainer
+        push: bool = True,
         attack: Any = None,
         on_round: Callable[[RoundOutcome], Awaitable[None]] | None = None,
         display_name: str = "",
@@ -162,6 +163,7 @@ class FederationRunner:
         self.compressor = compressor
         self.local_steps = local_steps
         self.announce_interval = announce_interval
+        self.push = push
         self.stop = stop
         self.attack = attack
         self.on_round = on_round
@@ -500,7 +502,7 @@ class FederationRunner:
         message.sent_unix_ms = now_ms()
         data = seal(self.identity, message, self.certificate)
         self._remember_envelope(hashlib.sha256(data).digest(), _VIA_BOTH)  # ours coming back is a replay
-        targets = self._push_targets()
+        targets = self._push_targets() if self.push else []
         if targets:
             self._spawn(self._push(data, targets), "push")
         await self.mesh.publish(self.topic, data)
