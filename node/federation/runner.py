@@ -508,10 +508,17 @@ class FederationRunner:
         await self.mesh.publish(self.topic, data)
 
     def _push_targets(self) -> list[str]:
-        """Members to push our control messages to: those we hear from and hold a connection to
-        (the mesh skips relayed ones), in canonical order, at most MAX_PUSH_PEERS. Gossip reaches
-        everyone else; pushing only saves its latency (tens of ms per message) where rounds wait."""
-        members = sorted(p for p, m in self.members.items() if p != self.peer_id and p in self._connected)
+        """Members to push our control messages to: those we hear from, hold a connection to (the
+        mesh skips relayed ones) and know no revocation of, in canonical order, at most
+        MAX_PUSH_PEERS. Gossip reaches everyone else; pushing only saves its latency (tens of ms
+        per message) where rounds wait."""
+        policy = self.validator.policy
+        members = sorted(
+            p for p, m in self.members.items()
+            if p != self.peer_id and p in self._connected
+            and not (policy is not None and m.public_key
+                     and policy.is_revoked(self.federation_id, member_public_key=m.public_key))
+        )
         return members[:MAX_PUSH_PEERS]
 
     async def _push(self, data: bytes, targets: list[str]) -> None:
