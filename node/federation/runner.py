@@ -190,12 +190,12 @@ class FederationRunner:
         self.contributions: dict[str, PeerContribution] = {}
         self.offers: dict[bytes, SnapshotOffer] = {}
         self.rejections: Counter[str] = Counter()
-        # Digests of envelopes already processed -> the paths they came by (_VIA_*). A sender
-        # never emits the same envelope twice (every message carries a fresh timestamp), so the
-        # same bytes again are either expected (the gossip copy of a message its signer also
-        # pushed to us, or GossipSub delivering the signer's publication twice) or a replay: the
-        # bytes re-published by another gossip identity (see _on_gossip).
-        self._seen_envelopes: dict[bytes, int] = {}
+        # Envelopes already processed: digest -> (the paths they came by, _VIA_*; their signer).
+        # A sender never emits the same envelope twice (every message carries a fresh timestamp),
+        # so the same bytes again are either expected (the other path's copy of a message its
+        # signer pushed and gossiped, or GossipSub delivering the signer's publication twice) or
+        # a replay: the bytes re-published by another gossip identity (see _on_gossip).
+        self._seen_envelopes: dict[bytes, tuple[int, str]] = {}
         self.direct_deliveries = 0  # messages that reached us by push before their gossip copy
         self.syncs = 0
         self._snapshot: tuple[model_pb2.SnapshotHeader, bytes] | None = None
@@ -501,7 +501,7 @@ class FederationRunner:
         message.federation_id = self.federation_id
         message.sent_unix_ms = now_ms()
         data = seal(self.identity, message, self.certificate)
-        self._remember_envelope(hashlib.sha256(data).digest(), _VIA_BOTH)  # ours coming back is a replay
+        self._remember_envelope(hashlib.sha256(data).digest(), _VIA_BOTH, self.peer_id)  # ours coming back is a replay
         targets = self._push_targets() if self.push else []
         if targets:
             self._spawn(self._push(data, targets), "push")
@@ -527,8 +527,14 @@ class FederationRunner:
         except Exception as exc:  # the gossip copy is on its way regardless
             log.debug("push failed: %s", exc)
 
-    def _remember_envelope(self, digest: bytes, paths: int) -> None:
-        self._seen_envelopes[digest] = paths
+    def _reject_foreign_push(self, pusher: str, body: str, signer: str) -> None:
+        """Members push only their own messages. The pusher is authenticated by the fast path, so
+        this is held against it; the signer's genuine copy is unaffected."""
+        self._reject(pusher, Rejected(RejectReason.REJECT_SENDER_MISMATCH,
+                                      f"{pusher[-8:]} pushed a {body} of {signer[-8:]}"))
+
+    def _remember_envelope(self, digest: bytes, paths: int, signer: str) -> None:
+        self._seen_envelopes[digest] = (paths, signer)
         if len(self._seen_envelopes) > 20_000:
             for old in list(self._seen_envelopes)[:10_000]:
                 del self._seen_envelopes[old]
@@ -649,13 +655,21 @@ class FederationRunner:
         path = _VIA_PUSH if direct else _VIA_GOSSIP
         digest = hashlib.sha256(data).digest()
         seen = self._seen_envelopes.get(digest)
-        if seen is not None and not seen & path:
-            self._seen_envelopes[digest] = seen | path  # the other path's copy of a handled message
+        if seen is not None and not seen[0] & path:
+            # The other path's copy of a message already handled: expected, unless it was pushed by
+            # someone other than its signer (checked against the signer we recorded).
+            if not (direct and from_peer != seen[1]):
+                self._seen_envelopes[digest] = (seen[0] | path, seen[1])
+                return
+            self._reject_foreign_push(from_peer, "message", seen[1])
             return
         try:
             valid = self.validator.open(data)
         except Rejected as rejected:
             self._reject(None, rejected)
+            return
+        if direct and from_peer != valid.sender:
+            self._reject_foreign_push(from_peer, valid.body, valid.sender)
             return
         if seen is not None:
             if from_peer == valid.sender:
@@ -667,7 +681,7 @@ class FederationRunner:
             # re-published them is only known by its gossip identity.
             self._reject(None, Rejected(RejectReason.REJECT_REPLAY, f"replayed {valid.body} message of {valid.sender[-8:]}"))
             return
-        self._remember_envelope(digest, path)
+        self._remember_envelope(digest, path, valid.sender)
         if direct:
             self.direct_deliveries += 1
         if valid.sender == self.peer_id:

@@ -4,6 +4,7 @@ reason, and the daemons keep training (nothing crashes)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -16,7 +17,7 @@ from fednode.node.envelope import seal
 from fednode.node.federation.protocol import now_ms, topic_for
 from fednode.node.federation.runner import raw_float32_payload
 from fednode.node.identity import Identity
-from fednode.node.mesh import GossipConfig, Mesh, MeshConfig
+from fednode.node.mesh import GossipConfig, GossipMessage, Mesh, MeshConfig
 from fednode.node.model import model_layout
 from fednode.node.tasks import TaskContext, load_task
 from fednode.proto.v1 import control_pb2, envelope_pb2, model_pb2, tensor_pb2
@@ -52,7 +53,6 @@ async def _attack(bootstrap: str, round_number: int, layout: model_pb2.ModelLayo
         listen_multiaddrs=("/ip4/127.0.0.1/tcp/0",),
         bootstrap_multiaddrs=(bootstrap,),
         gossip=GossipConfig(max_message_size=200 * 1024),  # so it can send what others must refuse
-        fast_path=False,
     ))
     topic = topic_for(FEDERATION)
     await mesh.start()
@@ -94,6 +94,17 @@ async def _attack(bootstrap: str, round_number: int, layout: model_pb2.ModelLayo
             message = _update(attacker, layout.digest, round_number + offset, payload)
             message.update.inline_payload = b""
             await mesh.publish(topic, seal(attacker, message))
+        # A member's genuine message pushed to the members by someone else: members push only
+        # their own messages, so the pusher (authenticated by the fast path) is refused.
+        genuine = None
+        until = time.monotonic() + 30
+        while genuine is None and time.monotonic() < until:
+            with contextlib.suppress(asyncio.TimeoutError):
+                event = await asyncio.wait_for(mesh.events.get(), 1.0)
+                if isinstance(event, GossipMessage) and event.topic == topic:
+                    genuine = event.data
+        assert genuine is not None, "no member message seen"
+        assert await mesh.push(topic, genuine, await mesh.topic_peers(topic)), "nobody reachable by push"
         await asyncio.sleep(5)  # let the daemons fetch what we serve
     finally:
         await mesh.stop()
@@ -118,3 +129,4 @@ def test_hostile_peer_inputs_are_rejected_and_counted(start_federation, multiadd
     expected = {"malformed", "oversized", "bad_signature", "wrong_federation", "stale", "sender_mismatch",
                 "layout_mismatch", "hash_mismatch", "non_finite"}
     assert expected <= set(rejected), rejected
+    assert any(" pushed a " in node.log() for node in nodes), "a pushed message of someone else was not refused"
