@@ -78,7 +78,12 @@ class CheckpointStore:
         return self.directory / CHECKPOINT_FILE
 
     def save(self, checkpoint: Checkpoint) -> None:
-        data = checkpoint.to_bytes()
+        self.write(checkpoint.to_bytes())
+
+    def write(self, data: bytes) -> None:
+        """Install serialized checkpoint bytes (`Checkpoint.to_bytes()`) as the latest checkpoint,
+        atomically, keeping the one before as the previous. Writes must not overlap: callers that
+        write from a background thread use one thread, so checkpoints land in order."""
         self.directory.mkdir(parents=True, exist_ok=True)
         if self.latest_path.exists():
             # A rename is atomic: at every instant one complete checkpoint exists.
