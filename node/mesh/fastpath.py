@@ -444,7 +444,6 @@ class FastPathServer:
             finally:
                 self._store.end_upload()
 
-
     def _accept_push(self, push: transfer_pb2.PushedMessage, from_peer: str) -> None:
         """Hand a pushed message on; never answered, so a refusal is only counted."""
         if self._on_push is None:
