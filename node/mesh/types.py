@@ -36,14 +36,16 @@ class RecordValidator:
 @dataclass(frozen=True)
 class GossipMessage:
     """A validated message on a subscribed topic (never one this node published): from GossipSub,
-    or pushed straight to us by its originator (`direct`), in which case the same bytes usually
+    or pushed straight to us over the fast path (`direct`), in which case the same bytes usually
     arrive by gossip too."""
 
     topic: str
     data: bytes
-    from_peer: str  # peer id of the originator (GossipSub signatures are checked by the library)
-    received_at: float  # time.time() when the networking thread delivered it
-    direct: bool = False  # pushed by the originator over the fast path (Mesh.push), not gossiped
+    # Gossip: the originator (GossipSub signatures are checked by the library). Push: the peer the
+    # fast path authenticated, which honest peers only use for their own messages.
+    from_peer: str
+    received_at: float  # time.time() when the message was delivered
+    direct: bool = False  # pushed over the fast path (Mesh.push), not gossiped
 
 
 @dataclass(frozen=True)
