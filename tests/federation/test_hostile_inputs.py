@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -45,7 +46,7 @@ def _update(identity: Identity, layout_digest: str, round_number: int, payload: 
     return control_pb2.ControlMessage(federation_id=FEDERATION, sent_unix_ms=now_ms(), update=header)
 
 
-async def _attack(bootstrap: str, round_number: int, layout: model_pb2.ModelLayout) -> None:
+async def _attack(bootstrap: str, current_round: Callable[[], int], layout: model_pb2.ModelLayout) -> None:
     attacker = Identity.generate()
     honest_looking = Identity.generate()
     mesh = Mesh(MeshConfig(
@@ -63,6 +64,9 @@ async def _attack(bootstrap: str, round_number: int, layout: model_pb2.ModelLayo
                 break
             await asyncio.sleep(0.2)
         await asyncio.sleep(2.5)  # a heartbeat or two: the gossip mesh grafts us
+        # Rounds are short: read the federation's round only now, after the mesh set-up, so the
+        # updates below are for rounds still open (a closed round would count them as stale).
+        round_number = current_round() + 4
         numel = layout.numel
         good_payload = raw_float32_payload(torch.zeros(numel)).SerializeToString()
         wrong_shape = raw_float32_payload(torch.zeros(numel + 1)).SerializeToString()
@@ -117,7 +121,7 @@ def test_hostile_peer_inputs_are_rejected_and_counted(start_federation, multiadd
     while _latest_round(nodes[0].log()) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     layout = model_layout(load_task("fednode.node.tasks.digits:build_task", TaskContext(), {"hidden": [64]}).model_factory())
-    asyncio.run(_attack(bootstrap, _latest_round(nodes[0].log()) + 3, layout))
+    asyncio.run(_attack(bootstrap, lambda: _latest_round(nodes[0].log()), layout))
     for node in nodes:
         assert node.wait(timeout=400) == 0, node.log()[-3000:]
     rejected: dict[str, int] = {}
