@@ -581,10 +581,13 @@ class CompassRunner(FederationRunner):
                     continue
                 if decision.close and not decision.missing and now < group.eta:
                     # Every member we know of arrived before the ETA. Unlike the reference server
-                    # we may not know every member yet (a join is a gossiped report); joins can
-                    # come until the ETA, and we computed that ETA for ourselves, so hold it.
-                    next_at = min(next_at, group.eta)
-                    continue
+                    # we may not know every member yet (a join is a gossiped report), so hold the
+                    # group while a join could still be decided (the fastest outsider would get
+                    # q_min steps) plus a delivery grace, never past the ETA.
+                    hold = min(group.eta, self.sched.last_join(group.group_id, self._join_candidates()) + self.grace)
+                    if now < hold:
+                        next_at = min(next_at, hold)
+                        continue
                 if decision.close:
                     await self._close_group(group, decision.reason, decision.missing, fallback=False)
                 else:
@@ -611,6 +614,10 @@ class CompassRunner(FederationRunner):
             else:
                 next_at = min(next_at, due)
         return next_at
+
+    def _join_candidates(self) -> set[str]:
+        """Every peer that could join a group: members we heard from and peers with a speed."""
+        return {m.peer_id for m in self._heard_members()} | set(self.sched.speeds.known())
 
     async def _close_group(self, group: ArrivalGroup, reason: str, missing: tuple[str, ...], *, fallback: bool) -> None:
         loop = asyncio.get_running_loop()

@@ -38,18 +38,21 @@ def reference_gram(rows: torch.Tensor) -> np.ndarray:
     return np.array([[np.sum(a * b) for b in values] for a in values])
 
 
-@pytest.mark.parametrize(("noise", "float64_bound", "float32_error"), [(1e-3, 1e-8, 1e-3), (1e-5, 1e-3, 1.0)])
+@pytest.mark.parametrize(("noise", "float32_error"), [(1e-3, 1e-3), (1e-5, 1.0)])
 def test_gram_keeps_one_minus_cos2_of_near_duplicates(
-    noise: float, float64_bound: float, float32_error: float, monkeypatch: pytest.MonkeyPatch
+    noise: float, float32_error: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Spec 7.2: 1 - cos^2 of near-identical rows (about 2e-6 and 2e-10 here) is pure
-    cancellation. The BLAS float64 Gram keeps it as well as the BLAS-free float64 Gram it replaced
-    (float64 itself limits it to ~1e-16 / (1 - cos^2)); the rejected alternative, float32 GEMM per
-    8,192-column block with the blocks added in float64, is off by more than 1e-3 at 2e-6 and by
-    more than 100% at 2e-10."""
+    cancellation. Both float64 Grams (BLAS and the BLAS-free fallback) keep it within float64's
+    rounding-error bound for a d-term sum, sqrt(d) * eps / (1 - cos^2): how close to that bound
+    depends on the BLAS's summation order, which differs between CPUs (MKL on an AMD EPYC sums
+    ~25x less favourably than on Intel here, still 4x inside the bound). The rejected
+    alternative, float32 GEMM per 8,192-column block with the blocks added in float64, is off by
+    more than 1e-3 at 2e-6 and by more than 100% at 2e-10."""
     rows = near_duplicates(noise)
     exact = one_minus_cos2(reference_gram(rows))
     off_diagonal = ~np.eye(5, dtype=bool)
+    float64_bound = np.sqrt(rows.shape[1]) * np.finfo(np.float64).eps / exact[off_diagonal].min()
 
     def relative_error(gram: torch.Tensor) -> float:
         estimate = one_minus_cos2(np.asarray(gram.numpy(), dtype=np.longdouble))
@@ -58,11 +61,11 @@ def test_gram_keeps_one_minus_cos2_of_near_duplicates(
     blas = relative_error(numerics.gram(rows, centered=False))
     assert blas < float64_bound
     monkeypatch.setattr(numerics, "USE_BLAS", False)
-    assert blas < 4 * relative_error(numerics.gram(rows, centered=False)) + 1e-12
+    assert relative_error(numerics.gram(rows, centered=False)) < float64_bound
     blocks = sum(
         (rows[:, cols] @ rows[:, cols].T).double() for cols in numerics.column_blocks(rows.shape[1])
     )
-    assert relative_error(blocks) > float32_error
+    assert relative_error(blocks) > max(float32_error, 100 * float64_bound)
 
 
 @pytest.mark.parametrize("layout", ["float32", "float64", "float16", "bfloat16", "strided columns", "row subset"])
