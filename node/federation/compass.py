@@ -66,7 +66,9 @@ from fednode.node.federation.updates import PeerContribution
 from fednode.node.model import assign_parameters, flatten_parameters
 from fednode.node.scheduler import SyncPolicy
 from fednode.node.scheduler.fedcompass import (
+    Arrival,
     ArrivalGroup,
+    ArrivalKind,
     Assignment,
     CompassPolicy,
     CompassScheduler,
@@ -220,6 +222,7 @@ class OwnPending:
     group_id: bytes
     labeled_at: float
     readdressed: int = 0
+    missed: bool = False  # its group stopped waiting for it (registered after deadline + grace)
 
 
 def policy_from_config(federation: Any, grace: float | None = None) -> CompassPolicy:
@@ -406,8 +409,14 @@ class CompassRunner(FederationRunner):
         else:
             group_id = assignment.group_id
             wait_for = group_id
-        header = await self._publish_compass_update(self.seq, delta, result, group_id, base_version)
-        self.own[self.seq] = OwnPending(self.seq, header, group_id, now)
+        header, arrival = await self._publish_compass_update(self.seq, delta, result, group_id, base_version)
+        missed = arrival.kind is ArrivalKind.MISSED
+        if missed and wait_for == group_id:
+            # Out on time by the check above, but publishing took us past deadline + grace: the
+            # group no longer waits for us (it may have nothing to close), so neither do we;
+            # _readdress_own moves the update on at once.
+            wait_for = None
+        self.own[self.seq] = OwnPending(self.seq, header, group_id, now, missed=missed)
         # Our speed as the reference server would measure it: from the assignment to the update
         # being out (training, encoding, publishing), so group ETAs include that overhead; a
         # one-off stall (a jammed publish) counts at most as much as the training itself.
@@ -579,15 +588,6 @@ class CompassRunner(FederationRunner):
                     # once published, which on a loaded host can take a while).
                     next_at = min(next_at, group.deadline)
                     continue
-                if decision.close and not decision.missing and now < group.eta:
-                    # Every member we know of arrived before the ETA. Unlike the reference server
-                    # we may not know every member yet (a join is a gossiped report), so hold the
-                    # group while a join could still be decided (the fastest outsider would get
-                    # q_min steps) plus a delivery grace, never past the ETA.
-                    hold = min(group.eta, self.sched.last_join(group.group_id, self._join_candidates()) + self.grace)
-                    if now < hold:
-                        next_at = min(next_at, hold)
-                        continue
                 if decision.close:
                     await self._close_group(group, decision.reason, decision.missing, fallback=False)
                 else:
@@ -614,10 +614,6 @@ class CompassRunner(FederationRunner):
             else:
                 next_at = min(next_at, due)
         return next_at
-
-    def _join_candidates(self) -> set[str]:
-        """Every peer that could join a group: members we heard from and peers with a speed."""
-        return {m.peer_id for m in self._heard_members()} | set(self.sched.speeds.known())
 
     async def _close_group(self, group: ArrivalGroup, reason: str, missing: tuple[str, ...], *, fallback: bool) -> None:
         loop = asyncio.get_running_loop()
@@ -846,7 +842,7 @@ class CompassRunner(FederationRunner):
                         del self.own[seq]  # in the creator's manifest: final
                     continue
                 # The group closed without it, or was deferred: re-address below.
-            else:
+            elif not pending.missed:
                 group = self.sched.groups.get(pending.group_id)
                 if group is not None:
                     bound = group.deadline + self.grace * (len(group.participants()) + 3) + 2.0
@@ -873,7 +869,7 @@ class CompassRunner(FederationRunner):
             if own_held is not None:
                 own_held.group_id = target
                 own_held.label_ms = int(header.created_unix_ms)
-                self.sched.on_update(own_held.ref(), target, now)
+                pending.missed = self.sched.on_update(own_held.ref(), target, now).kind is ArrivalKind.MISSED
             log.info("our update %d re-addressed to group %s", seq, target.hex()[:8])
             with contextlib.suppress(Exception):
                 await self._publish(control_pb2.ControlMessage(update=header))
@@ -894,7 +890,7 @@ class CompassRunner(FederationRunner):
     # ------------------------------------------------------------------------------ sending
     async def _publish_compass_update(
         self, seq: int, delta: torch.Tensor, train: TrainResult, group_id: bytes, base_version: int
-    ) -> model_pb2.UpdateHeader:
+    ) -> tuple[model_pb2.UpdateHeader, Arrival]:
         received = await self._publish_update(seq, delta, train, group_id=group_id, base_model_version=base_version)
         header = received.header
         if header.inline_payload:
@@ -904,8 +900,7 @@ class CompassRunner(FederationRunner):
         held = Held(self.peer_id, seq, bytes(header.payload_sha256), base_version, train.steps, group_id,
                     int(header.created_unix_ms), int(header.payload_size), received.delta, now)
         self.held[(self.peer_id, seq)] = held
-        self.sched.on_update(held.ref(), group_id, now)
-        return header
+        return header, self.sched.on_update(held.ref(), group_id, now)
 
     def _craft_compass_attack(self, own: torch.Tensor) -> torch.Tensor:
         """An omniscient attacker forges its update from the newest honest update of each peer."""

@@ -313,24 +313,6 @@ class CompassScheduler:
         self.add_member(group.group_id, peer, q)
         return Assignment(peer, group.group_id, q, group.eta, group.deadline, created=False)
 
-    def last_join(self, group_id: bytes, candidates: Iterable[str]) -> float:
-        """The latest time one of `candidates` outside the group could still decide to join it.
-
-        `join_group` gives a peer of speed s floor((eta - now) / s) steps and needs at least
-        q_min, so that peer can join only until eta - q_min * s. A candidate without a speed
-        estimate could join at any time (it is returned as the ETA); -inf when nobody can.
-        Serverless leaders use this to close a group whose known members all arrived early
-        without racing a join that is still on its way.
-        """
-        group = self.groups[group_id]
-        latest = -math.inf
-        for peer in candidates:
-            if peer in group.members:
-                continue
-            speed = self.speeds.get(peer)
-            latest = max(latest, group.eta if speed is None else group.eta - self.policy.q_min * speed)
-        return min(latest, group.eta)
-
     def create_group(self, peer: str, now: float, group_id: bytes) -> Assignment:
         """A new group whose ETA lines up with the next arrival of the fastest member of an
         existing group (that member finishes its current group, then runs q_max more steps), so

@@ -164,21 +164,6 @@ def test_group_closes_at_once_when_all_members_arrived() -> None:
     assert decision.close and decision.reason == "all members arrived"
 
 
-def test_last_join_is_when_the_fastest_outsider_would_still_get_q_min_steps() -> None:
-    s = scheduler(a=0.5, b=1.0, c=2.0)
-    s.assign("a", 0.0, b"g1")  # q_max: eta 50
-    # b could join until 50 - 20 * 1.0 = 30, c until 50 - 20 * 2.0 = 10: the later one counts.
-    assert s.last_join(b"g1", ["a", "b", "c"]) == 30.0
-    # Consistent with join_group: just before that time b still joins, just after it cannot.
-    assert s.join_group("b", 30.0) is not None
-    s.groups[b"g1"].members.pop("b")
-    assert s.join_group("b", 30.5) is None
-    # Members do not count; nobody outside: no join can come.
-    assert s.last_join(b"g1", ["a"]) == -math.inf
-    # A peer whose speed nobody knows yet could join at any time up to the ETA.
-    assert s.last_join(b"g1", ["a", "newcomer"]) == 50.0
-
-
 def test_a_group_nobody_reached_lingers_and_departures_stop_the_wait() -> None:
     s = scheduler(a=1.0, b=1.0)
     s.assign("a", 0.0, b"g1")
