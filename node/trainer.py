@@ -80,6 +80,32 @@ class LocalTrainer:
         # torch imports its compiler stack the first time an optimizer is built (3-8 s on a busy
         # 2-core host); pay that at start-up rather than inside the first round.
         torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+        if self._slowdown.factor > 1.0:
+            self._calibrate_slowdown()
+
+    def _calibrate_slowdown(self, steps: int = 8) -> None:
+        """Time a few steps on a throwaway model before the first round. The emulated pause is a
+        multiple of the fastest step seen; without this, the first round's pauses scale the cold
+        first steps (allocator, kernel selection: several times a warm step), and a slowed peer's
+        first speed estimate, which FedCompass schedules from, came out 3-5x too slow. Uses its
+        own generator and a forked global RNG: training (data order, checkpointed) is untouched."""
+        with torch.random.fork_rng(devices=[]):  # dropout and the like draw from the global RNG
+            model = self.task.model_factory().to(self.device)
+            optimizer = torch.optim.SGD(model.parameters(), lr=self.lr)
+            generator = torch.Generator().manual_seed(0)
+            for _ in range(steps):
+                started = time.perf_counter()
+                self._step(model, optimizer, generator)
+                self._slowdown.observe(time.perf_counter() - started)
+
+    def _step(self, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> float:
+        """One SGD step on a random mini-batch; returns the loss."""
+        index = torch.randint(0, self.num_train_samples, (self.batch_size,), generator=generator).to(self.device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = self.task.loss_fn(model(self._train_x[index]), self._train_y[index])
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
 
     @property
     def num_train_samples(self) -> int:
@@ -102,13 +128,7 @@ class LocalTrainer:
             if stop is not None and stop.is_set():
                 break
             step_started = time.perf_counter()
-            index = torch.randint(0, self.num_train_samples, (self.batch_size,), generator=self._generator)
-            index = index.to(self.device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = self.task.loss_fn(model(self._train_x[index]), self._train_y[index])
-            loss.backward()
-            optimizer.step()
-            total_loss += float(loss.detach())
+            total_loss += self._step(model, optimizer, self._generator)
             done += 1
             pause = self._slowdown.pause_after(time.perf_counter() - step_started)
             if pause > 0.0:
@@ -149,12 +169,16 @@ class SlowdownEmulator:
         self.factor = factor
         self.fastest_step: float | None = None
 
+    def observe(self, step_seconds: float) -> None:
+        """A step took `step_seconds` (only tracked when there is a slowdown to emulate)."""
+        if self.factor > 1.0 and (self.fastest_step is None or step_seconds < self.fastest_step):
+            self.fastest_step = max(step_seconds, 0.0)
+
     def pause_after(self, step_seconds: float) -> float:
         """Seconds to sleep after a step that took `step_seconds` (0 when factor <= 1)."""
-        if self.factor <= 1.0:
+        self.observe(step_seconds)
+        if self.fastest_step is None:
             return 0.0
-        if self.fastest_step is None or step_seconds < self.fastest_step:
-            self.fastest_step = max(step_seconds, 0.0)
         return self.fastest_step * (self.factor - 1.0)
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from fednode.node.trainer import SlowdownEmulator
+from fednode.node.tasks import TaskContext, load_task
+from fednode.node.trainer import LocalTrainer, SlowdownEmulator
 
 
 def test_a_slowdown_multiplies_the_uncontended_step_not_the_waiting() -> None:
@@ -22,3 +24,27 @@ def test_no_slowdown_means_no_pause(factor: float) -> None:
     emulator = SlowdownEmulator(factor)
     assert emulator.pause_after(0.010) == 0.0
     assert emulator.fastest_step is None
+
+
+def test_a_slowed_trainer_is_calibrated_before_its_first_round_without_touching_training() -> None:
+    """The first round's pauses must scale a warm step, not the cold first steps; calibrating
+    must not consume the training generator or the global RNG (runs stay reproducible)."""
+    task = load_task("fednode.node.tasks.digits:build_task", TaskContext(0, 4, 0), {"hidden": [32]})
+
+    def trainer(slowdown: float) -> LocalTrainer:
+        return LocalTrainer(task, torch.device("cpu"), batch_size=16, lr=0.1, momentum=0.9, seed=5, slowdown=slowdown)
+
+    torch.manual_seed(11)
+    plain = trainer(1.0)
+    global_state = torch.random.get_rng_state()
+    torch.manual_seed(11)
+    slowed = trainer(4.0)
+    assert torch.equal(torch.random.get_rng_state(), global_state)
+    assert plain._slowdown.fastest_step is None
+    assert slowed._slowdown.fastest_step is not None and slowed._slowdown.fastest_step > 0.0
+    assert torch.equal(plain.generator_state(), slowed.generator_state())
+    # Same data order and same model: the slowed trainer only takes longer.
+    models = [task.model_factory(), task.model_factory()]
+    results = [t.train_round(m, 3) for t, m in zip((plain, slowed), models, strict=True)]
+    assert results[0].mean_loss == results[1].mean_loss
+    assert all(torch.equal(a, b) for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values(), strict=True))
