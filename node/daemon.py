@@ -704,7 +704,8 @@ class Daemon:
         finally:
             self.round, self.model_version = self.runner.round, self.runner.model_version
             if self.stop_reason in ("rounds", "target_accuracy"):
-                await self.runner.linger()
+                # Half the shutdown budget: the final checkpoint and the mesh's stop need the rest.
+                await self.runner.linger(self.config.node.shutdown_timeout / 2)
             self._record_mesh_totals()
             await self.runner.close()
             self.runner = None
@@ -903,6 +904,10 @@ class Daemon:
             for reason, count in self.mesh.stats().gossip_rejected.items():
                 self.summary.rejected[reason] = self.summary.rejected.get(reason, 0) + count
         self.summary.syncs = self.runner.syncs
+        # A state sync can carry the node past rounds it never closed itself (to the last one,
+        # when it fell behind at the end): the summary reports the round its model is at.
+        self.summary.rounds = max(self.summary.rounds, self.runner.round)
+        self.summary.model_version = max(self.summary.model_version, self.runner.model_version)
         self.summary.direct_deliveries = self.runner.direct_deliveries
         self.summary.timings = {
             name: {"median": statistics.median(samples), "p90": sorted(samples)[int(0.9 * (len(samples) - 1))],

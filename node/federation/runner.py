@@ -239,14 +239,16 @@ class FederationRunner:
         self._spawn(self._announce_periodically(), "announcer")
         self._spawn(self._discover_members(), "discovery")
 
-    async def linger(self) -> None:
+    async def linger(self, max_seconds: float) -> None:
         """Before leaving, keep serving our last payloads until the members we know have closed
-        our last round too (they may still be fetching from us), bounded by a few announcements."""
+        our last round too (they may still be fetching from us) or left, bounded by a few
+        announcements and by `max_seconds` (the daemon's shutdown budget)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 2 * self.announce_interval + 1.0
+        deadline = loop.time() + min(2 * self.announce_interval + 1.0, max_seconds)
         recent = self.rounds.expected() - {self.peer_id}
         while loop.time() < deadline:
-            behind = [p for p in recent if self.members.get(p, MemberView(p)).round < self.round]
+            # expected() drops members that departed meanwhile (one that synced to the end left).
+            behind = [p for p in recent & self.rounds.expected() if self.members.get(p, MemberView(p)).round < self.round]
             if not behind:
                 return
             self._wakeup.clear()

@@ -32,7 +32,10 @@ def launch(tmp_path: Path, *args: str, timeout: float = 600) -> dict:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)  # daemons die with it (PR_SET_PDEATHSIG)
             process.wait()
-    assert process.returncode == 0, output
+    if process.returncode != 0:
+        # The launcher shows the failing nodes' tails; a node that exited 0 can be the cause.
+        tails = "".join(f"\n--- {log.name}:\n{log.read_text()[-4000:]}" for log in sorted(out.glob("node-*.log")))
+        raise AssertionError(f"launch exited {process.returncode}:\n{output}{tails}")
     return json.loads((out / "summary.json").read_text())
 
 
