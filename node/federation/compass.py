@@ -1126,6 +1126,7 @@ class CompassRunner(FederationRunner):
     async def close(self) -> None:
         """Before leaving, close the groups we lead that others already delivered to, so their
         members do not wait for a fallback leader."""
+        self.closing = True
         for group_id in list(self.led):
             group = self.sched.groups.get(group_id)
             if group is not None and not group.closed and group.arrivals:
@@ -1159,12 +1160,12 @@ class CompassRunner(FederationRunner):
         while len(self._served) > SERVED_UPDATES:
             self.mesh.unserve_blob(self._served.popleft())
 
-    async def _publish(self, message: control_pb2.ControlMessage) -> None:
+    async def _publish(self, message: control_pb2.ControlMessage, *, wait: bool = False) -> None:
         """Bounded: a publish stuck behind a peer's jammed stream must not stall our rounds.
         Whatever still matters is re-sent by `_republish_all`."""
         started = time.perf_counter()
         try:
-            await asyncio.wait_for(super()._publish(message), timeout=PUBLISH_TIMEOUT)
+            await asyncio.wait_for(super()._publish(message, wait=wait), timeout=PUBLISH_TIMEOUT)
         except asyncio.TimeoutError:
             log.warning("publishing a %s message took over %.0f s; given up (re-sent later if still needed)",
                         message.WhichOneof("body"), PUBLISH_TIMEOUT)

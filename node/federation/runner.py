@@ -197,6 +197,7 @@ class FederationRunner:
         # a replay: the bytes re-published by another gossip identity (see _on_gossip).
         self._seen_envelopes: dict[bytes, tuple[int, str]] = {}
         self.direct_deliveries = 0  # messages that reached us by push before their gossip copy
+        self.closing = False  # set by close(): from then on every message is sent before returning
         self.syncs = 0
         self._snapshot: tuple[model_pb2.SnapshotHeader, bytes] | None = None
         self._own_hashes: dict[int, bytes] = {}  # round -> sha256 of our model after it (recent)
@@ -256,9 +257,10 @@ class FederationRunner:
                 await asyncio.wait_for(self._wakeup.wait(), timeout=0.2)
 
     async def close(self) -> None:
+        self.closing = True  # what we still send is awaited: background tasks are cancelled next
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._publish(control_pb2.ControlMessage(
-                departure=control_pb2.Departure(peer_id=self.peer_id, reason="shutting down"))), timeout=2)
+                departure=control_pb2.Departure(peer_id=self.peer_id, reason="shutting down")), wait=True), timeout=2)
         await _cancel_and_wait(self._tasks, timeout=TASK_STOP_SECONDS)
 
     def _spawn(self, coroutine: Awaitable[Any], name: str) -> asyncio.Task[Any]:
@@ -499,7 +501,11 @@ class FederationRunner:
         await self._publish(control_pb2.ControlMessage(update=header))
         return ReceivedUpdate(self.peer_id, number, header, decoded, asyncio.get_running_loop().time())
 
-    async def _publish(self, message: control_pb2.ControlMessage) -> None:
+    async def _publish(self, message: control_pb2.ControlMessage, *, wait: bool = False) -> None:
+        """Sign and send a control message: pushed to the members we are connected to and
+        gossiped to everyone. Once pushed, the gossip copy is sent in the background (the members
+        waiting on it have it; handing it to the networking thread took 15-100 ms of a round on a
+        busy host) unless `wait`; size errors are raised either way."""
         message.federation_id = self.federation_id
         message.sent_unix_ms = now_ms()
         data = seal(self.identity, message, self.certificate)
@@ -507,7 +513,16 @@ class FederationRunner:
         targets = self._push_targets() if self.push else []
         if targets:
             self._spawn(self._push(data, targets), "push")
+            if not (wait or self.closing) and len(data) <= self.mesh.config.gossip.max_message_size:
+                self._spawn(self._gossip(data), "gossip")
+                return
         await self.mesh.publish(self.topic, data)
+
+    async def _gossip(self, data: bytes) -> None:
+        try:
+            await self.mesh.publish(self.topic, data)
+        except Exception as exc:  # the pushed copies are out; the next announcement repeats state
+            log.warning("gossip publish failed: %s", exc)
 
     def _push_targets(self) -> list[str]:
         """Members to push our control messages to: those we hear from, hold a connection to (the

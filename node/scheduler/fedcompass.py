@@ -255,6 +255,13 @@ class CompassScheduler:
     def open_groups(self) -> list[ArrivalGroup]:
         return [g for g in self.groups.values() if not g.closed]
 
+    def schedulable_groups(self) -> list[ArrivalGroup]:
+        """Open groups a peer can still be scheduled into: not those whose members all arrived.
+        Such a group closes at once (the reference aggregates and deletes it inside the arrival
+        call, so it is never seen); in a peer's view it can be open a moment longer, and a join
+        or re-addressed update sent to it would miss it."""
+        return [g for g in self.open_groups() if not (g.arrivals and not g.outstanding())]
+
     def add_group(self, group: ArrivalGroup) -> bool:
         """A group someone created (known from its announcement); False if already known."""
         if group.group_id in self.groups:
@@ -290,7 +297,7 @@ class CompassScheduler:
         (with id `new_group_id`). Needs the peer's speed."""
         if self.speeds.get(peer) is None:
             raise ValueError(f"no speed estimate for {peer}: its first round runs q_max steps without a group")
-        if not self.open_groups():
+        if not self.schedulable_groups():
             return self._create(peer, now, new_group_id, self.policy.q_max)
         joined = self.join_group(peer, now)
         if joined is not None:
@@ -303,7 +310,7 @@ class CompassScheduler:
         speed = self.speeds.get(peer)
         assert speed is not None
         best: tuple[ArrivalGroup, int] | None = None
-        for group in self.open_groups():
+        for group in self.schedulable_groups():
             q = math.floor((group.eta - now) / speed)
             if self.policy.q_min <= q <= self.policy.upper and (best is None or q >= best[1]):
                 best = (group, q)
@@ -320,7 +327,7 @@ class CompassScheduler:
         speed = self.speeds.get(peer)
         assert speed is not None
         q = -1
-        for group in self.open_groups():
+        for group in self.schedulable_groups():
             if not now < group.deadline:
                 continue
             speeds = [s for p in group.participants() if (s := self.speeds.get(p)) is not None]
@@ -432,7 +439,7 @@ class CompassScheduler:
         """Where a buffered update goes next without a server holding the buffer: the open group
         expected to close first (earliest ETA still ahead, deadline not passed)."""
         excluded = set(exclude)
-        candidates = [g for g in self.open_groups()
+        candidates = [g for g in self.schedulable_groups()
                       if g.group_id not in excluded and now <= g.deadline + self.policy.grace]
         if not candidates:
             return None

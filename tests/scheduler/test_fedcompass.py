@@ -214,6 +214,24 @@ def test_carry_target_is_the_open_group_closing_first() -> None:
     assert s.carry_target(100.0) is None
 
 
+def test_a_group_whose_members_all_arrived_takes_nobody_new() -> None:
+    """It closes at once (the reference aggregates and deletes it in the arrival call); a peer
+    whose view still shows it open must not join it or re-address an update to it."""
+    s = scheduler(a=0.5, b=1.0)
+    s.assign("a", 0.0, b"g1")  # q_max: eta 50, deadline 75
+    s.on_update(UpdateRef("a", 1), b"g1", 40.0)
+    assert not s.groups[b"g1"].closed and s.schedulable_groups() == []
+    # b could get floor((50 - 10) / 1) = 40 steps in g1, but g1 is done: b starts a new group
+    # with q_max (no schedulable group left, as when the reference finds none).
+    chosen = s.assign("b", 10.0, b"g2")
+    assert (chosen.group_id, chosen.local_steps, chosen.created) == (b"g2", 100, True)
+    assert s.carry_target(10.0).group_id == b"g2"
+    # A group with a member still outstanding stays schedulable.
+    s.add_member(b"g2", "a", 30)
+    s.on_update(UpdateRef("b", 1), b"g2", 20.0)
+    assert [g.group_id for g in s.schedulable_groups()] == [b"g2"]
+
+
 # ----------------------------------------------------------------------------------- the reference server
 class Simulation:
     """Discrete-event run of `CompassServer` with clients of fixed true speeds (s/step)."""
