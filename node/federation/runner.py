@@ -769,6 +769,7 @@ class FederationRunner:
             self._reject(sender, rejected, header)
             return
         if header.round <= self.round:
+            self.rounds.record_late(sender, asyncio.get_running_loop().time(), header.round)
             self._reject(sender, Rejected(RejectReason.REJECT_STALE, f"update for closed round {header.round}"), header)
             return
         self.rounds.note_member(sender)
@@ -779,6 +780,7 @@ class FederationRunner:
         if delta is None:
             return
         if header.round <= self.round:
+            self.rounds.record_late(sender, asyncio.get_running_loop().time(), header.round)
             self._reject(sender, Rejected(RejectReason.REJECT_STALE, f"update for round {header.round} arrived after it closed"), header)
             return
         now = asyncio.get_running_loop().time()

@@ -92,6 +92,7 @@ from .errors import (
     MeshClosedError,
     MeshError,
     MessageTooLargeError,
+    StreamOpenError,
 )
 from .identity import peer_id_from_public_key
 from .mesh import Mesh
@@ -134,6 +135,7 @@ __all__ = [
     "ReachabilityStatus",
     "RecordValidator",
     "RelayLimits",
+    "StreamOpenError",
     "Validator",
     "peer_id_from_public_key",
 ]

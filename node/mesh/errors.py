@@ -19,6 +19,11 @@ class DialError(MeshError):
     """Could not connect to a peer or address."""
 
 
+class StreamOpenError(DialError):
+    """Connected to the peer, but no stream could be opened on the connection (e.g. a relayed
+    connection closing under us); worth one more try, which dials afresh if needed."""
+
+
 class FetchError(MeshError):
     """A blob could not be fetched from any provider.
 

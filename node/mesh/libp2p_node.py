@@ -58,7 +58,7 @@ from libp2p.utils.address_validation import expand_wildcard_address
 from fednode.proto.v1 import transfer_pb2
 
 from .config import MeshConfig
-from .errors import DialError, MeshError
+from .errors import DialError, MeshError, StreamOpenError
 from .fastpath import CHANNEL_VERSION
 from .identity import NodeIdentity
 from .nat import AdmissionRelay, BoundedDCUtR, DialBackAutoNAT
@@ -1374,7 +1374,12 @@ class Libp2pNode:
             with trio.fail_after(timeout):
                 peer = await resolve_peer()
                 await self._ensure_connected(peer)
-                return await self.host.new_stream(peer, [TProtocol(protocol)])
+                try:
+                    return await self.host.new_stream(peer, [TProtocol(protocol)])
+                except (trio.TooSlowError, MeshError):
+                    raise
+                except Exception as exc:
+                    raise StreamOpenError(f"cannot open {what}: {exc}") from exc
         except trio.TooSlowError as exc:
             raise DialError(f"opening {what} timed out") from exc
         except MeshError:

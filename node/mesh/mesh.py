@@ -25,6 +25,7 @@ from .errors import (
     MeshClosedError,
     MeshError,
     MessageTooLargeError,
+    StreamOpenError,
 )
 from .identity import NodeIdentity
 from .libp2p_node import Libp2pNode
@@ -577,14 +578,17 @@ class Mesh:
         reasons: dict[str, str] = {}
         excluded: set[str] = set()
         pending = deque(candidates)
-        busy: list[str] = []
-        busy_retried = False
+        # Providers that answered "busy", or that we are connected to but could not open a stream
+        # to (a relayed connection closing under us), get one more try after a short pause once
+        # every other candidate was tried. Unreachable ones do not: a dead peer costs one dial.
+        retry_later: list[str] = []
+        retried = False
         while True:
             if not pending:
-                if busy and not busy_retried:
-                    busy_retried = True
-                    pending.extend(busy)
-                    busy.clear()
+                if retry_later and not retried:
+                    retried = True
+                    pending.extend(retry_later)
+                    retry_later.clear()
                     await asyncio.sleep(0.25)
                     continue
                 break
@@ -602,12 +606,14 @@ class Mesh:
                         f"blob is {refused.total_size} bytes, above max_size {limit}", reasons
                     ) from None
                 if refused.status == "busy":
-                    busy.append(peer)
+                    retry_later.append(peer)
                 continue
             except (MeshClosedError, asyncio.CancelledError):
                 raise
             except Exception as exc:
                 reasons[peer] = _reason(exc)
+                if isinstance(exc, StreamOpenError):
+                    retry_later.append(peer)
                 log.debug("fetch of %s from %s failed: %s", content_id.hex()[:12], peer, exc)
                 continue
             if not state.complete:

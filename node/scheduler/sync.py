@@ -83,6 +83,7 @@ class SyncRound:
     _last_update: dict[str, int] = field(default_factory=dict)
     _departed: set[str] = field(default_factory=set)
     _fallback: float = 1.0
+    _previous_deadline: tuple[int, float] = (0, 0.0)  # (round, deadline) of the round before this one
 
     def __post_init__(self) -> None:
         self.arrivals = ArrivalEstimator(self.policy.smoothing)
@@ -118,6 +119,8 @@ class SyncRound:
 
     # -------------------------------------------------------------------------- rounds
     def start(self, round_number: int, now: float, own_train_seconds: float) -> None:
+        if self.round:
+            self._previous_deadline = (self.round, self.deadline())
         self.round = round_number
         self.started_at = now
         self.reported = set()
@@ -125,13 +128,32 @@ class SyncRound:
 
     def record(self, peer_id: str, arrived_at: float, round_number: int) -> None:
         """An accepted update for `round_number` from `peer_id` (own updates included)."""
-        if peer_id != self.own_peer_id:
-            self._departed.discard(peer_id)
-            self._first_seen.setdefault(peer_id, round_number)
-            self._last_update[peer_id] = max(self._last_update.get(peer_id, round_number), round_number)
+        self._note_contribution(peer_id, round_number)
         if round_number == self.round:
             self.reported.add(peer_id)
             self.arrivals.observe(peer_id, arrived_at - self.started_at)
+
+    def record_late(self, peer_id: str, arrived_at: float, round_number: int) -> None:
+        """An update for `round_number` that arrived after this node closed that round. It is not
+        aggregated. If it came before that round's deadline (the round closed early because its
+        sender was no longer expected), the sender is expected again, so the next rounds wait
+        for it. Without this a member dropped from the expected set (e.g. one restarted a round
+        behind) could never return: rounds closed the moment the others were in, a few ms before
+        its update, forever. An update later than the deadline changes nothing: waiting for a
+        straggler that slow would only cost every round its deadline."""
+        if round_number == self.round:
+            deadline: float | None = self.deadline()
+        else:
+            deadline = self._previous_deadline[1] if self._previous_deadline[0] == round_number else None
+        if deadline is not None and arrived_at <= deadline:
+            self._note_contribution(peer_id, round_number)
+
+    def _note_contribution(self, peer_id: str, round_number: int) -> None:
+        if peer_id == self.own_peer_id:
+            return
+        self._departed.discard(peer_id)
+        self._first_seen.setdefault(peer_id, round_number)
+        self._last_update[peer_id] = max(self._last_update.get(peer_id, round_number), round_number)
 
     def deadline(self) -> float:
         typical = self.arrivals.typical()

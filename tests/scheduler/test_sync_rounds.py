@@ -49,6 +49,55 @@ def test_a_dead_peer_costs_one_deadline_then_is_no_longer_expected() -> None:
     assert B not in rounds.expected()
 
 
+def test_a_member_whose_updates_arrive_just_after_close_is_expected_again() -> None:
+    """A member that dropped out of the expected set and is then always a few ms late (it was
+    restarted a round behind) must not stay excluded: its late update, in before the deadline
+    the round would have waited until, is a sign of life, so the next round waits for it."""
+    rounds = tracker(min_participants=2, min_wait=0.5, absent_after=1)
+    rounds.note_member(A)
+    rounds.note_member(B)
+    for number in (1, 2, 3):  # B is silent (being restarted): it stops being expected
+        rounds.start(number, float(number), own_train_seconds=0.2)
+        rounds.record(ME, number + 0.2, number)
+        rounds.record(A, number + 0.2, number)
+    assert B not in rounds.expected()
+    rounds.start(4, 4.0, own_train_seconds=0.2)
+    rounds.record(ME, 4.2, 4)
+    rounds.record(A, 4.2, 4)
+    assert rounds.decide(4.2).close  # closes without B ...
+    rounds.start(5, 4.3, own_train_seconds=0.2)
+    rounds.record_late(B, 4.31, 4)  # ... whose round-4 update comes in 110 ms later
+    assert B in rounds.expected()
+    rounds.record(ME, 4.5, 5)
+    rounds.record(A, 4.5, 5)
+    decision = rounds.decide(4.5)
+    assert not decision.close and decision.missing == (B,)
+    rounds.record(B, 4.51, 5)
+    assert rounds.decide(4.51).close
+
+
+def test_a_straggler_later_than_the_deadline_is_not_waited_for_again() -> None:
+    """Waiting for a member whose updates come after the deadline would cost every round its
+    deadline and still leave it out: only a late update that beat the deadline counts."""
+    rounds = tracker(min_participants=2, min_wait=0.5, absent_after=1)
+    rounds.note_member(A)
+    rounds.note_member(B)
+    for number in (1, 2, 3):
+        rounds.start(number, float(number), own_train_seconds=0.2)
+        rounds.record(ME, number + 0.2, number)
+        rounds.record(A, number + 0.2, number)
+    rounds.start(4, 4.0, own_train_seconds=0.2)
+    late_deadline = rounds.deadline()
+    rounds.record_late(B, late_deadline + 0.01, 4)  # still round 4 here: its own deadline counts
+    assert B not in rounds.expected()
+    rounds.start(5, late_deadline, own_train_seconds=0.2)
+    rounds.record_late(B, late_deadline + 0.01, 4)  # the previous round's deadline counts
+    rounds.record_late(B, 4.1, 2)  # an update for an older round brings nobody back
+    assert B not in rounds.expected()
+    rounds.record_late(B, 4.1, 4)
+    assert B in rounds.expected()
+
+
 def test_deadline_follows_measured_arrivals_within_bounds() -> None:
     rounds = tracker(min_participants=2, patience=3.0, min_wait=0.1, max_wait=10.0)
     rounds.note_member(A)
