@@ -74,6 +74,7 @@ def run_once(variant: str, args: argparse.Namespace, out: Path) -> dict:
         "--set", f"federation.q_min={args.q_min}",
         "--set", f"federation.q_max={args.q_max}",
         "--set", f"federation.push={'false' if path == 'gossip' else 'true'}",
+        "--set", f"training.emulated_step_ms={args.step_ms}",
     ]
     for item in args.set or []:
         command += ["--set", item]
@@ -137,6 +138,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--q-min", type=int, default=20, help="fedcompass: fewest local steps")
     parser.add_argument("--q-max", type=int, default=100, help="fedcompass: most local steps")
+    parser.add_argument("--step-ms", type=float, default=0.0,
+                        help="emulate devices whose step takes this many ms x slowdown (training.emulated_step_ms); "
+                             "0 = slowdown x this machine's step")
     parser.add_argument("--set", action="append", help="extra --set for every node of both schedules")
     parser.add_argument("--start-timeout", type=float, default=180.0)
     parser.add_argument("--json", type=Path, help="write every run's figures here")
@@ -167,7 +171,8 @@ def main() -> None:
     print()
     print(f"{args.nodes} daemons, slowdowns {args.slowdowns}, budget {args.budget:.0f} s after start-up, "
           f"fedcompass q in [{args.q_min}, {args.q_max}], sync steps/round {', '.join(str(s) for s in dict.fromkeys(sync_steps))}, "
-          f"lr {args.lr}, {args.repeats} repeat(s), load average {os.getloadavg()[0]:.1f}")
+          f"lr {args.lr}, step {f'{args.step_ms:g} ms' if args.step_ms else 'this machine'} x slowdown, "
+          f"{args.repeats} repeat(s), load average {os.getloadavg()[0]:.1f}")
     print(f"| schedule | time to {args.target:.2f} (s) | final accuracy | model versions | fedcompass time / this | accuracy difference |")
     print("|---|---|---|---|---|---|")
     fc_hit, fc_final = median("fedcompass", "time_to_target"), median("fedcompass", "final_accuracy") or 0.0

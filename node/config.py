@@ -108,6 +108,11 @@ class TrainingSection(_Section):
     slowdown: float = Field(
         default=1.0, ge=1.0, le=1000.0, description="emulate a slower machine: each step takes this factor longer"
     )
+    emulated_step_ms: float = Field(
+        default=0.0, ge=0.0, le=60_000.0,
+        description="emulate a device whose local step takes this long (x slowdown): steps are padded with sleep; "
+                    "0 = off (slowdown then multiplies this machine's step). For local federations sharing few cores",
+    )
 
 
 class MeshSection(_Section):

@@ -254,6 +254,7 @@ class Daemon:
             # Batches differ per shard but are reproducible for a given seed and shard.
             seed=task_cfg.seed * 1_000_003 + task_cfg.shard_index,
             slowdown=training.slowdown,
+            emulated_step_seconds=training.emulated_step_ms / 1000.0,
         )
         from fednode.node.membership import AuditLog, MembershipStore, TrustPolicy
 

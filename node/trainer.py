@@ -63,6 +63,7 @@ class LocalTrainer:
         weight_decay: float = 0.0,
         seed: int = 0,
         slowdown: float = 1.0,
+        emulated_step_seconds: float = 0.0,
     ) -> None:
         self.task = task
         self.device = device
@@ -71,7 +72,7 @@ class LocalTrainer:
         self.momentum = momentum
         self.weight_decay = weight_decay
         self.slowdown = slowdown
-        self._slowdown = SlowdownEmulator(slowdown)
+        self._slowdown = SlowdownEmulator(slowdown, emulated_step_seconds)
         self._generator = torch.Generator().manual_seed(seed)
         features, labels = _materialise(task.train_data)
         self._train_x, self._train_y = features.to(device), labels.to(device)
@@ -80,7 +81,7 @@ class LocalTrainer:
         # torch imports its compiler stack the first time an optimizer is built (3-8 s on a busy
         # 2-core host); pay that at start-up rather than inside the first round.
         torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
-        if self._slowdown.factor > 1.0:
+        if self._slowdown.needs_calibration:
             self._calibrate_slowdown()
 
     def _calibrate_slowdown(self, steps: int = 8) -> None:
@@ -155,27 +156,42 @@ class LocalTrainer:
 
 
 class SlowdownEmulator:
-    """Heterogeneity emulation (`training.slowdown`): makes each local step take `factor` times
-    as long as it does on this machine, as a machine `factor` times slower would.
+    """Heterogeneity emulation (`training.slowdown`, `training.emulated_step_ms`).
 
-    The pause after a step is (factor - 1) x the fastest step seen so far, not x the step just
-    timed. In a local federation several daemons share the CPU, and a step's time includes waiting
-    for the others' training; a separate slower machine would not wait for them, and multiplying
-    that wait by the factor exaggerated the spread (slowdowns 1,2,4,8 measured as 1 : 12 in a
-    4-daemon run on 2 cores). The fastest step is the best estimate of the uncontended compute.
+    Without a nominal step, each local step takes `factor` times as long as it does on this
+    machine, as a machine `factor` times slower would. The pause after a step is (factor - 1) x
+    the fastest step seen so far, not x the step just timed. In a local federation several
+    daemons share the CPU, and a step's time includes waiting for the others' training; a
+    separate slower machine would not wait for them, and multiplying that wait by the factor
+    exaggerated the spread (slowdowns 1,2,4,8 measured as 1 : 12 in a 4-daemon run on 2 cores).
+    The fastest step is the best estimate of the uncontended compute.
+
+    With a nominal step (`nominal_step` seconds), every step is padded to nominal_step x factor:
+    the node behaves like a device whose step takes that long, factor 1 included. Co-located
+    daemons then use a fraction of a core each instead of contending for the shared cores, so a
+    local federation shows the schedule's effect rather than the host's CPU count (what separate
+    machines would see). A step that took longer than its budget gets no pause.
     """
 
-    def __init__(self, factor: float) -> None:
+    def __init__(self, factor: float, nominal_step: float = 0.0) -> None:
         self.factor = factor
+        self.nominal_step = nominal_step
         self.fastest_step: float | None = None
 
+    @property
+    def needs_calibration(self) -> bool:
+        """True when pauses scale this machine's step (no nominal step and a factor > 1)."""
+        return self.nominal_step <= 0.0 and self.factor > 1.0
+
     def observe(self, step_seconds: float) -> None:
-        """A step took `step_seconds` (only tracked when there is a slowdown to emulate)."""
-        if self.factor > 1.0 and (self.fastest_step is None or step_seconds < self.fastest_step):
+        """A step took `step_seconds` (only tracked when pauses scale the machine's step)."""
+        if self.needs_calibration and (self.fastest_step is None or step_seconds < self.fastest_step):
             self.fastest_step = max(step_seconds, 0.0)
 
     def pause_after(self, step_seconds: float) -> float:
-        """Seconds to sleep after a step that took `step_seconds` (0 when factor <= 1)."""
+        """Seconds to sleep after a step that took `step_seconds` (0 when nothing is emulated)."""
+        if self.nominal_step > 0.0:
+            return max(0.0, self.nominal_step * max(self.factor, 1.0) - step_seconds)
         self.observe(step_seconds)
         if self.fastest_step is None:
             return 0.0

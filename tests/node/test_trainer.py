@@ -26,6 +26,18 @@ def test_no_slowdown_means_no_pause(factor: float) -> None:
     assert emulator.fastest_step is None
 
 
+def test_a_nominal_step_pads_every_step_to_its_budget_without_calibration() -> None:
+    """`training.emulated_step_ms`: a device whose step takes nominal x factor, factor 1 too;
+    the pause is what is left of that budget, none when the step overran it."""
+    emulator = SlowdownEmulator(4.0, nominal_step=0.003)
+    assert not emulator.needs_calibration
+    assert emulator.pause_after(0.001) == pytest.approx(0.011)
+    assert emulator.pause_after(0.020) == 0.0
+    assert emulator.fastest_step is None
+    assert SlowdownEmulator(1.0, nominal_step=0.003).pause_after(0.001) == pytest.approx(0.002)
+    assert SlowdownEmulator(1.0).pause_after(0.001) == 0.0
+
+
 def test_a_slowed_trainer_is_calibrated_before_its_first_round_without_touching_training() -> None:
     """The first round's pauses must scale a warm step, not the cold first steps; calibrating
     must not consume the training generator or the global RNG (runs stay reproducible)."""
@@ -43,6 +55,8 @@ def test_a_slowed_trainer_is_calibrated_before_its_first_round_without_touching_
     assert plain._slowdown.fastest_step is None
     assert slowed._slowdown.fastest_step is not None and slowed._slowdown.fastest_step > 0.0
     assert torch.equal(plain.generator_state(), slowed.generator_state())
+    assert LocalTrainer(task, torch.device("cpu"), batch_size=16, lr=0.1, momentum=0.9, seed=5, slowdown=4.0,
+                        emulated_step_seconds=0.003)._slowdown.fastest_step is None  # nothing to calibrate
     # Same data order and same model: the slowed trainer only takes longer.
     models = [task.model_factory(), task.model_factory()]
     results = [t.train_round(m, 3) for t, m in zip((plain, slowed), models, strict=True)]
