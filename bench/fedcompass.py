@@ -5,9 +5,13 @@
 
 Each run is a real local federation started with `fednode launch` (separate daemon processes,
 py-libp2p on 127.0.0.1), digits MLP 64-256-256-10, mean aggregation, int8 updates, the same
-training settings for both schedules; per-node slowdowns emulate slower machines (each local step
-takes `slowdown` times longer). The runs take turns (sync, fedcompass, sync, ...; the order
-reversed every repeat) so load drift on this shared machine hits all alike.
+training settings for both schedules; per-node slowdowns emulate slower devices: by default each
+node's local step takes 3 ms x its slowdown (`--step-ms`, `training.emulated_step_ms`; steps are
+padded with sleep), the per-step compute times of the FedCompass paper's setup and of
+bench/fedcompass_sim.py, so four daemons on a 2-core host do not contend for its cores (separate
+machines would not). `--step-ms 0` multiplies this machine's own step instead. The runs take
+turns (sync, fedcompass, sync, ...; the order reversed every repeat) so load drift on this shared
+machine hits all alike.
 
 Two synchronous baselines by default (`--sync-steps q_max,20`): rounds of q_max local steps, the
 pairing of the FedCompass reference's own examples (APPFL/FedCompass `server_fedavg.yaml` and
@@ -138,7 +142,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--q-min", type=int, default=20, help="fedcompass: fewest local steps")
     parser.add_argument("--q-max", type=int, default=100, help="fedcompass: most local steps")
-    parser.add_argument("--step-ms", type=float, default=0.0,
+    parser.add_argument("--step-ms", type=float, default=3.0,
                         help="emulate devices whose step takes this many ms x slowdown (training.emulated_step_ms); "
                              "0 = slowdown x this machine's step")
     parser.add_argument("--set", action="append", help="extra --set for every node of both schedules")
