@@ -57,6 +57,7 @@ from libp2p.utils.address_validation import expand_wildcard_address
 
 from fednode.proto.v1 import transfer_pb2
 
+from . import peer_records
 from .config import MeshConfig
 from .errors import DialError, MeshError, StreamOpenError
 from .fastpath import CHANNEL_VERSION
@@ -110,6 +111,7 @@ _FASTPATH_INFO_RETRY_S = 5.0
 # A relay dial starts this long after the direct dials (go-libp2p's dial ranker waits 500 ms too):
 # a reachable direct address usually answers well within it, an unreachable one never does.
 _RELAY_DIAL_DELAY_S = 0.5
+_ADDRS_CACHE_S = 1.0  # how long our advertised addresses are reused (see get_addrs in _build)
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,12 +370,23 @@ class Libp2pNode:
         # our id, which turns "<relay>/p2p/<R>/p2p-circuit" into "<relay>/p2p/<us>" (0.8.1).
         # Append the circuit addresses after it instead, on this instance only, so identify,
         # the DHT and listen_multiaddrs() all advertise them correctly.
+        #
+        # Cached for _ADDRS_CACHE_S: py-libp2p calls get_addrs() for every pubsub RPC it sends
+        # (to attach our signed peer record), and a call walks the listeners, the observed
+        # addresses and the interfaces (8 % of the networking thread's CPU in a 4-daemon run).
+        # Relay slots, AutoNAT-confirmed addresses and listeners invalidate the cache at once.
         plain_get_addrs = self.host.get_addrs
         me = self.host.get_id().to_base58()
+        network = self.host.get_network()
+        cached: list[Any] = [None, 0.0, []]  # key, when, addresses
 
         def get_addrs() -> list[multiaddr.Multiaddr]:
-            circuits = [multiaddr.Multiaddr(f"{a}/p2p/{me}") for a in self._relay_addrs]
-            return list(plain_get_addrs()) + circuits
+            key = (tuple(self._relay_addrs), tuple(self._public_addrs), tuple(network.listeners))
+            now = time.monotonic()
+            if cached[0] != key or now - cached[1] > _ADDRS_CACHE_S:
+                circuits = [multiaddr.Multiaddr(f"{a}/p2p/{me}") for a in self._relay_addrs]
+                cached[:] = [key, now, list(plain_get_addrs()) + circuits]
+            return list(cached[2])
 
         self.host.get_addrs = get_addrs  # type: ignore[method-assign]
         gossip = cfg.gossip
@@ -388,6 +401,7 @@ class Libp2pNode:
             spam_protection_enabled=True,
             max_messages_per_topic_per_second=gossip.max_messages_per_topic_per_second,
         )
+        peer_records.install()  # each sender's signed peer record is verified once, not per RPC
         self.pubsub = Pubsub(self.host, self.gossipsub, strict_signing=True)
         self.dht = KadDHT(self.host, DHTMode.SERVER, enable_random_walk=False)
         # Strict: only namespaces with a validator (ours, plus the library's pk and ipns) are
