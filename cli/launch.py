@@ -295,6 +295,7 @@ class LocalFederation:
                 "wall_seconds": data.get("wall_seconds", 0.0),
                 "syncs": data.get("syncs", 0),
                 "direct_deliveries": data.get("direct_deliveries", 0),
+                "push_only_messages": data.get("push_only_messages", 0),
                 "rejected": data.get("rejected", {}),
                 "state_dir": str(node.state_dir),
             })

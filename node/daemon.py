@@ -87,6 +87,7 @@ class RunSummary:
     contributions: dict[str, dict[str, Any]] = field(default_factory=dict)
     syncs: int = 0
     direct_deliveries: int = 0  # control messages that reached this node by push before gossip
+    push_only_messages: int = 0  # control messages this node sent by push only (all members reached)
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
     peak_rss_mb: float = 0.0
     idle_rss_mb: float = 0.0  # resident memory after start-up, before the first round
@@ -910,6 +911,7 @@ class Daemon:
         self.summary.rounds = max(self.summary.rounds, self.runner.round)
         self.summary.model_version = max(self.summary.model_version, self.runner.model_version)
         self.summary.direct_deliveries = self.runner.direct_deliveries
+        self.summary.push_only_messages = self.runner.push_only_messages
         self.summary.timings = {
             name: {"median": statistics.median(samples), "p90": sorted(samples)[int(0.9 * (len(samples) - 1))],
                    "count": len(samples)}

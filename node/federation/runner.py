@@ -81,6 +81,10 @@ _VIA_GOSSIP = 1
 _VIA_PUSH = 2
 _VIA_BOTH = _VIA_GOSSIP | _VIA_PUSH
 MAX_PUSH_PEERS = 32  # control messages are pushed to at most this many members (gossip reaches all)
+# Bodies always gossiped, even when every member got the push: they are how members we have not
+# heard from yet (newcomers, peers behind relays) learn of us, and how leaving and revocations
+# reach everyone.
+ALWAYS_GOSSIPED = frozenset({"announcement", "departure", "revocation"})
 
 #: The initial sync ends early only once no new member has announced for this long.
 ROSTER_SETTLE = 1.0
@@ -197,6 +201,7 @@ class FederationRunner:
         # a replay: the bytes re-published by another gossip identity (see _on_gossip).
         self._seen_envelopes: dict[bytes, tuple[int, str]] = {}
         self.direct_deliveries = 0  # messages that reached us by push before their gossip copy
+        self.push_only_messages = 0  # our messages every recent member got by push: not gossiped
         self.closing = False  # set by close(): from then on every message is sent before returning
         self.syncs = 0
         self._snapshot: tuple[model_pb2.SnapshotHeader, bytes] | None = None
@@ -505,18 +510,39 @@ class FederationRunner:
         """Sign and send a control message: pushed to the members we are connected to and
         gossiped to everyone. Once pushed, the gossip copy is sent in the background (the members
         waiting on it have it; handing it to the networking thread took 15-100 ms of a round on a
-        busy host) unless `wait`; size errors are raised either way."""
+        busy host) unless `wait`; size errors are raised either way.
+
+        Round traffic (everything but ALWAYS_GOSSIPED) that reached every member we heard from
+        recently by push is not gossiped at all: the gossip copy cost each member two or three
+        more deliveries through py-libp2p (Noise, Yamux, GossipSub forwarding and IDONTWANTs), most
+        of the networking thread's CPU in a 4-daemon federation. A push that did not reach every
+        such member (no fast path, relayed, a failed send) is followed by the gossip copy."""
         message.federation_id = self.federation_id
         message.sent_unix_ms = now_ms()
         data = seal(self.identity, message, self.certificate)
         self._remember_envelope(hashlib.sha256(data).digest(), _VIA_BOTH, self.peer_id)  # ours coming back is a replay
         targets = self._push_targets() if self.push else []
         if targets:
-            self._spawn(self._push(data, targets), "push")
-            if not (wait or self.closing) and len(data) <= self.mesh.config.gossip.max_message_size:
-                self._spawn(self._gossip(data), "gossip")
+            if len(data) > self.mesh.config.gossip.max_message_size or wait or self.closing:
+                self._spawn(self._push(data, targets), "push")
+            else:
+                push_only = message.WhichOneof("body") not in ALWAYS_GOSSIPED and set(targets) >= self._recent_members()
+                self._spawn(self._push_then_gossip(data, targets, push_only), "push")
                 return
         await self.mesh.publish(self.topic, data)
+
+    def _recent_members(self) -> set[str]:
+        """Members (not us) heard from within three announcement intervals."""
+        horizon = time.time() - 3 * self.announce_interval
+        return {p for p, m in self.members.items() if p != self.peer_id and m.last_seen >= horizon}
+
+    async def _push_then_gossip(self, data: bytes, targets: list[str], push_only: bool) -> None:
+        """Push to `targets`, then gossip unless `push_only` and every target got the push."""
+        delivered = await self._push(data, targets)
+        if push_only and set(delivered) >= set(targets):
+            self.push_only_messages += 1
+            return
+        await self._gossip(data)
 
     async def _gossip(self, data: bytes) -> None:
         try:
@@ -538,11 +564,13 @@ class FederationRunner:
         )
         return members[:MAX_PUSH_PEERS]
 
-    async def _push(self, data: bytes, targets: list[str]) -> None:
+    async def _push(self, data: bytes, targets: list[str]) -> list[str]:
+        """The targets the push was handed to (none if it failed)."""
         try:
-            await self.mesh.push(self.topic, data, targets)
-        except Exception as exc:  # the gossip copy is on its way regardless
+            return await self.mesh.push(self.topic, data, targets)
+        except Exception as exc:  # the gossip copy follows
             log.debug("push failed: %s", exc)
+            return []
 
     def _reject_foreign_push(self, pusher: str, body: str, signer: str) -> None:
         """Members push only their own messages. The pusher is authenticated by the fast path, so

@@ -47,9 +47,11 @@ def test_four_daemons_reach_090_accuracy(tmp_path: Path) -> None:
         assert node["rounds"] == 12
         assert node["accuracy"] >= 0.90, node
         assert node["bytes_sent"] > 0 and node["bytes_received"] > 0
-        # Control messages are pushed over the fast path as well as gossiped: they arrive, and the
-        # second copy of each is recognised as such, not counted as a replay.
+        # Control messages are pushed over the fast path; round traffic that reached every member
+        # that way is not gossiped too; announcements are (and a push's gossip copy, where one is
+        # sent, is recognised as such, not counted as a replay).
         assert node["direct_deliveries"] > 0, node
+        assert node["push_only_messages"] > 0, node
         assert "replay" not in node["rejected"], node
     # Deterministic aggregation over the same updates: every peer ends with the same model.
     assert len({node["accuracy"] for node in summary["nodes"]}) == 1
@@ -127,6 +129,23 @@ def test_kill_9_a_daemon_others_go_on_and_it_resyncs(start_federation, start_dae
     assert 3 in participants, "rounds closed without the dead peer"
     assert 4 in participants[participants.index(3):], "the restarted peer contributed again"
     assert survivor["accuracy"] >= 0.85
+
+
+def test_a_member_without_a_fast_path_still_gets_every_round_by_gossip(start_federation) -> None:
+    """Round traffic goes by push only when every recent member got the push. A member without a
+    fast path cannot be pushed to, so its peers gossip as well: every round waits for all three
+    (min_participants = 3, no deadline could close one without it) and all finish together."""
+    args = [*SMALL, "--rounds", "6", "--set", "federation.min_participants=3"]
+    nodes = start_federation(3, *args, per_node={2: ["--set", "mesh.fast_path=false"]})
+    for node in nodes:
+        assert node.wait(timeout=300) == 0, node.log()[-3000:]
+    summaries = [json.loads((node.state_dir / "summary.json").read_text()) for node in nodes]
+    for summary in summaries:
+        assert summary["rounds"] == 6
+        assert all(r["participants"] == 3 for r in summary["history"]), summary["history"]
+    assert summaries[2]["direct_deliveries"] == 0  # nothing was pushed to it ...
+    assert summaries[0]["push_only_messages"] == 0  # ... so nothing went by push alone
+    assert len({summary["accuracy"] for summary in summaries}) == 1
 
 
 def test_a_fresh_federation_starts_without_waiting_out_the_initial_sync(tmp_path: Path) -> None:
