@@ -508,7 +508,7 @@ class FederationRunner:
 
     async def _publish(self, message: control_pb2.ControlMessage, *, wait: bool = False) -> None:
         """Sign and send a control message: pushed to the members we are connected to and
-        gossiped to everyone. Once pushed, the gossip copy is sent in the background (the members
+        gossiped to everyone (but see below). Once pushed, the gossip copy is sent in the background (the members
         waiting on it have it; handing it to the networking thread took 15-100 ms of a round on a
         busy host) unless `wait`; size errors are raised either way.
 
@@ -553,8 +553,7 @@ class FederationRunner:
     def _push_targets(self) -> list[str]:
         """Members to push our control messages to: those we hear from, hold a connection to (the
         mesh skips relayed ones) and know no revocation of, in canonical order, at most
-        MAX_PUSH_PEERS. Gossip reaches everyone else; pushing only saves its latency (tens of ms
-        per message) where rounds wait."""
+        MAX_PUSH_PEERS. Gossip reaches everyone else (see _publish)."""
         policy = self.validator.policy
         members = sorted(
             p for p, m in self.members.items()

@@ -368,11 +368,11 @@ class Mesh:
         """Send ``data`` for ``topic`` straight to each of ``peers`` over the fast path; returns
         the peers it was handed to (their kernels have it; no acknowledgement).
 
-        A latency shortcut next to :meth:`publish`, never a replacement: peers reachable only
-        through a relay, peers without a fast path and failed sends are skipped (gossip reaches
-        them), so publish the same bytes as well. Receivers validate and deliver a push exactly
-        like a gossip message from this node, with ``GossipMessage.direct`` set; they see the
-        gossip copy too. Pushes to one peer arrive in the order they were made. Bounded by
+        A latency shortcut next to :meth:`publish`: peers reachable only through a relay, peers
+        without a fast path and failed sends are skipped, so publish the same bytes whenever the
+        returned list misses a peer that must get them. Receivers validate and deliver a push exactly
+        like a gossip message from this node, with ``GossipMessage.direct`` set, and recognise a
+        gossip copy of it, if one is sent, as such. Pushes to one peer arrive in the order they were made. Bounded by
         ``io_timeout_s`` per peer; the peers are served concurrently. Raises
         :class:`MessageTooLargeError` like publish().
         """
