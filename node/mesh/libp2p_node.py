@@ -378,15 +378,18 @@ class Libp2pNode:
         plain_get_addrs = self.host.get_addrs
         me = self.host.get_id().to_base58()
         network = self.host.get_network()
-        cached: list[Any] = [None, 0.0, []]  # key, when, addresses
+        cached_key: tuple[Any, ...] | None = None
+        cached_at = 0.0
+        cached_addrs: list[multiaddr.Multiaddr] = []
 
         def get_addrs() -> list[multiaddr.Multiaddr]:
+            nonlocal cached_key, cached_at, cached_addrs
             key = (tuple(self._relay_addrs), tuple(self._public_addrs), tuple(network.listeners))
             now = time.monotonic()
-            if cached[0] != key or now - cached[1] > _ADDRS_CACHE_S:
+            if key != cached_key or now - cached_at > _ADDRS_CACHE_S:
                 circuits = [multiaddr.Multiaddr(f"{a}/p2p/{me}") for a in self._relay_addrs]
-                cached[:] = [key, now, list(plain_get_addrs()) + circuits]
-            return list(cached[2])
+                cached_key, cached_at, cached_addrs = key, now, list(plain_get_addrs()) + circuits
+            return list(cached_addrs)
 
         self.host.get_addrs = get_addrs  # type: ignore[method-assign]
         gossip = cfg.gossip

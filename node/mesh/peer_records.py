@@ -53,7 +53,7 @@ class VerifiedRecordCache:
             when = accepted.get(key)
             if when is not None and now - when < self.refresh_s:
                 return True
-        self.full_checks += 1
+            self.full_checks += 1
         if not self.check(rpc, host, peer_id):
             return False
         with self._lock:
