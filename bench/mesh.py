@@ -13,7 +13,11 @@ shared 2-core machine hits them all alike):
   least work a receiver can do; ratios are given against the faster of the two raw paths);
 * libp2p stream: ``Mesh.fetch_blob`` on a fetcher whose fast path is off, so it uses
   /fednode/transfer/1.0.0 over TCP + Noise + Yamux (py-libp2p 0.8.1);
-* fast path: ``Mesh.fetch_blob`` on a default fetcher: the authenticated AES-256-GCM channel.
+* fast path: ``Mesh.fetch_blob`` on a default fetcher: the authenticated AES-256-GCM channel;
+* sha256 alone: no transfer, only ``hashlib.sha256`` over a blob of the same size in memory. It is
+  the ceiling of any receiver that verifies content ids (it must hash every byte, and one running
+  sha256 cannot be split across cores): a fast-path ratio near this one is bounded by the hash,
+  not by the transport.
 
 Both mesh paths include everything fetch_blob does (finding the path, handshake, framing,
 sha256 verification of the whole blob) and return the verified bytes; the raw paths do none of
@@ -49,7 +53,7 @@ from fednode.node.mesh import Mesh, MeshConfig
 
 MB = 1_000_000
 LOOPBACK = ("/ip4/127.0.0.1/tcp/0",)
-PATHS = ("raw-streams", "raw-recv-into", "libp2p", "fast")
+PATHS = ("raw-streams", "raw-recv-into", "libp2p", "fast", "sha256")
 
 
 # ----------------------------------------------------------------------------- provider process
@@ -146,10 +150,14 @@ async def bench(sizes: list[int], reps: int) -> dict:
                 await mesh.connect(info["multiaddr"])
             provider = info["peer_id"]
 
+            in_memory = {size: os.urandom(size) for size in sizes}
+
             async def run(path: str, size: int) -> float:
                 cid = blobs[size]
                 start = time.perf_counter()
-                if path == "raw-streams":
+                if path == "sha256":
+                    hashlib.sha256(in_memory[size]).digest()
+                elif path == "raw-streams":
                     await raw_streams(info["raw_port"], cid, size)
                 elif path == "raw-recv-into":
                     await raw_recv_into(info["raw_port"], cid, size)
@@ -202,21 +210,23 @@ def report(result: dict) -> None:
     print(f"\nBlob transfer on 127.0.0.1, MB/s, medians of {result['reps']} interleaved repetitions "
           f"(load average {result['load_before'][0]:.1f} -> {result['load_after'][0]:.1f}, {os.cpu_count()} CPUs)\n")
     header = (f"{'size':>7} | {'raw streams':>11} | {'raw recv_into':>13} | {'libp2p stream':>13} {'ratio':>6} | "
-              f"{'fast path':>9} {'ratio':>6} {'vs streams':>10}")
+              f"{'fast path':>9} {'ratio':>6} {'vs streams':>10} | {'sha256 alone':>12} {'ratio':>6}")
     print(header)
     print("-" * len(header))
     for size in result["sizes"]:
         lp_ratio = statistics.median(ratios(result, "libp2p", size))
         fp_ratio = statistics.median(ratios(result, "fast", size))
         fp_streams = statistics.median(ratios(result, "fast", size, ("raw-streams",)))
+        hash_ratio = statistics.median(ratios(result, "sha256", size))
         result.setdefault("ratios", {})[str(size)] = {"libp2p": lp_ratio, "fast": fp_ratio,
-                                                      "fast_vs_streams": fp_streams}
+                                                      "fast_vs_streams": fp_streams, "sha256_alone": hash_ratio}
         print(f"{size // MB:>4} MB | {med['raw-streams'][size]:>11.1f} | {med['raw-recv-into'][size]:>13.1f} | "
               f"{med['libp2p'][size]:>13.1f} {lp_ratio:>5.2f}x | {med['fast'][size]:>9.1f} {fp_ratio:>5.2f}x "
-              f"{fp_streams:>9.2f}x")
+              f"{fp_streams:>9.2f}x | {med['sha256'][size]:>12.1f} {hash_ratio:>5.2f}x")
     print("\nratio = median over repetitions of (path / faster raw path of the same repetition); 'vs streams'")
     print("compares with the asyncio-streams receiver only. The mesh paths also find the path, authenticate,")
-    print("frame and sha256-verify the whole blob; the raw paths do none of it.")
+    print("frame and sha256-verify the whole blob; the raw paths do none of it. 'sha256 alone' hashes a blob")
+    print("of that size in memory, no transfer: no receiver that verifies content ids can beat its ratio.")
 
 
 def w1(local_steps: int, rounds: int, out: Path, push: bool = True) -> dict:
