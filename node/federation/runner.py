@@ -708,7 +708,7 @@ class FederationRunner:
             self._reject_foreign_push(from_peer, "message", seen[1])
             return
         try:
-            valid = self.validator.open(data)
+            valid = self.validator.open(data, digest)
         except Rejected as rejected:
             self._reject(None, rejected)
             return
