@@ -92,12 +92,23 @@ class LocalTrainer:
         own generator and a forked global RNG: training (data order, checkpointed) is untouched."""
         with torch.random.fork_rng(devices=[]):  # dropout and the like draw from the global RNG
             model = self.task.model_factory().to(self.device)
-            optimizer = torch.optim.SGD(model.parameters(), lr=self.lr)
+            optimizer = self._optimizer(model)
             generator = torch.Generator().manual_seed(0)
             for _ in range(steps):
                 started = time.perf_counter()
                 self._step(model, optimizer, generator)
                 self._slowdown.observe(time.perf_counter() - started)
+
+    def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """A fresh SGD for a round (momentum restarts with every round's new base model).
+
+        foreach=True: the multi-tensor update, which torch only picks by default for CUDA
+        parameters. On CPU it gives bit-identical parameters and 13 % shorter steps on the digits
+        MLP (0.64 vs 0.73 ms; small models are dominated by per-op overhead). fused=True would
+        save 25 % but rounds differently, so results would change with the device type."""
+        return torch.optim.SGD(
+            model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, foreach=True
+        )
 
     def _step(self, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> float:
         """One SGD step on a random mini-batch; returns the loss."""
@@ -120,9 +131,7 @@ class LocalTrainer:
 
     def train_round(self, model: nn.Module, steps: int, stop: threading.Event | None = None) -> TrainResult:
         model.train()
-        optimizer = torch.optim.SGD(
-            model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
-        )
+        optimizer = self._optimizer(model)
         started = time.perf_counter()
         total_loss, done = 0.0, 0
         for _ in range(steps):

@@ -62,3 +62,28 @@ def test_a_slowed_trainer_is_calibrated_before_its_first_round_without_touching_
     results = [t.train_round(m, 3) for t, m in zip((plain, slowed), models, strict=True)]
     assert results[0].mean_loss == results[1].mean_loss
     assert all(torch.equal(a, b) for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values(), strict=True))
+
+
+def test_the_multi_tensor_sgd_trains_exactly_like_the_per_parameter_loop() -> None:
+    """The trainer's optimizer uses torch's multi-tensor update (faster on CPU for small models);
+    the parameters after several rounds must be bit-identical to the per-parameter loop, so the
+    speed-up changes no result."""
+    task = load_task("fednode.node.tasks.digits:build_task", TaskContext(0, 4, 0), {"hidden": [64, 32]})
+
+    class PerParameterTrainer(LocalTrainer):
+        def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+            return torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum,
+                                   weight_decay=self.weight_decay, foreach=False)
+
+    finals = []
+    for trainer_class in (LocalTrainer, PerParameterTrainer):
+        torch.manual_seed(3)
+        model = task.model_factory()
+        trainer = trainer_class(task, torch.device("cpu"), batch_size=16, lr=0.1, momentum=0.9, weight_decay=1e-4,
+                                seed=5)
+        for _ in range(3):
+            trainer.train_round(model, steps=10)
+        finals.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(finals[0], finals[1])
+    assert trainer._optimizer(model).defaults["foreach"] is False
+    assert LocalTrainer._optimizer(trainer, model).defaults["foreach"] is True
