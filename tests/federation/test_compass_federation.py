@@ -170,3 +170,9 @@ def test_heterogeneous_fedcompass_federation_reaches_090(tmp_path: Path) -> None
     for node in summary["nodes"]:
         assert node["exit_code"] == 0
         assert node["accuracy"] >= 0.90, node
+        # Stopped at the target: the last version it recorded is the first that reached it (a
+        # stopping node applies no more groups, even while it lingers for the others).
+        own = json.loads((Path(node["state_dir"]) / "summary.json").read_text())
+        assert own["stop_reason"] == "target_accuracy"
+        reached = [h["accuracy"] >= 0.90 for h in own["history"]]
+        assert reached.index(True) == len(reached) - 1, own["history"][-5:]
