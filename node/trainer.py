@@ -9,10 +9,12 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.optim.sgd import sgd as sgd_update
 
 from fednode.node.tasks import Task
 
@@ -78,9 +80,6 @@ class LocalTrainer:
         self._train_x, self._train_y = features.to(device), labels.to(device)
         test_x, test_y = _materialise(task.test_data)
         self._test_x, self._test_y = test_x.to(device), test_y.to(device)
-        # torch imports its compiler stack the first time an optimizer is built (3-8 s on a busy
-        # 2-core host); pay that at start-up rather than inside the first round.
-        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
         if self._slowdown.needs_calibration:
             self._calibrate_slowdown()
 
@@ -99,21 +98,14 @@ class LocalTrainer:
                 self._step(model, optimizer, generator)
                 self._slowdown.observe(time.perf_counter() - started)
 
-    def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        """A fresh SGD for a round (momentum restarts with every round's new base model).
+    def _optimizer(self, model: nn.Module) -> MomentumSGD:
+        """A fresh SGD for a round (momentum restarts with every round's new base model)."""
+        return MomentumSGD(model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
 
-        foreach=True: the multi-tensor update, which torch only picks by default for CUDA
-        parameters. On CPU it gives bit-identical parameters and 13 % shorter steps on the digits
-        MLP (0.64 vs 0.73 ms; small models are dominated by per-op overhead). fused=True would
-        save 25 % but does not round like the loop (parameters differ after a few rounds)."""
-        return torch.optim.SGD(
-            model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, foreach=True
-        )
-
-    def _step(self, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> float:
+    def _step(self, model: nn.Module, optimizer: MomentumSGD, generator: torch.Generator) -> float:
         """One SGD step on a random mini-batch; returns the loss."""
         index = torch.randint(0, self.num_train_samples, (self.batch_size,), generator=generator).to(self.device)
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         loss = self.task.loss_fn(model(self._train_x[index]), self._train_y[index])
         loss.backward()
         optimizer.step()
@@ -162,6 +154,55 @@ class LocalTrainer:
             correct += int((logits.argmax(dim=1) == y).sum())
         count = len(self._test_y)
         return EvalResult(accuracy=correct / count, loss=loss_sum / count, num_samples=count)
+
+
+class MomentumSGD:
+    """SGD with momentum and weight decay: torch.optim.SGD's update, without torch.optim.SGD.
+
+    Why not torch.optim.SGD itself: its step() and zero_grad() are wrapped in
+    torch._disable_dynamo, whose first call imports torch's compiler stack (torch._dynamo, sympy,
+    ...) for a model that is never compiled: +71 MB resident in every daemon and 3-8 s of CPU at
+    start-up on a busy 2-core host, plus the wrapper's cost on every step. This calls the same
+    update function SGD.step calls (torch.optim.sgd.sgd), with the multi-tensor (foreach)
+    implementation, which torch only picks by default for CUDA: on CPU it gives bit-identical
+    parameters and shorter steps for small models, which are dominated by per-op overhead
+    (tests compare it with torch.optim.SGD, foreach and per-parameter). fused=True would be
+    faster still but does not round like the loop.
+    """
+
+    def __init__(self, parameters: Iterable[nn.Parameter], *, lr: float, momentum: float,
+                 weight_decay: float = 0.0) -> None:
+        self.parameters = [p for p in parameters if p.requires_grad]
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        # Created on a parameter's first step, as torch.optim.SGD does (the first buffer is the
+        # gradient itself, not momentum x 0 + gradient).
+        self.momentum_buffers: list[torch.Tensor | None] = [None] * len(self.parameters)
+
+    def zero_grad(self) -> None:
+        for parameter in self.parameters:
+            parameter.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        # Parameters without a gradient this step are skipped, momentum included (as SGD.step).
+        stepped = [i for i, p in enumerate(self.parameters) if p.grad is not None]
+        if not stepped:
+            return
+        buffers = [self.momentum_buffers[i] for i in stepped]
+        sgd_update(
+            [self.parameters[i] for i in stepped],
+            [self.parameters[i].grad for i in stepped],  # type: ignore[misc]
+            buffers,
+            foreach=True,
+            weight_decay=self.weight_decay,
+            momentum=self.momentum,
+            lr=self.lr,
+            dampening=0.0,
+            nesterov=False,
+            maximize=False,
+        )
+        for i, buffer in zip(stepped, buffers, strict=True):  # sgd_update fills new buffers in
+            self.momentum_buffers[i] = buffer
 
 
 class SlowdownEmulator:

@@ -1,12 +1,19 @@
-"""The heterogeneity emulation behind `training.slowdown` / `fednode launch --slowdowns`."""
+"""The local trainer: its SGD, and the heterogeneity emulation behind `training.slowdown` /
+`fednode launch --slowdowns`."""
 
 from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+import textwrap
+from typing import Any
 
 import pytest
 import torch
 
 from fednode.node.tasks import TaskContext, load_task
-from fednode.node.trainer import LocalTrainer, SlowdownEmulator
+from fednode.node.trainer import LocalTrainer, MomentumSGD, SlowdownEmulator
 
 
 def test_a_slowdown_multiplies_the_uncontended_step_not_the_waiting() -> None:
@@ -64,19 +71,30 @@ def test_a_slowed_trainer_is_calibrated_before_its_first_round_without_touching_
     assert all(torch.equal(a, b) for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values(), strict=True))
 
 
-def test_the_multi_tensor_sgd_trains_exactly_like_the_per_parameter_loop() -> None:
-    """The trainer's optimizer uses torch's multi-tensor update (faster on CPU for small models);
-    the parameters after several rounds must be bit-identical to the per-parameter loop, so the
-    speed-up changes no result."""
+class _TorchOptimTrainer(LocalTrainer):
+    """The trainer with torch.optim.SGD in place of MomentumSGD (the reference it must match)."""
+
+    foreach = True
+
+    def _optimizer(self, model: torch.nn.Module) -> Any:
+        optimizer = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum,
+                                    weight_decay=self.weight_decay, foreach=self.foreach)
+        optimizer.zero_grad = functools.partial(optimizer.zero_grad, set_to_none=True)  # type: ignore[method-assign]
+        return optimizer
+
+
+class _PerParameterTrainer(_TorchOptimTrainer):
+    foreach = False
+
+
+@pytest.mark.parametrize("reference", [_TorchOptimTrainer, _PerParameterTrainer], ids=["foreach", "per_parameter"])
+def test_the_trainers_sgd_trains_exactly_like_torch_optim_sgd(reference: type[LocalTrainer]) -> None:
+    """MomentumSGD (torch's SGD update without torch.optim.SGD's compiler-stack wrapper) must
+    leave bit-identical parameters after several rounds, momentum and weight decay included,
+    so the saving changes no result."""
     task = load_task("fednode.node.tasks.digits:build_task", TaskContext(0, 4, 0), {"hidden": [64, 32]})
-
-    class PerParameterTrainer(LocalTrainer):
-        def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-            return torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum,
-                                   weight_decay=self.weight_decay, foreach=False)
-
     finals = []
-    for trainer_class in (LocalTrainer, PerParameterTrainer):
+    for trainer_class in (LocalTrainer, reference):
         torch.manual_seed(3)
         model = task.model_factory()
         trainer = trainer_class(task, torch.device("cpu"), batch_size=16, lr=0.1, momentum=0.9, weight_decay=1e-4,
@@ -84,6 +102,53 @@ def test_the_multi_tensor_sgd_trains_exactly_like_the_per_parameter_loop() -> No
         for _ in range(3):
             trainer.train_round(model, steps=10)
         finals.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert not torch.equal(finals[0], torch.cat([p.detach().flatten() for p in task.model_factory().parameters()]))
     assert torch.equal(finals[0], finals[1])
-    assert trainer._optimizer(model).defaults["foreach"] is False
-    assert LocalTrainer._optimizer(trainer, model).defaults["foreach"] is True
+
+
+def test_a_parameter_without_a_gradient_keeps_its_value_and_momentum() -> None:
+    """As torch.optim.SGD: a parameter that got no gradient in a step is not moved, and its
+    momentum buffer is neither created nor decayed."""
+    used, unused = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    optimizer = MomentumSGD([used, unused], lr=0.5, momentum=0.9, weight_decay=0.1)
+    (used * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    optimizer.step()
+    # weight decay adds 0.1 x 1 to each gradient; the first momentum buffer is that gradient
+    torch.testing.assert_close(used.detach(), torch.tensor([1 - 0.5 * 1.1, 1 - 0.5 * 2.1, 1 - 0.5 * 3.1]))
+    assert torch.equal(unused.detach(), torch.ones(2))
+    assert optimizer.momentum_buffers[1] is None
+    optimizer.zero_grad()
+    assert used.grad is None
+
+
+def test_training_aggregating_and_coding_never_load_torchs_compiler_stack() -> None:
+    """torch.optim's optimizers import torch._dynamo (+71 MB resident, seconds of start-up) on
+    their first step; a daemon's training, evaluation, codecs and every aggregation rule must
+    not. Run in a fresh interpreter: this test process may have loaded it already."""
+    script = textwrap.dedent('''
+        import sys, torch
+        from fednode.aggregators import available as available_rules, build as build_aggregator
+        from fednode.node.compression import DecodeLimits, UpdateCompressor, build_codec, decode
+        from fednode.node.compression import available as available_codecs
+        from fednode.node.tasks import TaskContext, load_task
+        from fednode.node.trainer import LocalTrainer
+        task = load_task("fednode.node.tasks.digits:build_task", TaskContext(0, 4, 0), {})
+        trainer = LocalTrainer(task, torch.device("cpu"), batch_size=16, lr=0.1, momentum=0.9, seed=1, slowdown=2.0)
+        model = task.model_factory()
+        assert trainer.train_round(model, 5).steps == 5
+        trainer.evaluate(model)
+        rows = torch.randn(7, 300, dtype=torch.float64)
+        for rule in available_rules():
+            build_aggregator(rule.name, f=1)(rows, seed=7)
+        for codec in available_codecs():
+            params = {"fraction": 0.1} if "top" in codec or "rand" in codec else {}
+            compressor = UpdateCompressor(build_codec(codec, **params), error_feedback=True)
+            payload = compressor.compress(rows[0].float(), seed=1, step=1)
+            decode(payload, limits=DecodeLimits(max_numel=300), expected_numel=300)
+        loaded = sorted(m for m in sys.modules if m.startswith(("torch._dynamo", "torch._inductor", "sympy")))
+        print("LOADED", loaded)
+        assert not loaded, loaded
+    ''')
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "LOADED []" in done.stdout
