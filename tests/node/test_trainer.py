@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import functools
 import subprocess
 import sys
 import textwrap
@@ -77,10 +76,8 @@ class _TorchOptimTrainer(LocalTrainer):
     foreach = True
 
     def _optimizer(self, model: torch.nn.Module) -> Any:
-        optimizer = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum,
-                                    weight_decay=self.weight_decay, foreach=self.foreach)
-        optimizer.zero_grad = functools.partial(optimizer.zero_grad, set_to_none=True)  # type: ignore[method-assign]
-        return optimizer
+        return torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum,
+                               weight_decay=self.weight_decay, foreach=self.foreach)
 
 
 class _PerParameterTrainer(_TorchOptimTrainer):
