@@ -9,7 +9,6 @@ training session and starts the new one.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import math
@@ -17,11 +16,11 @@ import time
 from typing import TYPE_CHECKING
 
 import grpc
-import torch
 
 from fednode.node import __version__
 from fednode.node.admin import AdminError, EventBus
 from fednode.node.envelope import Rejected, open_envelope, seal
+from fednode.node.errors import FednodeError
 from fednode.node.membership import (
     CONTRIBUTOR,
     InvalidInvite,
@@ -36,7 +35,6 @@ from fednode.node.membership import (
     parse_token,
     revoke,
 )
-from fednode.node.model import flatten_parameters
 from fednode.proto.v1 import admin_pb2, membership_pb2
 
 if TYPE_CHECKING:
@@ -83,13 +81,13 @@ class NodeControl:
             status.reachability = "unknown"
         return status
 
-    def peers(self) -> list[admin_pb2.PeerStatus]:
+    async def peers(self) -> list[admin_pb2.PeerStatus]:
         d = self.daemon
         if d.mesh is None or not d.mesh.running:
             return []
-        runner = d.runner
-        members = runner.members if runner is not None else {}
-        contributions = runner.contributions if runner is not None else {}
+        progress = await d.session_progress()
+        members = progress.members if progress is not None else {}
+        contributions = progress.contributions if progress is not None else {}
         result = []
         for peer in sorted(d.mesh.peers(), key=lambda p: p.peer_id):
             member = members.get(peer.peer_id)
@@ -107,8 +105,9 @@ class NodeControl:
             ))
         return result
 
-    def federations(self) -> list[admin_pb2.FederationStatus]:
+    async def federations(self) -> list[admin_pb2.FederationStatus]:
         d = self.daemon
+        await d.session_progress()
         result = []
         ids = list(d.store.federation_ids()) if d.store else []
         if d.session is not None and d.session.federation_id not in ids:
@@ -117,8 +116,10 @@ class NodeControl:
             result.append(self._federation_status(federation_id))
         return result
 
-    def federation(self, federation_id: str) -> admin_pb2.FederationStatus:
-        return self._federation_status(self._resolve(federation_id))
+    async def federation(self, federation_id: str) -> admin_pb2.FederationStatus:
+        federation_id = self._resolve(federation_id)
+        await self.daemon.session_progress()
+        return self._federation_status(federation_id)
 
     def _resolve(self, federation_id: str) -> str:
         """A full id from a full id or a unique prefix of at least 8 characters."""
@@ -154,13 +155,13 @@ class NodeControl:
             status.descriptor.min_participants = d.config.federation.min_participants
             status.role = "contributor"
         active = d.session is not None and d.session.federation_id == federation_id
-        if active and d.runner is not None:
-            status.round = d.runner.round
-            status.model_version = d.runner.model_version
-            status.participants.extend(sorted(d.runner.rounds.expected()))
-            group = getattr(d.runner, "current_group_id", b"")
-            if group:
-                status.group_id = group
+        if active and d.progress is not None:
+            state = d.progress.state
+            status.round = state.round
+            status.model_version = state.model_version
+            status.participants.extend(sorted(state.expected))
+            if state.group_id:
+                status.group_id = state.group_id
         return status
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -177,11 +178,11 @@ class NodeControl:
             decoded = json.loads(params)
             if not isinstance(decoded, dict):
                 raise ValueError("not a JSON object")
-            d.check_aggregation(aggregator, decoded, request.min_participants or config.federation.min_participants)
+            await d.check_aggregation(aggregator, decoded, request.min_participants or config.federation.min_participants)
             issuer, descriptor = create_federation(
                 request.name or "federation",
                 task=config.task.name,
-                model_layout_digest=d.layout.digest,
+                model_layout_digest=d.layout_digest,
                 aggregator=aggregator,
                 aggregator_params_json=json.dumps(decoded, sort_keys=True),
                 schedule=request.schedule or config.federation.schedule,
@@ -252,7 +253,7 @@ class NodeControl:
             raise AdminError(grpc.StatusCode.PERMISSION_DENIED, f"the issuer refused the invite: {exc}") from exc
         except MembershipError as exc:
             raise AdminError(grpc.StatusCode.INTERNAL, f"the issuer's answer does not verify: {exc}") from exc
-        if descriptor.model_layout_digest and descriptor.model_layout_digest != d.layout.digest:
+        if descriptor.model_layout_digest and descriptor.model_layout_digest != d.layout_digest:
             raise AdminError(grpc.StatusCode.FAILED_PRECONDITION,
                              f"the federation trains task {descriptor.task!r} with another model; "
                              f"start this daemon with that task (task.name) and join again")
@@ -308,7 +309,7 @@ class NodeControl:
         if state.issuer is None:
             raise AdminError(grpc.StatusCode.PERMISSION_DENIED,
                              "only the federation's owner (or an admin) can revoke members")
-        key = d.member_public_key(request.peer_id)
+        key = await d.member_public_key(request.peer_id)
         if key is None:
             raise AdminError(grpc.StatusCode.NOT_FOUND,
                              f"no certificate of peer {request.peer_id} has been seen; it must have sent a message first")
@@ -318,21 +319,18 @@ class NodeControl:
                             detail=request.reason or "revoked")
         return admin_pb2.RevokeMemberResponse(revocation=revocation)
 
-    def export_model(self, request: admin_pb2.ExportModelRequest) -> tuple[bytes, int]:
+    async def export_model(self, request: admin_pb2.ExportModelRequest) -> tuple[bytes, int]:
         d = self.daemon
         if request.federation_id and (d.session is None or d.session.federation_id != self._resolve(request.federation_id)):
             raise AdminError(grpc.StatusCode.FAILED_PRECONDITION, "that federation is not the one this node trains now")
-        if d.model is None:
+        if request.format not in ("", "pt", "raw"):
+            raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, f'format must be "pt" or "raw", got {request.format!r}')
+        if d.worker is None or not d.worker.alive:
             raise AdminError(grpc.StatusCode.UNAVAILABLE, "the model is not built yet; retry in a moment")
-        if request.format in ("", "pt"):
-            buffer = io.BytesIO()
-            torch.save({k: v.detach().cpu() for k, v in d.model.state_dict().items()}, buffer)
-            return buffer.getvalue(), d.model_version
-        if request.format == "raw":
-            from fednode.node.federation.protocol import snapshot_payload
-
-            return snapshot_payload(flatten_parameters(d.model)), d.model_version
-        raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, f'format must be "pt" or "raw", got {request.format!r}')
+        try:
+            return await d.worker.export_model(request.format)  # type: ignore[no-any-return]
+        except (ValueError, FednodeError) as exc:
+            raise AdminError(grpc.StatusCode.UNAVAILABLE, f"cannot export the model now: {exc}; retry in a moment") from exc
 
     def shutdown(self) -> None:
         asyncio.get_running_loop().call_soon(self.daemon.request_stop, "admin")

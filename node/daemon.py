@@ -1,11 +1,11 @@
 """`fednode start`: the long-running node process.
 
-Lifecycle: lock the state dir -> load or create the identity -> build the task and model ->
-resume from the last checkpoint -> run rounds until a stop condition -> final checkpoint and
-summary. SIGINT/SIGTERM request a graceful stop: the training thread stops between steps, a final
-checkpoint is written, every thread ends, and the process exits 0 within
-`node.shutdown_timeout` seconds, or is forced out with exit code 10. A second SIGINT forces it at
-once.
+Lifecycle: lock the state dir -> load or create the identity -> start the training worker (it
+builds the task and model and resumes from the last checkpoint) -> run rounds until a stop
+condition -> final checkpoint (by the worker) and summary. SIGINT/SIGTERM request a graceful
+stop: the worker's training stops between steps, a final checkpoint is written, the worker and
+every thread end, and the process exits 0 within `node.shutdown_timeout` seconds, or is forced
+out with exit code 10 (the worker dies with it). A second SIGINT forces it at once.
 """
 
 from __future__ import annotations
@@ -17,34 +17,26 @@ import logging
 import os
 import resource
 import signal
-import statistics
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
-from fednode.aggregators import AggregationError
-from fednode.aggregators import build as build_aggregator
 from fednode.node import __version__
-from fednode.node.checkpoint import Checkpoint, CheckpointStore
 from fednode.node.config import FednodeConfig
 from fednode.node.durable import atomic_write_bytes, remove_stale_temp_files
-from fednode.node.errors import ConfigError, ExitCode, NetworkError, StateDirError, TaskError
+from fednode.node.errors import ConfigError, ExitCode, NetworkError, StateDirError
 from fednode.node.identity import Identity, load_or_create_identity
 from fednode.node.logs import quiet_noisy_libraries
-from fednode.node.model import assign_parameters, flatten_parameters, model_layout
-from fednode.node.tasks import Task, TaskContext, load_task
-from fednode.node.trainer import LocalTrainer, resolve_device
+from fednode.proto.v1 import worker_pb2
 
 log = logging.getLogger("fednode.daemon")
 AUDIT_SYNC_SECONDS = 1.0  # the audit log is fsynced this often (records are written at once)
 AUDIT_FSYNC_EVERY = 1024  # ... or after this many records, whichever comes first
 
+LINGER_REASONS = ("rounds", "target_accuracy")  # stops after which peers may still fetch from us
 SUMMARY_FILE = "summary.json"
 LOCK_FILE = "daemon.lock"
 
@@ -89,8 +81,10 @@ class RunSummary:
     direct_deliveries: int = 0  # control messages that reached this node by push before gossip
     push_only_messages: int = 0  # control messages this node sent by push only (all members reached)
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
-    peak_rss_mb: float = 0.0
-    idle_rss_mb: float = 0.0  # resident memory after start-up, before the first round
+    peak_rss_mb: float = 0.0  # the daemon process (no torch)
+    idle_rss_mb: float = 0.0  # the daemon's resident memory once training started, before the first round
+    worker_peak_rss_mb: float = 0.0  # the training worker process (torch, model, trainer)
+    worker_idle_rss_mb: float = 0.0  # the worker's resident memory at the same moment
     history: list[RoundRecord] = field(default_factory=list)
 
     def to_json(self) -> bytes:
@@ -176,32 +170,47 @@ class FederationSession:
     private: bool = False  # relays and payload servers serve members only
 
 
+@dataclass
+class SessionProgress:
+    """Where the federated session stands, as the training worker last reported it."""
+
+    federation_id: str
+    state: Any = field(default_factory=worker_pb2.SessionState)  # worker_pb2.SessionState
+
+    @property
+    def members(self) -> dict[str, Any]:
+        return {m.peer_id: m for m in self.state.members}
+
+    @property
+    def contributions(self) -> dict[str, Any]:
+        return {c.peer_id: c for c in self.state.contributions}
+
+
 class Daemon:
     """One node. Construct, then `await run()`; returns the process exit code.
 
-    Without `federation.id` the node trains alone. With it, the node joins the mesh and trains
-    with the federation (`fednode.node.federation.FederationRunner`, or `CompassRunner` when
-    `federation.schedule = "fedcompass"`).
+    The daemon holds identity, mesh, admin API, membership and audit log, and no torch: task,
+    model, trainer and checkpoints live in the training worker it starts
+    (`fednode.node.worker`). Without `federation.id` the node trains alone. With it, the node
+    joins the mesh and the worker trains with the federation (`FederationRunner`, or
+    `CompassRunner` when `federation.schedule = "fedcompass"`) through the daemon's mesh.
     """
 
     def __init__(self, config: FednodeConfig) -> None:
         self.config = config
         self.state_dir = config.resolved_state_dir()
-        self.stop_event = threading.Event()  # threading: the training thread polls it between steps
+        self.stop_event = threading.Event()
         self.stop_reason = ""
         self._lock = StateDirLock(self.state_dir)
         self.identity: Identity | None = None
-        self.task: Task | None = None
-        self.model: torch.nn.Module | None = None
-        self.trainer: LocalTrainer | None = None
-        self.checkpoints = CheckpointStore(self.state_dir)
-        self._checkpoint_writer = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
+        self.worker: Any = None  # WorkerProcess
+        self.layout_digest = ""
+        self._checkpoint_federation = ""  # the federation the worker's checkpoint is from
         self.round = 0
         self.model_version = 0
         self.summary: RunSummary | None = None
-        self.extra_state: dict[str, Any] = {}
         self.mesh: Any = None
-        self.runner: Any = None
+        self.progress: SessionProgress | None = None  # set while a federated session runs
         self._started = time.perf_counter()
         self.state = "starting"
         self.display_name = config.node.display_name
@@ -224,39 +233,15 @@ class Daemon:
 
     # ----------------------------------------------------------------------------- set-up
     def setup(self) -> None:
-        """Everything that can fail on bad input, before any training starts."""
+        """What can fail on bad input in the daemon itself (the worker checks the rest)."""
         prepare_state_dir(self.state_dir)
         self._lock.acquire()
         remove_interrupted_writes(self.state_dir)
         self.identity, created = load_or_create_identity(self.state_dir)
         log.info("%s identity %s (%s)", "created" if created else "loaded", self.identity.peer_id, self.state_dir)
-        training = self.config.training
-        if training.torch_threads:
-            torch.set_num_threads(training.torch_threads)
-        try:
-            device = resolve_device(self.config.node.device)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
-        task_cfg = self.config.task
-        context = TaskContext(task_cfg.shard_index, task_cfg.shard_count, task_cfg.seed)
-        self.task = load_task(task_cfg.name, context, task_cfg.params)
-        self.attack = self._build_attack()
-        if self.attack is not None and self.attack.kind == "data":
-            self._poison_training_data()
-        self.model = self.task.model_factory().to(device)
-        self.layout = model_layout(self.model)
-        self.trainer = LocalTrainer(
-            self.task,
-            device,
-            batch_size=training.batch_size,
-            lr=training.lr,
-            momentum=training.momentum,
-            weight_decay=training.weight_decay,
-            # Batches differ per shard but are reproducible for a given seed and shard.
-            seed=task_cfg.seed * 1_000_003 + task_cfg.shard_index,
-            slowdown=training.slowdown,
-            emulated_step_seconds=training.emulated_step_ms / 1000.0,
-        )
+        if self.config.attack.name:
+            log.warning("this node is BYZANTINE for testing: attack %r %s", self.config.attack.name,
+                        dict(self.config.attack.params))
         from fednode.node.membership import AuditLog, MembershipStore, TrustPolicy
 
         self.store = MembershipStore(self.state_dir)
@@ -270,47 +255,37 @@ class Daemon:
         self.session = self._initial_session()
         if self.session is not None:
             self._alone_allowed = False
-            self._federation_components(self.session.settings)  # fail fast on bad settings
         self.summary = RunSummary(
             peer_id=self.identity.peer_id,
             version=__version__,
-            task=self.task.description or self.task.name,
-            device=str(device),
+            task=self.config.task.name,
+            device="",
             state_dir=str(self.state_dir),
             started_unix=time.time(),
             federation_id=self.session.federation_id if self.session else "",
             attack=self.config.attack.name,
         )
-        self._resume()
-        log.info(
-            "task %s on %s: %d training examples, %d parameters",
-            self.summary.task,
-            device,
-            self.trainer.num_train_samples,
-            self.layout.numel,
-        )
 
-    def _build_attack(self) -> Any:
-        from fednode.node.federation import build_attack
+    async def _start_worker(self) -> None:
+        """Start the training worker; it builds task and model and resumes from the checkpoint."""
+        from fednode.node.worker.supervisor import WorkerProcess
 
-        spec = self.config.attack
-        if not spec.name:
-            return None
-        try:
-            attack = build_attack(spec.name, dict(spec.params))
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"invalid attack.name / attack.params: {exc}") from exc
-        log.warning("this node is BYZANTINE for testing: attack %r %s", spec.name, dict(spec.params))
-        return attack
-
-    def _poison_training_data(self) -> None:
-        """Data attacks (label flip) change what this node trains on."""
-        assert self.task is not None
-        data = self.task.train_data
-        labels = getattr(data, "labels", None)
-        if not isinstance(labels, torch.Tensor):
-            raise ConfigError(f"attack {self.config.attack.name!r} needs a task whose training data has .labels")
-        data.labels = self.attack.transform_labels(labels)
+        assert self.summary is not None
+        self.worker = WorkerProcess(self.config.model_dump_json(), on_round=self._on_worker_round,
+                                    on_event=self._on_runner_event)
+        ready = await self.worker.start()
+        self.layout_digest = ready.layout_digest
+        self.round, self.model_version = ready.round, ready.model_version
+        self._checkpoint_federation = ready.checkpoint_federation_id
+        summary = self.summary
+        summary.task, summary.device = ready.task, ready.device
+        if ready.resumed:
+            summary.resumed_from_round = ready.round
+            log.info("resumed from checkpoint: round %d, model version %d", ready.round, ready.model_version)
+        log.info("task %s on %s: %d training examples, %d parameters", ready.task, ready.device,
+                 ready.train_samples, ready.parameters)
+        if self.session is not None:
+            await self._check_settings(self.session.settings)  # fail fast on bad settings
 
     def _config_settings(self) -> FederationSettings:
         cfg = self.config
@@ -350,59 +325,19 @@ class Daemon:
         return FederationSession(federation_id, self._descriptor_settings(state.descriptor),
                                  certificate=state.certificate, certified=True, private=state.descriptor.private)
 
-    def check_aggregation(self, rule: str, params: dict[str, Any], min_participants: int) -> None:
+    async def check_aggregation(self, rule: str, params: dict[str, Any], min_participants: int) -> None:
         """Raise ValueError when a federation's rule cannot work with its minimum participants."""
         params = dict(params)
         f = int(params.pop("f", 0))
         settings = FederationSettings(rule, params, f, "sync", min_participants, self.config.compression.codec,
                                       dict(self.config.compression.params))
-        try:
-            self._federation_components(settings)
-        except ConfigError as exc:
-            raise ValueError(exc.message) from exc
+        await self.worker.check_settings(settings)
 
-    def _federation_components(self, settings: FederationSettings) -> tuple[Any, Any]:
-        """(aggregator, compressor) for a federation; ConfigError with what to change."""
-        from fednode.node.compression import UpdateCompressor, build_codec
-
+    async def _check_settings(self, settings: FederationSettings) -> None:
         try:
-            aggregator = build_aggregator(settings.rule, f=settings.f, **settings.rule_params)
-        except (AggregationError, TypeError, ValueError) as exc:
-            raise ConfigError(f"invalid aggregation settings: {exc}") from exc
-        needed = aggregator.minimum_rows()
-        if settings.min_participants < needed:
-            raise ConfigError(
-                f"aggregation rule {settings.rule!r} with f = {settings.f} needs at least {needed} updates "
-                f"per round, but min_participants = {settings.min_participants}; raise min_participants or lower f"
-            )
-        try:
-            compressor = UpdateCompressor(
-                build_codec(settings.codec, **settings.codec_params), error_feedback=self.config.compression.error_feedback
-            )
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"invalid compression settings: {exc}") from exc
-        return aggregator, compressor
-
-    def _resume(self) -> None:
-        assert self.model is not None and self.trainer is not None and self.summary is not None
-        checkpoint = self.checkpoints.load()
-        if checkpoint is None:
-            return
-        if checkpoint.layout_digest != self.layout.digest:
-            raise TaskError(
-                f"the checkpoint in {self.checkpoints.directory} is for a different model "
-                f"(layout {checkpoint.layout_digest[:12]}, task builds {self.layout.digest[:12]}); "
-                f"move it away or use another --state-dir"
-            )
-        assign_parameters(self.model, checkpoint.parameters)
-        self.round = checkpoint.round
-        self.model_version = checkpoint.model_version
-        self.extra_state = dict(checkpoint.extra)
-        generator_state = checkpoint.extra.get("train_generator")
-        if isinstance(generator_state, torch.Tensor):
-            self.trainer.set_generator_state(generator_state)
-        self.summary.resumed_from_round = self.round
-        log.info("resumed from checkpoint: round %d, model version %d", self.round, self.model_version)
+            await self.worker.check_settings(settings)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     # ----------------------------------------------------------------------------- lifecycle
     def request_stop(self, reason: str) -> None:
@@ -414,15 +349,15 @@ class Daemon:
         # API), the graceful part is bounded: a stuck step must not keep the process alive.
         with suppress(RuntimeError):  # no running loop (tests driving the daemon synchronously)
             asyncio.get_running_loop().call_later(self.config.node.shutdown_timeout, self._force_exit)
-        if self.runner is not None:
-            self.runner.wake()
+        if self.worker is not None:
+            self.worker.stop_session(reason, linger=reason in LINGER_REASONS)
 
     def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
         def on_signal(signum: int) -> None:
             name = signal.Signals(signum).name
             if self.stop_event.is_set() and signum == signal.SIGINT:
                 log.error("second SIGINT: exiting immediately without a final checkpoint")
-                os._exit(ExitCode.FORCED_SHUTDOWN)
+                os._exit(ExitCode.FORCED_SHUTDOWN)  # the worker dies with us (PR_SET_PDEATHSIG)
             log.info("%s received: stopping gracefully (send SIGINT again to force)", name)
             self.request_stop(name)
 
@@ -445,12 +380,17 @@ class Daemon:
         self._session_changed = asyncio.Event()
         try:
             self.setup()
-            await self._start_services()
             try:
-                await self._run_sessions()
-                self._finish()
+                await self._start_worker()
+                await self._start_services()
+                try:
+                    await self._run_sessions()
+                    await self._finish()
+                finally:
+                    await self._stop_services()
             finally:
-                await self._stop_services()
+                if self.worker is not None:
+                    await self.worker.kill()
         finally:
             self._lock.release()
         return ExitCode.OK
@@ -481,13 +421,14 @@ class Daemon:
     async def switch_federation(self, federation_id: str | None) -> None:
         """Make `federation_id` (certified, in the store) the one this node trains in; None = none."""
         assert self._session_changed is not None
-        self.session = self._certified_session(federation_id) if federation_id else None
+        session = self._certified_session(federation_id) if federation_id else None
+        if session is not None:
+            await self._check_settings(session.settings)
+        self.session = session
         self._alone_allowed = False
-        if self.session is not None:
-            self._federation_components(self.session.settings)
         self._session_changed.set()
-        if self.runner is not None:
-            self.runner.wake()
+        if self.worker is not None:
+            self.worker.stop_session("switch")
 
     async def _start_services(self) -> None:
         from fednode.node.admin import AdminServer, TcpListener
@@ -541,10 +482,8 @@ class Daemon:
 
     def _done(self) -> bool:
         """Stop conditions that do not come from a signal."""
-        training = self.config.training
-        # A state sync can carry the runner past the last round without a round of its own.
-        current = max(self.round, self.runner.round if self.runner is not None else 0)
-        if training.rounds and current >= training.rounds:
+        rounds = self.config.training.rounds
+        if rounds and self.round >= rounds:
             self.request_stop("rounds")
         return self.stop_event.is_set()
 
@@ -552,20 +491,27 @@ class Daemon:
         return self._done() or (self._session_changed is not None and self._session_changed.is_set())
 
     async def _run_alone(self) -> None:
-        assert self.model is not None and self.trainer is not None
-        training = self.config.training
-        while not self._session_over():
-            before = flatten_parameters(self.model)
-            result = await asyncio.to_thread(
-                self.trainer.train_round, self.model, training.local_steps, self.stop_event
-            )
-            if result.steps < training.local_steps:
-                # Interrupted mid-round: keep the last complete state, as the checkpoint does.
-                assign_parameters(self.model, before)
-                break
-            self.round += 1
-            self.model_version += 1
-            self._after_round(result.mean_loss, result.seconds, result.seconds, participants=1, left_out=0)
+        await self._run_worker_session(worker_pb2.StartSession(), mesh=None)
+
+    async def _run_worker_session(self, start: Any, mesh: Any, validator_factory: Any = None) -> Any:
+        """Run one session in the worker; raise what ended it badly."""
+        from fednode.node.worker.supervisor import WorkerError
+
+        if self._session_over():
+            return None
+        ended = await self.worker.run_session(start, mesh, validator_factory, on_started=self._session_started)
+        self.round = max(self.round, ended.round)
+        self.model_version = max(self.model_version, ended.model_version)
+        if ended.stop_reason == "rounds" and not self.stop_event.is_set():
+            self.request_stop("rounds")
+        if ended.error:
+            raise WorkerError(ended.error, ended.exit_code)
+        return ended
+
+    def _session_started(self, worker_rss_mb: float) -> None:
+        if self.summary is not None and not self.summary.idle_rss_mb:
+            self.summary.idle_rss_mb = current_rss_mb()
+            self.summary.worker_idle_rss_mb = worker_rss_mb
 
     async def ensure_mesh(self) -> Any:
         """The mesh, started on first use and kept for the daemon's life."""
@@ -641,76 +587,46 @@ class Daemon:
         raise ValueError(f"unknown request kind {kind!r}")
 
     async def _run_federated(self, session: FederationSession) -> None:
-        from fednode.node.federation import FederationRunner
-        from fednode.node.scheduler import SyncPolicy
+        from fednode.node.federation.protocol import ControlValidator
+        from fednode.node.worker.supervisor import settings_to_proto
 
-        assert self.identity is not None and self.model is not None and self.trainer is not None
+        assert self.identity is not None
         federation = self.config.federation
-        settings = session.settings
-        aggregator, compressor = self._federation_components(settings)
         if session.certified and self.mesh is None:
             # Where members were last seen: a restarted member needs no mesh.bootstrap.
             own = f"/p2p/{self.identity.peer_id}"
             saved = [a for a in self.store.peer_addresses(session.federation_id) if not a.endswith(own)]
             self.bootstrap_hints = list(dict.fromkeys([*self.bootstrap_hints, *saved]))
         mesh = await self.ensure_mesh()
-        runner_class: Any = FederationRunner
-        schedule_options: dict[str, Any] = {}
-        if settings.schedule == "fedcompass":
-            from fednode.node.federation.compass import CompassRunner, policy_from_config
-
-            try:
-                schedule_options["compass"] = policy_from_config(federation)
-            except ValueError as exc:
-                raise ConfigError(f"invalid fedcompass settings in [federation]: {exc}") from exc
-            runner_class = CompassRunner
-        self.runner = runner_class(
-            federation_id=session.federation_id,
-            identity=self.identity,
-            mesh=mesh,
-            model=self.model,
-            trainer=self.trainer,
-            layout=self.layout,
-            aggregator=aggregator,
-            compressor=compressor,
-            local_steps=self.config.training.local_steps,
-            policy=SyncPolicy(min_participants=settings.min_participants),
-            announce_interval=federation.announce_interval,
-            push=federation.push,
-            max_clock_skew=federation.max_clock_skew,
-            stop=self.stop_event,
-            attack=self.attack,
-            on_round=self._on_federated_round,
-            display_name=self.display_name,
-            trust=self.trust if session.certified else None,
-            certificate=session.certificate,
-            on_event=self._on_runner_event,
-            **schedule_options,
-        )
-        if self.extra_state.get("federation_id") == session.federation_id:
-            self.runner.restore(self.round, self.model_version, self.extra_state)
-        else:
+        if self._checkpoint_federation != session.federation_id:
             # A federation this node has no checkpoint for: its rounds count from zero (peers
             # that are ahead are caught up with by state sync).
             self.round = self.model_version = 0
         if self.summary is not None:
             self.summary.federation_id = session.federation_id
+        trust = self.trust if session.certified else None
+
+        def validator_for(topic: str) -> ControlValidator:
+            # Every message is checked here, in the daemon, before the mesh delivers or forwards it.
+            return ControlValidator(session.federation_id, federation.max_clock_skew, self.layout_digest, trust)
+
+        start = worker_pb2.StartSession(federation_id=session.federation_id, settings=settings_to_proto(session.settings),
+                                        certified=session.certified, display_name=self.display_name)
+        if session.certificate is not None:
+            start.certificate.CopyFrom(session.certificate)
+        if session.certified:
+            start.revocations.extend(self.trust.revocations(session.federation_id))
         # A private federation's relay serves its members only (not an open proxy).
         mesh.set_relay_admission(self._member_admission(session.federation_id) if session.private else None)
+        self.progress = SessionProgress(session.federation_id,
+                                        worker_pb2.SessionState(round=self.round, model_version=self.model_version))
         try:
-            await self.runner.start()
-            if self.summary is not None:
-                self.summary.idle_rss_mb = current_rss_mb()
-            if not self._session_over():
-                await self.runner.run(should_stop=self._session_over)
+            ended = await self._run_worker_session(start, mesh, validator_for)
+            if ended is not None:
+                self._checkpoint_federation = session.federation_id
+                self._record_mesh_totals(ended)
         finally:
-            self.round, self.model_version = self.runner.round, self.runner.model_version
-            if self.stop_reason in ("rounds", "target_accuracy"):
-                # Half the shutdown budget: the final checkpoint and the mesh's stop need the rest.
-                await self.runner.linger(self.config.node.shutdown_timeout / 2)
-            self._record_mesh_totals()
-            await self.runner.close()
-            self.runner = None
+            self.progress = None
 
     def _member_admission(self, federation_id: str) -> Any:
         """Relay admission for a private federation: peers whose valid, unrevoked certificate
@@ -727,11 +643,20 @@ class Daemon:
 
         return admitted
 
-    def member_public_key(self, peer_id: str) -> bytes | None:
+    async def session_progress(self) -> SessionProgress | None:
+        """The running federated session, refreshed from the worker (the last report if it does
+        not answer at once)."""
+        progress = self.progress
+        if progress is not None and self.worker is not None:
+            with suppress(Exception):
+                progress.state = await self.worker.session_state()
+        return progress
+
+    async def member_public_key(self, peer_id: str) -> bytes | None:
         """The Ed25519 key a member signs with (seen in its messages), for revocations."""
-        runner = self.runner
-        member = runner.members.get(peer_id) if runner is not None else None
-        return member.public_key if member is not None and member.public_key else None
+        if self.progress is None or self.worker is None:
+            return None
+        return await self.worker.member_key(peer_id)
 
     def record_revocation(self, federation_id: str, revocation: Any) -> bool:
         """Remember a verified revocation (trust policy and store); True when it is new."""
@@ -748,41 +673,40 @@ class Daemon:
     async def apply_revocation(self, federation_id: str, revocation: Any, *, spread: bool) -> bool:
         """Record a revocation this node issued and gossip it to the federation."""
         new = self.record_revocation(federation_id, revocation)
-        if spread and self.runner is not None and self.runner.federation_id == federation_id:
-            await self.runner.publish_revocation(revocation)
+        if spread and self.progress is not None and self.progress.federation_id == federation_id:
+            await self.worker.publish_revocation(revocation)
         return new
 
-    def _on_runner_event(self, kind: str, **fields: Any) -> None:
-        """Runner events -> admin WatchEvents, the audit log and metrics."""
+    def _on_runner_event(self, event: Any) -> None:
+        """Runner events (from the worker) -> admin WatchEvents, the audit log and metrics."""
+        kind = event.kind
         session = self.session
         federation_id = session.federation_id if session is not None else ""
-        peer = str(fields.get("peer_id", ""))
+        peer = event.peer_id
         if kind in ("update_accepted", "update_rejected", "update_aggregated") and self.audit is not None:
             with suppress(Exception):
-                score = fields.get("score")
                 self.audit.record_update(
-                    federation_id=federation_id, sender_peer_id=peer, round=int(fields.get("round", 0)),
-                    payload_sha256=bytes(fields.get("payload_sha256", b"")).hex(),
-                    accepted=kind != "update_rejected" and bool(fields.get("selected", True)),
-                    reason=str(fields.get("reason", "")) or None,
-                    aggregator_score=float(score) if score is not None else None,
+                    federation_id=federation_id, sender_peer_id=peer, round=event.round,
+                    payload_sha256=event.payload_sha256.hex(),
+                    accepted=kind != "update_rejected" and (event.selected or not event.has_selected),
+                    reason=event.reason or None,
+                    aggregator_score=event.score if event.has_score else None,
                     detail="aggregation" if kind == "update_aggregated" else None,
                 )
         if kind in ("update_accepted", "update_rejected") and self.metrics is not None:
             with suppress(Exception):
                 self.metrics.record_update(federation_id, accepted=kind == "update_accepted",
-                                           reason=fields.get("reason") or None)
+                                           reason=event.reason or None)
         if kind == "revocation":
-            revocation = fields.get("revocation")
-            if revocation is not None and federation_id:
-                self.record_revocation(federation_id, revocation)
+            if event.HasField("revocation") and federation_id:
+                self.record_revocation(federation_id, event.revocation)
             kind_detail = "revocation received"
         else:
-            kind_detail = str(fields.get("detail", ""))
+            kind_detail = event.detail
         if self.control is not None and kind not in ("update_accepted", "update_aggregated"):
             self.control.events.publish(
-                kind, federation_id=federation_id, peer_id=peer, reason=str(fields.get("reason", "")),
-                round=int(fields.get("round", 0)), detail=kind_detail[:500],
+                kind, federation_id=federation_id, peer_id=peer, reason=event.reason,
+                round=event.round, detail=kind_detail[:500],
             )
 
     async def _report_reachability(self) -> None:
@@ -799,25 +723,37 @@ class Daemon:
                     log.info("%s", self.mesh.reachability_report(),
                              extra={"event": "reachability_report", "status": reachability.status})
 
-    async def _on_federated_round(self, outcome: Any) -> None:
-        self.round = outcome.round
-        self.model_version = outcome.model_version
-        self._after_round(
-            outcome.train.mean_loss,
-            outcome.train.seconds,
-            outcome.round_seconds,
-            participants=len(outcome.participants),
-            left_out=len(outcome.rejected_by_aggregator),
+    async def _on_worker_round(self, report: Any) -> Any:
+        """A round the worker closed: record it, and tell the worker whether to go on."""
+        self.round, self.model_version = report.round, report.model_version
+        record = RoundRecord(
+            round=report.round, model_version=report.model_version, accuracy=report.accuracy, loss=report.loss,
+            train_loss=report.train_loss, seconds=report.train_seconds, round_seconds=report.round_seconds,
+            participants=report.participants, left_out=report.left_out,
         )
+        self._record(record)
+        progress = self.progress
+        if report.federated and progress is not None:
+            progress.state = report.state
+            self._after_federated_round(report, record)
+        target = self.config.training.target_accuracy
+        if target and record.accuracy >= target:
+            self.request_stop("target_accuracy")
+        self._done()  # the round budget
+        if self._session_over():
+            reason = self.stop_reason if self.stop_event.is_set() else "switch"
+            return worker_pb2.RoundVerdict(stop=True, reason=reason, linger=reason in LINGER_REASONS)
+        return worker_pb2.RoundVerdict()
+
+    def _after_federated_round(self, report: Any, record: RoundRecord) -> None:
         federation_id = self.session.federation_id if self.session is not None else ""
         self._remember_peer_addresses()
-        last = self.summary.history[-1] if self.summary and self.summary.history else None
-        if self.metrics is not None and last is not None:
+        if self.metrics is not None:
             with suppress(Exception):
                 self.metrics.record_round(
-                    federation_id, outcome.round, model_version=outcome.model_version, accuracy=last.accuracy,
-                    loss=last.loss, train_loss=last.train_loss, aggregation_seconds=outcome.aggregation_seconds,
-                    participants=len(outcome.participants),
+                    federation_id, report.round, model_version=report.model_version, accuracy=record.accuracy,
+                    loss=record.loss, train_loss=record.train_loss, aggregation_seconds=report.aggregation_seconds,
+                    participants=report.participants,
                 )
                 if self.mesh is not None:
                     self.metrics.observe_mesh_stats(self.mesh.stats())
@@ -826,19 +762,19 @@ class Daemon:
                         kinds[peer.connection] = kinds.get(peer.connection, 0) + 1
                     self.metrics.set_peers(kinds)
                     self.metrics.set_reachability(self.mesh.reachability().status)
-        if self.control is not None and last is not None:
+        if self.control is not None:
             self.control.events.publish(
-                "round", federation_id=federation_id, round=outcome.round, model_version=outcome.model_version,
-                accuracy=last.accuracy, detail=f"{len(outcome.participants)} participant(s); {outcome.close_reason}",
+                "round", federation_id=federation_id, round=report.round, model_version=report.model_version,
+                accuracy=record.accuracy, detail=f"{report.participants} participant(s); {report.close_reason}",
             )
 
     def _remember_peer_addresses(self) -> None:
         """Save where the members were last seen (most recent first), so a restart reconnects
         without mesh.bootstrap. Writes only on change."""
-        session, runner = self.session, self.runner
-        if session is None or not session.certified or runner is None:
+        session, progress = self.session, self.progress
+        if session is None or not session.certified or progress is None:
             return
-        members = sorted(runner.members.values(), key=lambda m: m.last_seen, reverse=True)
+        members = sorted(progress.members.values(), key=lambda m: m.last_seen, reverse=True)
         # Relayed addresses are left out: a relay is reached through its own direct address.
         addresses = [a for m in members for a in m.multiaddrs if "/p2p-circuit" not in a]
         if addresses == self._saved_peer_addresses:
@@ -846,28 +782,6 @@ class Daemon:
         with suppress(Exception):  # a hint: never worth failing a round over
             self.store.save_peer_addresses(session.federation_id, addresses)
             self._saved_peer_addresses = addresses
-
-    def _after_round(
-        self, train_loss: float, train_seconds: float, round_seconds: float, *, participants: int, left_out: int
-    ) -> None:
-        assert self.model is not None and self.trainer is not None
-        evaluation = self.trainer.evaluate(self.model)
-        record = RoundRecord(
-            round=self.round,
-            model_version=self.model_version,
-            accuracy=evaluation.accuracy,
-            loss=evaluation.loss,
-            train_loss=train_loss,
-            seconds=train_seconds,
-            round_seconds=round_seconds,
-            participants=participants,
-            left_out=left_out,
-        )
-        self._record(record)
-        self._save_checkpoint(background=True)
-        target = self.config.training.target_accuracy
-        if target and evaluation.accuracy >= target:
-            self.request_stop("target_accuracy")
 
     def _record(self, record: RoundRecord) -> None:
         assert self.summary is not None
@@ -893,65 +807,37 @@ class Daemon:
                    "participants": record.participants},
         )
 
-    def _record_mesh_totals(self) -> None:
-        if self.summary is None or self.mesh is None or self.runner is None:
+    def _record_mesh_totals(self, ended: Any) -> None:
+        if self.summary is None or self.mesh is None:
             return
+        summary = self.summary
         with suppress(Exception):
             stats = self.mesh.stats()
-            self.summary.bytes_sent = stats.gossip_bytes_published + stats.blob_bytes_sent + stats.push_bytes_sent
-            self.summary.bytes_received = stats.gossip_bytes_received + stats.blob_bytes_received + stats.push_bytes_received
-        self.summary.rejected = dict(self.runner.rejections)
+            summary.bytes_sent = stats.gossip_bytes_published + stats.blob_bytes_sent + stats.push_bytes_sent
+            summary.bytes_received = stats.gossip_bytes_received + stats.blob_bytes_received + stats.push_bytes_received
+        summary.rejected = dict(ended.rejections)
         with suppress(Exception):
             # Messages the mesh's validator refused never reach the runner; count them too.
             for reason, count in self.mesh.stats().gossip_rejected.items():
-                self.summary.rejected[reason] = self.summary.rejected.get(reason, 0) + count
-        self.summary.syncs = self.runner.syncs
+                summary.rejected[reason] = summary.rejected.get(reason, 0) + count
+        summary.syncs = ended.syncs
         # A state sync can carry the node past rounds it never closed itself (to the last one,
         # when it fell behind at the end): the summary reports the round its model is at.
-        self.summary.rounds = max(self.summary.rounds, self.runner.round)
-        self.summary.model_version = max(self.summary.model_version, self.runner.model_version)
-        self.summary.direct_deliveries = self.runner.direct_deliveries
-        self.summary.push_only_messages = self.runner.push_only_messages
-        self.summary.timings = {
-            name: {"median": statistics.median(samples), "p90": sorted(samples)[int(0.9 * (len(samples) - 1))],
-                   "count": len(samples)}
-            for name, samples in self.runner.timings.items() if samples
-        }
-        self.summary.contributions = {
-            peer: {"accepted": c.accepted, "selected": c.selected, "rejected": dict(c.rejected),
-                   "reputation": c.reputation}
-            for peer, c in sorted(self.runner.contributions.items())
+        summary.rounds = max(summary.rounds, ended.round)
+        summary.model_version = max(summary.model_version, ended.model_version)
+        summary.direct_deliveries = ended.direct_deliveries
+        summary.push_only_messages = ended.push_only_messages
+        summary.timings = {name: {"median": t.median, "p90": t.p90, "count": t.count}
+                           for name, t in sorted(ended.timings.items())}
+        summary.contributions = {
+            c.peer_id: {"accepted": c.accepted, "selected": c.selected, "rejected": dict(sorted(c.rejected.items())),
+                        "reputation": c.reputation}
+            for c in ended.contributions
         }
 
-    def _save_checkpoint(self, background: bool = False) -> None:
-        """Checkpoint the current state. `background`: serialize now, write (fsync, rename) in the
-        checkpoint thread, so a round does not wait for the disk; writes stay in order, and a
-        synchronous save waits for the ones queued before it."""
-        assert self.model is not None and self.trainer is not None
-        metrics: dict[str, float] = {}
-        if self.summary and self.summary.history:
-            last = self.summary.history[-1]
-            metrics = {"accuracy": last.accuracy, "loss": last.loss}
-        extra: dict[str, Any] = {"train_generator": self.trainer.generator_state()}
-        if self.runner is not None:
-            extra.update(self.runner.checkpoint_extra())
-        data = Checkpoint(
-            round=self.round,
-            model_version=self.model_version,
-            layout_digest=self.layout.digest,
-            parameters=flatten_parameters(self.model),
-            metrics=metrics,
-            extra=extra,
-        ).to_bytes()
-        queued = self._checkpoint_writer.submit(self.checkpoints.write, data)
-        if background:
-            queued.add_done_callback(_log_checkpoint_failure)
-        else:
-            queued.result()
-
-    def _finish(self) -> None:
+    async def _finish(self) -> None:
         assert self.summary is not None
-        self._save_checkpoint()
+        self.summary.worker_peak_rss_mb = await self.worker.shutdown(checkpoint=True)
         self.summary.wall_seconds = time.perf_counter() - self._started
         self.summary.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         self.summary.stop_reason = self.stop_reason or "stopped"
@@ -964,14 +850,6 @@ class Daemon:
             self.state_dir / SUMMARY_FILE,
             extra={"event": "stopped", "summary_file": str(self.state_dir / SUMMARY_FILE)},
         )
-
-
-def _log_checkpoint_failure(written: Future[None]) -> None:
-    """A background checkpoint write failed (full or failing disk): say so; training goes on and
-    the next round's checkpoint tries again."""
-    exc = written.exception()
-    if exc is not None:
-        log.error("checkpoint not written: %s", exc)
 
 
 def _log_task_stacks(loop: asyncio.AbstractEventLoop) -> None:

@@ -4,6 +4,16 @@
 protocol checks live in `protocol`, the received-update bookkeeping in `updates`.
 """
 
-from fednode.node.federation.runner import FederationRunner, RoundOutcome, build_attack
+from typing import Any
 
 __all__ = ["FederationRunner", "RoundOutcome", "build_attack"]
+
+
+def __getattr__(name: str) -> Any:
+    """The runner needs torch; the daemon imports this package's torch-free modules (protocol,
+    revocation_record) without it."""
+    if name in __all__:
+        from fednode.node.federation import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,9 +16,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from fednode.node.compression import build_codec
 from fednode.node.envelope import OpenedEnvelope, Rejected, RejectReason, open_envelope
 from fednode.proto.v1 import control_pb2, model_pb2
 
@@ -179,12 +176,3 @@ class ControlValidator:
                 raise Rejected(RejectReason.REJECT_OVERSIZED, "inline payload larger than allowed or than declared")
             if hashlib.sha256(header.inline_payload).digest() != header.payload_sha256:
                 raise Rejected(RejectReason.REJECT_HASH_MISMATCH, "inline payload does not match payload_sha256")
-
-
-_LOSSLESS = build_codec("none")
-
-
-def snapshot_payload(parameters: torch.Tensor) -> bytes:
-    """A model snapshot as a lossless float32 TensorPayload (what late joiners fetch)."""
-    flat = parameters.detach().to("cpu", torch.float32).contiguous().reshape(-1)
-    return _LOSSLESS.encode(flat).payload.SerializeToString(deterministic=True)

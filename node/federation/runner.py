@@ -40,11 +40,10 @@ from fednode.node.federation.protocol import (
     dht_key_for,
     now_ms,
     round_seed,
-    snapshot_payload,
     topic_for,
 )
 from fednode.node.federation.revocation_record import REPUBLISH_INTERVAL_S, RevocationRecord
-from fednode.node.federation.updates import PeerContribution, ReceivedUpdate, UpdateBook
+from fednode.node.federation.updates import PeerContribution, ReceivedUpdate, UpdateBook, snapshot_payload
 from fednode.node.identity import Identity
 from fednode.node.model import assign_parameters, flatten_parameters
 from fednode.node.scheduler import SyncPolicy, SyncRound, outvoted_round
@@ -523,7 +522,7 @@ class FederationRunner:
         self._remember_envelope(hashlib.sha256(data).digest(), _VIA_BOTH, self.peer_id)  # ours coming back is a replay
         targets = self._push_targets() if self.push else []
         if targets:
-            if len(data) > self.mesh.config.gossip.max_message_size or wait or self.closing:
+            if len(data) > self.mesh.max_gossip_bytes or wait or self.closing:
                 self._spawn(self._push(data, targets), "push")
             else:
                 push_only = message.WhichOneof("body") not in ALWAYS_GOSSIPED and set(targets) >= self._recent_members()
@@ -680,6 +679,11 @@ class FederationRunner:
                 self._connected.add(event.peer_id)
             elif kind == "PeerDisconnected":
                 self._connected.discard(event.peer_id)
+
+    def note_refusal(self, sender: str, rejected: Rejected, header: model_pb2.UpdateHeader | None) -> None:
+        """A signed message the mesh's topic validator refused (it counted it already): reputation,
+        event and audit, as for refusals found here. For validators running in another process."""
+        self._reject(sender, rejected, header, count=False)
 
     def _reject(
         self, sender: str | None, rejected: Rejected, header: model_pb2.UpdateHeader | None = None, *, count: bool = True

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fednode.node.compression import build_codec
 from fednode.node.envelope import Rejected, RejectReason
 from fednode.proto.v1 import model_pb2
 
@@ -80,3 +81,13 @@ class UpdateBook:
             del self._updates[number]
         for key in [k for k in self._claims if k[1] < older_than - 8]:
             del self._claims[key]
+
+
+_LOSSLESS = build_codec("none")
+
+
+def snapshot_payload(parameters: torch.Tensor) -> bytes:
+    """A model snapshot as a lossless float32 TensorPayload (what late joiners fetch)."""
+    flat = parameters.detach().to("cpu", torch.float32).contiguous().reshape(-1)
+    return _LOSSLESS.encode(flat).payload.SerializeToString(deterministic=True)
+

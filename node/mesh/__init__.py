@@ -94,8 +94,6 @@ from .errors import (
     MessageTooLargeError,
     StreamOpenError,
 )
-from .identity import peer_id_from_public_key
-from .mesh import Mesh
 from .types import (
     ConnectionKind,
     GossipMessage,
@@ -139,3 +137,18 @@ __all__ = [
     "Validator",
     "peer_id_from_public_key",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """`Mesh` and `peer_id_from_public_key` import py-libp2p (50 MB, 900 modules); load them on
+    first use, so the training worker can use this package's types without them."""
+    if name == "Mesh":
+        from .mesh import Mesh
+
+        return Mesh
+    if name == "peer_id_from_public_key":
+        from .identity import peer_id_from_public_key
+
+        return peer_id_from_public_key
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+

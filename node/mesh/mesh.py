@@ -210,6 +210,11 @@ class Mesh:
         return self._state == "running"
 
     @property
+    def max_gossip_bytes(self) -> int:
+        """Largest message publish() and push() accept (``gossip.max_message_size``)."""
+        return self.config.gossip.max_message_size
+
+    @property
     def fast_path_port(self) -> int | None:
         """The bound fast-path TCP port (None when the fast path is off or not started)."""
         return self._fast.port if self._fast is not None and self._fast.port else None

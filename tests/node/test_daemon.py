@@ -37,11 +37,17 @@ def test_trains_default_task_to_target_and_writes_summary(start_daemon) -> None:
 def test_signal_stops_gracefully_with_final_checkpoint_and_nothing_left(start_daemon, signum: int) -> None:
     daemon = start_daemon(*FAST, "--set", "training.slowdown=3")
     daemon.wait_for_log("round 2")
-    assert daemon.group_members() == [daemon.pid]
-    # The digits split is computed out of process: scikit-learn (and scipy, ~76 MB resident)
-    # never loads into the daemon.
-    mapped = Path(f"/proc/{daemon.pid}/maps").read_text()
-    assert "/scipy" not in mapped and "/sklearn" not in mapped
+    # Two processes: the daemon and the training worker it started, nothing else.
+    workers = daemon.children()
+    assert len(workers) == 1 and sorted(daemon.group_members()) == sorted([daemon.pid, *workers])
+    assert "fednode.node.worker" in Path(f"/proc/{workers[0]}/cmdline").read_text()
+    daemon_maps = Path(f"/proc/{daemon.pid}/maps").read_text()
+    worker_maps = Path(f"/proc/{workers[0]}/maps").read_text()
+    # torch lives in the worker only; the digits split is computed out of process, so
+    # scikit-learn (and scipy, ~76 MB resident) loads into neither.
+    assert "libtorch" not in daemon_maps and "libtorch" in worker_maps
+    for mapped in (daemon_maps, worker_maps):
+        assert "/scipy" not in mapped and "/sklearn" not in mapped
     daemon.signal(signum)
     started = time.monotonic()
     code = daemon.wait(timeout=30)

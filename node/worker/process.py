@@ -1,0 +1,549 @@
+"""The training worker: the half of a node that needs torch.
+
+The daemon (node/daemon.py) starts one worker with `python -m fednode.node.worker --link-fd N`
+and drives it over the link (proto/v1/worker.proto). The worker builds the task, model and
+trainer, resumes from the last checkpoint, and runs sessions on the daemon's command: alone, or
+in a federation through `FederationRunner` / `CompassRunner` with the daemon's mesh behind a
+`RemoteMesh`. After each round it evaluates, reports the round (the daemon records it and says
+whether to stop) and checkpoints. It never touches the membership store except to read it, and
+it exits when the daemon says so or the link closes (the daemon died).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import io
+import json
+import logging
+import os
+import resource
+import signal
+import socket
+import statistics
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
+from typing import Any
+
+import torch
+
+from fednode.aggregators import AggregationError
+from fednode.aggregators import build as build_aggregator
+from fednode.node.checkpoint import Checkpoint, CheckpointStore
+from fednode.node.config import FednodeConfig
+from fednode.node.errors import ConfigError, ExitCode, FednodeError, TaskError
+from fednode.node.identity import identity_path, load_identity
+from fednode.node.model import assign_parameters, flatten_parameters, model_layout
+from fednode.node.tasks import TaskContext, load_task
+from fednode.node.trainer import LocalTrainer, resolve_device
+from fednode.node.worker.link import Link
+from fednode.node.worker.remote_mesh import RemoteMesh
+from fednode.proto.v1 import worker_pb2
+
+log = logging.getLogger("fednode.worker")
+
+
+def current_rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+    except OSError:
+        return float("nan")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def settings_from_proto(message: worker_pb2.Settings) -> dict[str, Any]:
+    return {
+        "rule": message.rule, "rule_params": json.loads(message.rule_params_json or "{}"), "f": message.f,
+        "schedule": message.schedule, "min_participants": message.min_participants, "codec": message.codec,
+        "codec_params": json.loads(message.codec_params_json or "{}"),
+    }
+
+
+class TrainingWorker:
+    """Model, trainer and runners of one node; see the module docstring."""
+
+    def __init__(self, config: FednodeConfig, link: Link) -> None:
+        self.config = config
+        self.link = link
+        self.state_dir = config.resolved_state_dir()
+        self.mesh = RemoteMesh(link)
+        self.checkpoints = CheckpointStore(self.state_dir)
+        self._checkpoint_writer = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
+        self.round = 0
+        self.model_version = 0
+        self.extra_state: dict[str, Any] = {}
+        self.metrics: dict[str, float] = {}
+        self.runner: Any = None
+        self.session_stop = threading.Event()  # the trainer polls it between steps
+        self.stop_reason = ""
+        self.linger = False
+        self._session: asyncio.Task[None] | None = None
+        self.exit = asyncio.Event()
+
+    # ------------------------------------------------------------------------------ set-up
+    def setup(self) -> worker_pb2.WorkerReady:
+        self.identity = load_identity(identity_path(self.state_dir))
+        training = self.config.training
+        if training.torch_threads:
+            torch.set_num_threads(training.torch_threads)
+        try:
+            self.device = resolve_device(self.config.node.device)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        task_cfg = self.config.task
+        self.task = load_task(task_cfg.name, TaskContext(task_cfg.shard_index, task_cfg.shard_count, task_cfg.seed),
+                              task_cfg.params)
+        self.attack = self._build_attack()
+        if self.attack is not None and self.attack.kind == "data":
+            labels = getattr(self.task.train_data, "labels", None)
+            if not isinstance(labels, torch.Tensor):
+                raise ConfigError(f"attack {self.config.attack.name!r} needs a task whose training data has .labels")
+            self.task.train_data.labels = self.attack.transform_labels(labels)
+        self.model = self.task.model_factory().to(self.device)
+        self.layout = model_layout(self.model)
+        self.trainer = LocalTrainer(
+            self.task, self.device, batch_size=training.batch_size, lr=training.lr, momentum=training.momentum,
+            weight_decay=training.weight_decay,
+            # Batches differ per shard but are reproducible for a given seed and shard.
+            seed=task_cfg.seed * 1_000_003 + task_cfg.shard_index,
+            slowdown=training.slowdown, emulated_step_seconds=training.emulated_step_ms / 1000.0,
+        )
+        resumed = self._resume()
+        return worker_pb2.WorkerReady(
+            layout_digest=self.layout.digest, parameters=self.layout.numel, device=str(self.device),
+            task=self.task.description or self.task.name, train_samples=self.trainer.num_train_samples,
+            round=self.round, model_version=self.model_version,
+            checkpoint_federation_id=str(self.extra_state.get("federation_id", "")), resumed=resumed,
+            rss_mb=current_rss_mb(),
+        )
+
+    def _build_attack(self) -> Any:
+        from fednode.node.federation.runner import build_attack
+
+        spec = self.config.attack
+        if not spec.name:
+            return None
+        try:
+            return build_attack(spec.name, dict(spec.params))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"invalid attack.name / attack.params: {exc}") from exc
+
+    def _resume(self) -> bool:
+        checkpoint = self.checkpoints.load()
+        if checkpoint is None:
+            return False
+        if checkpoint.layout_digest != self.layout.digest:
+            raise TaskError(
+                f"the checkpoint in {self.checkpoints.directory} is for a different model "
+                f"(layout {checkpoint.layout_digest[:12]}, task builds {self.layout.digest[:12]}); "
+                f"move it away or use another --state-dir"
+            )
+        assign_parameters(self.model, checkpoint.parameters)
+        self.round = checkpoint.round
+        self.model_version = checkpoint.model_version
+        self.extra_state = dict(checkpoint.extra)
+        self.metrics = dict(checkpoint.metrics)
+        generator_state = checkpoint.extra.get("train_generator")
+        if isinstance(generator_state, torch.Tensor):
+            self.trainer.set_generator_state(generator_state)
+        return True
+
+    def components(self, settings: dict[str, Any]) -> tuple[Any, Any]:
+        """(aggregator, compressor) for a federation; ConfigError with what to change."""
+        from fednode.node.compression import UpdateCompressor, build_codec
+
+        try:
+            aggregator = build_aggregator(settings["rule"], f=settings["f"], **settings["rule_params"])
+        except (AggregationError, TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid aggregation settings: {exc}") from exc
+        needed = aggregator.minimum_rows()
+        if settings["min_participants"] < needed:
+            raise ConfigError(
+                f"aggregation rule {settings['rule']!r} with f = {settings['f']} needs at least {needed} updates "
+                f"per round, but min_participants = {settings['min_participants']}; raise min_participants or lower f"
+            )
+        try:
+            compressor = UpdateCompressor(build_codec(settings["codec"], **settings["codec_params"]),
+                                          error_feedback=self.config.compression.error_feedback)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid compression settings: {exc}") from exc
+        return aggregator, compressor
+
+    # ------------------------------------------------------------------------------ link
+    async def handle(self, frame: worker_pb2.LinkFrame) -> Any:
+        body = frame.WhichOneof("body")
+        if body == "mesh_event":
+            self.mesh.deliver(frame.mesh_event)
+        elif body == "mesh_info":
+            self.mesh.update_info(frame.mesh_info)
+        elif body == "refused":
+            self._note_refusal(frame.refused)
+        elif body == "stop_session":
+            self.stop_session(frame.stop_session.reason, frame.stop_session.linger)
+        elif body == "start_session":
+            return await self.start_session(frame.start_session)
+        elif body == "check_settings":
+            try:
+                self.components(settings_from_proto(frame.check_settings))
+            except ConfigError as exc:
+                raise ValueError(exc.message) from None
+        elif body == "export_model":
+            return "model_bytes", self.export_model(frame.export_model.format)
+        elif body == "publish_revocation":
+            await self.publish_revocation(frame.publish_revocation)
+        elif body == "member_key":
+            member = self.runner.members.get(frame.member_key.peers[0]) if self.runner and frame.member_key.peers else None
+            return "key", worker_pb2.Key(key=member.public_key if member is not None else b"")
+        elif body == "session_state":
+            return "state", self.session_state()
+        elif body == "shutdown":
+            return "worker_totals", await self.shutdown(frame.shutdown)
+        elif frame.call_id:
+            raise ValueError(f"the training worker does not handle {body!r}")
+        return None
+
+    def _note_refusal(self, refusal: worker_pb2.ValidatorRefusal) -> None:
+        from fednode.node.envelope import Rejected
+        from fednode.proto.v1 import model_pb2
+
+        if self.runner is None:
+            return
+        header = None
+        if refusal.update_header:
+            header = model_pb2.UpdateHeader()
+            header.ParseFromString(refusal.update_header)
+        self.runner.note_refusal(refusal.sender, Rejected(refusal.reason, refusal.message), header)  # type: ignore[arg-type]
+
+    def export_model(self, fmt: str) -> worker_pb2.ModelBytes:
+        if fmt in ("", "pt"):
+            buffer = io.BytesIO()
+            torch.save({k: v.detach().cpu() for k, v in self.model.state_dict().items()}, buffer)
+            return worker_pb2.ModelBytes(data=buffer.getvalue(), model_version=self.model_version)
+        if fmt == "raw":
+            from fednode.node.federation.updates import snapshot_payload
+
+            return worker_pb2.ModelBytes(data=snapshot_payload(flatten_parameters(self.model)),
+                                         model_version=self.model_version)
+        raise ValueError(f'format must be "pt" or "raw", got {fmt!r}')
+
+    async def publish_revocation(self, revocation: Any) -> None:
+        runner = self.runner
+        if runner is None or runner.validator.policy is None:
+            return
+        runner.validator.policy.add_revocation(runner.federation_id, revocation)
+        await runner.publish_revocation(revocation)
+
+    # ------------------------------------------------------------------------------ sessions
+    async def start_session(self, start: worker_pb2.StartSession) -> tuple[str, worker_pb2.WorkerTotals]:
+        if self._session is not None and not self._session.done():
+            raise ValueError("a session is running; stop it first")
+        self.session_stop.clear()
+        self.stop_reason, self.linger = "", False
+        started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._session = asyncio.ensure_future(self._run_session(start, started))
+        await started
+        return "worker_totals", worker_pb2.WorkerTotals(peak_rss_mb=peak_rss_mb(), rss_mb=current_rss_mb())
+
+    def stop_session(self, reason: str, linger: bool = False) -> None:
+        if not self.session_stop.is_set():
+            self.stop_reason, self.linger = reason, linger
+            self.session_stop.set()
+        if self.runner is not None:
+            self.runner.wake()
+
+    def _should_stop(self) -> bool:
+        rounds = self.config.training.rounds
+        current = max(self.round, self.runner.round if self.runner is not None else 0)
+        if rounds and current >= rounds and not self.session_stop.is_set():
+            # A state sync can carry the runner past the last round without a round of its own.
+            self.stop_session("rounds", linger=True)
+        return self.session_stop.is_set()
+
+    async def _run_session(self, start: worker_pb2.StartSession, started: asyncio.Future[None]) -> None:
+        ended = worker_pb2.SessionEnded(federation_id=start.federation_id)
+        try:
+            if start.federation_id:
+                await self._run_federated(start, started, ended)
+            else:
+                if not started.done():
+                    started.set_result(None)
+                await self._run_alone()
+        except FednodeError as exc:
+            ended.error, ended.exit_code = exc.message, int(exc.exit_code)
+        except Exception as exc:
+            log.exception("training session failed")
+            ended.error, ended.exit_code = f"training failed: {exc}", int(ExitCode.INTERNAL)
+        finally:
+            if not started.done():
+                started.set_exception(ValueError(ended.error or "the session ended before it started"))
+            ended.round, ended.model_version = self.round, self.model_version
+            with suppress(Exception):
+                self.link.notify("session_ended", ended)
+
+    async def _run_alone(self) -> None:
+        steps = self.config.training.local_steps
+        while not self._should_stop():
+            before = flatten_parameters(self.model)
+            result = await asyncio.to_thread(self.trainer.train_round, self.model, steps, self.session_stop)
+            if result.steps < steps:
+                assign_parameters(self.model, before)  # interrupted: keep the last complete state
+                break
+            self.round += 1
+            self.model_version += 1
+            await self._after_round(worker_pb2.RoundDone(
+                round=self.round, model_version=self.model_version, train_loss=result.mean_loss,
+                train_seconds=result.seconds, round_seconds=result.seconds, participants=1))
+
+    async def _run_federated(self, start: worker_pb2.StartSession, started: asyncio.Future[None],
+                             ended: worker_pb2.SessionEnded) -> None:
+        from fednode.node.federation.runner import FederationRunner
+        from fednode.node.scheduler import SyncPolicy
+
+        settings = settings_from_proto(start.settings)
+        aggregator, compressor = self.components(settings)
+        federation = self.config.federation
+        runner_class: Any = FederationRunner
+        options: dict[str, Any] = {}
+        if settings["schedule"] == "fedcompass":
+            from fednode.node.federation.compass import CompassRunner, policy_from_config
+
+            try:
+                options["compass"] = policy_from_config(federation)
+            except ValueError as exc:
+                raise ConfigError(f"invalid fedcompass settings in [federation]: {exc}") from exc
+            runner_class = CompassRunner
+        trust = None
+        if start.certified:
+            from fednode.node.membership import TrustPolicy
+            from fednode.node.membership.policy import FAR_FUTURE_MS
+
+            # The membership store is the daemon's: the worker never opens it (the store tidies
+            # its directory on open). The daemon hands over the revocations it verified.
+            trust = TrustPolicy()
+            for revocation in start.revocations:
+                trust.add_revocation(start.federation_id, revocation, now_unix_ms=FAR_FUTURE_MS)
+        self.runner = runner_class(
+            federation_id=start.federation_id, identity=self.identity, mesh=self.mesh, model=self.model,
+            trainer=self.trainer, layout=self.layout, aggregator=aggregator, compressor=compressor,
+            local_steps=self.config.training.local_steps,
+            policy=SyncPolicy(min_participants=settings["min_participants"]),
+            announce_interval=federation.announce_interval, push=federation.push,
+            max_clock_skew=federation.max_clock_skew, stop=self.session_stop, attack=self.attack,
+            on_round=self._on_federated_round, display_name=start.display_name, trust=trust,
+            certificate=start.certificate if start.HasField("certificate") else None,
+            on_event=self._forward_event, **options,
+        )
+        if self.extra_state.get("federation_id") == start.federation_id:
+            self.runner.restore(self.round, self.model_version, self.extra_state)
+        else:
+            # A federation this node has no checkpoint for: its rounds count from zero (peers
+            # that are ahead are caught up with by state sync).
+            self.round = self.model_version = 0
+        try:
+            await self.runner.start()
+            started.set_result(None)
+            if not self._should_stop():
+                await self.runner.run(should_stop=self._should_stop)
+        finally:
+            runner = self.runner
+            self.round, self.model_version = runner.round, runner.model_version
+            if self.linger and self.stop_reason in ("rounds", "target_accuracy"):
+                # Half the shutdown budget: the final checkpoint and the mesh's stop need the rest.
+                await runner.linger(self.config.node.shutdown_timeout / 2)
+            self._fill_session_totals(ended)
+            await runner.close()
+            self.extra_state = {**self.extra_state, **runner.checkpoint_extra()}
+            self.runner = None
+
+    def _fill_session_totals(self, ended: worker_pb2.SessionEnded) -> None:
+        runner = self.runner
+        for reason, count in runner.rejections.items():
+            ended.rejections[reason] = count
+        ended.syncs = runner.syncs
+        ended.direct_deliveries = runner.direct_deliveries
+        ended.push_only_messages = runner.push_only_messages
+        for name, samples in runner.timings.items():
+            if samples:
+                ordered = sorted(samples)
+                ended.timings[name].CopyFrom(worker_pb2.Timing(
+                    median=statistics.median(ordered), p90=ordered[int(0.9 * (len(ordered) - 1))], count=len(ordered)))
+        ended.contributions.extend(self._contributions())
+        ended.stop_reason = self.stop_reason
+
+    def _contributions(self) -> list[worker_pb2.Contribution]:
+        runner = self.runner
+        if runner is None:
+            return []
+        return [worker_pb2.Contribution(peer_id=peer, accepted=c.accepted, selected=c.selected,
+                                        rejected=dict(c.rejected), reputation=c.reputation)
+                for peer, c in sorted(runner.contributions.items())]
+
+    def _forward_event(self, kind: str, **fields: Any) -> None:
+        """Runner events -> the daemon (admin events, audit log, metrics)."""
+        revocation = fields.get("revocation")
+        if kind == "revocation" and revocation is not None and self.runner is not None:
+            policy = self.runner.validator.policy
+            if policy is not None:
+                with suppress(Exception):
+                    policy.add_revocation(self.runner.federation_id, revocation)
+        event = worker_pb2.RunnerEvent(
+            kind=kind, peer_id=str(fields.get("peer_id", "")), round=int(fields.get("round", 0) or 0),
+            payload_sha256=bytes(fields.get("payload_sha256", b"") or b""), reason=str(fields.get("reason", "") or ""),
+            detail=str(fields.get("detail", "") or "")[:2000],
+        )
+        if "selected" in fields:
+            event.selected, event.has_selected = bool(fields["selected"]), True
+        if fields.get("score") is not None:
+            event.score, event.has_score = float(fields["score"]), True
+        if revocation is not None:
+            event.revocation.CopyFrom(revocation)
+        with suppress(Exception):
+            self.link.notify("runner_event", event)
+
+    async def _on_federated_round(self, outcome: Any) -> None:
+        self.round, self.model_version = outcome.round, outcome.model_version
+        report = worker_pb2.RoundDone(
+            round=outcome.round, model_version=outcome.model_version, train_loss=outcome.train.mean_loss,
+            train_seconds=outcome.train.seconds, round_seconds=outcome.round_seconds,
+            participants=len(outcome.participants), left_out=len(outcome.rejected_by_aggregator),
+            aggregation_seconds=outcome.aggregation_seconds, close_reason=outcome.close_reason, federated=True,
+            state=self.session_state(),
+        )
+        await self._after_round(report)
+
+    def session_state(self) -> worker_pb2.SessionState:
+        runner = self.runner
+        if runner is None:
+            return worker_pb2.SessionState(round=self.round, model_version=self.model_version)
+        state = worker_pb2.SessionState(
+            round=runner.round, model_version=runner.model_version, expected=sorted(runner.rounds.expected()),
+            group_id=bytes(getattr(runner, "current_group_id", b"") or b""), contributions=self._contributions())
+        for member in runner.members.values():
+            state.members.append(worker_pb2.Member(
+                peer_id=member.peer_id, public_key=member.public_key, multiaddrs=list(member.multiaddrs),
+                last_seen=member.last_seen, display_name=member.display_name, model_version=member.model_version,
+                round=member.round))
+        return state
+
+    async def _after_round(self, report: worker_pb2.RoundDone) -> None:
+        evaluation = self.trainer.evaluate(self.model)
+        report.accuracy, report.loss = evaluation.accuracy, evaluation.loss
+        report.rss_mb = current_rss_mb()
+        self.metrics = {"accuracy": evaluation.accuracy, "loss": evaluation.loss}
+        reply = await self.link.call("round_done", report)
+        verdict = reply.round_verdict
+        self.save_checkpoint(background=True)
+        if verdict.stop:
+            self.stop_session(verdict.reason, verdict.linger)
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, background: bool = False) -> None:
+        """Serialize now; write (fsync, rename) in the checkpoint thread, in order."""
+        extra: dict[str, Any] = dict(self.extra_state)
+        extra["train_generator"] = self.trainer.generator_state()
+        if self.runner is not None:
+            extra.update(self.runner.checkpoint_extra())
+        data = Checkpoint(round=self.round, model_version=self.model_version, layout_digest=self.layout.digest,
+                          parameters=flatten_parameters(self.model), metrics=dict(self.metrics),
+                          extra=extra).to_bytes()
+        queued = self._checkpoint_writer.submit(self.checkpoints.write, data)
+        if background:
+            queued.add_done_callback(_log_checkpoint_failure)
+        else:
+            queued.result()
+
+    async def shutdown(self, request: worker_pb2.Shutdown) -> worker_pb2.WorkerTotals:
+        self.stop_session(self.stop_reason or "shutdown")
+        if self._session is not None:
+            with suppress(Exception):
+                await self._session
+        if request.checkpoint:
+            await asyncio.to_thread(self.save_checkpoint)
+        self.exit.set()
+        return worker_pb2.WorkerTotals(peak_rss_mb=peak_rss_mb())
+
+
+def _log_checkpoint_failure(written: Future[None]) -> None:
+    exc = written.exception()
+    if exc is not None:
+        log.error("checkpoint not written: %s", exc)
+
+
+def _die_with_parent() -> None:
+    """SIGKILL this process when the daemon dies, even by kill -9 (Linux): a worker left behind
+    would keep writing checkpoints into a state dir a new daemon may be using."""
+    with suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+async def serve(link_fd: int) -> int:
+    """Run the worker until the daemon shuts it down or goes away; returns the exit code."""
+    from fednode.node.daemon import _log_task_stacks
+    from fednode.node.logs import configure_logging
+
+    sock = socket.socket(fileno=link_fd)
+    # `kill -USR1 <worker pid>`: log where every asyncio task waits, as the daemon does.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _log_task_stacks, asyncio.get_running_loop())
+    configure_frame: asyncio.Future[worker_pb2.Configure] = asyncio.get_running_loop().create_future()
+    worker: TrainingWorker | None = None
+
+    async def handle(frame: worker_pb2.LinkFrame) -> Any:
+        if frame.WhichOneof("body") == "configure":
+            if not configure_frame.done():
+                configure_frame.set_result(frame.configure)
+            return None
+        if worker is None:
+            raise ValueError("the training worker is still starting")
+        return await worker.handle(frame)
+
+    link = await Link.over_socket(sock, handle, "training worker")
+    reading = asyncio.ensure_future(link.run())
+    done, _ = await asyncio.wait({configure_frame, reading}, return_when=asyncio.FIRST_COMPLETED)
+    if configure_frame not in done:
+        return int(ExitCode.INTERNAL)  # the daemon went away before configuring us
+    config = FednodeConfig.model_validate_json(configure_frame.result().config_json)
+    configure_logging(config.node.log_format, config.node.log_level)
+    try:
+        worker = TrainingWorker(config, link)
+        ready = await asyncio.to_thread(worker.setup)
+    except FednodeError as exc:
+        link.notify("failed", worker_pb2.WorkerFailed(exit_code=int(exc.exit_code), message=exc.message))
+        await link.wait_drained()
+        return int(exc.exit_code)
+    link.notify("ready", ready)
+    exit_requested = asyncio.ensure_future(worker.exit.wait())
+    await asyncio.wait({reading, exit_requested}, return_when=asyncio.FIRST_COMPLETED)
+    if not exit_requested.done():
+        # The daemon is gone without a shutdown: stop at once (its kill -9 would SIGKILL us anyway).
+        worker.stop_session("daemon gone")
+        return int(ExitCode.INTERNAL)
+    await asyncio.sleep(0)  # let the shutdown reply go out
+    await link.wait_drained()
+    link.close()
+    return int(ExitCode.OK)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m fednode.node.worker",
+                                     description="fednode's training worker (started by `fednode start`)")
+    parser.add_argument("--link-fd", type=int, required=True, help="inherited socket to the daemon")
+    args = parser.parse_args(argv)
+    _die_with_parent()
+    # Ctrl-C reaches the whole process group; the daemon decides how the worker stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    started = time.perf_counter()
+    code = asyncio.run(serve(args.link_fd))
+    log.debug("training worker exits (%d) after %.1f s", code, time.perf_counter() - started)
+    logging.shutdown()
+    os._exit(code)  # threads (checkpoint writer, torch pools) must not keep the process alive
