@@ -254,8 +254,13 @@ def w1(local_steps: int, rounds: int, out: Path, push: bool = True) -> dict:
         "fetch_s": statistics.median(s["timings"].get("fetch", {}).get("median", float("nan")) for s in summaries),
         "wall_s": wall,
         "bytes_per_peer_round": statistics.median(s["bytes_sent"] / max(1, s["rounds"]) for s in summaries),
+        # Per node: the daemon process (mesh, admin API; no torch) and its training worker.
         "idle_rss_mb": max(s.get("idle_rss_mb", float("nan")) for s in summaries),
         "peak_rss_mb": max(s["peak_rss_mb"] for s in summaries),
+        "worker_idle_rss_mb": max(s.get("worker_idle_rss_mb", float("nan")) for s in summaries),
+        "worker_peak_rss_mb": max(s.get("worker_peak_rss_mb", float("nan")) for s in summaries),
+        "node_idle_rss_mb": max(s.get("idle_rss_mb", float("nan")) + s.get("worker_idle_rss_mb", float("nan"))
+                                for s in summaries),
         "accuracy": min(s["accuracy"] for s in summaries),
     }
 
@@ -263,13 +268,16 @@ def w1(local_steps: int, rounds: int, out: Path, push: bool = True) -> dict:
 def report_w1(rows: list[dict]) -> None:
     print("\nW1: 4 daemons, digits MLP 64-256-256-10, 20 rounds (targets: round <= 25 ms, idle RSS <= 250 MB)")
     header = f"{'local steps':>11} {'control path':>13} {'round ms':>9} {'train ms':>9} {'exchange ms':>12} {'gossip ms':>10} {'fetch ms':>9} " \
-             f"{'wall s':>7} {'kB/peer/rd':>11} {'idle RSS MB':>12} {'peak RSS MB':>12} {'accuracy':>9}"
+             f"{'wall s':>7} {'kB/peer/rd':>11} {'RSS MB idle/peak':>17} {'worker MB idle/peak':>20} {'node MB':>8} {'accuracy':>9}"
     print(header)
     for r in rows:
         print(f"{r['local_steps']:>11} {'push' if r['push'] else 'gossip only':>13} {r['round_s'] * 1e3:>9.1f} {r['train_s'] * 1e3:>9.1f} "
               f"{(r['round_s'] - r['train_s']) * 1e3:>12.1f} {r['gossip_s'] * 1e3:>10.1f} {r['fetch_s'] * 1e3:>9.1f} "
-              f"{r['wall_s']:>7.1f} {r['bytes_per_peer_round'] / 1e3:>11.1f} {r['idle_rss_mb']:>12.0f} "
-              f"{r['peak_rss_mb']:>12.0f} {r['accuracy']:>9.4f}")
+              f"{r['wall_s']:>7.1f} {r['bytes_per_peer_round'] / 1e3:>11.1f} "
+              f"{r['idle_rss_mb']:>8.0f}/{r['peak_rss_mb']:<8.0f} {r['worker_idle_rss_mb']:>10.0f}/{r['worker_peak_rss_mb']:<9.0f} "
+              f"{r['node_idle_rss_mb']:>8.0f} {r['accuracy']:>9.4f}")
+    print("RSS = the daemon process (mesh, admin API, membership; no torch); worker = its training worker process")
+    print("(torch, model, trainer, aggregation); node = both, idle (after start-up, before the first round), max over nodes.")
     print("round = whole round as the daemon measures it (train, encode, exchange, aggregate, evaluate, checkpoint);")
     print("gossip = header delivery (receive time - sender timestamp, whichever copy came first); fetch = payload")
     print("pull over the mesh. control path: round traffic pushed over the fast path (gossiped only where a push")

@@ -493,12 +493,10 @@ class ModelBytes(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., model_version: _Optional[int] = ...) -> None: ...
 
 class Shutdown(_message.Message):
-    __slots__ = ("checkpoint", "metrics_json")
+    __slots__ = ("checkpoint",)
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
-    METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
     checkpoint: bool
-    metrics_json: str
-    def __init__(self, checkpoint: _Optional[bool] = ..., metrics_json: _Optional[str] = ...) -> None: ...
+    def __init__(self, checkpoint: _Optional[bool] = ...) -> None: ...
 
 class WorkerTotals(_message.Message):
     __slots__ = ("peak_rss_mb", "rss_mb")

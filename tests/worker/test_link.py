@@ -1,0 +1,99 @@
+"""The daemon <-> worker link (node/worker/link.py) over a real socketpair."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+import pytest
+
+from fednode.node.worker.link import MAX_FRAME_BYTES, Link, LinkClosed, RemoteError, reply_body
+from fednode.proto.v1 import worker_pb2
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def _pair(left_handler, right_handler) -> tuple[Link, Link, list[asyncio.Task[None]]]:
+    a, b = socket.socketpair()
+    left = await Link.over_socket(a, left_handler, "left")
+    right = await Link.over_socket(b, right_handler, "right")
+    return left, right, [asyncio.ensure_future(left.run()), asyncio.ensure_future(right.run())]
+
+
+def _ignore(frame: worker_pb2.LinkFrame) -> None:
+    return None
+
+
+def test_requests_replies_errors_and_notification_order() -> None:
+    async def scenario() -> None:
+        served: list[bytes] = []
+
+        async def daemon_side(frame: worker_pb2.LinkFrame):
+            body = frame.WhichOneof("body")
+            if body == "serve_blob":  # a notification: handled before the next frame is read
+                served.append(bytes(frame.serve_blob.content_id))
+                return None
+            if body == "fetch_blob":
+                if frame.fetch_blob.content_id not in served:
+                    raise ValueError("BlobNotFoundError: not served")
+                await asyncio.sleep(0.01)
+                return "blob", worker_pb2.Blob(content_id=frame.fetch_blob.content_id, data=b"x" * 300_000)
+            raise ValueError(f"unexpected {body}")
+
+        worker, _daemon, tasks = await _pair(_ignore, daemon_side)
+        worker.notify("serve_blob", worker_pb2.Blob(content_id=b"a" * 32, data=b""))
+        reply = await worker.call("fetch_blob", worker_pb2.BlobFetch(content_id=b"a" * 32))
+        assert reply_body(reply, "blob").data == b"x" * 300_000
+        with pytest.raises(RemoteError, match="BlobNotFoundError"):
+            await worker.call("fetch_blob", worker_pb2.BlobFetch(content_id=b"b" * 32))
+        with pytest.raises(RemoteError, match="unexpected publish"):
+            await worker.call("publish", worker_pb2.GossipOut(topic="t"))
+        # Several calls in flight at once get their own replies.
+        replies = await asyncio.gather(*(worker.call("fetch_blob", worker_pb2.BlobFetch(content_id=b"a" * 32))
+                                         for _ in range(5)))
+        assert {len(reply_body(r, "blob").data) for r in replies} == {300_000}
+        with pytest.raises(ValueError, match="expected a peer_list reply"):
+            reply_body(replies[0], "peer_list")
+        worker.close()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(scenario())
+
+
+def test_the_other_side_going_away_fails_pending_calls() -> None:
+    async def scenario() -> None:
+        never = asyncio.Event()
+
+        async def stuck(frame: worker_pb2.LinkFrame):
+            await never.wait()
+
+        caller, callee, tasks = await _pair(_ignore, stuck)
+        pending = asyncio.ensure_future(caller.call("publish", worker_pb2.GossipOut(topic="t")))
+        await asyncio.sleep(0.05)
+        callee.close()  # the process on the other end died
+        with pytest.raises(LinkClosed):
+            await pending
+        await asyncio.gather(*tasks)
+        assert caller.closed
+        with pytest.raises(LinkClosed):
+            caller.notify("serve_blob", worker_pb2.Blob())
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("garbage", [
+    struct.pack(">I", MAX_FRAME_BYTES + 1),  # an absurd length prefix: never allocated
+    struct.pack(">I", 3) + b"\xff\xff\xff",  # not a LinkFrame
+])
+def test_a_broken_frame_closes_the_link_without_crashing(garbage: bytes) -> None:
+    async def scenario() -> None:
+        a, b = socket.socketpair()
+        link = await Link.over_socket(a, _ignore, "reader")
+        reading = asyncio.ensure_future(link.run())
+        b.sendall(garbage)
+        await asyncio.wait_for(reading, 10)  # returns, does not raise
+        assert link.closed
+        b.close()
+
+    asyncio.run(scenario())

@@ -1,0 +1,79 @@
+"""The daemon and its training worker as real processes: neither outlives the other."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from fednode.node.checkpoint import CheckpointStore
+from fednode.node.errors import ExitCode
+
+pytestmark = pytest.mark.timeout(300)
+
+FAST = ["--set", "task.params={hidden = [32]}", "--set", "training.local_steps=5", "--set", "training.slowdown=3"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _worker_of(daemon) -> int:
+    workers = daemon.children()
+    assert len(workers) == 1, workers
+    assert "fednode.node.worker" in Path(f"/proc/{workers[0]}/cmdline").read_text()
+    return workers[0]
+
+
+def test_kill_9_of_the_daemon_takes_the_worker_with_it(start_daemon) -> None:
+    daemon = start_daemon(*FAST)
+    daemon.wait_for_log("round 2")
+    worker = _worker_of(daemon)
+    os.kill(daemon.pid, signal.SIGKILL)
+    daemon.wait(timeout=10)
+    # A worker left behind would keep writing checkpoints into a state dir a restarted daemon uses.
+    assert _wait_gone(worker, 10), "the training worker outlived its daemon"
+    restarted = start_daemon(*FAST, "--rounds", "1000", name="node")
+    restarted.wait_for_log("resumed from checkpoint")
+    restarted.signal(signal.SIGTERM)
+    assert restarted.wait(timeout=60) == ExitCode.OK, restarted.log()
+
+
+def test_a_dead_worker_stops_the_daemon_with_a_clear_error(start_daemon) -> None:
+    daemon = start_daemon(*FAST)
+    daemon.wait_for_log("round 2")
+    worker = _worker_of(daemon)
+    os.kill(worker, signal.SIGKILL)
+    code = daemon.wait(timeout=60)
+    assert code == ExitCode.INTERNAL, daemon.log()
+    last = daemon.log().strip().splitlines()[-1]
+    assert "training worker exited unexpectedly" in last and "exit code -9" in last, last
+    assert daemon.group_members() == []
+    assert CheckpointStore(daemon.state_dir).load() is not None  # the rounds before it are kept
+
+
+def test_worker_start_up_errors_keep_their_exit_code_and_message(start_daemon) -> None:
+    """Device, task and model are checked in the worker; the daemon exits with its verdict."""
+    no_gpu = start_daemon(*FAST, "--device", "cuda:7")
+    assert no_gpu.wait(timeout=120) == ExitCode.CONFIG, no_gpu.log()
+    assert "torch sees no CUDA device" in no_gpu.log().strip().splitlines()[-1]
+    no_task = start_daemon("--set", "task.name=fednode.node.tasks.digits:no_such_builder", name="other")
+    assert no_task.wait(timeout=120) == ExitCode.TASK, no_task.log()
+    assert "no_such_builder" in no_task.log()
+    assert no_gpu.group_members() == [] and no_task.group_members() == []
