@@ -29,7 +29,7 @@ from fednode.node.config import FednodeConfig
 from fednode.node.durable import atomic_write_bytes, remove_stale_temp_files
 from fednode.node.errors import ConfigError, ExitCode, NetworkError, StateDirError
 from fednode.node.identity import Identity, load_or_create_identity
-from fednode.node.logs import quiet_noisy_libraries
+from fednode.node.logs import current_rss_mb, log_task_stacks, quiet_noisy_libraries
 from fednode.proto.v1 import worker_pb2
 
 log = logging.getLogger("fednode.daemon")
@@ -38,6 +38,10 @@ AUDIT_FSYNC_EVERY = 1024  # ... or after this many records, whichever comes firs
 
 LINGER_REASONS = ("rounds", "target_accuracy")  # stops after which peers may still fetch from us
 SUMMARY_FILE = "summary.json"
+# A training worker that dies (killed, out of memory) is restarted from the last checkpoint, up
+# to this many times within the window; one that keeps dying ends the daemon (exit code 1).
+WORKER_RESTARTS = 3
+WORKER_RESTART_WINDOW_S = 600.0
 LOCK_FILE = "daemon.lock"
 
 
@@ -206,6 +210,7 @@ class Daemon:
         self.worker: Any = None  # WorkerProcess
         self.layout_digest = ""
         self._checkpoint_federation = ""  # the federation the worker's checkpoint is from
+        self._worker_deaths: list[float] = []  # time.monotonic() of each unexpected worker exit
         self.round = 0
         self.model_version = 0
         self.summary: RunSummary | None = None
@@ -280,7 +285,8 @@ class Daemon:
         summary = self.summary
         summary.task, summary.device = ready.task, ready.device
         if ready.resumed:
-            summary.resumed_from_round = ready.round
+            if not self._worker_deaths:  # the daemon's start, not a restart after a worker died
+                summary.resumed_from_round = ready.round
             log.info("resumed from checkpoint: round %d, model version %d", ready.round, ready.model_version)
         log.info("task %s on %s: %d training examples, %d parameters", ready.task, ready.device,
                  ready.train_samples, ready.parameters)
@@ -364,7 +370,7 @@ class Daemon:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, on_signal, signum)
         # `kill -USR1 <pid>`: log where every asyncio task is waiting (for a daemon that seems stuck).
-        loop.add_signal_handler(signal.SIGUSR1, _log_task_stacks, loop)
+        loop.add_signal_handler(signal.SIGUSR1, log_task_stacks, loop)
 
     def _force_exit(self) -> None:
         log.error(
@@ -399,18 +405,43 @@ class Daemon:
         """Train alone, or with the current federation; switch when a federation is created,
         joined or left through the admin API; return when the daemon stops."""
         assert self._session_changed is not None
+        from fednode.node.worker.supervisor import WorkerGone
+
         while not self._done():
             self._session_changed.clear()
             session = self.session
-            if session is not None:
-                self.state = "training"
-                await self._run_federated(session)
-            elif self._alone_allowed:
-                self.state = "training"
-                await self._run_alone()
-            else:
-                self.state = "idle"  # left its federation: wait for a new one, or a stop
-                await self._wait_for_change()
+            try:
+                if session is not None:
+                    self.state = "training"
+                    await self._run_federated(session)
+                elif self._alone_allowed:
+                    self.state = "training"
+                    await self._run_alone()
+                else:
+                    self.state = "idle"  # left its federation: wait for a new one, or a stop
+                    await self._wait_for_change()
+            except WorkerGone as gone:
+                await self._restart_worker(gone)
+
+    async def _restart_worker(self, gone: Exception) -> None:
+        """Start a new training worker after one died; it resumes from the last checkpoint."""
+        from fednode.node.worker.supervisor import WorkerError, WorkerGone
+
+        while True:
+            now = time.monotonic()
+            self._worker_deaths = [t for t in self._worker_deaths if now - t < WORKER_RESTART_WINDOW_S] + [now]
+            if len(self._worker_deaths) > WORKER_RESTARTS:
+                raise WorkerError(f"{gone}; it died {len(self._worker_deaths)} times within "
+                                  f"{WORKER_RESTART_WINDOW_S / 60:.0f} min, so the daemon stops (see the log lines above)")
+            log.error("%s; restarting it from the last checkpoint (restart %d of at most %d within %.0f min)", gone,
+                      len(self._worker_deaths), WORKER_RESTARTS, WORKER_RESTART_WINDOW_S / 60,
+                      extra={"event": "worker_restart"})
+            await self.worker.kill()
+            try:
+                await self._start_worker()  # a worker that reports a start-up error is not retried
+                return
+            except WorkerGone as again:  # died again while starting
+                gone = again
 
     async def _wait_for_change(self) -> None:
         assert self._session_changed is not None
@@ -495,7 +526,7 @@ class Daemon:
 
     async def _run_worker_session(self, start: Any, mesh: Any, validator_factory: Any = None) -> Any:
         """Run one session in the worker; raise what ended it badly."""
-        from fednode.node.worker.supervisor import WorkerError
+        from fednode.node.worker.supervisor import WorkerError, WorkerGone
 
         if self._session_over():
             return None
@@ -505,7 +536,7 @@ class Daemon:
         if ended.stop_reason == "rounds" and not self.stop_event.is_set():
             self.request_stop("rounds")
         if ended.error:
-            raise WorkerError(ended.error, ended.exit_code)
+            raise (WorkerError if self.worker.alive else WorkerGone)(ended.error, ended.exit_code)
         return ended
 
     def _session_started(self, worker_rss_mb: float) -> None:
@@ -850,32 +881,6 @@ class Daemon:
             self.state_dir / SUMMARY_FILE,
             extra={"event": "stopped", "summary_file": str(self.state_dir / SUMMARY_FILE)},
         )
-
-
-def _log_task_stacks(loop: asyncio.AbstractEventLoop) -> None:
-    """Log where each asyncio task of the daemon is waiting (innermost frame last)."""
-    for task in sorted(asyncio.all_tasks(loop), key=lambda t: t.get_name()):
-        # Task.get_stack() shows one frame of a suspended coroutine; follow the await chain.
-        where, awaited = [], task.get_coro()
-        while awaited is not None and len(where) < 16:
-            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
-            if frame is None:
-                where.append(type(awaited).__name__)
-                break
-            where.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
-            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
-        log.warning("task %s waits in %s", task.get_name(), " > ".join(where) or "(done)")
-
-
-def current_rss_mb() -> float:
-    """Resident set size of this process now (Linux /proc), in MiB; NaN where unavailable."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
 
 
 def summary_from_file(path: Path) -> dict[str, Any]:

@@ -6,11 +6,13 @@ so log shippers can index round numbers, peer ids and accuracies without parsing
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import json
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -71,3 +73,30 @@ def configure_logging(log_format: str = "human", level: str = "info") -> None:
     # py-libp2p and its dependencies are chatty at INFO; their warnings still show.
     for noisy in ("libp2p", "multiaddr", "trio", "async_service", "hpack", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def log_task_stacks(loop: asyncio.AbstractEventLoop) -> None:
+    """Log where each asyncio task of this process waits, innermost frame last (`kill -USR1`
+    on a daemon or worker that seems stuck)."""
+    for task in sorted(asyncio.all_tasks(loop), key=lambda t: t.get_name()):
+        # Task.get_stack() shows one frame of a suspended coroutine; follow the await chain.
+        where, awaited = [], task.get_coro()
+        while awaited is not None and len(where) < 16:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+            if frame is None:
+                where.append(type(awaited).__name__)
+                break
+            where.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+        logging.getLogger("fednode").warning("task %s waits in %s", task.get_name(), " > ".join(where) or "(done)")
+
+
+def current_rss_mb() -> float:
+    """Resident set size of this process now (Linux /proc), in MiB; NaN where unavailable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")

@@ -35,6 +35,7 @@ from fednode.node.checkpoint import Checkpoint, CheckpointStore
 from fednode.node.config import FednodeConfig
 from fednode.node.errors import ConfigError, ExitCode, FednodeError, TaskError
 from fednode.node.identity import identity_path, load_identity
+from fednode.node.logs import current_rss_mb
 from fednode.node.model import assign_parameters, flatten_parameters, model_layout
 from fednode.node.tasks import TaskContext, load_task
 from fednode.node.trainer import LocalTrainer, resolve_device
@@ -43,14 +44,6 @@ from fednode.node.worker.remote_mesh import RemoteMesh
 from fednode.proto.v1 import worker_pb2
 
 log = logging.getLogger("fednode.worker")
-
-
-def current_rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
-    except OSError:
-        return float("nan")
 
 
 def peak_rss_mb() -> float:
@@ -486,12 +479,11 @@ def _die_with_parent() -> None:
 
 async def serve(link_fd: int) -> int:
     """Run the worker until the daemon shuts it down or goes away; returns the exit code."""
-    from fednode.node.daemon import _log_task_stacks
-    from fednode.node.logs import configure_logging
+    from fednode.node.logs import configure_logging, log_task_stacks
 
     sock = socket.socket(fileno=link_fd)
     # `kill -USR1 <worker pid>`: log where every asyncio task waits, as the daemon does.
-    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _log_task_stacks, asyncio.get_running_loop())
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, log_task_stacks, asyncio.get_running_loop())
     configure_frame: asyncio.Future[worker_pb2.Configure] = asyncio.get_running_loop().create_future()
     worker: TrainingWorker | None = None
 

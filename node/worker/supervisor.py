@@ -41,6 +41,10 @@ class WorkerError(FednodeError):
             self.exit_code = ExitCode.INTERNAL
 
 
+class WorkerGone(WorkerError):
+    """The training worker process died (killed, out of memory, crashed)."""
+
+
 def settings_to_proto(settings: Any) -> worker_pb2.Settings:
     return worker_pb2.Settings(
         rule=settings.rule, rule_params_json=json.dumps(settings.rule_params, sort_keys=True), f=settings.f,
@@ -105,7 +109,7 @@ class WorkerProcess:
         await self.link.run()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.process.wait(), WORKER_EXIT_TIMEOUT)
-        gone = WorkerError(f"the training worker exited unexpectedly (exit code {self.process.returncode}); "
+        gone = WorkerGone(f"the training worker exited unexpectedly (exit code {self.process.returncode}); "
                            f"see its log lines above")
         if not self._ready.done():
             self._ready.set_exception(gone)
@@ -150,12 +154,12 @@ class WorkerProcess:
     # ------------------------------------------------------------------------------ requests
     async def _call(self, field: str, message: Any, timeout: float | None = None) -> worker_pb2.LinkFrame:
         if not self.alive:
-            raise WorkerError("the training worker is not running")
+            raise WorkerGone("the training worker is not running")
         assert self.link is not None
         try:
             return await self.link.call(field, message, timeout)
         except LinkClosed as exc:
-            raise WorkerError(f"the training worker went away: {exc}") from None
+            raise WorkerGone(f"the training worker went away: {exc}") from None
 
     async def check_settings(self, settings: Any) -> None:
         """ValueError saying what to change when a federation's settings cannot work."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -55,17 +56,43 @@ def test_kill_9_of_the_daemon_takes_the_worker_with_it(start_daemon) -> None:
     assert restarted.wait(timeout=60) == ExitCode.OK, restarted.log()
 
 
-def test_a_dead_worker_stops_the_daemon_with_a_clear_error(start_daemon) -> None:
+def _round_logged(daemon) -> int:
+    rounds = re.findall(r"round (\d+)[:/]", daemon.log())
+    return int(rounds[-1]) if rounds else 0
+
+
+def test_a_dead_worker_is_restarted_from_the_checkpoint_then_given_up_on(start_daemon) -> None:
     daemon = start_daemon(*FAST)
     daemon.wait_for_log("round 2")
-    worker = _worker_of(daemon)
-    os.kill(worker, signal.SIGKILL)
+    first = _worker_of(daemon)
+    os.kill(first, signal.SIGKILL)  # what the kernel's OOM killer would do to the biggest process
+    daemon.wait_for_log("restarting it from the last checkpoint")
+    assert "exit code -9" in daemon.log()
+    before = _round_logged(daemon)
+    deadline = time.monotonic() + 60
+    while _round_logged(daemon) <= before + 1:  # training goes on with the new worker
+        assert time.monotonic() < deadline and daemon.process.poll() is None, daemon.log()
+        time.sleep(0.1)
+    second = _worker_of(daemon)
+    assert second != first and not _alive(first)
+    resumed = re.findall(r"resumed from checkpoint: round (\d+)", daemon.log())
+    assert len(resumed) == 1 and int(resumed[0]) >= 2, resumed  # the new worker went on from there
+    # A worker that keeps dying ends the daemon with a clear message instead of a restart loop.
+    for death in (2, 3, 4):
+        current = _worker_of(daemon)
+        os.kill(current, signal.SIGKILL)
+        if death == 4:
+            break
+        deadline = time.monotonic() + 60
+        while not (len(daemon.children()) == 1 and daemon.children()[0] != current):
+            assert time.monotonic() < deadline and daemon.process.poll() is None, daemon.log()
+            time.sleep(0.05)
     code = daemon.wait(timeout=60)
     assert code == ExitCode.INTERNAL, daemon.log()
     last = daemon.log().strip().splitlines()[-1]
-    assert "training worker exited unexpectedly" in last and "exit code -9" in last, last
+    assert "died 4 times" in last and "training worker" in last, last
     assert daemon.group_members() == []
-    assert CheckpointStore(daemon.state_dir).load() is not None  # the rounds before it are kept
+    assert CheckpointStore(daemon.state_dir).load().round >= before  # the rounds before are kept
 
 
 def test_worker_start_up_errors_keep_their_exit_code_and_message(start_daemon) -> None:
