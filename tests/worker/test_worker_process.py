@@ -104,3 +104,22 @@ def test_worker_start_up_errors_keep_their_exit_code_and_message(start_daemon) -
     assert no_task.wait(timeout=120) == ExitCode.TASK, no_task.log()
     assert "no_such_builder" in no_task.log()
     assert no_gpu.group_members() == [] and no_task.group_members() == []
+
+
+def test_in_a_federation_torch_and_libp2p_each_load_in_one_process_only(start_federation) -> None:
+    """The point of the split: the daemon (mesh) never maps libtorch, the worker never loads
+    py-libp2p (its fastecdsa extension is the marker), while they train with a federation."""
+    nodes = start_federation(2, *FAST[:4], "--set", "federation.min_participants=2")
+    for node in nodes:
+        node.wait_for_log('"participants": 2', timeout=120)
+    for node in nodes:
+        worker = _worker_of(node)
+        daemon_maps = Path(f"/proc/{node.pid}/maps").read_text()
+        worker_maps = Path(f"/proc/{worker}/maps").read_text()
+        assert "fastecdsa" in daemon_maps and "libtorch" not in daemon_maps
+        assert "libtorch" in worker_maps and "fastecdsa" not in worker_maps
+    for node in nodes:
+        node.signal(signal.SIGTERM)
+    for node in nodes:
+        assert node.wait(timeout=60) == ExitCode.OK, node.log()
+        assert node.group_members() == []
