@@ -387,7 +387,7 @@ class Daemon:
         try:
             self.setup()
             try:
-                await self._start_worker()
+                await self._start_worker_and_mesh()
                 await self._start_services()
                 try:
                     await self._run_sessions()
@@ -544,6 +544,30 @@ class Daemon:
             self.summary.idle_rss_mb = current_rss_mb()
             self.summary.worker_idle_rss_mb = worker_rss_mb
 
+    async def _start_worker_and_mesh(self) -> None:
+        """The worker builds the model (torch, seconds) while the daemon starts the mesh a
+        federation needs: the two processes use both cores instead of one after the other."""
+        mesh = asyncio.ensure_future(self._mesh_for(self.session)) if self.session is not None else None
+        try:
+            await self._start_worker()
+        except BaseException:
+            if mesh is not None:
+                mesh.cancel()
+                with suppress(BaseException):
+                    await mesh
+            raise
+        if mesh is not None:
+            await mesh
+
+    async def _mesh_for(self, session: FederationSession) -> Any:
+        assert self.identity is not None
+        if session.certified and self.mesh is None:
+            # Where members were last seen: a restarted member needs no mesh.bootstrap.
+            own = f"/p2p/{self.identity.peer_id}"
+            saved = [a for a in self.store.peer_addresses(session.federation_id) if not a.endswith(own)]
+            self.bootstrap_hints = list(dict.fromkeys([*self.bootstrap_hints, *saved]))
+        return await self.ensure_mesh()
+
     async def ensure_mesh(self) -> Any:
         """The mesh, started on first use and kept for the daemon's life."""
         if self._mesh_lock is None:
@@ -623,12 +647,7 @@ class Daemon:
 
         assert self.identity is not None
         federation = self.config.federation
-        if session.certified and self.mesh is None:
-            # Where members were last seen: a restarted member needs no mesh.bootstrap.
-            own = f"/p2p/{self.identity.peer_id}"
-            saved = [a for a in self.store.peer_addresses(session.federation_id) if not a.endswith(own)]
-            self.bootstrap_hints = list(dict.fromkeys([*self.bootstrap_hints, *saved]))
-        mesh = await self.ensure_mesh()
+        mesh = await self._mesh_for(session)
         if self._checkpoint_federation != session.federation_id:
             # A federation this node has no checkpoint for: its rounds count from zero (peers
             # that are ahead are caught up with by state sync).
