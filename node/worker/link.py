@@ -166,6 +166,12 @@ class Link:
         with contextlib.suppress(Exception):
             self._writer.close()
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes written but not yet taken by the other side (its reader is behind)."""
+        transport = self._writer.transport
+        return 0 if transport.is_closing() else transport.get_write_buffer_size()
+
     async def wait_drained(self) -> None:
         with contextlib.suppress(ConnectionError):
             await self._writer.drain()

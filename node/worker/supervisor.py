@@ -28,6 +28,9 @@ log = logging.getLogger("fednode.daemon")
 
 WORKER_START_TIMEOUT = 300.0  # building a large task's data set can take minutes
 WORKER_EXIT_TIMEOUT = 5.0
+# Mesh events are dropped (and counted) rather than buffered without bound for a worker whose
+# event loop is not reading, as the mesh's own event queue does.
+MAX_UNREAD_EVENT_BYTES = 64 << 20
 
 
 class WorkerError(FednodeError):
@@ -78,6 +81,7 @@ class WorkerProcess:
         self._reading: asyncio.Task[None] | None = None
         self._pump: asyncio.Task[None] | None = None
         self.last_rss_mb = float("nan")
+        self.events_dropped = 0  # mesh events not forwarded because the worker was not reading
 
     # ------------------------------------------------------------------------------ lifecycle
     async def start(self) -> worker_pb2.WorkerReady:
@@ -246,6 +250,11 @@ class WorkerProcess:
             if self._session_ended is None or not self.alive:
                 continue
             assert self.link is not None
+            if self.link.buffered_bytes > MAX_UNREAD_EVENT_BYTES:
+                self.events_dropped += 1
+                if self.events_dropped == 1 or self.events_dropped % 1000 == 0:
+                    log.warning("the training worker is not reading: %d mesh event(s) dropped", self.events_dropped)
+                continue
             with contextlib.suppress(LinkClosed):
                 self.link.notify("mesh_event", event_to_proto(event))
 

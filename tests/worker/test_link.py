@@ -97,3 +97,22 @@ def test_a_broken_frame_closes_the_link_without_crashing(garbage: bytes) -> None
         b.close()
 
     asyncio.run(scenario())
+
+
+def test_unread_bytes_are_visible_so_the_sender_can_stop_buffering() -> None:
+    """The daemon drops mesh events for a worker that does not read (supervisor.py); it sees
+    that through `buffered_bytes`."""
+    async def scenario() -> None:
+        a, b = socket.socketpair()
+        sender = await Link.over_socket(a, _ignore, "sender")
+        for _ in range(32):  # 32 MB: far more than the kernel's socket buffers hold
+            sender.notify("serve_blob", worker_pb2.Blob(data=b"\0" * (1 << 20)))
+        assert sender.buffered_bytes > 16 << 20
+        reader = await Link.over_socket(b, _ignore, "reader")  # the other side starts reading
+        reading = asyncio.ensure_future(reader.run())
+        await asyncio.wait_for(sender.wait_drained(), 30)
+        assert sender.buffered_bytes == 0
+        sender.close()
+        await asyncio.wait_for(reading, 10)
+
+    asyncio.run(scenario())
