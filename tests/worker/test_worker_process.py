@@ -103,7 +103,15 @@ def test_worker_start_up_errors_keep_their_exit_code_and_message(start_daemon) -
     no_task = start_daemon("--set", "task.name=fednode.node.tasks.digits:no_such_builder", name="other")
     assert no_task.wait(timeout=120) == ExitCode.TASK, no_task.log()
     assert "no_such_builder" in no_task.log()
-    assert no_gpu.group_members() == [] and no_task.group_members() == []
+    bad_rule = start_daemon(*FAST, "--set", 'federation.id="x"', "--set", "aggregation.rule=no_such_rule",
+                            "--set", 'mesh.listen=["/ip4/127.0.0.1/tcp/0"]', name="rule")
+    assert bad_rule.wait(timeout=120) == ExitCode.CONFIG, bad_rule.log()
+    assert "invalid aggregation settings" in bad_rule.log().strip().splitlines()[-1]
+    bad_attack = start_daemon(*FAST, "--set", "attack.name=no_such_attack", name="attack")
+    assert bad_attack.wait(timeout=120) == ExitCode.CONFIG, bad_attack.log()
+    assert "invalid attack.name" in bad_attack.log().strip().splitlines()[-1]
+    for daemon in (no_gpu, no_task, bad_rule, bad_attack):
+        assert daemon.group_members() == []
 
 
 def test_in_a_federation_torch_and_libp2p_each_load_in_one_process_only(start_federation) -> None:
