@@ -174,10 +174,10 @@ class LocalFederation:
                 event = record.get("event")
                 if event == "listening":
                     node.multiaddrs = list(record.get("multiaddrs", []))
-                elif event == "round":
+                elif event in ("round", "synced_round"):  # a state sync can bring the last round
                     node.round = int(record.get("round", node.round))
                     node.accuracy = float(record.get("accuracy", node.accuracy))
-                    node.participants = int(record.get("participants", 0))
+                    node.participants = int(record.get("participants", node.participants))
 
     def stop_all(self) -> None:
         """Graceful stop for everyone, bounded; then kill what is left."""

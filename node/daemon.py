@@ -776,6 +776,9 @@ class Daemon:
     async def _on_worker_round(self, report: Any) -> Any:
         """A round the worker closed: record it, and tell the worker whether to go on."""
         self.round, self.model_version = report.round, report.model_version
+        if report.synced:
+            self._record_synced(report)
+            return worker_pb2.RoundVerdict(stop=self._session_over(), reason=self.stop_reason or "switch")
         record = RoundRecord(
             round=report.round, model_version=report.model_version, accuracy=report.accuracy, loss=report.loss,
             train_loss=report.train_loss, seconds=report.train_seconds, round_seconds=report.round_seconds,
@@ -832,6 +835,18 @@ class Daemon:
         with suppress(Exception):  # a hint: never worth failing a round over
             self.store.save_peer_addresses(session.federation_id, addresses)
             self._saved_peer_addresses = addresses
+
+    def _record_synced(self, report: Any) -> None:
+        """The session ended on a model a state sync brought (peers closed the last round
+        first): the summary describes that model; the history keeps the rounds this node closed."""
+        assert self.summary is not None
+        summary = self.summary
+        summary.rounds, summary.model_version = report.round, report.model_version
+        summary.accuracy, summary.loss = report.accuracy, report.loss
+        if not summary.best_accuracy >= report.accuracy:
+            summary.best_accuracy = report.accuracy
+        log.info("synced to round %d: test accuracy %.4f, test loss %.4f", report.round, report.accuracy,
+                 report.loss, extra={"event": "synced_round", "round": report.round, "accuracy": report.accuracy})
 
     def _record(self, record: RoundRecord) -> None:
         assert self.summary is not None

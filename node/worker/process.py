@@ -77,6 +77,7 @@ class TrainingWorker:
         self.stop_reason = ""
         self.linger = False
         self._session: asyncio.Task[None] | None = None
+        self._reported_round = 0  # the last round reported to the daemon
         self.exit = asyncio.Event()
 
     # ------------------------------------------------------------------------------ set-up
@@ -338,11 +339,13 @@ class TrainingWorker:
             # A federation this node has no checkpoint for: its rounds count from zero (peers
             # that are ahead are caught up with by state sync).
             self.round = self.model_version = 0
+        self._reported_round = self.round
         try:
             await self.runner.start()
             started.set_result(None)
             if not self._should_stop():
                 await self.runner.run(should_stop=self._should_stop)
+            await self._record_synced_model()
         finally:
             runner = self.runner
             self.round, self.model_version = runner.round, runner.model_version
@@ -353,6 +356,18 @@ class TrainingWorker:
             await runner.close()
             self.extra_state = {**self.extra_state, **runner.checkpoint_extra()}
             self.runner = None
+
+    async def _record_synced_model(self) -> None:
+        """A state sync can carry the model past the last round this node closed itself (the
+        others finished it first, typically the last round). Record the model the session ends
+        with, so the summary and the checkpoint describe it rather than the one before."""
+        runner = self.runner
+        if runner.round <= self._reported_round:
+            return
+        self.round, self.model_version = runner.round, runner.model_version
+        await self._after_round(worker_pb2.RoundDone(
+            round=runner.round, model_version=runner.model_version, train_loss=float("nan"),
+            close_reason="state sync", federated=True, synced=True, state=self.session_state()))
 
     def _fill_session_totals(self, ended: worker_pb2.SessionEnded) -> None:
         runner = self.runner
@@ -430,6 +445,7 @@ class TrainingWorker:
         report.rss_mb = current_rss_mb()
         self.metrics = {"accuracy": evaluation.accuracy, "loss": evaluation.loss}
         reply = await self.link.call("round_done", report)
+        self._reported_round = report.round
         verdict = reply.round_verdict
         self.save_checkpoint(background=True)
         if verdict.stop:

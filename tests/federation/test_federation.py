@@ -162,3 +162,19 @@ def test_a_fresh_federation_starts_without_waiting_out_the_initial_sync(tmp_path
         listening = next(record_time(r) for r in records if r.get("event") == "listening")
         first_round = next(record_time(r) for r in records if r.get("event") == "round")
         assert first_round - listening < 2 * interval + 1, (index, first_round - listening)
+
+
+def test_a_straggler_that_syncs_to_the_last_round_ends_with_the_same_model(start_federation) -> None:
+    """Two fast members close rounds without a much slower third (k-of-n); the straggler catches
+    up by state sync, the last time to the final round, which it never closes itself. Its summary
+    must describe the model it ends with (the federation's), not the one before the sync."""
+    args = [*SMALL, "--rounds", "8", "--set", "federation.min_participants=2", "--set", "federation.push=true"]
+    nodes = start_federation(3, *args, per_node={2: ["--set", "training.emulated_step_ms=400"]})
+    for node in nodes:
+        assert node.wait(timeout=300) == 0, node.log()[-3000:]
+    summaries = [json.loads((node.state_dir / "summary.json").read_text()) for node in nodes]
+    straggler = summaries[2]
+    assert straggler["syncs"] >= 1 and straggler["rounds"] == 8, straggler
+    assert max(r["round"] for r in straggler["history"]) < 8, "the straggler closed the last round itself"
+    assert len({s["accuracy"] for s in summaries}) == 1, [s["accuracy"] for s in summaries]
+    assert len({s["model_version"] for s in summaries}) == 1
