@@ -325,10 +325,9 @@ class NodeControl:
             raise AdminError(grpc.StatusCode.FAILED_PRECONDITION, "that federation is not the one this node trains now")
         if request.format not in ("", "pt", "raw"):
             raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, f'format must be "pt" or "raw", got {request.format!r}')
-        if d.worker is None or not d.worker.alive:
-            raise AdminError(grpc.StatusCode.UNAVAILABLE, "the model is not built yet; retry in a moment")
         try:
-            return await d.worker.export_model(request.format)  # type: ignore[no-any-return]
+            worker = await d.running_worker()  # an idle node starts its worker again for this
+            return await worker.export_model(request.format)  # type: ignore[no-any-return]
         except (ValueError, FednodeError) as exc:
             raise AdminError(grpc.StatusCode.UNAVAILABLE, f"cannot export the model now: {exc}; retry in a moment") from exc
 

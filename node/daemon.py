@@ -211,6 +211,7 @@ class Daemon:
         self.layout_digest = ""
         self._checkpoint_federation = ""  # the federation the worker's checkpoint is from
         self._worker_deaths: list[float] = []  # time.monotonic() of each unexpected worker exit
+        self._worker_lock = asyncio.Lock()  # admin calls and the session loop may start it together
         self.round = 0
         self.model_version = 0
         self.summary: RunSummary | None = None
@@ -291,7 +292,28 @@ class Daemon:
         log.info("task %s on %s: %d training examples, %d parameters", ready.task, ready.device,
                  ready.train_samples, ready.parameters)
         if self.session is not None:
-            await self._check_settings(self.session.settings)  # fail fast on bad settings
+            await self._check_settings(self.session.settings, self.worker)  # fail fast on bad settings
+
+    async def running_worker(self) -> Any:
+        """The training worker, started again if the daemon stopped it while idle."""
+        async with self._worker_lock:
+            if self.worker is None:
+                await self._start_worker()
+            return self.worker
+
+    async def _park_worker(self) -> None:
+        """An idle node (it left its federation) gives the worker's memory back: the worker
+        writes a final checkpoint and exits; the next session or admin request starts it again."""
+        async with self._worker_lock:
+            if self.worker is None or not self.worker.alive:
+                return
+            self._note_worker_peak(await self.worker.shutdown(checkpoint=True))
+            self.worker = None
+            log.info("idle: training worker stopped (model checkpointed); it starts again with the next session")
+
+    def _note_worker_peak(self, peak_mb: float) -> None:
+        if self.summary is not None and peak_mb == peak_mb:  # not NaN
+            self.summary.worker_peak_rss_mb = max(self.summary.worker_peak_rss_mb, peak_mb)
 
     def _config_settings(self) -> FederationSettings:
         cfg = self.config
@@ -337,11 +359,11 @@ class Daemon:
         f = int(params.pop("f", 0))
         settings = FederationSettings(rule, params, f, "sync", min_participants, self.config.compression.codec,
                                       dict(self.config.compression.params))
-        await self.worker.check_settings(settings)
+        await (await self.running_worker()).check_settings(settings)
 
-    async def _check_settings(self, settings: FederationSettings) -> None:
+    async def _check_settings(self, settings: FederationSettings, worker: Any) -> None:
         try:
-            await self.worker.check_settings(settings)
+            await worker.check_settings(settings)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 
@@ -412,13 +434,16 @@ class Daemon:
             session = self.session
             try:
                 if session is not None:
+                    await self.running_worker()
                     self.state = "training"
                     await self._run_federated(session)
                 elif self._alone_allowed:
+                    await self.running_worker()
                     self.state = "training"
                     await self._run_alone()
                 else:
                     self.state = "idle"  # left its federation: wait for a new one, or a stop
+                    await self._park_worker()
                     await self._wait_for_change()
             except WorkerGone as gone:
                 await self._restart_worker(gone)
@@ -454,7 +479,7 @@ class Daemon:
         assert self._session_changed is not None
         session = self._certified_session(federation_id) if federation_id else None
         if session is not None:
-            await self._check_settings(session.settings)
+            await self._check_settings(session.settings, await self.running_worker())
         self.session = session
         self._alone_allowed = False
         self._session_changed.set()
@@ -902,7 +927,8 @@ class Daemon:
 
     async def _finish(self) -> None:
         assert self.summary is not None
-        self.summary.worker_peak_rss_mb = await self.worker.shutdown(checkpoint=True)
+        if self.worker is not None:  # not parked while idle (that wrote the final checkpoint)
+            self._note_worker_peak(await self.worker.shutdown(checkpoint=True))
         self.summary.wall_seconds = time.perf_counter() - self._started
         self.summary.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         self.summary.stop_reason = self.stop_reason or "stopped"

@@ -116,6 +116,12 @@ def test_create_invite_join_train_leave_with_json_everywhere(start_daemon, cli) 
     assert left == {"left": federation_id[:12]}
     assert json_of(cli, "federation", "list", "--state-dir", str(joiner.state_dir)) == []
     wait_until(lambda: json_of(cli, "status", "--state-dir", str(joiner.state_dir))["state"] == "idle", what="idle")
+    # Idle, the node gives its training worker's memory back (the model is checkpointed) ...
+    wait_until(lambda: joiner.children() == [], what="the idle node's worker to exit")
+    # ... and starts it again when asked for the model.
+    again = json_of(cli, "model", "export", str(joiner.state_dir.parent / "idle.pt"), "--state-dir",
+                    str(joiner.state_dir))
+    assert torch.load(Path(again["path"]), weights_only=True).keys() == state.keys()
     # The owner received the departure: it no longer waits for the joiner.
     wait_until(lambda: joiner_status["peer_id"] not in participants(cli, owner, federation_id), what="departure seen")
     stop = json_of(cli, "stop", "--state-dir", str(owner.state_dir))
