@@ -249,11 +249,16 @@ class FederationRunner:
         our last round too (they may still be fetching from us) or left, bounded by a few
         announcements and by `max_seconds` (the daemon's shutdown budget)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + min(2 * self.announce_interval + 1.0, max_seconds)
-        recent = self.rounds.expected() - {self.peer_id}
+        window = 2 * self.announce_interval + 1.0
+        deadline = loop.time() + min(window, max_seconds)
+        # Members of our rounds, and members heard from lately that our rounds closed without (a
+        # straggler the deadlines left out): it catches up by fetching our snapshot, so we stay.
+        heard = {p for p, m in self.members.items() if time.time() - m.last_seen < window}
+        recent = (self.rounds.expected() | heard) - {self.peer_id}
         while loop.time() < deadline:
-            # expected() drops members that departed meanwhile (one that synced to the end left).
-            behind = [p for p in recent & self.rounds.expected() if self.members.get(p, MemberView(p)).round < self.round]
+            # A member that departed meanwhile (one that synced to the end left) is not waited for.
+            behind = [p for p in recent
+                      if not self.rounds.departed(p) and self.members.get(p, MemberView(p)).round < self.round]
             if not behind:
                 return
             self._wakeup.clear()
@@ -309,7 +314,10 @@ class FederationRunner:
         await self._initial_sync()
         while not should_stop():
             if self._peers_completed(self.round + 1) or self._outvoted():
-                await self._sync_from_peers()
+                if await self._sync_from_peers():
+                    # Say where we are now: members lingering for us can leave once we caught up.
+                    with contextlib.suppress(Exception):
+                        await self._offer_snapshot()
                 continue
             outcome = await self._run_round(self.round + 1)
             if outcome is None:

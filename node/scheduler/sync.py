@@ -101,6 +101,10 @@ class SyncRound:
         self._departed.discard(peer_id)
         self._first_seen.setdefault(peer_id, self.round)
 
+    def departed(self, peer_id: str) -> bool:
+        """The peer announced it is leaving (and has not come back)."""
+        return peer_id in self._departed
+
     def depart(self, peer_id: str) -> None:
         self._departed.add(peer_id)
 

@@ -187,3 +187,20 @@ def test_a_node_synced_past_its_last_round_reports_the_model_it_ends_with(start_
         node.signal(signal.SIGTERM)
     for node in nodes:
         assert node.wait(timeout=60) == 0, node.log()[-3000:]
+
+
+def test_a_straggler_left_out_by_the_deadlines_ends_with_the_federations_model(start_federation) -> None:
+    """Two members close rounds in milliseconds, the third needs 4 s per round (min_participants
+    2): the deadlines leave it out and it falls rounds behind. Finishing first, the fast members
+    linger while it is behind (it is still heard from), so it can fetch their model; every
+    member ends with the same one."""
+    args = [*SMALL, "--rounds", "8", "--set", "federation.min_participants=2"]
+    nodes = start_federation(3, *args, per_node={2: ["--set", "training.emulated_step_ms=400"]})
+    for node in nodes:
+        assert node.wait(timeout=300) == 0, node.log()[-3000:]
+    summaries = [json.loads((node.state_dir / "summary.json").read_text()) for node in nodes]
+    straggler = summaries[2]
+    assert straggler["syncs"] >= 1 and straggler["rounds"] == 8, straggler
+    assert all(r["participants"] == 2 for s in summaries[:2] for r in s["history"][1:]), "it was not left out"
+    assert len({s["accuracy"] for s in summaries}) == 1, [s["accuracy"] for s in summaries]
+    assert len({s["model_version"] for s in summaries}) == 1
