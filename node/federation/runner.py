@@ -24,7 +24,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -126,6 +126,13 @@ class RoundOutcome:
     aggregation_seconds: float
     round_seconds: float
     close_reason: str
+
+
+T = TypeVar("T")
+
+
+class StoppingError(Exception):
+    """A wait on peers was given up because the node is stopping."""
 
 
 class FederationRunner:
@@ -957,6 +964,22 @@ class FederationRunner:
             m.round <= self.round and m.model_version <= self.model_version for m in heard
         )
 
+    async def _unless_stopping(self, work: Awaitable[T]) -> T:
+        """Await `work`, but give it up (StoppingError) once the node stops: a stop must not wait on
+        peers that are leaving too (a fetch from a vanished peer runs into a 30 s stream timeout,
+        longer than the shutdown budget)."""
+        task = asyncio.ensure_future(work)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=0.2)
+                if done:
+                    return task.result()
+                if self.stop.is_set():
+                    raise StoppingError("the node is stopping")
+        finally:
+            if not task.done():
+                task.cancel()
+
     async def _sync_from_peers(self) -> bool:
         best = self._best_offer()
         if best is None:
@@ -965,12 +988,15 @@ class FederationRunner:
         providers = sorted(best.providers)
         digest = bytes(header.payload_sha256)
         try:
-            data = await self.mesh.fetch_blob(digest, providers, max_size=self.max_payload_bytes)
+            data = await self._unless_stopping(self.mesh.fetch_blob(digest, providers, max_size=self.max_payload_bytes))
             payload = tensor_pb2.TensorPayload.FromString(data)
             if payload.codec != tensor_pb2.CODEC_NONE:
                 raise PayloadError("bad_codec_params", "snapshots must be lossless")
             parameters = decode(payload, limits=self.limits, expected_numel=self.layout.numel).reshape(-1)
         except Exception as exc:
+            if self.stop.is_set():
+                log.info("state sync given up: the node is stopping")
+                return False
             log.warning("state sync from %d peer(s) failed (%s); will retry", len(providers), exc)
             self.offers.pop(digest, None)  # re-offered by honest peers at their next announcement
             await asyncio.sleep(min(self.announce_interval, 1.0))
