@@ -80,7 +80,6 @@ class WorkerProcess:
         self._session_ended: asyncio.Future[worker_pb2.SessionEnded] | None = None
         self._reading: asyncio.Task[None] | None = None
         self._pump: asyncio.Task[None] | None = None
-        self.last_rss_mb = float("nan")
         self.events_dropped = 0  # mesh events not forwarded because the worker was not reading
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -105,7 +104,6 @@ class WorkerProcess:
         except BaseException:
             await self.kill()
             raise
-        self.last_rss_mb = self.ready.rss_mb
         return self.ready
 
     async def _read_until_closed(self) -> None:
@@ -286,7 +284,6 @@ class WorkerProcess:
                 self._ready.set_exception(WorkerError(frame.failed.message, frame.failed.exit_code))
             return None
         if body == "round_done":
-            self.last_rss_mb = frame.round_done.rss_mb
             return "round_verdict", await self.on_round(frame.round_done)
         if body == "runner_event":
             self.on_event(frame.runner_event)
