@@ -6,6 +6,7 @@ and announcement the node sends, and is the key federation certificates are issu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import stat
@@ -30,6 +31,7 @@ _LIBP2P_ED25519_PUBKEY_PREFIX = bytes([0x08, 0x01, 0x12, 0x20])
 _IDENTITY_MULTIHASH_PREFIX = bytes([0x00, len(_LIBP2P_ED25519_PUBKEY_PREFIX) + 32])
 
 
+@functools.lru_cache(maxsize=4096)  # every received message names its signer's key: few distinct ones
 def peer_id_from_public_key(public_key: bytes) -> str:
     """The libp2p peer id ("12D3KooW...") of a raw 32-byte Ed25519 public key."""
     if len(public_key) != 32:
@@ -63,7 +65,7 @@ def verify_signature(public_key: bytes, signature: bytes, message: bytes) -> boo
 class Identity:
     private_key: Ed25519PrivateKey
 
-    @property
+    @functools.cached_property  # read for every message sealed; the key never changes
     def public_key(self) -> bytes:
         return self.private_key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw

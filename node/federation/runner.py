@@ -689,7 +689,8 @@ class FederationRunner:
             event = await self.mesh.events.get()
             kind = type(event).__name__
             if kind == "GossipMessage" and event.topic == self.topic:
-                self._on_gossip(event.data, event.from_peer, direct=event.direct)
+                self._on_gossip(event.data, event.from_peer, direct=event.direct,
+                                signature_verified=event.signature_verified)
             elif kind == "PeerConnected":
                 self._connected.add(event.peer_id)
             elif kind == "PeerDisconnected":
@@ -714,7 +715,7 @@ class FederationRunner:
                       payload_sha256=bytes(header.payload_sha256) if header is not None else b"",
                       round=header.round if header is not None else 0)
 
-    def _on_gossip(self, data: bytes, from_peer: str, *, direct: bool = False) -> None:
+    def _on_gossip(self, data: bytes, from_peer: str, *, direct: bool = False, signature_verified: bool = False) -> None:
         path = _VIA_PUSH if direct else _VIA_GOSSIP
         digest = hashlib.sha256(data).digest()
         seen = self._seen_envelopes.get(digest)
@@ -727,7 +728,7 @@ class FederationRunner:
             self._reject_foreign_push(from_peer, "message", seen[1])
             return
         try:
-            valid = self.validator.open(data, digest)
+            valid = self.validator.open(data, digest, signature_verified=signature_verified)
         except Rejected as rejected:
             self._reject(None, rejected)
             return

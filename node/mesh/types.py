@@ -46,6 +46,9 @@ class GossipMessage:
     from_peer: str
     received_at: float  # time.time() when the message was delivered
     direct: bool = False  # pushed over the fast path (Mesh.push), not gossiped
+    # The topic's validator accepted these bytes in another process (the daemon, for the training
+    # worker's RemoteMesh): their envelope signature needs no second verification.
+    signature_verified: bool = False
 
 
 @dataclass(frozen=True)

@@ -89,3 +89,29 @@ def test_checked_messages_never_opened_are_forgotten_beyond_the_bound() -> None:
     assert validator.signature_checks == checks + 1
     validator.open(messages[-1])  # a recent one is still handed over
     assert validator.signature_checks == checks + 1
+
+
+def test_bytes_verified_by_the_daemon_are_not_verified_again_but_every_other_rule_applies() -> None:
+    # The training worker opens messages its daemon's validator accepted (RemoteMesh marks them
+    # signature_verified): no second Ed25519 verification, the same parse and the same rules.
+    issuer, _ = create_federation("validator test")
+    member = Identity.generate()
+    certificate = issue_certificate(issuer, member.public_key)
+    policy = TrustPolicy()
+    daemon_side, worker_side = _validator(issuer.federation_id, policy), _validator(issuer.federation_id, policy)
+    data = _departure(member, issuer.federation_id, certificate)
+    assert daemon_side.check(data, member.peer_id) is None
+    valid = worker_side.open(data, signature_verified=True)
+    assert worker_side.signature_checks == 0
+    assert valid.sender == member.peer_id and valid.message.departure.reason == "bye"
+    with pytest.raises(Rejected) as wrong:
+        _validator("another-federation", policy).open(data, signature_verified=True)
+    assert wrong.value.reason == RejectReason.REJECT_WRONG_FEDERATION
+    policy.add_revocation(issuer.federation_id, revoke(issuer, member_public_key=member.public_key))
+    with pytest.raises(Rejected) as revoked:
+        worker_side.open(data, signature_verified=True)
+    assert revoked.value.reason == RejectReason.REJECT_REVOKED
+    # Without the mark the worker verifies, as a single-process node does.
+    unmarked = _validator()
+    unmarked.open(_departure(member))
+    assert unmarked.signature_checks == 1
