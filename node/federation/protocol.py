@@ -80,10 +80,11 @@ class ControlValidator:
         self.on_reject: Any = None  # on_reject(Rejected) from the networking thread; see check()
         self.signature_checks = 0  # envelopes whose Ed25519 signature was verified
         # Every message is validated twice: by the mesh (check) before delivery, then by the node
-        # (open). The Ed25519 verification is the expensive part (~0.15 ms each; done twice it was
+        # (open); with pushes on, `check` also sees most messages twice (pushed and gossiped).
+        # The Ed25519 verification is the expensive part (~0.15 ms each; done twice it was
         # 2.6 % of a W1 daemon's py-spy samples) and its verdict on the same bytes cannot
-        # change, so `open` reuses the envelope `check` verified. Everything else
-        # (freshness, membership, revocations) is checked again.
+        # change, so `check` and `open` reuse an envelope `check` verified. Everything else
+        # (freshness, membership, revocations) is checked again each time.
         self._verified: OrderedDict[bytes, OpenedEnvelope] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -93,15 +94,21 @@ class ControlValidator:
         Refused messages never reach the node's event loop, so `on_reject(rejected)` (if set; it
         must be thread-safe) lets the node audit them.
         """
+        digest = hashlib.sha256(data).digest()
+        with self._lock:
+            # With pushes on, the same bytes arrive twice (pushed, then gossiped): verify once.
+            opened = self._verified.get(digest)
         try:
-            opened = self._open_envelope(data)
+            if opened is None:
+                opened = self._open_envelope(data)
             self._check(opened)
         except Rejected as rejected:
             if self.on_reject is not None:
                 self.on_reject(rejected)
             return rejected.reason_name
         with self._lock:
-            self._verified[hashlib.sha256(data).digest()] = opened
+            self._verified[digest] = opened
+            self._verified.move_to_end(digest)
             while len(self._verified) > VERIFIED_HANDOFF_SIZE:
                 self._verified.popitem(last=False)
         return None

@@ -115,3 +115,23 @@ def test_bytes_verified_by_the_daemon_are_not_verified_again_but_every_other_rul
     unmarked = _validator()
     unmarked.open(_departure(member))
     assert unmarked.signature_checks == 1
+
+
+def test_the_same_bytes_checked_twice_are_verified_once_and_the_rules_still_apply() -> None:
+    # With pushes on, a message reaches the mesh's validator twice: pushed, then gossiped.
+    issuer, _ = create_federation("validator test")
+    member = Identity.generate()
+    certificate = issue_certificate(issuer, member.public_key)
+    policy = TrustPolicy()
+    validator = _validator(issuer.federation_id, policy)
+    data = _departure(member, issuer.federation_id, certificate)
+    assert validator.check(data, member.peer_id) is None
+    assert validator.check(data, member.peer_id) is None
+    assert validator.signature_checks == 1
+    policy.add_revocation(issuer.federation_id, revoke(issuer, member_public_key=member.public_key))
+    assert validator.check(data, member.peer_id) == "revoked"
+    assert validator.signature_checks == 1
+    # A forged copy is different bytes: verified, and refused.
+    forged = bytearray(_departure(member))
+    forged[-1] ^= 0x01
+    assert validator.check(bytes(forged), member.peer_id) == "bad_signature"
