@@ -25,13 +25,22 @@ it. MB = 10^6 bytes; medians over the repetitions after one warm-up round; each 
 median of per-repetition ratios (a path against the faster raw path of the same repetition),
 which cancels most of the load drift. No pass/fail: the machine is noisy.
 
+CPU per transfer, both ends (this process: CLOCK_PROCESS_CPUTIME_ID; the provider: the sum of its
+threads' /proc schedstat run times, both in ns): with sender and receiver on one machine, a
+transfer cannot take less than (sender CPU + receiver CPU) / cores, which gives each path a
+ceiling on this machine whatever the code does about waiting; the report prints it next to the
+measured rate.
+
 W1 federation workload (same run, after the transfers; skip with --no-w1): `fednode launch` with
 4 daemons (separate processes, real libp2p on 127.0.0.1), digits MLP 64-256-256-10, 20 rounds, once
 with the default 20 local steps and once with 1 local step (FedSGD-like, so the exchange dominates),
 each with control messages pushed over the fast path (the default) and with gossip only.
 Reported per configuration: steady seconds per round (median of rounds 5-20 over all daemons),
 its split into local training and exchange, gossip delivery and payload fetch medians, wall time,
-bytes per peer per round, idle RSS (after start-up, before training) and peak RSS per daemon.
+bytes per peer per round, idle RSS (after start-up, before training) and peak RSS per daemon, and
+the CPU time one node (daemon + worker) spends per steady round, from the CPU clocks each round
+record carries. 4 nodes sharing the machine's cores cannot close rounds faster than
+4 x (CPU per node-round) / cores: the report prints that floor next to the measured round.
 Targets (issue 5): steady round <= 25 ms, idle daemon RSS <= 250 MB.
 """
 
@@ -54,6 +63,18 @@ from fednode.node.mesh import Mesh, MeshConfig
 MB = 1_000_000
 LOOPBACK = ("/ip4/127.0.0.1/tcp/0",)
 PATHS = ("raw-streams", "raw-recv-into", "libp2p", "fast", "sha256")
+CORES = os.cpu_count() or 1
+
+
+def process_cpu_ns(pid: int) -> int:
+    """CPU time so far of every live thread of process ``pid`` (ns, from /proc schedstat)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):  # a thread that just exited
+            continue
+    return total
 
 
 # ----------------------------------------------------------------------------- provider process
@@ -152,8 +173,10 @@ async def bench(sizes: list[int], reps: int) -> dict:
 
             in_memory = {size: os.urandom(size) for size in sizes}
 
-            async def run(path: str, size: int) -> float:
+            async def run(path: str, size: int) -> tuple[float, float, float]:
+                """(MB/s, receiver CPU ms, sender CPU ms) of one transfer."""
                 cid = blobs[size]
+                sender0, receiver0 = process_cpu_ns(proc.pid), time.process_time_ns()
                 start = time.perf_counter()
                 if path == "sha256":
                     hashlib.sha256(in_memory[size]).digest()
@@ -166,17 +189,20 @@ async def bench(sizes: list[int], reps: int) -> dict:
                     data = await mesh.fetch_blob(cid, [provider])
                     assert len(data) == size
                     del data
-                return size / MB / (time.perf_counter() - start)
+                rate = size / MB / (time.perf_counter() - start)
+                return rate, (time.process_time_ns() - receiver0) / 1e6, (process_cpu_ns(proc.pid) - sender0) / 1e6
 
             results: dict[str, dict[int, list[float]]] = {p: {s: [] for s in sizes} for p in PATHS}
+            cpu: dict[str, dict[int, list[tuple[float, float]]]] = {p: {s: [] for s in sizes} for p in PATHS}
             load_before = os.getloadavg()
             for rep in range(reps + 1):  # repetition 0 warms every path up and is not counted
                 for size in sizes:
                     order = PATHS[rep % len(PATHS):] + PATHS[: rep % len(PATHS)]
                     for path in order:
-                        rate = await run(path, size)
+                        rate, receiver_ms, sender_ms = await run(path, size)
                         if rep:
                             results[path][size].append(rate)
+                            cpu[path][size].append((receiver_ms, sender_ms))
                 print(f"  repetition {rep}/{reps} done", file=sys.stderr, flush=True)
             load_after = os.getloadavg()
             fast_stats, slow_stats = fast.stats(), slow.stats()
@@ -194,8 +220,10 @@ async def bench(sizes: list[int], reps: int) -> dict:
             proc.kill()
             proc.wait()
     medians = {p: {s: statistics.median(v) for s, v in by_size.items()} for p, by_size in results.items()}
+    cpu_ms = {p: {s: (statistics.median(r for r, _ in v), statistics.median(w for _, w in v)) for s, v in by_size.items()}
+              for p, by_size in cpu.items()}
     return {"sizes": sizes, "reps": reps, "load_before": load_before, "load_after": load_after,
-            "samples": results, "medians": medians}
+            "samples": results, "medians": medians, "cpu_ms": cpu_ms}
 
 
 def ratios(result: dict, path: str, size: int, raw: tuple[str, ...] = ("raw-streams", "raw-recv-into")) -> list[float]:
@@ -228,6 +256,24 @@ def report(result: dict) -> None:
     print("frame and sha256-verify the whole blob; the raw paths do none of it. 'sha256 alone' hashes a blob")
     print("of that size in memory, no transfer: no receiver that verifies content ids can beat its ratio.")
 
+    cpu = result["cpu_ms"]
+    print("\nCPU per transfer, ms (medians; receiver = this process, sender = the provider process); ceiling = the")
+    print(f"rate if both ends' CPU spread perfectly over the {CORES} cores, and its ratio to the faster raw path")
+    header = f"{'size':>7} | {'path':>13} | {'receiver':>8} {'sender':>8} {'total':>8} | {'MB/s':>7} | {'ceiling MB/s':>12} {'ratio':>6}"
+    print(header)
+    print("-" * len(header))
+    for size in result["sizes"]:
+        raw_best = max(med["raw-streams"][size], med["raw-recv-into"][size])
+        for path in ("raw-recv-into", "raw-streams", "fast", "libp2p"):
+            receiver, sender = cpu[path][size]
+            total = receiver + sender
+            ceiling = size / MB / (total / 1e3 / CORES) if total > 0 else float("inf")
+            result.setdefault("ceilings", {}).setdefault(str(size), {})[path] = ceiling
+            print(f"{size // MB:>4} MB | {path:>13} | {receiver:>8.2f} {sender:>8.2f} {total:>8.2f} | {med[path][size]:>7.0f} | "
+                  f"{ceiling:>12.0f} {ceiling / raw_best:>5.2f}x")
+        receiver, _ = cpu["sha256"][size]
+        print(f"{size // MB:>4} MB | {'sha256 alone':>13} | {receiver:>8.2f}")
+
 
 def w1(local_steps: int, rounds: int, out: Path, push: bool = True) -> dict:
     """Run the W1 federation through the real launcher and summarise the daemons' own records.
@@ -245,6 +291,15 @@ def w1(local_steps: int, rounds: int, out: Path, push: bool = True) -> dict:
         raise RuntimeError(f"W1 launch failed ({done.returncode}):\n{done.stdout[-3000:]}")
     summaries = [json.loads(p.read_text()) for p in sorted(out.glob("node-*/summary.json"))]
     steady = [r for s in summaries for r in s["history"] if r["round"] >= 5]
+    daemon_cpu, worker_cpu, interval = [], [], []
+    for s in summaries:  # per node, between its first and last steady round: CPU and wall time per round
+        rounds = [r for r in s["history"] if r["round"] >= 5]
+        if len(rounds) >= 2 and rounds[-1]["round"] > rounds[0]["round"]:
+            first, last = rounds[0], rounds[-1]
+            span = last["round"] - first["round"]
+            daemon_cpu.append((last["daemon_cpu_seconds"] - first["daemon_cpu_seconds"]) / span)
+            worker_cpu.append((last["worker_cpu_seconds"] - first["worker_cpu_seconds"]) / span)
+            interval.append((last["finished_at"] - first["finished_at"]) / span)
     return {
         "local_steps": local_steps,
         "push": push,
@@ -262,6 +317,10 @@ def w1(local_steps: int, rounds: int, out: Path, push: bool = True) -> dict:
         "node_idle_rss_mb": max(s.get("idle_rss_mb", float("nan")) + s.get("worker_idle_rss_mb", float("nan"))
                                 for s in summaries),
         "accuracy": min(s["accuracy"] for s in summaries),
+        "interval_s": statistics.median(interval) if interval else float("nan"),
+        "daemon_cpu_s": statistics.median(daemon_cpu) if daemon_cpu else float("nan"),
+        "worker_cpu_s": statistics.median(worker_cpu) if worker_cpu else float("nan"),
+        "nodes": len(summaries),
     }
 
 
@@ -270,12 +329,23 @@ def report_w1(rows: list[dict]) -> None:
     header = f"{'local steps':>11} {'control path':>13} {'round ms':>9} {'train ms':>9} {'exchange ms':>12} {'gossip ms':>10} {'fetch ms':>9} " \
              f"{'wall s':>7} {'kB/peer/rd':>11} {'RSS MB idle/peak':>17} {'worker MB idle/peak':>20} {'node MB':>8} {'accuracy':>9}"
     print(header)
+    cpu_rows = []
     for r in rows:
         print(f"{r['local_steps']:>11} {'push' if r['push'] else 'gossip only':>13} {r['round_s'] * 1e3:>9.1f} {r['train_s'] * 1e3:>9.1f} "
               f"{(r['round_s'] - r['train_s']) * 1e3:>12.1f} {r['gossip_s'] * 1e3:>10.1f} {r['fetch_s'] * 1e3:>9.1f} "
               f"{r['wall_s']:>7.1f} {r['bytes_per_peer_round'] / 1e3:>11.1f} "
               f"{r['idle_rss_mb']:>8.0f}/{r['peak_rss_mb']:<8.0f} {r['worker_idle_rss_mb']:>10.0f}/{r['worker_peak_rss_mb']:<9.0f} "
               f"{r['node_idle_rss_mb']:>8.0f} {r['accuracy']:>9.4f}")
+        node_cpu = r["daemon_cpu_s"] + r["worker_cpu_s"]
+        cpu_rows.append(f"{r['local_steps']:>11} {'push' if r['push'] else 'gossip only':>13} {r['interval_s'] * 1e3:>11.1f} "
+                        f"{r['daemon_cpu_s'] * 1e3:>10.1f} {r['worker_cpu_s'] * 1e3:>10.1f} {node_cpu * 1e3:>9.1f} "
+                        f"{r['nodes'] * node_cpu / CORES * 1e3:>10.1f}")
+    print("\nPer steady round, ms, median over nodes: interval = wall time from one round's end to the next (the")
+    print("round above plus evaluation, checkpoint and waiting for the next); CPU per node (daemon + worker);")
+    print(f"floor = the shortest interval those CPU costs allow: nodes x node CPU / {CORES} cores (one machine)")
+    print(f"{'local steps':>11} {'control path':>13} {'interval ms':>11} {'daemon CPU':>10} {'worker CPU':>10} {'node CPU':>9} {'floor ms':>10}")
+    for line in cpu_rows:
+        print(line)
     print("RSS = the daemon process (mesh, admin API, membership; no torch); worker = its training worker process")
     print("(torch, model, trainer, aggregation); node = both, idle (after start-up, before the first round), max over nodes.")
     print("round = whole round as the daemon measures it (train, encode, exchange, aggregate, evaluate, checkpoint);")

@@ -56,6 +56,11 @@ class RoundRecord:
     round_seconds: float = 0.0  # whole round: training, exchange, aggregation
     participants: int = 1
     left_out: int = 0  # updates the aggregator did not use
+    # CPU time (user + system, all threads) of the daemon and of its training worker since each
+    # started, at the end of this round: the difference between two rounds is what they cost.
+    daemon_cpu_seconds: float = 0.0
+    worker_cpu_seconds: float = 0.0
+    finished_at: float = 0.0  # unix time the daemon recorded the round
 
 
 @dataclass
@@ -808,6 +813,7 @@ class Daemon:
             round=report.round, model_version=report.model_version, accuracy=report.accuracy, loss=report.loss,
             train_loss=report.train_loss, seconds=report.train_seconds, round_seconds=report.round_seconds,
             participants=report.participants, left_out=report.left_out,
+            daemon_cpu_seconds=time.process_time(), worker_cpu_seconds=report.cpu_seconds, finished_at=time.time(),
         )
         self._record(record)
         progress = self.progress

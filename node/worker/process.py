@@ -443,6 +443,7 @@ class TrainingWorker:
         evaluation = self.trainer.evaluate(self.model)
         report.accuracy, report.loss = evaluation.accuracy, evaluation.loss
         report.rss_mb = current_rss_mb()
+        report.cpu_seconds = time.process_time()
         self.metrics = {"accuracy": evaluation.accuracy, "loss": evaluation.loss}
         reply = await self.link.call("round_done", report)
         self._reported_round = report.round

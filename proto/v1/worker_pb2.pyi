@@ -359,7 +359,7 @@ class SessionState(_message.Message):
     def __init__(self, round: _Optional[int] = ..., model_version: _Optional[int] = ..., expected: _Optional[_Iterable[str]] = ..., group_id: _Optional[bytes] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., contributions: _Optional[_Iterable[_Union[Contribution, _Mapping]]] = ...) -> None: ...
 
 class RoundDone(_message.Message):
-    __slots__ = ("round", "model_version", "accuracy", "loss", "train_loss", "train_seconds", "round_seconds", "participants", "left_out", "aggregation_seconds", "close_reason", "state", "rss_mb", "federated", "synced")
+    __slots__ = ("round", "model_version", "accuracy", "loss", "train_loss", "train_seconds", "round_seconds", "participants", "left_out", "aggregation_seconds", "close_reason", "state", "rss_mb", "federated", "synced", "cpu_seconds")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
@@ -375,6 +375,7 @@ class RoundDone(_message.Message):
     RSS_MB_FIELD_NUMBER: _ClassVar[int]
     FEDERATED_FIELD_NUMBER: _ClassVar[int]
     SYNCED_FIELD_NUMBER: _ClassVar[int]
+    CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
     round: int
     model_version: int
     accuracy: float
@@ -390,7 +391,8 @@ class RoundDone(_message.Message):
     rss_mb: float
     federated: bool
     synced: bool
-    def __init__(self, round: _Optional[int] = ..., model_version: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., train_loss: _Optional[float] = ..., train_seconds: _Optional[float] = ..., round_seconds: _Optional[float] = ..., participants: _Optional[int] = ..., left_out: _Optional[int] = ..., aggregation_seconds: _Optional[float] = ..., close_reason: _Optional[str] = ..., state: _Optional[_Union[SessionState, _Mapping]] = ..., rss_mb: _Optional[float] = ..., federated: _Optional[bool] = ..., synced: _Optional[bool] = ...) -> None: ...
+    cpu_seconds: float
+    def __init__(self, round: _Optional[int] = ..., model_version: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., train_loss: _Optional[float] = ..., train_seconds: _Optional[float] = ..., round_seconds: _Optional[float] = ..., participants: _Optional[int] = ..., left_out: _Optional[int] = ..., aggregation_seconds: _Optional[float] = ..., close_reason: _Optional[str] = ..., state: _Optional[_Union[SessionState, _Mapping]] = ..., rss_mb: _Optional[float] = ..., federated: _Optional[bool] = ..., synced: _Optional[bool] = ..., cpu_seconds: _Optional[float] = ...) -> None: ...
 
 class RoundVerdict(_message.Message):
     __slots__ = ("stop", "reason", "linger")

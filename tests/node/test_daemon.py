@@ -73,6 +73,12 @@ def test_restart_keeps_identity_and_resumes_from_checkpoint(start_daemon) -> Non
     assert summary["peer_id"] == peer_id
     assert summary["resumed_from_round"] == 3
     assert [r["round"] for r in summary["history"]] == [4, 5]
+    # Each round carries both processes' CPU clocks and when it ended (bench/mesh.py derives the
+    # CPU a round costs from them); the restarted processes count from their own start.
+    fourth, fifth = summary["history"]
+    for clock in ("daemon_cpu_seconds", "worker_cpu_seconds", "finished_at"):
+        assert 0 < fourth[clock] < fifth[clock], (clock, fourth, fifth)
+    assert fifth["finished_at"] <= time.time()
 
 
 def test_kill_9_mid_run_leaves_a_loadable_checkpoint(start_daemon) -> None:
