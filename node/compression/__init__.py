@@ -25,6 +25,7 @@ from fednode.node.compression.decode import PayloadInfo, check_header, decode
 from fednode.node.compression.errors import PayloadError, Reason
 from fednode.node.compression.limits import DecodeLimits
 from fednode.node.compression.sampling import derive_seed
+from fednode.node.compression.wire import is_finite
 
 __all__ = [
     "Codec",
@@ -40,4 +41,5 @@ __all__ = [
     "codec_from_spec",
     "decode",
     "derive_seed",
+    "is_finite",
 ]

@@ -59,6 +59,7 @@ from typing import Any
 import torch
 
 from fednode.aggregators import AggregationError, AggregationResult, Aggregator
+from fednode.node.compression import is_finite
 from fednode.node.envelope import Rejected, RejectReason
 from fednode.node.federation.protocol import ValidControl, now_ms, round_seed
 from fednode.node.federation.runner import FederationRunner, RoundOutcome
@@ -163,7 +164,7 @@ def compass_step(
         return StepResult(None, senders, error=f"aggregation failed: {exc}")
     n = max(int(federation_size), len(senders))
     step = result.aggregate.to(torch.float32) * float(policy.alpha * len(senders) / n)
-    if not bool(torch.isfinite(step).all()):
+    if not is_finite(step):
         return StepResult(None, senders, result, "non-finite aggregate")
     return StepResult(step, senders, result)
 
@@ -387,7 +388,7 @@ class CompassRunner(FederationRunner):
         self.last_train = result
         self._last_train_seconds = result.seconds
         delta = flatten_parameters(self.work_model) - base
-        if not bool(torch.isfinite(delta).all()):
+        if not is_finite(delta):
             log.error("local training produced a non-finite update; sending a zero update")
             delta = torch.zeros_like(delta)
         if self.attack is not None and self.attack.kind == "update":
