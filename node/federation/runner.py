@@ -31,7 +31,14 @@ import torch
 from fednode.aggregators import AggregationError, AggregationResult, Aggregator
 from fednode.aggregators import attacks as attack_registry
 from fednode.node import __version__
-from fednode.node.compression import DecodeLimits, PayloadError, UpdateCompressor, decode, derive_seed
+from fednode.node.compression import (
+    DecodeLimits,
+    PayloadError,
+    UpdateCompressor,
+    decode,
+    derive_seed,
+    is_finite,
+)
 from fednode.node.envelope import Rejected, RejectReason, reason_name, seal
 from fednode.node.federation.protocol import (
     MAX_INLINE_PAYLOAD,
@@ -358,7 +365,7 @@ class FederationRunner:
             self._last_train_seconds = result.seconds
             delta = flatten_parameters(self.model) - base
             assign_parameters(self.model, base)  # the model moves only by the aggregate
-            if not bool(torch.isfinite(delta).all()):
+            if not is_finite(delta):
                 # Local training diverged (e.g. the federation's model was poisoned). Contribute a
                 # zero update so rounds keep closing; others would reject a non-finite one anyway.
                 log.error("round %d: local training produced a non-finite update; sending a zero update", number)
@@ -421,7 +428,7 @@ class FederationRunner:
         aggregation_seconds = time.perf_counter() - agg_started
         selected: list[str] = []
         dropped: list[str] = []
-        if result is not None and not bool(torch.isfinite(base + result.aggregate.to(base.dtype)).all()):
+        if result is not None and not is_finite(base + result.aggregate.to(base.dtype)):
             log.error("round %d: the aggregate would make the model non-finite; keeping the model unchanged", number)
             result = None
         if result is not None:
@@ -485,7 +492,7 @@ class FederationRunner:
         """Encode, serve and announce our update (fedcompass passes its group and the version
         its training started from)."""
         seed = derive_seed(self.federation_id, self.peer_id, round_number=number)
-        if bool(torch.isfinite(delta).all()):
+        if is_finite(delta):
             payload = self.compressor.compress(delta, seed=seed, step=number)
             # Aggregate exactly what the others will decode, so every peer sums the same rows.
             decoded = decode(payload, limits=self.limits, expected_numel=self.layout.numel).reshape(-1)
@@ -524,7 +531,8 @@ class FederationRunner:
         """Sign and send a control message: pushed to the members we are connected to and
         gossiped to everyone (but see below). Once pushed, the gossip copy is sent in the background (the members
         waiting on it have it; handing it to the networking thread took 15-100 ms of a round on a
-        busy host) unless `wait`; size errors are raised either way.
+        busy host); with `wait`, and while closing, both copies are sent before this returns. Size
+        errors are raised either way.
 
         Round traffic (everything but ALWAYS_GOSSIPED) that reached every member we heard from
         recently by push is not gossiped at all: the gossip copy cost each member two or three
@@ -537,7 +545,13 @@ class FederationRunner:
         self._remember_envelope(hashlib.sha256(data).digest(), _VIA_BOTH, self.peer_id)  # ours coming back is a replay
         targets = self._push_targets() if self.push else []
         if targets:
-            if len(data) > self.mesh.max_gossip_bytes or wait or self.closing:
+            if wait or self.closing:
+                # Both copies before returning. A spawned push could still be waiting to run when
+                # close() cancels the background tasks, right after publishing the departure; a
+                # member that then missed the gossip copy would wait for the departed one for good.
+                await asyncio.gather(self._push(data, targets), self.mesh.publish(self.topic, data))
+                return
+            if len(data) > self.mesh.max_gossip_bytes:
                 self._spawn(self._push(data, targets), "push")
             else:
                 push_only = message.WhichOneof("body") not in ALWAYS_GOSSIPED and set(targets) >= self._recent_members()
