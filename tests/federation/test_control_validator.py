@@ -10,7 +10,7 @@ import pytest
 from fednode.node.envelope import Rejected, RejectReason, seal
 from fednode.node.federation.protocol import VERIFIED_HANDOFF_SIZE, ControlValidator, now_ms
 from fednode.node.identity import Identity
-from fednode.node.membership import TrustPolicy, create_federation, issue_certificate, revoke
+from fednode.node.membership import Issuer, TrustPolicy, create_federation, issue_certificate, revoke
 from fednode.proto.v1 import control_pb2
 
 FEDERATION = "open-federation-for-tests"
@@ -27,6 +27,14 @@ def _departure(identity: Identity, federation_id: str = FEDERATION, certificate=
 
 def _validator(federation_id: str = FEDERATION, policy: TrustPolicy | None = None) -> ControlValidator:
     return ControlValidator(federation_id, max_clock_skew_s=30.0, layout_digest="layout", policy=policy)
+
+
+def _certified_departure() -> tuple[Issuer, Identity, TrustPolicy, bytes]:
+    """(issuer, member, policy, the member's signed departure) for a certified federation."""
+    issuer, _ = create_federation("validator test")
+    member = Identity.generate()
+    certificate = issue_certificate(issuer, member.public_key)
+    return issuer, member, TrustPolicy(), _departure(member, issuer.federation_id, certificate)
 
 
 def test_open_after_check_reuses_the_verified_signature() -> None:
@@ -64,12 +72,8 @@ def test_a_message_that_fails_the_check_is_not_handed_over() -> None:
 
 
 def test_a_revocation_between_check_and_open_still_rejects_the_message() -> None:
-    issuer, _ = create_federation("validator test")
-    member = Identity.generate()
-    certificate = issue_certificate(issuer, member.public_key)
-    policy = TrustPolicy()
+    issuer, member, policy, data = _certified_departure()
     validator = _validator(issuer.federation_id, policy)
-    data = _departure(member, issuer.federation_id, certificate)
     assert validator.check(data, member.peer_id) is None
     policy.add_revocation(issuer.federation_id, revoke(issuer, member_public_key=member.public_key))
     with pytest.raises(Rejected) as raised:
@@ -94,12 +98,8 @@ def test_checked_messages_never_opened_are_forgotten_beyond_the_bound() -> None:
 def test_bytes_verified_by_the_daemon_are_not_verified_again_but_every_other_rule_applies() -> None:
     # The training worker opens messages its daemon's validator accepted (RemoteMesh marks them
     # signature_verified): no second Ed25519 verification, the same parse and the same rules.
-    issuer, _ = create_federation("validator test")
-    member = Identity.generate()
-    certificate = issue_certificate(issuer, member.public_key)
-    policy = TrustPolicy()
+    issuer, member, policy, data = _certified_departure()
     daemon_side, worker_side = _validator(issuer.federation_id, policy), _validator(issuer.federation_id, policy)
-    data = _departure(member, issuer.federation_id, certificate)
     assert daemon_side.check(data, member.peer_id) is None
     valid = worker_side.open(data, signature_verified=True)
     assert worker_side.signature_checks == 0
@@ -119,12 +119,8 @@ def test_bytes_verified_by_the_daemon_are_not_verified_again_but_every_other_rul
 
 def test_the_same_bytes_checked_twice_are_verified_once_and_the_rules_still_apply() -> None:
     # With pushes on, a message reaches the mesh's validator twice: pushed, then gossiped.
-    issuer, _ = create_federation("validator test")
-    member = Identity.generate()
-    certificate = issue_certificate(issuer, member.public_key)
-    policy = TrustPolicy()
+    issuer, member, policy, data = _certified_departure()
     validator = _validator(issuer.federation_id, policy)
-    data = _departure(member, issuer.federation_id, certificate)
     assert validator.check(data, member.peer_id) is None
     assert validator.check(data, member.peer_id) is None
     assert validator.signature_checks == 1
