@@ -31,9 +31,13 @@ _LIBP2P_ED25519_PUBKEY_PREFIX = bytes([0x08, 0x01, 0x12, 0x20])
 _IDENTITY_MULTIHASH_PREFIX = bytes([0x00, len(_LIBP2P_ED25519_PUBKEY_PREFIX) + 32])
 
 
-@functools.lru_cache(maxsize=4096)  # every received message names its signer's key: few distinct ones
 def peer_id_from_public_key(public_key: bytes) -> str:
     """The libp2p peer id ("12D3KooW...") of a raw 32-byte Ed25519 public key."""
+    return _peer_id(bytes(public_key))  # bytes(): any bytes-like key, and hashable for the cache
+
+
+@functools.lru_cache(maxsize=4096)  # every received message names its signer's key: few distinct ones
+def _peer_id(public_key: bytes) -> str:
     if len(public_key) != 32:
         raise ValueError(f"an Ed25519 public key has 32 bytes, got {len(public_key)}")
     encoded = _LIBP2P_ED25519_PUBKEY_PREFIX + public_key

@@ -36,6 +36,12 @@ def test_peer_id_matches_libp2p_derivation(tmp_path: Path) -> None:
     key_pair = create_new_key_pair(ident.private_seed)
     assert ID.from_pubkey(key_pair.public_key).to_base58() == ident.peer_id
     assert peer_id_from_public_key(ident.public_key).startswith("12D3KooW")
+    # Cached by key, for any bytes-like form of it; a malformed key still raises every time.
+    for form in (bytearray(ident.public_key), memoryview(ident.public_key)):
+        assert peer_id_from_public_key(form) == ident.peer_id
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            peer_id_from_public_key(ident.public_key[:31])
 
 
 def test_signatures_verify_only_for_the_signed_message(tmp_path: Path) -> None:
