@@ -114,6 +114,30 @@ class MemberView:
     announced_at: float = 0.0  # time.time() of its last announcement (0: none yet)
     display_name: str = ""
     public_key: bytes = b""  # the key its envelopes are signed with (for revocations)
+    newest_sent_ms: int = 0  # sent_unix_ms of the newest message admitted from it
+    departed_ms: int = 0  # sent_unix_ms of its departure, while it has not come back (0: none)
+
+    def admit(self, body: str, sent_unix_ms: int) -> bool:
+        """Order this member's messages around its departure, by its own clock: a message may
+        arrive twice, by push and by gossip, and the copies of two messages in either order.
+
+        False for a message it sent before the departure we already have (a late gossip copy
+        of its last update or announcement must not bring it back: the others would wait for
+        it for good), and for a departure older than a message we already have (it came back
+        since). A newer message after a departure means it is back. Revocations are always
+        admitted: whoever relays them, they stand on their own signature."""
+        if body == "revocation":
+            return True
+        if body == "departure":
+            if sent_unix_ms < self.newest_sent_ms:
+                return False
+            self.departed_ms = sent_unix_ms
+        elif self.departed_ms and sent_unix_ms <= self.departed_ms:
+            return False
+        else:
+            self.departed_ms = 0
+        self.newest_sent_ms = max(self.newest_sent_ms, sent_unix_ms)
+        return True
 
 
 @dataclass
@@ -348,7 +372,8 @@ class FederationRunner:
         started = loop.time()
         self.rounds.start(number, started, self._last_train_seconds)
         for sender in self.book.senders(number):
-            self.rounds.record(sender, started, number)  # arrived before we started: count as on time
+            # Arrived before we started: count as on time.
+            self.rounds.record(sender, started, number, revive=not self._left(sender))
         base = flatten_parameters(self.model)
         if self._published is not None and self._published[0] == number:
             # Back in a round we already contributed to (its peers seemed done, the sync failed,
@@ -767,6 +792,8 @@ class FederationRunner:
         body = valid.body
         message = valid.message
         member = self.members.setdefault(valid.sender, MemberView(valid.sender))
+        if not member.admit(body, message.sent_unix_ms):
+            return
         member.last_seen = time.time()
         member.public_key = valid.opened.sender_public_key
         if body == "announcement":
@@ -792,6 +819,11 @@ class FederationRunner:
         elif body == "revocation":
             self.on_event("revocation", revocation=message.revocation, peer_id=valid.sender)
         self._on_control(valid)
+
+    def _left(self, peer_id: str) -> bool:
+        """The member's departure is the newest message we have from it."""
+        member = self.members.get(peer_id)
+        return member is not None and member.departed_ms != 0
 
     def _on_control(self, valid: ValidControl) -> None:
         """Every valid control message from another peer, after the handling above: a hook for
@@ -830,7 +862,7 @@ class FederationRunner:
             self._reject(sender, rejected, header)
             return
         if header.round <= self.round:
-            self.rounds.record_late(sender, asyncio.get_running_loop().time(), header.round)
+            self.rounds.record_late(sender, asyncio.get_running_loop().time(), header.round, revive=not self._left(sender))
             self._reject(sender, Rejected(RejectReason.REJECT_STALE, f"update for closed round {header.round}"), header)
             return
         self.rounds.note_member(sender)
@@ -841,7 +873,7 @@ class FederationRunner:
         if delta is None:
             return
         if header.round <= self.round:
-            self.rounds.record_late(sender, asyncio.get_running_loop().time(), header.round)
+            self.rounds.record_late(sender, asyncio.get_running_loop().time(), header.round, revive=not self._left(sender))
             self._reject(sender, Rejected(RejectReason.REJECT_STALE, f"update for round {header.round} arrived after it closed"), header)
             return
         now = asyncio.get_running_loop().time()
@@ -849,7 +881,9 @@ class FederationRunner:
         self.contributions.setdefault(sender, PeerContribution()).accepted += 1
         self.on_event("update_accepted", peer_id=sender, round=header.round,
                       payload_sha256=bytes(header.payload_sha256))
-        self.rounds.record(sender, now, header.round)
+        # Its header came before any departure of the sender (admit() saw to that), but the fetch
+        # may finish after one: then the update counts for its round without bringing it back.
+        self.rounds.record(sender, now, header.round, revive=not self._left(sender))
         self._wakeup.set()
 
     async def _receive_payload(

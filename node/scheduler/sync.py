@@ -130,32 +130,37 @@ class SyncRound:
         self.reported = set()
         self._fallback = max(own_train_seconds, 1e-3)
 
-    def record(self, peer_id: str, arrived_at: float, round_number: int) -> None:
-        """An accepted update for `round_number` from `peer_id` (own updates included)."""
-        self._note_contribution(peer_id, round_number)
+    def record(self, peer_id: str, arrived_at: float, round_number: int, *, revive: bool = True) -> None:
+        """An accepted update for `round_number` from `peer_id` (own updates included).
+
+        An update brings a departed peer back, unless `revive` is False: the caller knows it was
+        sent before the departure (its payload fetch finished after the departure arrived). It
+        still counts for its round."""
+        self._note_contribution(peer_id, round_number, revive)
         if round_number == self.round:
             self.reported.add(peer_id)
             self.arrivals.observe(peer_id, arrived_at - self.started_at)
 
-    def record_late(self, peer_id: str, arrived_at: float, round_number: int) -> None:
+    def record_late(self, peer_id: str, arrived_at: float, round_number: int, *, revive: bool = True) -> None:
         """An update for `round_number` that arrived after this node closed that round. It is not
         aggregated. If it came before that round's deadline (the round closed early because its
         sender was no longer expected), the sender is expected again, so the next rounds wait
         for it. Without this a member dropped from the expected set (e.g. one restarted a round
         behind) could never return: rounds closed the moment the others were in, a few ms before
         its update, forever. An update later than the deadline changes nothing: waiting for a
-        straggler that slow would only cost every round its deadline."""
+        straggler that slow would only cost every round its deadline. `revive` as in record()."""
         if round_number == self.round:
             deadline: float | None = self.deadline()
         else:
             deadline = self._previous_deadline[1] if self._previous_deadline[0] == round_number else None
         if deadline is not None and arrived_at <= deadline:
-            self._note_contribution(peer_id, round_number)
+            self._note_contribution(peer_id, round_number, revive)
 
-    def _note_contribution(self, peer_id: str, round_number: int) -> None:
+    def _note_contribution(self, peer_id: str, round_number: int, revive: bool = True) -> None:
         if peer_id == self.own_peer_id:
             return
-        self._departed.discard(peer_id)
+        if revive:
+            self._departed.discard(peer_id)
         self._first_seen.setdefault(peer_id, round_number)
         self._last_update[peer_id] = max(self._last_update.get(peer_id, round_number), round_number)
 

@@ -156,6 +156,19 @@ def test_departed_peer_is_not_waited_for_and_returns_with_an_update() -> None:
     assert B in rounds.expected()
 
 
+def test_an_update_sent_before_the_departure_counts_but_does_not_bring_the_peer_back() -> None:
+    # Its payload fetch finished after the departure arrived (the runner knows the order).
+    rounds = tracker(min_participants=2)
+    for peer in (A, B):
+        rounds.note_member(peer)
+    rounds.start(1, 0.0, own_train_seconds=0.1)
+    rounds.depart(B)
+    rounds.record(B, 0.05, 1, revive=False)
+    assert B in rounds.reported and rounds.departed(B) and B not in rounds.expected()
+    rounds.record_late(B, 0.06, 1, revive=False)
+    assert rounds.departed(B)
+
+
 def test_announcing_but_silent_peer_stops_being_expected() -> None:
     rounds = tracker(min_participants=1, absent_after=2)
     rounds.note_member(C)
