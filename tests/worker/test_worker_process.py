@@ -35,6 +35,20 @@ def _wait_gone(pid: int, timeout: float) -> bool:
     return False
 
 
+def _wait_for_checkpoint(daemon, round_number: int, timeout: float = 60) -> None:
+    """Wait until the checkpoint of `round_number` (or later) is on disk. The daemon logs a round
+    before the worker writes its checkpoint (in the background), so the log line alone does not
+    say a checkpoint of that round exists yet (seen in CI: a kill right after "round 2" found
+    round 1's)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        checkpoint = CheckpointStore(daemon.state_dir).load()
+        if checkpoint is not None and checkpoint.round >= round_number:
+            return
+        assert time.monotonic() < deadline and daemon.process.poll() is None, daemon.log()
+        time.sleep(0.05)
+
+
 def _worker_of(daemon) -> int:
     workers = daemon.children()
     assert len(workers) == 1, workers
@@ -45,6 +59,7 @@ def _worker_of(daemon) -> int:
 def test_kill_9_of_the_daemon_takes_the_worker_with_it(start_daemon) -> None:
     daemon = start_daemon(*FAST)
     daemon.wait_for_log("round 2")
+    _wait_for_checkpoint(daemon, 2)
     worker = _worker_of(daemon)
     os.kill(daemon.pid, signal.SIGKILL)
     daemon.wait(timeout=10)
@@ -64,6 +79,7 @@ def _round_logged(daemon) -> int:
 def test_a_dead_worker_is_restarted_from_the_checkpoint_then_given_up_on(start_daemon) -> None:
     daemon = start_daemon(*FAST)
     daemon.wait_for_log("round 2")
+    _wait_for_checkpoint(daemon, 2)
     first = _worker_of(daemon)
     os.kill(first, signal.SIGKILL)  # what the kernel's OOM killer would do to the biggest process
     daemon.wait_for_log("restarting it from the last checkpoint")
