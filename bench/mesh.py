@@ -290,10 +290,10 @@ def w1(local_steps: int, rounds: int, out: Path, push: bool = True) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"W1 launch failed ({done.returncode}):\n{done.stdout[-3000:]}")
     summaries = [json.loads(p.read_text()) for p in sorted(out.glob("node-*/summary.json"))]
-    steady = [r for s in summaries for r in s["history"] if r["round"] >= 5]
+    steady_by_node = [[r for r in s["history"] if r["round"] >= 5] for s in summaries]
+    steady = [r for rounds in steady_by_node for r in rounds]
     daemon_cpu, worker_cpu, interval = [], [], []
-    for s in summaries:  # per node, between its first and last steady round: CPU and wall time per round
-        rounds = [r for r in s["history"] if r["round"] >= 5]
+    for rounds in steady_by_node:  # per node, between its first and last steady round: CPU and wall time per round
         if len(rounds) >= 2 and rounds[-1]["round"] > rounds[0]["round"]:
             first, last = rounds[0], rounds[-1]
             span = last["round"] - first["round"]
@@ -349,7 +349,7 @@ def report_w1(rows: list[dict]) -> None:
     print("RSS = the daemon process (mesh, admin API, membership; no torch); worker = its training worker process")
     print("(torch, model, trainer, aggregation); node = both, idle (after start-up, before the first round), max over nodes.")
     print("round = the round as the runner measures it (train, encode, exchange, aggregate; evaluation, the report to the")
-    print("daemon and the checkpoint follow it, see the interval below);")
+    print("daemon and the checkpoint follow it: see the interval in the second table);")
     print("gossip = header delivery (receive time - sender timestamp, whichever copy came first); fetch = payload")
     print("pull over the mesh. control path: round traffic pushed over the fast path (gossiped only where a push")
     print("missed a member; announcements always gossiped), or everything gossiped (federation.push = false).")

@@ -862,7 +862,7 @@ class FederationRunner:
             self._reject(sender, rejected, header)
             return
         if header.round <= self.round:
-            self.rounds.record_late(sender, asyncio.get_running_loop().time(), header.round, revive=not self._left(sender))
+            self.rounds.record_late(sender, asyncio.get_running_loop().time(), header.round)  # admitted just now
             self._reject(sender, Rejected(RejectReason.REJECT_STALE, f"update for closed round {header.round}"), header)
             return
         self.rounds.note_member(sender)
