@@ -53,7 +53,7 @@ from fednode.node.federation.revocation_record import REPUBLISH_INTERVAL_S, Revo
 from fednode.node.federation.updates import PeerContribution, ReceivedUpdate, UpdateBook, snapshot_payload
 from fednode.node.identity import Identity
 from fednode.node.model import assign_parameters, flatten_parameters
-from fednode.node.scheduler import SyncPolicy, SyncRound, outvoted_round
+from fednode.node.scheduler import SyncPolicy, SyncRound, adoptable_snapshot, outvoted_round
 from fednode.node.trainer import LocalTrainer, TrainResult
 from fednode.proto.v1 import control_pb2, model_pb2, tensor_pb2
 
@@ -98,6 +98,11 @@ ROSTER_SETTLE = 1.0
 ANSWER_FLOOR = 0.25
 #: Known revocations are re-gossiped every this many announcements (about 20 s by default).
 REVOCATION_REPEAT_EVERY = 10
+# A snapshot whose fetch failed (no provider had it, wrong hash, bad content) is not tried again
+# for this long: its providers offer a newer one every round, and a node retrying the same bad
+# offer would never get back to its own round.
+UNAVAILABLE_SNAPSHOT_S = 30.0
+MAX_OFFERS_PER_PROVIDER = 8  # bounds what one member's offers (claiming any rounds) can hold
 
 _CODEC_ENUM = {name.removeprefix("CODEC_").lower(): value for name, value in tensor_pb2.Codec.items()}
 
@@ -230,6 +235,11 @@ class FederationRunner:
         self.members: dict[str, MemberView] = {}
         self.contributions: dict[str, PeerContribution] = {}
         self.offers: dict[bytes, SnapshotOffer] = {}
+        # A snapshot is adopted only when f + 1 members offer it (f = aggregation.f, the Byzantine
+        # members tolerated): see adoptable_snapshot. Failed fetches: digest -> loop time to retry.
+        self.snapshot_quorum = aggregator.f + 1
+        self._unavailable_snapshots: dict[bytes, float] = {}
+        self._quorum_noted_at = float("-inf")
         self.rejections: Counter[str] = Counter()
         # Envelopes already processed: digest -> (the paths they came by, _VIA_*; their signer).
         # A sender never emits the same envelope twice (every message carries a fresh timestamp),
@@ -835,13 +845,32 @@ class FederationRunner:
             return
         if header.payload_size > self.max_payload_bytes:
             return
+        digest = bytes(header.payload_sha256)
+        now = asyncio.get_running_loop().time()
+        if self._unavailable_snapshots.get(digest, now) > now:
+            return  # its fetch failed lately
         member = self.members[valid.sender]
         member.round = max(member.round, header.round)
-        offer = self.offers.setdefault(bytes(header.payload_sha256), SnapshotOffer(header))
+        offer = self.offers.setdefault(digest, SnapshotOffer(header))
         offer.providers.add(valid.sender)
-        # Keep offers for recent rounds only.
-        newest = max(o.header.round for o in self.offers.values())
-        for digest in [d for d, o in self.offers.items() if o.header.round < newest - 4]:
+        self._prune_offers(valid.sender)
+        if header.round > self.round + 1 and len(offer.providers) < self.snapshot_quorum and now - self._quorum_noted_at > 30.0:
+            self._quorum_noted_at = now
+            log.info("a snapshot for round %d is offered by %d member(s); adopting one takes %d (aggregation.f + 1), "
+                     "so it waits for more members to offer the same model", header.round, len(offer.providers),
+                     self.snapshot_quorum)
+
+    def _prune_offers(self, provider: str) -> None:
+        """Keep offers for the last rounds before the newest adoptable one, and at most
+        MAX_OFFERS_PER_PROVIDER per member (its newest): one member's offers, whatever rounds
+        they claim, can neither push the others' out nor grow without bound."""
+        mine = sorted((o for o in self.offers.values() if provider in o.providers), key=lambda o: o.header.round)
+        for offer in mine[:-MAX_OFFERS_PER_PROVIDER]:
+            offer.providers.discard(provider)
+        best = self._best_offer()
+        horizon = best.header.round - 4 if best is not None else None
+        for digest in [d for d, o in self.offers.items()
+                       if not o.providers or (horizon is not None and o.header.round < horizon)]:
             del self.offers[digest]
 
     def _on_update_header(self, valid: ValidControl) -> None:
@@ -969,12 +998,12 @@ class FederationRunner:
         return True
 
     def _best_offer(self) -> SnapshotOffer | None:
-        if not self.offers:
-            return None
-        newest = max(o.header.round for o in self.offers.values())
-        candidates = [o for o in self.offers.values() if o.header.round == newest]
-        # Most providers first (majority view of the model), then the smallest hash (deterministic).
-        return min(candidates, key=lambda o: (-len(o.providers), bytes(o.header.payload_sha256)))
+        """The snapshot to adopt when behind: newest round at least snapshot_quorum members offer,
+        the majority's hash for it (see adoptable_snapshot); None if there is none."""
+        chosen = adoptable_snapshot(
+            ((o.header.round, digest, len(o.providers)) for digest, o in self.offers.items()), self.snapshot_quorum
+        )
+        return None if chosen is None else self.offers[chosen[1]]
 
     async def _initial_sync(self) -> None:
         """Give announcements a moment to arrive, then catch up if the federation is ahead.
@@ -989,7 +1018,7 @@ class FederationRunner:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 2 * self.announce_interval + 1.0
-        while loop.time() < deadline and not self.stop.is_set() and not self.offers:
+        while loop.time() < deadline and not self.stop.is_set() and self._best_offer() is None:
             if self._level_with_quorum() and loop.time() - self._newcomer_at >= ROSTER_SETTLE:
                 log.debug("initial sync: %d member(s) announced, none ahead; starting", len(self._heard_members()))
                 break
@@ -1029,6 +1058,13 @@ class FederationRunner:
             if not task.done():
                 task.cancel()
 
+    def _mark_unavailable(self, digest: bytes) -> None:
+        """Forget a snapshot whose fetch failed and ignore offers of it for a while."""
+        now = asyncio.get_running_loop().time()
+        self._unavailable_snapshots = {d: t for d, t in self._unavailable_snapshots.items() if t > now}
+        self._unavailable_snapshots[digest] = now + UNAVAILABLE_SNAPSHOT_S
+        self.offers.pop(digest, None)
+
     async def _sync_from_peers(self) -> bool:
         best = self._best_offer()
         if best is None:
@@ -1046,8 +1082,8 @@ class FederationRunner:
             if self.stop.is_set():
                 log.info("state sync given up: the node is stopping")
                 return False
-            log.warning("state sync from %d peer(s) failed (%s); will retry", len(providers), exc)
-            self.offers.pop(digest, None)  # re-offered by honest peers at their next announcement
+            log.warning("state sync from %d peer(s) failed (%s); will retry with another snapshot", len(providers), exc)
+            self._mark_unavailable(digest)
             await asyncio.sleep(min(self.announce_interval, 1.0))
             return False
         assign_parameters(self.model, parameters)

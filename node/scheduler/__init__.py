@@ -19,7 +19,14 @@ from fednode.node.scheduler.fedcompass import (
     UpdateRef,
     staleness_weight,
 )
-from fednode.node.scheduler.sync import ArrivalEstimator, Decision, SyncPolicy, SyncRound, outvoted_round
+from fednode.node.scheduler.sync import (
+    ArrivalEstimator,
+    Decision,
+    SyncPolicy,
+    SyncRound,
+    adoptable_snapshot,
+    outvoted_round,
+)
 
 __all__ = [
     "Arrival",
@@ -37,6 +44,7 @@ __all__ = [
     "SyncPolicy",
     "SyncRound",
     "UpdateRef",
+    "adoptable_snapshot",
     "outvoted_round",
     "staleness_weight",
 ]

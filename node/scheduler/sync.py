@@ -14,6 +14,7 @@ expected, so a dead peer costs at most `absent_after` deadlines and then nothing
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -217,3 +218,30 @@ def outvoted_round(own: dict[int, bytes], offers: list[tuple[int, bytes, int]]) 
         if count > holders.get((number, mine), 0) + 1 and (newest is None or number > newest):
             newest = number
     return newest
+
+
+def adoptable_snapshot(offers: Iterable[tuple[int, bytes, int]], quorum: int) -> tuple[int, bytes] | None:
+    """The snapshot a node behind its peers should adopt: (round, sha256), or None.
+
+    `offers`: (round, sha256, number of distinct OTHER members offering it). Only a hash that at
+    least `quorum` members offer counts. With `aggregation.f` = f Byzantine members tolerated the
+    runner asks for f + 1: at least one honest member then holds that model, so a lone attacker
+    cannot hand its own model (a poisoned one, or one it never serves, which would stall every
+    node that tries to fetch it) to the others by offering it for a round nobody reached, which
+    robust aggregation would never let through. Peers that aggregated the same updates hold
+    bit-identical models, so honest offers of a round agree and reach the quorum.
+
+    Among the counted hashes: the newest round, then the hash most members offer (the majority's
+    model), then the smallest hash, so every node picks the same one.
+    """
+    if quorum < 1:
+        raise ValueError(f"quorum must be at least 1, got {quorum}")
+    holders: dict[tuple[int, bytes], int] = {}
+    for number, digest, count in offers:
+        holders[(number, digest)] = holders.get((number, digest), 0) + count
+    endorsed = [(number, -count, digest) for (number, digest), count in holders.items() if count >= quorum]
+    if not endorsed:
+        return None
+    newest = max(number for number, _, _ in endorsed)
+    _, _, digest = min(entry for entry in endorsed if entry[0] == newest)
+    return newest, digest

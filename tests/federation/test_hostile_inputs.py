@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import torch
@@ -17,7 +17,9 @@ import torch
 from fednode.node.envelope import seal
 from fednode.node.federation.protocol import now_ms, topic_for
 from fednode.node.federation.runner import raw_float32_payload
+from fednode.node.federation.updates import snapshot_payload
 from fednode.node.identity import Identity
+from fednode.node.logs import read_json_log
 from fednode.node.mesh import GossipConfig, GossipMessage, Mesh, MeshConfig
 from fednode.node.model import model_layout
 from fednode.node.tasks import TaskContext, load_task
@@ -46,9 +48,10 @@ def _update(identity: Identity, layout_digest: str, round_number: int, payload: 
     return control_pb2.ControlMessage(federation_id=FEDERATION, sent_unix_ms=now_ms(), update=header)
 
 
-async def _attack(bootstrap: str, current_round: Callable[[], int], layout: model_pb2.ModelLayout) -> None:
+@contextlib.asynccontextmanager
+async def _hostile_member(bootstrap: str) -> AsyncIterator[tuple[Identity, Mesh]]:
+    """A peer of our own on the federation topic, grafted into its gossip mesh."""
     attacker = Identity.generate()
-    honest_looking = Identity.generate()
     mesh = Mesh(MeshConfig(
         identity_key=attacker.private_seed,
         listen_multiaddrs=("/ip4/127.0.0.1/tcp/0",),
@@ -64,6 +67,15 @@ async def _attack(bootstrap: str, current_round: Callable[[], int], layout: mode
                 break
             await asyncio.sleep(0.2)
         await asyncio.sleep(2.5)  # a heartbeat or two: the gossip mesh grafts us
+        yield attacker, mesh
+    finally:
+        await mesh.stop()
+
+
+async def _attack(bootstrap: str, current_round: Callable[[], int], layout: model_pb2.ModelLayout) -> None:
+    honest_looking = Identity.generate()
+    topic = topic_for(FEDERATION)
+    async with _hostile_member(bootstrap) as (attacker, mesh):
         # Rounds are short: read the federation's round only now, after the mesh set-up, so the
         # updates below are for rounds still open (a closed round would count them as stale).
         round_number = current_round() + 4
@@ -110,8 +122,6 @@ async def _attack(bootstrap: str, current_round: Callable[[], int], layout: mode
         assert genuine is not None, "no member message seen"
         assert await mesh.push(topic, genuine, await mesh.topic_peers(topic)), "nobody reachable by push"
         await asyncio.sleep(5)  # let the daemons fetch what we serve
-    finally:
-        await mesh.stop()
 
 
 def test_hostile_peer_inputs_are_rejected_and_counted(start_federation, multiaddr_of) -> None:
@@ -134,3 +144,52 @@ def test_hostile_peer_inputs_are_rejected_and_counted(start_federation, multiadd
                 "layout_mismatch", "hash_mismatch", "non_finite"}
     assert expected <= set(rejected), rejected
     assert any(" pushed a " in node.log() for node in nodes), "a pushed message of someone else was not refused"
+
+
+async def _offer_poisoned_snapshots(bootstrap: str, current_round: Callable[[], int],
+                                    layout: model_pb2.ModelLayout) -> None:
+    """Offer, as a lone member, snapshots for rounds nobody reached: a poisoned model that is
+    served (1000 rounds ahead) and one that is not (2000 ahead), repeatedly for 10 s."""
+    async with _hostile_member(bootstrap) as (attacker, mesh):
+        poisoned = snapshot_payload(torch.full((layout.numel,), 1000.0))
+        digest = hashlib.sha256(poisoned).digest()
+        mesh.serve_blob(digest, poisoned)
+        ahead = current_round()
+        offers = [(ahead + 1000, digest, len(poisoned)), (ahead + 2000, hashlib.sha256(b"never served").digest(), 1024)]
+        until = time.monotonic() + 10
+        while time.monotonic() < until:
+            for number, payload_sha256, size in offers:
+                header = model_pb2.SnapshotHeader(
+                    federation_id=FEDERATION, model_version=number, round=number, layout_digest=layout.digest,
+                    payload_sha256=payload_sha256, payload_size=size, created_unix_ms=now_ms())
+                await mesh.publish(topic_for(FEDERATION), seal(attacker, control_pb2.ControlMessage(
+                    federation_id=FEDERATION, sent_unix_ms=now_ms(), snapshot=control_pb2.SnapshotOffer(header=header))))
+            await asyncio.sleep(0.5)
+
+
+@pytest.mark.parametrize("tolerated", [1, 0])
+def test_a_lone_member_cannot_hand_its_snapshot_to_a_federation_that_tolerates_one_attacker(
+        start_federation, multiaddr_of, tolerated: int) -> None:
+    # f = 1 (median over the three honest members): a snapshot needs two members offering it, so
+    # the attacker's offers are noted and passed over. f = 0 (no attacker tolerated) is the
+    # control: the same offers are adopted, after the unserved one fails and is set aside.
+    # (median needs all three updates: n >= 2f + 1)
+    rule = ["--set", 'aggregation.rule="median"', "--set", "aggregation.f=1", "--set", "federation.min_participants=3"]
+    nodes = start_federation(3, *ARGS, *(rule if tolerated else []), federation=FEDERATION)
+    deadline = time.monotonic() + 120
+    while _latest_round(nodes[0].log()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    layout = model_layout(load_task("fednode.node.tasks.digits:build_task", TaskContext(), {"hidden": [64]}).model_factory())
+    asyncio.run(_offer_poisoned_snapshots(multiaddr_of(nodes[0]), lambda: _latest_round(nodes[0].log()), layout))
+    for node in nodes:
+        assert node.wait(timeout=400) == 0, node.log()[-3000:]
+    synced_ahead = [any(r.get("event") == "sync" and r["round"] >= 1000 for r in read_json_log(node.log())) for node in nodes]
+    summaries = [json.loads((node.state_dir / "summary.json").read_text()) for node in nodes]
+    if tolerated:
+        assert not any(synced_ahead), [node.log()[-2000:] for node in nodes]
+        assert all(s["rounds"] == 40 and s["accuracy"] >= 0.85 for s in summaries), summaries
+        # Not vacuous: the offers reached the members and were weighed.
+        assert all("adopting one takes 2 (aggregation.f + 1)" in node.log() for node in nodes)
+    else:
+        assert any(synced_ahead), [node.log()[-2000:] for node in nodes]
+        assert any("state sync from 1 peer(s) failed" in node.log() for node in nodes)

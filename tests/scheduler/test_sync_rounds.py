@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fednode.node.scheduler import SyncPolicy, SyncRound, outvoted_round
+from fednode.node.scheduler import SyncPolicy, SyncRound, adoptable_snapshot, outvoted_round
 
 ME, A, B, C = "me", "peer-a", "peer-b", "peer-c"
 
@@ -219,3 +219,27 @@ def test_the_majority_and_all_distinct_models_move_nobody() -> None:
     assert outvoted_round({}, [(7, Y, 3)]) is None  # nothing of ours to compare
     # Offers for the same (round, hash) listed twice add up (several snapshot headers).
     assert outvoted_round({7: X}, [(7, Y, 1), (7, Y, 1)]) == 7
+
+
+def test_a_snapshot_is_adopted_only_when_quorum_members_offer_it() -> None:
+    # f = 0: any member's offer will do, the newest round first.
+    assert adoptable_snapshot([(5, X, 1), (9, Y, 1)], quorum=1) == (9, Y)
+    # f = 1: a lone member claiming a round nobody else reached (a poisoned model, or one it never
+    # serves) is passed over for the newest round two members agree on.
+    assert adoptable_snapshot([(5, X, 2), (9, Y, 1)], quorum=2) == (5, X)
+    assert adoptable_snapshot([(9, Y, 1)], quorum=2) is None
+    assert adoptable_snapshot([], quorum=1) is None
+    # Two lone offers of different hashes for one round are not one endorsed model.
+    assert adoptable_snapshot([(9, X, 1), (9, Y, 1)], quorum=2) is None
+    # Counts of the same (round, hash) add up, whichever entries they come in.
+    assert adoptable_snapshot([(9, Y, 1), (9, Y, 1)], quorum=2) == (9, Y)
+
+
+def test_the_adopted_snapshot_is_the_majority_hash_then_the_smallest_whatever_the_order() -> None:
+    offers = [(7, Z, 2), (7, Y, 3), (7, X, 2), (6, X, 4)]
+    assert adoptable_snapshot(offers, quorum=2) == (7, Y)
+    assert adoptable_snapshot(list(reversed(offers)), quorum=2) == (7, Y)
+    tie = [(7, Z, 2), (7, X, 2)]
+    assert adoptable_snapshot(tie, quorum=1) == adoptable_snapshot(list(reversed(tie)), quorum=1) == (7, X)
+    with pytest.raises(ValueError, match="quorum"):
+        adoptable_snapshot(offers, quorum=0)
