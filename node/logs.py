@@ -73,6 +73,9 @@ def configure_logging(log_format: str = "human", level: str = "info") -> None:
     # py-libp2p and its dependencies are chatty at INFO; their warnings still show.
     for noisy in ("libp2p", "multiaddr", "trio", "async_service", "hpack", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # Logs every failed dial attempt at ERROR (a member that left: one line per address and try,
+    # ~30 a minute per peer); our DialError carries the same reason to whoever asked for the dial.
+    logging.getLogger("libp2p.transport.tcp.tcp").setLevel(max(logging.CRITICAL, root.level))
 
 
 def log_task_stacks(loop: asyncio.AbstractEventLoop) -> None:

@@ -98,10 +98,11 @@ ROSTER_SETTLE = 1.0
 ANSWER_FLOOR = 0.25
 #: Known revocations are re-gossiped every this many announcements (about 20 s by default).
 REVOCATION_REPEAT_EVERY = 10
-# A snapshot whose fetch failed (no provider had it, wrong hash, bad content) is not tried again
-# for this long: its providers offer a newer one every round, and a node retrying the same bad
-# offer would never get back to its own round.
-UNAVAILABLE_SNAPSHOT_S = 30.0
+# A snapshot whose fetch failed (no provider had it, wrong hash, bad content) is set aside for
+# 2 s, twice as long after each further failure, up to 60 s: a provider that was busy is asked
+# again soon, one that never serves it stops drawing the node away from its own rounds.
+SNAPSHOT_RETRY_FIRST_S = 2.0
+SNAPSHOT_RETRY_MAX_S = 60.0
 MAX_OFFERS_PER_PROVIDER = 8  # bounds what one member's offers (claiming any rounds) can hold
 
 _CODEC_ENUM = {name.removeprefix("CODEC_").lower(): value for name, value in tensor_pb2.Codec.items()}
@@ -236,9 +237,10 @@ class FederationRunner:
         self.contributions: dict[str, PeerContribution] = {}
         self.offers: dict[bytes, SnapshotOffer] = {}
         # A snapshot is adopted only when f + 1 members offer it (f = aggregation.f, the Byzantine
-        # members tolerated): see adoptable_snapshot. Failed fetches: digest -> loop time to retry.
+        # members tolerated): see adoptable_snapshot. Failed fetches: digest -> (loop time it may
+        # be offered again, how long it was set aside).
         self.snapshot_quorum = aggregator.f + 1
-        self._unavailable_snapshots: dict[bytes, float] = {}
+        self._unavailable_snapshots: dict[bytes, tuple[float, float]] = {}
         self._quorum_noted_at = float("-inf")
         self.rejections: Counter[str] = Counter()
         # Envelopes already processed: digest -> (the paths they came by, _VIA_*; their signer).
@@ -847,7 +849,7 @@ class FederationRunner:
             return
         digest = bytes(header.payload_sha256)
         now = asyncio.get_running_loop().time()
-        if self._unavailable_snapshots.get(digest, now) > now:
+        if self._unavailable_snapshots.get(digest, (now, 0.0))[0] > now:
             return  # its fetch failed lately
         member = self.members[valid.sender]
         member.round = max(member.round, header.round)
@@ -1059,10 +1061,15 @@ class FederationRunner:
                 task.cancel()
 
     def _mark_unavailable(self, digest: bytes) -> None:
-        """Forget a snapshot whose fetch failed and ignore offers of it for a while."""
+        """Forget a snapshot whose fetch failed and ignore offers of it for a while (longer each
+        time it fails again)."""
         now = asyncio.get_running_loop().time()
-        self._unavailable_snapshots = {d: t for d, t in self._unavailable_snapshots.items() if t > now}
-        self._unavailable_snapshots[digest] = now + UNAVAILABLE_SNAPSHOT_S
+        _, last = self._unavailable_snapshots.get(digest, (now, 0.0))
+        set_aside = SNAPSHOT_RETRY_FIRST_S if last == 0.0 else min(2 * last, SNAPSHOT_RETRY_MAX_S)
+        # Entries are kept a little past their time, so a digest failing again backs off further.
+        self._unavailable_snapshots = {d: (until, held) for d, (until, held) in self._unavailable_snapshots.items()
+                                       if until + SNAPSHOT_RETRY_MAX_S > now}
+        self._unavailable_snapshots[digest] = (now + set_aside, set_aside)
         self.offers.pop(digest, None)
 
     async def _sync_from_peers(self) -> bool:

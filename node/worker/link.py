@@ -20,6 +20,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError, Message
 
+from fednode.node.mesh.errors import MeshError
 from fednode.proto.v1 import worker_pb2
 
 log = logging.getLogger("fednode.worker.link")
@@ -148,7 +149,8 @@ class Link:
         except asyncio.CancelledError:
             reply.error = "cancelled: the link is closing"
         except Exception as exc:  # the caller gets the one-line reason
-            if not isinstance(exc, (ValueError, LookupError, RemoteError, ConnectionError, TimeoutError)):
+            # Expected failures (bad input, a peer out of reach) are the caller's to report.
+            if not isinstance(exc, (ValueError, LookupError, RemoteError, ConnectionError, TimeoutError, MeshError)):
                 log.exception("%s: request %s failed", self.name, frame.WhichOneof("body"))
             reply.error = (str(exc) or type(exc).__name__)[:1000]
         with contextlib.suppress(LinkClosed):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import struct
 
 import pytest
 
+from fednode.node.mesh.errors import DialError
 from fednode.node.worker.link import MAX_FRAME_BYTES, Link, LinkClosed, RemoteError, reply_body
 from fednode.proto.v1 import worker_pb2
 
@@ -116,3 +118,26 @@ def test_unread_bytes_are_visible_so_the_sender_can_stop_buffering() -> None:
         await asyncio.wait_for(reading, 10)
 
     asyncio.run(scenario())
+
+
+def test_expected_failures_reach_the_caller_and_only_bugs_are_logged_with_a_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        async def daemon_side(frame: worker_pb2.LinkFrame):
+            if frame.WhichOneof("body") == "connect_peer":  # a member that left: out of reach
+                raise DialError("cannot reach 12D3KooWgone: recently failed all addresses")
+            raise AttributeError("a bug in the handler")
+
+        worker, _daemon, tasks = await _pair(_ignore, daemon_side)
+        with pytest.raises(RemoteError, match="cannot reach 12D3KooWgone"):
+            await worker.call("connect_peer", worker_pb2.PeerList(peers=["12D3KooWgone"]))
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        with pytest.raises(RemoteError, match="a bug in the handler"):
+            await worker.call("publish", worker_pb2.GossipOut(topic="t"))
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and errors[0].exc_info is not None and "publish" in errors[0].getMessage()
+        worker.close()
+        await asyncio.gather(*tasks)
+
+    with caplog.at_level(logging.DEBUG, logger="fednode"):
+        asyncio.run(scenario())
