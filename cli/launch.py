@@ -27,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 _PR_SET_PDEATHSIG = 1
+STALL_ROUNDS = 10
 
 
 @dataclass
@@ -50,6 +51,10 @@ class LaunchPlan:
     node_settings: dict[int, list[str]] = field(default_factory=dict)  # extra --set per node
     start_timeout: float = 120.0
     stop_timeout: float = 30.0
+    # A node still running after others have exited, without a new round for max(stall_floor,
+    # STALL_ROUNDS x the slowest node's mean time per round) since, is stopped as stalled: with
+    # the members it trained with gone it would wait for new ones forever.
+    stall_floor: float = 30.0
 
     def derived_min_participants(self) -> int:
         if self.min_participants:
@@ -73,6 +78,13 @@ class NodeProcess:
     multiaddrs: list[str] = field(default_factory=list)
     last_lines: list[str] = field(default_factory=list)
     peer_id: str = ""
+    first_round_at: float = 0.0  # monotonic times of its first and latest round records
+    last_round_at: float = 0.0
+    stalled: bool = False
+
+    def seconds_per_round(self) -> float:
+        """Mean time per round so far (0 before two rounds)."""
+        return (self.last_round_at - self.first_round_at) / (self.round - 1) if self.round > 1 else 0.0
 
     @property
     def name(self) -> str:
@@ -175,6 +187,8 @@ class LocalFederation:
                 if event == "listening":
                     node.multiaddrs = list(record.get("multiaddrs", []))
                 elif event in ("round", "synced_round"):  # a state sync can bring the last round
+                    node.last_round_at = time.monotonic()
+                    node.first_round_at = node.first_round_at or node.last_round_at
                     node.round = int(record.get("round", node.round))
                     node.accuracy = float(record.get("accuracy", node.accuracy))
                     node.participants = int(record.get("participants", node.participants))
@@ -230,9 +244,10 @@ class LocalFederation:
                 signal.signal(signum, handler)
         wall = time.perf_counter() - started
         summary = self._summarize(wall, interrupted)
-        failed = [n for n in self.nodes if n.process.returncode not in (0, None)]
+        failed = [n for n in self.nodes if n.process.returncode not in (0, None) or n.stalled]
         for node in failed:
-            self.console.print(f"[red]{node.name} exited with code {node.process.returncode}; last lines of {node.log_path}:[/]")
+            what = "was stopped as stalled" if node.stalled else f"exited with code {node.process.returncode}"
+            self.console.print(f"[red]{node.name} {what}; last lines of {node.log_path}:[/]")
             for line in node.last_lines[-8:]:
                 self.console.print(f"  {line[:300]}", highlight=False, markup=False)
         if interrupted:
@@ -264,10 +279,33 @@ class LocalFederation:
                 node.index: progress.add_task(node.name, total=plan.rounds, accuracy="  -  ", peers="-")
                 for node in self.nodes
             }
+            exited_at: dict[int, float] = {}
             while any(node.process.poll() is None for node in self.nodes):
                 self._refresh(progress, tasks)
+                now = time.monotonic()
+                for node in self.nodes:
+                    if node.process.poll() is not None:
+                        exited_at.setdefault(node.index, now)
+                self._stop_stalled(exited_at, now)
                 time.sleep(0.2)
             self._refresh(progress, tasks)
+
+    def _stop_stalled(self, exited_at: dict[int, float], now: float) -> None:
+        """Stop (gracefully) the nodes still running after others have exited that made no round
+        for the stall limit since. A launch must end: with the members it trained with gone, such
+        a node would wait for new ones forever."""
+        if not exited_at:
+            return
+        limit = max(self.plan.stall_floor, STALL_ROUNDS * max(n.seconds_per_round() for n in self.nodes))
+        last_exit = max(exited_at.values())
+        for node in self.nodes:
+            if node.index in exited_at or node.stalled or now - max(node.last_round_at, last_exit) < limit:
+                continue
+            node.stalled = True
+            self.console.print(f"[yellow]{node.name} made no round for {limit:.0f} s after other nodes had exited "
+                               f"(it is at round {node.round} of {self.plan.rounds}); stopping it[/]")
+            with contextlib.suppress(ProcessLookupError):
+                node.process.send_signal(signal.SIGTERM)
 
     def _refresh(self, progress: Progress, tasks: dict[int, TaskID]) -> None:
         for node in self.nodes:
@@ -288,6 +326,7 @@ class LocalFederation:
                 "peer_id": data.get("peer_id", ""),
                 "byzantine": node.byzantine,
                 "exit_code": node.process.returncode,
+                "stalled": node.stalled,
                 "rounds": data.get("rounds", node.round),
                 "accuracy": data.get("accuracy", node.accuracy),
                 "bytes_sent": data.get("bytes_sent", 0),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -11,7 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
+from fednode.cli.launch import LaunchPlan, LocalFederation
 from fednode.node.logs import read_json_log, record_time
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -208,3 +211,20 @@ def test_a_straggler_left_out_by_the_deadlines_ends_with_the_federations_model(s
     assert all(r["participants"] == 2 for s in summaries[:2] for r in s["history"][1:]), "it was not left out"
     assert len({s["accuracy"] for s in summaries}) == 1, [s["accuracy"] for s in summaries]
     assert len({s["model_version"] for s in summaries}) == 1
+
+
+def test_a_node_left_without_anyone_to_train_with_is_stopped_as_stalled(tmp_path: Path) -> None:
+    # Node 2 is configured into another federation: nobody trains with it, so it would wait for
+    # members forever once nodes 0 and 1 have finished. The launch must end anyway, and say why.
+    small = [item for item in SMALL if item != "--set"]
+    plan = LaunchPlan(nodes=3, rounds=3, out_dir=tmp_path / "run", settings=small,
+                      node_settings={2: ['federation.id="elsewhere"']}, stall_floor=5.0)
+    console = Console(file=io.StringIO(), width=200)
+    code = LocalFederation(plan, console).run()
+    output = console.file.getvalue()
+    rows = {row["node"]: row for row in json.loads((tmp_path / "run" / "summary.json").read_text())["nodes"]}
+    assert code == 1, output
+    assert rows[0]["rounds"] == rows[1]["rounds"] == 3 and not rows[0]["stalled"] and not rows[1]["stalled"], output
+    assert rows[2]["stalled"] and rows[2]["rounds"] == 0 and rows[2]["exit_code"] is not None, output
+    assert "node-2 made no round for 5 s after other nodes had exited" in output
+    assert "node-2 was stopped as stalled" in output
