@@ -80,7 +80,11 @@ class NodeProcess:
     peer_id: str = ""
     first_round_at: float = 0.0  # monotonic times of its first and latest round records
     last_round_at: float = 0.0
-    stalled: bool = False
+    stalled_at: float = 0.0  # monotonic time it was stopped as stalled; 0 = not stalled
+
+    @property
+    def stalled(self) -> bool:
+        return self.stalled_at > 0.0
 
     def seconds_per_round(self) -> float:
         """Mean time per round so far (0 before two rounds)."""
@@ -299,9 +303,16 @@ class LocalFederation:
         limit = max(self.plan.stall_floor, STALL_ROUNDS * max(n.seconds_per_round() for n in self.nodes))
         last_exit = max(exited_at.values())
         for node in self.nodes:
-            if node.index in exited_at or node.stalled or now - max(node.last_round_at, last_exit) < limit:
+            if node.index in exited_at:
                 continue
-            node.stalled = True
+            if node.stalled:
+                if now - node.stalled_at > self.plan.stop_timeout:  # the graceful stop is bounded too
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(node.process.pid, signal.SIGKILL)
+                continue
+            if now - max(node.last_round_at, last_exit) < limit:
+                continue
+            node.stalled_at = now
             self.console.print(f"[yellow]{node.name} made no round for {limit:.0f} s after other nodes had exited "
                                f"(it is at round {node.round} of {self.plan.rounds}); stopping it[/]")
             with contextlib.suppress(ProcessLookupError):
