@@ -989,8 +989,7 @@ class FederationRunner:
     def _outvoted(self) -> bool:
         """True when most members hold another model than ours after a recent round (see
         outvoted_round) and a snapshot at least as new as our round is on offer to adopt."""
-        offers = [(o.header.round, bytes(o.header.payload_sha256), len(o.providers)) for o in self.offers.values()]
-        number = outvoted_round(self._own_hashes, offers)
+        number = outvoted_round(self._own_hashes, self._offer_counts())
         best = self._best_offer()
         if number is None or best is None or best.header.round < self.round:
             return False
@@ -1002,10 +1001,12 @@ class FederationRunner:
     def _best_offer(self) -> SnapshotOffer | None:
         """The snapshot to adopt when behind: newest round at least snapshot_quorum members offer,
         the majority's hash for it (see adoptable_snapshot); None if there is none."""
-        chosen = adoptable_snapshot(
-            ((o.header.round, digest, len(o.providers)) for digest, o in self.offers.items()), self.snapshot_quorum
-        )
+        chosen = adoptable_snapshot(self._offer_counts(), self.snapshot_quorum)
         return None if chosen is None else self.offers[chosen[1]]
+
+    def _offer_counts(self) -> list[tuple[int, bytes, int]]:
+        """(round, sha256, members offering it) for every snapshot on offer."""
+        return [(o.header.round, digest, len(o.providers)) for digest, o in self.offers.items()]
 
     async def _initial_sync(self) -> None:
         """Give announcements a moment to arrive, then catch up if the federation is ahead.

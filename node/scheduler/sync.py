@@ -208,9 +208,7 @@ def outvoted_round(own: dict[int, bytes], offers: list[tuple[int, bytes, int]]) 
     the next rounds, like every other.
     """
     newest: int | None = None
-    holders: dict[tuple[int, bytes], int] = {}
-    for number, digest, count in offers:
-        holders[(number, digest)] = holders.get((number, digest), 0) + count
+    holders = _holders(offers)
     for (number, digest), count in holders.items():
         mine = own.get(number)
         if mine is None or digest == mine:
@@ -236,12 +234,17 @@ def adoptable_snapshot(offers: Iterable[tuple[int, bytes, int]], quorum: int) ->
     """
     if quorum < 1:
         raise ValueError(f"quorum must be at least 1, got {quorum}")
-    holders: dict[tuple[int, bytes], int] = {}
-    for number, digest, count in offers:
-        holders[(number, digest)] = holders.get((number, digest), 0) + count
-    endorsed = [(number, -count, digest) for (number, digest), count in holders.items() if count >= quorum]
+    endorsed = [(number, -count, digest) for (number, digest), count in _holders(offers).items() if count >= quorum]
     if not endorsed:
         return None
     newest = max(number for number, _, _ in endorsed)
     _, _, digest = min(entry for entry in endorsed if entry[0] == newest)
     return newest, digest
+
+
+def _holders(offers: Iterable[tuple[int, bytes, int]]) -> dict[tuple[int, bytes], int]:
+    """Members offering each (round, sha256), summed over the entries naming it."""
+    holders: dict[tuple[int, bytes], int] = {}
+    for number, digest, count in offers:
+        holders[(number, digest)] = holders.get((number, digest), 0) + count
+    return holders
