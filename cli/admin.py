@@ -59,9 +59,10 @@ class AdminTarget:
 
         overrides = {"node.state_dir": str(self.state_dir)} if self.state_dir else {}
         environ = {k: v for k, v in os.environ.items() if k in ("FEDNODE_CONFIG", "FEDNODE_NODE_STATE_DIR",
-                                                                    "XDG_DATA_HOME", "XDG_CONFIG_HOME", "HOME")}
+                                                                    "FEDNODE_ADMIN_SOCKET", "XDG_DATA_HOME",
+                                                                    "XDG_CONFIG_HOME", "HOME")}
         config, _ = load_config(self.config, overrides, environ=environ)
-        return f"unix:{config.resolved_state_dir() / SOCKET_NAME}"
+        return f"unix:{config.admin.socket or config.resolved_state_dir() / SOCKET_NAME}"
 
     @contextmanager
     def stub(self) -> Iterator[admin_pb2_grpc.AdminServiceStub]:

@@ -346,7 +346,17 @@ def _register_admin_commands() -> None:
     register(app)
 
 
+def _register_operations_commands() -> None:
+    """Commands kept one per file (cli/<name>.py)."""
+    from fednode.cli.health import health
+    from fednode.cli.logs import logs
+
+    app.command()(logs)
+    app.command()(health)
+
+
 _register_admin_commands()
+_register_operations_commands()
 
 
 def main() -> None:

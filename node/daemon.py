@@ -293,6 +293,7 @@ class Daemon:
         if ready.resumed:
             if not self._worker_deaths:  # the daemon's start, not a restart after a worker died
                 summary.resumed_from_round = ready.round
+                summary.accuracy, summary.loss = ready.accuracy, ready.loss  # until the next round
             log.info("resumed from checkpoint: round %d, model version %d", ready.round, ready.model_version)
         log.info("task %s on %s: %d training examples, %d parameters", ready.task, ready.device,
                  ready.train_samples, ready.parameters)
@@ -509,7 +510,8 @@ class Daemon:
                 token=token,
                 insecure=admin.insecure,
             )
-        self.admin = AdminServer(self.control, self.state_dir, tcp)
+        self.admin = AdminServer(self.control, self.state_dir, tcp, socket_path=admin.socket,
+                                 socket_mode=admin.socket_mode, health_listen=admin.health_listen)
         from fednode.node.admin import AdminError
 
         try:
@@ -518,9 +520,22 @@ class Daemon:
             raise ConfigError(f"admin API: {exc.message}") from exc
         if self.config.metrics.port >= 0:
             self.metrics = NodeMetrics()
+            self._label_and_restore_metrics(self.metrics)
             port = self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
             log.info("metrics on http://%s:%d/metrics", self.config.metrics.host, port,
                      extra={"event": "metrics", "port": port})
+
+    def _label_and_restore_metrics(self, metrics: Any) -> None:
+        """fednode_node_info's labels, and the gauges of the checkpoint this node resumed from."""
+        summary = self.summary
+        assert self.identity is not None and summary is not None
+        metrics.set_identity(version=__version__, peer_id=self.identity.peer_id, device=summary.device,
+                             task=summary.task, display_name=self.display_name)
+        federation_id = self._checkpoint_federation
+        if summary.resumed_from_round and federation_id and (self.session is None
+                                                             or self.session.federation_id == federation_id):
+            metrics.restore(federation_id, round_number=self.round, model_version=self.model_version,
+                            accuracy=summary.accuracy, loss=summary.loss)
 
     async def _stop_services(self) -> None:
         self.state = "stopping"

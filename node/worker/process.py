@@ -114,7 +114,8 @@ class TrainingWorker:
             task=self.task.description or self.task.name, train_samples=self.trainer.num_train_samples,
             round=self.round, model_version=self.model_version,
             checkpoint_federation_id=str(self.extra_state.get("federation_id", "")), resumed=resumed,
-            rss_mb=current_rss_mb(),
+            rss_mb=current_rss_mb(), accuracy=float(self.metrics.get("accuracy", float("nan"))),
+            loss=float(self.metrics.get("loss", float("nan"))),
         )
 
     def _build_attack(self) -> Any:
