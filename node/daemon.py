@@ -38,6 +38,8 @@ AUDIT_FSYNC_EVERY = 1024  # ... or after this many records, whichever comes firs
 
 LINGER_REASONS = ("rounds", "target_accuracy")  # stops after which peers may still fetch from us
 SUMMARY_FILE = "summary.json"
+HISTORY_FILE = "history.jsonl"
+SUMMARY_HISTORY = 500  # rounds summary.json keeps in full (about 200 kB); history.jsonl has them all
 # A training worker that dies (killed, out of memory) is restarted from the last checkpoint, up
 # to this many times within the window; one that keeps dying ends the daemon (exit code 1).
 WORKER_RESTARTS = 3
@@ -61,6 +63,9 @@ class RoundRecord:
     daemon_cpu_seconds: float = 0.0
     worker_cpu_seconds: float = 0.0
     finished_at: float = 0.0  # unix time the daemon recorded the round
+    # Payload bytes through the mesh since it started (gossip, blobs, pushes), at the end of the round.
+    bytes_sent: int = 0
+    bytes_received: int = 0
 
 
 @dataclass
@@ -94,7 +99,11 @@ class RunSummary:
     idle_rss_mb: float = 0.0  # the daemon's resident memory once training started, before the first round
     worker_peak_rss_mb: float = 0.0  # the training worker process (torch, model, trainer)
     worker_idle_rss_mb: float = 0.0  # the worker's resident memory at the same moment
+    # The latest SUMMARY_HISTORY rounds of this run; every round of every run is in history.jsonl
+    # (HISTORY_FILE, rotated by size like the audit log), which `fednode report` reads.
     history: list[RoundRecord] = field(default_factory=list)
+    history_dropped: int = 0  # older rounds of this run left out of `history` (they are in history.jsonl)
+    history_file: str = "history.jsonl"
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2, allow_nan=True).encode()
@@ -231,6 +240,7 @@ class Daemon:
         self.store: Any = None  # MembershipStore
         self.trust: Any = None  # TrustPolicy
         self.audit: Any = None  # AuditLog
+        self.history: Any = None  # JsonLinesLog of history.jsonl: every round, rotated by size
         self.metrics: Any = None  # NodeMetrics
         self.control: Any = None  # NodeControl (admin API backend)
         self.admin: Any = None  # AdminServer
@@ -262,7 +272,12 @@ class Daemon:
         # batched on a 1 s timer (see _sync_audit_log) instead of one per record, which cost a
         # synchronous fsync in the event loop for every update of every round (8 per round with
         # 4 members, tens of ms).
-        self.audit = AuditLog(self.state_dir / "audit.jsonl", fsync_every=AUDIT_FSYNC_EVERY)
+        from fednode.node.rotation import JsonLinesLog
+
+        rotation = self.config.rotation
+        self.audit = AuditLog(self.state_dir / "audit.jsonl", fsync_every=AUDIT_FSYNC_EVERY,
+                              max_bytes=int(rotation.audit_max_mb * 2**20))
+        self.history = JsonLinesLog(self.state_dir / HISTORY_FILE, max_bytes=int(rotation.history_max_mb * 2**20))
         self.session = self._initial_session()
         if self.session is not None:
             self._alone_allowed = False
@@ -555,6 +570,9 @@ class Daemon:
         if self.audit is not None:
             with suppress(Exception):
                 self.audit.close()
+        if self.history is not None:
+            with suppress(Exception):
+                self.history.close()
 
     def _done(self) -> bool:
         """Stop conditions that do not come from a signal."""
@@ -830,6 +848,11 @@ class Daemon:
             participants=report.participants, left_out=report.left_out,
             daemon_cpu_seconds=time.process_time(), worker_cpu_seconds=report.cpu_seconds, finished_at=time.time(),
         )
+        if self.mesh is not None:
+            with suppress(Exception):
+                stats = self.mesh.stats()
+                record.bytes_sent = stats.gossip_bytes_published + stats.blob_bytes_sent + stats.push_bytes_sent
+                record.bytes_received = stats.gossip_bytes_received + stats.blob_bytes_received + stats.push_bytes_received
         self._record(record)
         progress = self.progress
         if report.federated and progress is not None:
@@ -898,6 +921,10 @@ class Daemon:
         assert self.summary is not None
         summary = self.summary
         summary.history.append(record)
+        if len(summary.history) > SUMMARY_HISTORY:
+            del summary.history[0]
+            summary.history_dropped += 1
+        self._append_history(record)
         summary.rounds = record.round
         summary.model_version = record.model_version
         summary.accuracy = record.accuracy
@@ -917,6 +944,17 @@ class Daemon:
             extra={"event": "round", "round": record.round, "accuracy": record.accuracy, "loss": record.loss,
                    "participants": record.participants},
         )
+
+    def _append_history(self, record: RoundRecord) -> None:
+        """One line per round in history.jsonl, written at once (a kill -9 loses no round)."""
+        if self.history is None or self.summary is None:
+            return
+        try:
+            self.history.append({"peer_id": self.summary.peer_id, "federation_id": self.summary.federation_id,
+                                 "run_started_unix": self.summary.started_unix, **asdict(record)})
+        except OSError as exc:
+            log.error("round %d not written to %s: %s", record.round, self.history.path, exc,
+                      extra={"event": "history_write_failed"})
 
     def _record_mesh_totals(self, ended: Any) -> None:
         if self.summary is None or self.mesh is None:

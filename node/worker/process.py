@@ -92,7 +92,7 @@ class TrainingWorker:
             raise ConfigError(str(exc)) from exc
         task_cfg = self.config.task
         self.task = load_task(task_cfg.name, TaskContext(task_cfg.shard_index, task_cfg.shard_count, task_cfg.seed),
-                              task_cfg.params)
+                              task_cfg.params, search_path=task_cfg.path)
         self.attack = self._build_attack()
         if self.attack is not None and self.attack.kind == "data":
             labels = getattr(self.task.train_data, "labels", None)
