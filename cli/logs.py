@@ -24,7 +24,8 @@ def event_record(event: Any) -> dict[str, Any]:
     from fednode.cli.admin import to_dict
 
     data = to_dict(event)
-    data["unix_ms"] = int(event.unix_ms)
+    for name in ("unix_ms", "round", "model_version"):  # uint64: MessageToDict writes them as strings
+        data[name] = int(getattr(event, name))
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(event.unix_ms / 1000)) + f".{event.unix_ms % 1000:03d}Z"
     return {"time": stamp, **data}
 
