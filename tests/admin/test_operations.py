@@ -116,7 +116,7 @@ def test_logs_tail_follow_json_and_health(start_daemon, cli, tmp_path: Path) -> 
         newer = json.loads(line)
         assert newer["kind"] == "round" and newer["round"] > events[-1]["round"], newer
         assert cli("stop", *state).returncode == 0
-        out, err_text = follower.communicate(timeout=120)
+        _out, err_text = follower.communicate(timeout=120)
         assert follower.returncode == 0, err_text
         assert "the daemon stopped" in err_text
     finally:

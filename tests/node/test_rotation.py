@@ -94,4 +94,4 @@ def test_summary_keeps_the_latest_rounds_only() -> None:
         node._record(RoundRecord(round=index, model_version=index, accuracy=0.5, loss=1.0, train_loss=1.0, seconds=0.1))
     assert len(node.summary.history) == SUMMARY_HISTORY and node.summary.history_dropped == 20
     assert node.summary.history[0].round == 21 and node.summary.rounds == SUMMARY_HISTORY + 20
-    assert daemon_module.HISTORY_FILE == node.summary.history_file
+    assert node.summary.history_file == daemon_module.HISTORY_FILE
