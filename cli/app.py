@@ -350,9 +350,11 @@ def _register_operations_commands() -> None:
     """Commands kept one per file (cli/<name>.py)."""
     from fednode.cli.health import health
     from fednode.cli.logs import logs
+    from fednode.cli.report import report
 
     app.command()(logs)
     app.command()(health)
+    app.command()(report)
 
 
 _register_admin_commands()

@@ -248,6 +248,7 @@ class LocalFederation:
                 signal.signal(signum, handler)
         wall = time.perf_counter() - started
         summary = self._summarize(wall, interrupted)
+        self._write_report()
         failed = [n for n in self.nodes if n.process.returncode not in (0, None) or n.stalled]
         for node in failed:
             what = "was stopped as stalled" if node.stalled else f"exited with code {node.process.returncode}"
@@ -257,6 +258,22 @@ class LocalFederation:
         if interrupted:
             return 130
         return 1 if failed or not summary["nodes"] else 0
+
+    def _write_report(self) -> None:
+        """Plots and report/index.html of the run (fednode report); a run without matplotlib
+        still ends with its summary, and says how to get the plots."""
+        from fednode.node.errors import FednodeError
+        from fednode.node.report import load_run, write_report
+
+        try:
+            written = write_report(load_run(self.run_dir), self.run_dir / "report")
+        except FednodeError as error:
+            self.console.print(f"[yellow]no report: {error.message}[/]", highlight=False)
+            return
+        except Exception as error:  # a plot that fails must not hide the run's own results
+            self.console.print(f"[yellow]no report: {type(error).__name__}: {error}[/]", highlight=False)
+            return
+        self.console.print(f"report: {written.html} ({len(written.plots)} plots)", highlight=False)
 
     def _wait_for_address(self, node: NodeProcess) -> str:
         deadline = time.monotonic() + self.plan.start_timeout
