@@ -67,7 +67,7 @@ class AdminBackend(Protocol):
     async def join_federation(self, request: admin_pb2.JoinFederationRequest) -> admin_pb2.FederationStatus: ...
     async def leave_federation(self, request: admin_pb2.LeaveFederationRequest) -> None: ...
     async def revoke_member(self, request: admin_pb2.RevokeMemberRequest) -> admin_pb2.RevokeMemberResponse: ...
-    async def export_model(self, request: admin_pb2.ExportModelRequest) -> tuple[bytes, int]: ...
+    async def export_model(self, request: admin_pb2.ExportModelRequest) -> tuple[bytes, int, str]: ...
     def shutdown(self) -> None: ...
 
 
@@ -204,7 +204,7 @@ class _Servicer(admin_pb2_grpc.AdminServiceServicer):
     async def ExportModel(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[admin_pb2.ModelChunk]:
         import hashlib
 
-        data, version = await self._call(context, lambda: self.backend.export_model(request))  # type: ignore[misc]
+        data, version, metadata = await self._call(context, lambda: self.backend.export_model(request))  # type: ignore[misc]
         chunk = 1 << 20
         total = len(data)
         for offset in range(0, max(total, 1), chunk):
@@ -213,6 +213,7 @@ class _Servicer(admin_pb2_grpc.AdminServiceServicer):
             yield admin_pb2.ModelChunk(
                 offset=offset, data=piece, total_size=total, model_version=version,
                 sha256=hashlib.sha256(data).digest() if last else b"",
+                metadata_json=metadata if last else "",
             )
 
     async def Shutdown(self, request: Any, context: grpc.aio.ServicerContext):

@@ -44,6 +44,9 @@ class Task:
     test_data: Dataset[tuple[torch.Tensor, torch.Tensor]]
     loss_fn: LossFn = field(default_factory=lambda: nn.functional.cross_entropy)
     description: str = ""
+    # How raw features become model inputs, exported with the model (`fednode model export`) so
+    # the model can be used outside fednode: e.g. {"standardize": {"mean": [...], "std": [...]}}.
+    preprocessing: dict[str, Any] = field(default_factory=dict)
 
 
 @contextlib.contextmanager
