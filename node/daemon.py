@@ -241,6 +241,7 @@ class Daemon:
         self.trust: Any = None  # TrustPolicy
         self.audit: Any = None  # AuditLog
         self.history: Any = None  # JsonLinesLog of history.jsonl: every round, rotated by size
+        self.tracking: Any = None  # Tracking ([tracking] sinks) or None
         self.metrics: Any = None  # NodeMetrics
         self.control: Any = None  # NodeControl (admin API backend)
         self.admin: Any = None  # AdminServer
@@ -291,6 +292,31 @@ class Daemon:
             federation_id=self.session.federation_id if self.session else "",
             attack=self.config.attack.name,
         )
+        self.tracking = self._open_tracking()
+
+    def _open_tracking(self) -> Any:
+        """The [tracking] sinks (TensorBoard, MLflow), or None when both are off."""
+        settings = self.config.tracking
+        if not (settings.tensorboard or settings.mlflow):
+            return None
+        from fednode.node.tracking import Tracking
+
+        assert self.identity is not None and self.summary is not None
+        name = settings.run_name or (f"{self.display_name or self.identity.peer_id[-8:]}-"
+                                     f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(self.summary.started_unix))}")
+        cfg = self.config
+        params = {"peer_id": self.identity.peer_id, "task": cfg.task.name, "task.params": json.dumps(cfg.task.params),
+                  "shard": cfg.task.shard, "federation": self.summary.federation_id, "rule": cfg.aggregation.rule,
+                  "f": cfg.aggregation.f, "schedule": cfg.federation.schedule, "codec": cfg.compression.codec,
+                  "local_steps": cfg.training.local_steps, "lr": cfg.training.lr,
+                  "batch_size": cfg.training.batch_size, "fednode_version": __version__}
+        tracking = Tracking(settings, self.state_dir, run_name=name, params=params,
+                            tags={"fednode.peer_id": self.identity.peer_id})
+        log.info("tracking rounds to %s", ", ".join(
+            f"{kind} {where}" for kind, where in (("TensorBoard", getattr(tracking, "tensorboard_dir", None)),
+                                                 ("MLflow", getattr(tracking, "mlflow_uri", None))) if where),
+                 extra={"event": "tracking"})
+        return tracking
 
     async def _start_worker(self) -> None:
         """Start the training worker; it builds task and model and resumes from the checkpoint."""
@@ -573,6 +599,9 @@ class Daemon:
         if self.history is not None:
             with suppress(Exception):
                 self.history.close()
+        if self.tracking is not None:
+            with suppress(Exception):
+                await asyncio.to_thread(self.tracking.close)
 
     def _done(self) -> bool:
         """Stop conditions that do not come from a signal."""
@@ -925,6 +954,8 @@ class Daemon:
             del summary.history[0]
             summary.history_dropped += 1
         self._append_history(record)
+        if self.tracking is not None:
+            self.tracking.record(record.round, asdict(record))
         summary.rounds = record.round
         summary.model_version = record.model_version
         summary.accuracy = record.accuracy
