@@ -58,7 +58,7 @@ def test_tracking_is_off_by_default_and_bad_sinks_fail_at_start(tmp_path: Path) 
     off.record(1, {"accuracy": 0.5})
     off.close()
     assert not (tmp_path / "tensorboard").exists() and not (tmp_path / "mlruns").exists()
-    with pytest.raises(ConfigError, match="tracking.mlflow"):
+    with pytest.raises(ConfigError, match=r"tracking\.mlflow"):
         Tracking(TrackingSection(mlflow=True, mlflow_tracking_uri="nosuchscheme://nowhere"), tmp_path,
                  run_name="x", params={}, tags={})
 
