@@ -307,8 +307,8 @@ def test_manifests_wire_members_bootstrap_probes_and_secrets(manifests: list[dic
     container = members["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "state", "mountPath": "/var/lib/fednode"} in container["volumeMounts"]
     env = {e["name"]: e for e in container["env"]}
-    assert int(env["FEDNODE_SHARDS"]["value"]) == members["spec"]["replicas"]
-    assert "$(POD_INDEX)/$(FEDNODE_SHARDS)" in container["args"]
+    assert int(env["SHARDS"]["value"]) == members["spec"]["replicas"]
+    assert "$(POD_INDEX)/$(SHARDS)" in container["args"]
     # The bootstrap Service selects the bootstrap pods and carries the mesh port members dial.
     service = services["fednode-bootstrap"]
     assert service["spec"]["selector"].items() <= bootstrap["spec"]["template"]["metadata"]["labels"].items()
@@ -322,6 +322,10 @@ def test_manifests_wire_members_bootstrap_probes_and_secrets(manifests: list[dic
     health_port = int(config.admin.health_listen.rsplit(":", 1)[1])
     for statefulset in (members, bootstrap):
         pod = statefulset["spec"]["template"]["spec"]
+        # The pod's settings from the environment are valid next to the ConfigMap's file.
+        # Every FEDNODE_* variable must be a setting: the daemon refuses unknown ones.
+        fixed = {e["name"]: e.get("value", "x") for e in pod["containers"][0]["env"] if e["name"].startswith("FEDNODE_")}
+        load_config(config_file, environ=fixed)
         assert pod["securityContext"]["runAsNonRoot"] is True
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             assert pod["containers"][0][probe]["grpc"]["port"] == health_port
