@@ -186,7 +186,7 @@ def _rejections(plt: Any, run: RunData, path: Path, colors: dict[str, Any]) -> P
             axis.text(0.5, 0.5, "no rejected updates", ha="center", va="center", transform=axis.transAxes, fontsize=12)
             axis.set_xticks([])
             axis.set_yticks([])
-        by_reason.set_title("rejected updates by reason (left_out_by_rule: accepted, not used by the rule)")
+        by_reason.set_title("rejected updates by reason")
         by_round.set_title("rejected updates per round")
         return _save(fig, path)
     width = 0.8 / max(1, len(run.members))
@@ -200,15 +200,21 @@ def _rejections(plt: Any, run: RunData, path: Path, colors: dict[str, Any]) -> P
             rounds = sorted(per_round)
             by_round.bar([r + index * width for r in rounds], [per_round[r] for r in rounds], width,
                          color=colors[member.name], label=member.label)
+    from matplotlib.ticker import MaxNLocator
+
     by_reason.set_xticks([i + 0.4 - width / 2 for i in range(len(reasons))], reasons, rotation=20, fontsize=8)
     by_reason.set_ylabel("updates")
-    by_reason.set_title("rejected updates by reason, as each member decided (left_out_by_rule: not aggregated)")
+    by_reason.set_title("rejected updates by reason, as each member decided")
     by_round.set_xlabel("round")
     by_round.set_ylabel("updates")
     by_round.set_title("rejected updates per round")
     for axis in (by_reason, by_round):
         axis.grid(alpha=0.3, axis="y")
-        axis.legend(fontsize=7)
+        axis.yaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_ylim(0, axis.get_ylim()[1] * 1.35)  # room for the legend above the bars
+        axis.legend(fontsize=7, loc="upper right")
+    if "left_out_by_rule" in reasons:
+        fig.text(0.01, 0.01, "left_out_by_rule: accepted, but not used by the aggregation rule", fontsize=7, color="0.3")
     return _save(fig, path)
 
 
