@@ -945,6 +945,10 @@ class Daemon:
             summary.best_accuracy = report.accuracy
         log.info("synced to round %d: test accuracy %.4f, test loss %.4f", report.round, report.accuracy,
                  report.loss, extra={"event": "synced_round", "round": report.round, "accuracy": report.accuracy})
+        # history.jsonl (not the summary's history) keeps it too, marked: the model the node ended with.
+        self._append_history(RoundRecord(round=report.round, model_version=report.model_version,
+                                         accuracy=report.accuracy, loss=report.loss, train_loss=float("nan"),
+                                         seconds=0.0, participants=0, finished_at=time.time()), synced=True)
 
     def _record(self, record: RoundRecord) -> None:
         assert self.summary is not None
@@ -976,13 +980,15 @@ class Daemon:
                    "participants": record.participants},
         )
 
-    def _append_history(self, record: RoundRecord) -> None:
-        """One line per round in history.jsonl, written at once (a kill -9 loses no round)."""
+    def _append_history(self, record: RoundRecord, *, synced: bool = False) -> None:
+        """One line per round in history.jsonl, written at once (a kill -9 loses no round);
+        `synced`: a model a state sync brought, not a round this node closed."""
         if self.history is None or self.summary is None:
             return
         try:
             self.history.append({"peer_id": self.summary.peer_id, "federation_id": self.summary.federation_id,
-                                 "run_started_unix": self.summary.started_unix, **asdict(record)})
+                                 "run_started_unix": self.summary.started_unix, **asdict(record),
+                                 **({"synced": True} if synced else {})})
         except OSError as exc:
             log.error("round %d not written to %s: %s", record.round, self.history.path, exc,
                       extra={"event": "history_write_failed"})

@@ -51,6 +51,8 @@ def _series(member: MemberData, key: str, t0: float) -> tuple[list[float], list[
     """(rounds, seconds since t0, values) of the rounds that have a finite `key`."""
     rounds, times, values = [], [], []
     for record in member.rounds:
+        if record.get("synced") and key not in ("accuracy", "loss"):
+            continue  # a model a state sync brought: no round of this node's own to time or count
         value = _finite(record.get(key))
         if value is None:
             continue
@@ -122,7 +124,7 @@ def _participants(plt: Any, run: RunData, path: Path, colors: dict[str, Any], t0
             # Members often agree exactly: a small vertical offset keeps every line visible.
             offset = 0.04 * (index - (len(run.members) - 1) / 2)
             axis.step(rounds, [v + offset for v in values], where="post", color=colors[member.name],
-                      label=member.label, linewidth=1.4)
+                      label=member.label, linewidth=1.4, marker="o", markersize=3)
             most = max(most, *values)
     axis.set_ylim(0, most + 1)
     axis.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -143,7 +145,8 @@ def _bytes(plt: Any, run: RunData, path: Path, colors: dict[str, Any], t0: float
             rounds, times, values = _series(member, key, t0)
             if values and max(values) > 0:
                 x = times if t0 else rounds
-                axis.plot(x, [v / 1e6 for v in values], color=colors[member.name], label=member.label, linewidth=1.4)
+                axis.plot(x, [v / 1e6 for v in values], "-o", color=colors[member.name], label=member.label,
+                          linewidth=1.4, markersize=3)
                 drawn = True
     for axis, what in ((sent, "sent"), (received, "received")):
         axis.set_xlabel("seconds since the first daemon started" if t0 else "round")
@@ -164,7 +167,8 @@ def _round_time(plt: Any, run: RunData, path: Path, colors: dict[str, Any], t0: 
     for member in run.members:
         rounds, _, whole = _series(member, "round_seconds", t0)
         if whole:
-            axis.plot(rounds, whole, "-", color=colors[member.name], label=f"{member.label} round", linewidth=1.4)
+            axis.plot(rounds, whole, "-o", color=colors[member.name], label=f"{member.label} round", linewidth=1.4,
+                      markersize=3)
         rounds, _, training = _series(member, "seconds", t0)
         if training:
             axis.plot(rounds, training, ":", color=colors[member.name], label=f"{member.label} local training",
@@ -226,7 +230,7 @@ def draw_plots(run: RunData, out_dir: Path) -> dict[str, Path]:
     try:
         plots["accuracy"] = _over_rounds_and_time(plt, run, [("accuracy", "-o", "")], "test accuracy", "accuracy",
                                                   out_dir / "accuracy.png", colors, t0, (0.0, 1.0))
-        plots["loss"] = _over_rounds_and_time(plt, run, [("loss", "-", "eval"), ("train_loss", "--", "train")], "loss",
+        plots["loss"] = _over_rounds_and_time(plt, run, [("loss", "-o", "eval"), ("train_loss", "--x", "train")], "loss",
                                               "loss (solid: held-out; dashed: local training)", out_dir / "loss.png",
                                               colors, t0)
         plots["participants"] = _participants(plt, run, out_dir / "participants.png", colors, t0)
@@ -261,9 +265,11 @@ def _member_rows(run: RunData) -> list[list[str]]:
     for member in run.members:
         s, last = member.summary, (member.rounds[-1] if member.rounds else {})
         accuracies = [a for a in (_finite(r.get("accuracy")) for r in member.rounds) if a is not None]
+        closed = sum(1 for r in member.rounds if not r.get("synced"))
         rows.append([
             html.escape(member.label),
             _cell(s.get("rounds", last.get("round", 0))),
+            _cell(closed),
             _cell(float(s.get("accuracy", last.get("accuracy", math.nan)))),
             _cell(max(accuracies) if accuracies else math.nan),
             _human_bytes(s.get("bytes_sent", last.get("bytes_sent", 0))),
@@ -283,7 +289,7 @@ img{max-width:100%;border:1px solid #eee}.meta{color:#666;font-size:.85em}code{b
 
 
 def write_html(run: RunData, plots: dict[str, Path], path: Path) -> Path:
-    headers = ["member", "rounds", "accuracy", "best accuracy", "sent", "received", "updates accepted",
+    headers = ["member", "rounds", "rounds it closed (others came by state sync)", "accuracy", "best accuracy", "sent", "received", "updates accepted",
                "updates rejected", "stop reason", "device"]
     table = "<table><tr>" + "".join(f"<th>{h}</th>" for h in headers) + "</tr>" + "".join(
         "<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in _member_rows(run)) + "</table>"
