@@ -129,28 +129,41 @@ def test_task_new_scaffold_runs_from_anywhere_without_pythonpath(tmp_path: Path,
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_launch_gives_each_node_its_file_and_federation_normalisation(tmp_path: Path) -> None:
-    for i in range(2):
+def test_launch_gives_each_node_its_file_federation_normalisation_and_a_report(tmp_path: Path) -> None:
+    """One launch, as a user would run it: each node its own file, statistics agreed for all,
+    devices round-robin, a NaN attacker; the run ends with its report."""
+    for i in range(3):
         write_site(tmp_path / f"site-{i}.csv", 120, shift=20.0 * i, seed=i)
     write_site(tmp_path / "test.csv", 90, shift=10.0, seed=9)
     out = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEDNODE_")}
-    done = subprocess.run([sys.executable, "-m", "fednode.cli.app", "launch", "--out", str(out), "--nodes", "2",
-                           "--rounds", "3", "--data", str(tmp_path / "site-{i}.csv"), "--test-data",
-                           str(tmp_path / "test.csv"), "--devices", "cpu,cpu",
+    done = subprocess.run([sys.executable, "-m", "fednode.cli.app", "launch", "--out", str(out), "--nodes", "3",
+                           "--rounds", "4", "--data", str(tmp_path / "site-{i}.csv"), "--test-data",
+                           str(tmp_path / "test.csv"), "--devices", "cpu,cpu", "--byzantine", "1", "--attack", "nan",
+                           "--min-participants", "2",
                            "--set", 'task.params={normalization = "federation", hidden = [16]}',
                            "--set", "training.local_steps=5"], capture_output=True, text=True, env=env, timeout=540)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["plan"]["devices"] == ["cpu", "cpu"]
-    assert summary["plan"]["data"] == [str(tmp_path / f"site-{i}.csv") for i in range(2)]
+    assert summary["plan"]["data"] == [str(tmp_path / f"site-{i}.csv") for i in range(3)]
     stats = json.loads((out / "normalization.json").read_text())
-    pooled = np.concatenate([read_tabular(tmp_path / f"site-{i}.csv")[0] for i in range(2)]).astype(np.float64)
+    pooled = np.concatenate([read_tabular(tmp_path / f"site-{i}.csv")[0] for i in range(3)]).astype(np.float64)
     np.testing.assert_allclose(standardization(stats)[0], pooled.mean(axis=0), rtol=1e-9)
-    for i in range(2):
+    for i in range(3):
         node = json.loads((out / f"node-{i}" / "summary.json").read_text())
         assert node["device"] == "cpu" and f"site-{i}.csv" in node["task"], node["task"]
-        assert node["rounds"] == 3
+        assert node["rounds"] == 4
+    # The report of the run: every plot, and the NaN updates the honest members refused.
+    assert f"report: {out / 'report' / 'index.html'}" in done.stdout.replace("\n", "")
+    from fednode.node.report import load_run
+    from fednode.node.report.render import PLOTS
+
+    assert all((out / "report" / f"{name}.png").read_bytes().startswith(b"\x89PNG") for name in PLOTS)
+    assert (out / "report" / "index.html").read_text().count("data:image/png;base64,") == len(PLOTS)
+    honest = [m for m in load_run(out).members if not m.byzantine]
+    assert len(honest) == 2 and all(m.rounds for m in honest)
+    assert all(any(r["reason"] == "non_finite" for r in m.rejections) for m in honest), [m.rejections for m in honest]
 
 
 @pytest.mark.slow
