@@ -292,31 +292,11 @@ class Daemon:
             federation_id=self.session.federation_id if self.session else "",
             attack=self.config.attack.name,
         )
-        self.tracking = self._open_tracking()
+        if self.config.tracking.tensorboard or self.config.tracking.mlflow:
+            from fednode.node.tracking import open_for_node
 
-    def _open_tracking(self) -> Any:
-        """The [tracking] sinks (TensorBoard, MLflow), or None when both are off."""
-        settings = self.config.tracking
-        if not (settings.tensorboard or settings.mlflow):
-            return None
-        from fednode.node.tracking import Tracking
-
-        assert self.identity is not None and self.summary is not None
-        name = settings.run_name or (f"{self.display_name or self.identity.peer_id[-8:]}-"
-                                     f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(self.summary.started_unix))}")
-        cfg = self.config
-        params = {"peer_id": self.identity.peer_id, "task": cfg.task.name, "task.params": json.dumps(cfg.task.params),
-                  "shard": cfg.task.shard, "federation": self.summary.federation_id, "rule": cfg.aggregation.rule,
-                  "f": cfg.aggregation.f, "schedule": cfg.federation.schedule, "codec": cfg.compression.codec,
-                  "local_steps": cfg.training.local_steps, "lr": cfg.training.lr,
-                  "batch_size": cfg.training.batch_size, "fednode_version": __version__}
-        tracking = Tracking(settings, self.state_dir, run_name=name, params=params,
-                            tags={"fednode.peer_id": self.identity.peer_id})
-        log.info("tracking rounds to %s", ", ".join(
-            f"{kind} {where}" for kind, where in (("TensorBoard", getattr(tracking, "tensorboard_dir", None)),
-                                                 ("MLflow", getattr(tracking, "mlflow_uri", None))) if where),
-                 extra={"event": "tracking"})
-        return tracking
+            self.tracking = open_for_node(self.config, self.state_dir, self.identity.peer_id, self.summary.started_unix,
+                                          self.summary.federation_id)
 
     async def _start_worker(self) -> None:
         """Start the training worker; it builds task and model and resumes from the checkpoint."""

@@ -153,3 +153,24 @@ class Tracking:
                 sink.close()
             except Exception as exc:
                 log.error("closing tracking sink %s failed: %s", type(sink).__name__.strip("_").lower(), exc)
+
+
+def open_for_node(config: Any, state_dir: Path, peer_id: str, started_unix: float, federation_id: str) -> Tracking:
+    """The sinks of a daemon's [tracking] settings, its run named and described by its config."""
+    import json
+
+    from fednode.node import __version__
+
+    settings = config.tracking
+    name = settings.run_name or (f"{config.node.display_name or peer_id[-8:]}-"
+                                 f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(started_unix))}")
+    params = {"peer_id": peer_id, "task": config.task.name, "task.params": json.dumps(config.task.params),
+              "shard": config.task.shard, "federation": federation_id, "rule": config.aggregation.rule,
+              "f": config.aggregation.f, "schedule": config.federation.schedule, "codec": config.compression.codec,
+              "local_steps": config.training.local_steps, "lr": config.training.lr,
+              "batch_size": config.training.batch_size, "fednode_version": __version__}
+    tracking = Tracking(settings, state_dir, run_name=name, params=params, tags={"fednode.peer_id": peer_id})
+    where = [f"{kind} {place}" for kind, place in (("TensorBoard", getattr(tracking, "tensorboard_dir", None)),
+                                                   ("MLflow", getattr(tracking, "mlflow_uri", None))) if place]
+    log.info("tracking rounds to %s", ", ".join(where), extra={"event": "tracking"})
+    return tracking
