@@ -71,6 +71,11 @@ class SimulatedMember:
     def round(self) -> int:
         return self.runner.round
 
+    def payload_bytes(self) -> int:
+        """Size of this member's last encoded update (0 before its first)."""
+        published = self.runner._published  # the runner keeps its open round's update there
+        return int(published[1].header.payload_size) if published is not None else 0
+
     def model_digest(self) -> bytes:
         """sha256 of the model parameters (members that aggregated the same rows agree)."""
         return hashlib.sha256(flatten_parameters(self.runner.model).numpy().tobytes()).digest()
