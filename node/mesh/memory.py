@@ -660,10 +660,13 @@ class InMemoryMesh:
         self.network._providers.setdefault(bytes(key), set()).add(self.peer_id)
 
     async def find_providers(self, key: bytes, count: int = 20) -> list[str]:
-        """Members that provided `key` (never this one), stopped ones included: provider records
-        outlive their node, as on the real DHT. Canonical (sorted) order, at most `count`."""
+        """At most `count` members that provided `key` (never this one), stopped ones included:
+        provider records outlive their node, as on the real DHT. Each member gets them in its
+        own seeded order, as lookups from different places of the DHT do (were every member
+        given the same first `count`, every connection would go to the same few members)."""
         self._require_running()
         found = sorted(self.network._providers.get(bytes(key), set()) - {self.peer_id})
+        random.Random(f"{self.network.seed}:{self.peer_id}:{bytes(key).hex()}").shuffle(found)
         return found[:count]
 
     async def put_record(self, key: str, value: bytes) -> None:

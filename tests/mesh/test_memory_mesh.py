@@ -341,9 +341,16 @@ def test_providers_and_records_follow_the_dht_contract() -> None:
         a, b, c = await members(network, 3)
         await a.provide(b"key")
         await b.provide(b"key")
-        assert await c.find_providers(b"key") == sorted([a.peer_id, b.peer_id])
+        assert sorted(await c.find_providers(b"key")) == sorted([a.peer_id, b.peer_id])
         assert await a.find_providers(b"key") == [b.peer_id]
         assert await a.find_providers(b"key", count=0) == []
+        # Many providers: each member gets its own (seeded, repeatable) first `count`.
+        for index in range(6):
+            provider = network.join(f"provider-{index}")
+            await provider.start()
+            await provider.provide(b"many")
+        firsts = {tuple(await m.find_providers(b"many", count=2)) for m in (a, b, c)}
+        assert len(firsts) > 1 and firsts == {tuple(await m.find_providers(b"many", count=2)) for m in (a, b, c)}
         with pytest.raises(ValueError):
             await a.put_record("/other/x", b"v1")  # no validator for the namespace
         with pytest.raises(ValueError):
