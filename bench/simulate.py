@@ -18,6 +18,8 @@ members; max in brackets):
   all out   every byte sent
   round s   median of the members' round durations (RoundOutcome.round_seconds)
   wall s    wall-clock seconds per round for the whole federation
+  cpu s     CPU seconds this process spent per round (all members, all threads): what a
+            larger n will cost on a quiet machine
 
 What the figures are not: the real path also moves every payload across the daemon/worker link
 (several crossings per payload) and libp2p/Noise/Yamux framing, which the in-memory mesh does
@@ -94,9 +96,9 @@ async def measure(args: argparse.Namespace, members: int) -> dict[str, Any]:
     last = args.rounds
     try:
         await federation.start()
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         await federation.run(last, timeout=args.timeout)
-        wall = time.perf_counter() - started
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         payload = statistics.median(size for m in federation.members if (size := m.payload_bytes()))
         blob_in, all_in, all_out = [], [], []
         for member in federation.members:
@@ -119,7 +121,7 @@ async def measure(args: argparse.Namespace, members: int) -> dict[str, Any]:
         "all_out_per_round": statistics.mean(all_out), "all_out_max": max(all_out),
         "blob_in_over_payload": statistics.mean(blob_in) / payload,
         "round_seconds_median": statistics.median(round_seconds) if round_seconds else float("nan"),
-        "wall_seconds_per_round": wall / last, "accuracy_mean": accuracy,
+        "wall_seconds_per_round": wall / last, "cpu_seconds_per_round": cpu / last, "accuracy_mean": accuracy,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{'by every member' if args.verify_per_member else 'once per process'}; load average {load[0]:.1f} at start "
               f"({os.cpu_count()} cores)")
         print(f"{'n':>4} {'payload KB':>10} {'blob in KB':>18} {'x':>6} {'all in KB':>18} {'all out KB':>18} "
-              f"{'round s':>8} {'wall s':>7} {'acc':>5} {'rss MB':>7}")
+              f"{'round s':>8} {'wall s':>7} {'cpu s':>7} {'acc':>5} {'rss MB':>7}")
     for members in sizes:
         row = asyncio.run(measure(args, members))
         if args.json:
@@ -163,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['all_in_per_round'] / 1e3:>9.1f} [{row['all_in_max'] / 1e3:>6.0f}] "
               f"{row['all_out_per_round'] / 1e3:>9.1f} [{row['all_out_max'] / 1e3:>6.0f}] "
               f"{row['round_seconds_median']:>8.2f} {row['wall_seconds_per_round']:>7.2f} "
+              f"{row['cpu_seconds_per_round']:>7.2f} "
               f"{row['accuracy_mean']:>5.2f} {row['peak_rss_mb']:>7.0f}", flush=True)
     if not args.json:
         load = os.getloadavg()
