@@ -286,7 +286,7 @@ class LocalFederation:
         path = self.run_dir / "normalization.json"
         if not path.exists():
             from fednode.node.durable import atomic_write_bytes
-            from fednode.node.tasks.files import feature_moments, merge_moments, read_tabular
+            from fednode.node.tasks.tabular import feature_moments, merge_moments, read_tabular
 
             parts = [feature_moments(read_tabular(Path(f), label_column)[0], source=Path(f).name)
                      for f in dict.fromkeys(self.plan.data)]

@@ -138,7 +138,7 @@ def task_stats(
     from fednode.cli.admin import fail
     from fednode.node.durable import atomic_write_bytes
     from fednode.node.errors import FednodeError, TaskError
-    from fednode.node.tasks.files import (
+    from fednode.node.tasks.tabular import (
         feature_moments,
         merge_moments,
         read_moments,
