@@ -59,9 +59,10 @@ class AdminTarget:
 
         overrides = {"node.state_dir": str(self.state_dir)} if self.state_dir else {}
         environ = {k: v for k, v in os.environ.items() if k in ("FEDNODE_CONFIG", "FEDNODE_NODE_STATE_DIR",
-                                                                    "XDG_DATA_HOME", "XDG_CONFIG_HOME", "HOME")}
+                                                                    "FEDNODE_ADMIN_SOCKET", "XDG_DATA_HOME",
+                                                                    "XDG_CONFIG_HOME", "HOME")}
         config, _ = load_config(self.config, overrides, environ=environ)
-        return f"unix:{config.resolved_state_dir() / SOCKET_NAME}"
+        return f"unix:{config.admin.socket or config.resolved_state_dir() / SOCKET_NAME}"
 
     @contextmanager
     def stub(self) -> Iterator[admin_pb2_grpc.AdminServiceStub]:
@@ -339,19 +340,24 @@ def federation_revoke(
 # ---------------------------------------------------------------------------------- model
 @model_app.command("export")
 def model_export(
-    path: Annotated[Path, typer.Argument(help="file to write (torch state_dict by default)")],
+    path: Annotated[Path, typer.Argument(
+        help="file to write: NAME.safetensors (safetensors, metadata inside), else a torch state_dict "
+             "(metadata beside it in NAME.json)")],
     federation_id: Annotated[str, typer.Option("--federation", help="federation (default: the current model)")] = "",
     raw: Annotated[bool, typer.Option("--raw", help="write the TensorPayload protobuf instead of a .pt file")] = False,
     config: ConfigOption = None, state_dir: StateDirOption = None, admin: AdminOption = None,
     token: TokenOption = None, tls_ca: TlsCaOption = None, output: FormatOption = "human",
 ) -> None:
-    """Stream the current model to a file, sha256-verified."""
+    """Stream the current model to a file, sha256-verified, with its metadata (task, layout digest,
+    federation, round, accuracy, preprocessing such as normalisation statistics)."""
     from fednode.node.durable import atomic_write_bytes
 
     target = _target(config, state_dir, admin, token, tls_ca)
-    request = admin_pb2.ExportModelRequest(federation_id=federation_id, format="raw" if raw else "pt")
+    fmt = "raw" if raw else "safetensors" if path.suffix == ".safetensors" else "pt"
+    request = admin_pb2.ExportModelRequest(federation_id=federation_id, format=fmt)
     data = bytearray()
     digest = b""
+    metadata_json = ""
     version = 0
     try:
         with target.stub() as stub:
@@ -363,15 +369,27 @@ def model_export(
                     version = chunk.model_version
                     if chunk.sha256:
                         digest = bytes(chunk.sha256)
+                        metadata_json = chunk.metadata_json
             except grpc.RpcError as error:
                 raise _translate(error, target) from None
         if hashlib.sha256(data).digest() != digest:
             raise RequestFailed("the exported model does not match its sha256; retry the export")
+        metadata = json.loads(metadata_json) if metadata_json else {}
+        sidecar = None
+        if fmt != "safetensors" and metadata:  # safetensors carries it in its header
+            sidecar = path.with_name(path.name + ".json")
+            atomic_write_bytes(sidecar, (json.dumps({**metadata, "sha256": digest.hex(), "file": path.name},
+                                                    indent=2) + "\n").encode(), mode=0o644)
         atomic_write_bytes(path, bytes(data), mode=0o644)
     except FednodeError as error:
         raise fail(error) from None
-    info = {"path": str(path), "bytes": len(data), "sha256": digest.hex(), "model_version": version}
-    emit(output, info, lambda: out.print(f"wrote {path} ({len(data)} bytes, model version {version})", highlight=False))
+    info = {"path": str(path), "format": fmt, "bytes": len(data), "sha256": digest.hex(), "model_version": version,
+            "metadata_file": str(sidecar) if sidecar else None, "metadata": metadata}
+    accuracy = metadata.get("accuracy")
+    emit(output, info, lambda: out.print(
+        f"wrote {path} ({fmt}, {len(data)} bytes, model version {version}, round {metadata.get('round', '?')}"
+        + (f", accuracy {accuracy:.4f}" if isinstance(accuracy, float) else "") + ")"
+        + (f"; metadata in {sidecar}" if sidecar else ""), highlight=False))
 
 
 def register(app: typer.Typer) -> None:

@@ -194,9 +194,15 @@ def launch(
     slowdowns: Annotated[str | None, typer.Option(
         "--slowdowns", help="per-node slowness factors, cycled over the nodes, e.g. 1,2,4,8 (heterogeneity emulation)")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="run directory (default runs/<timestamp>)")] = None,
+    devices: Annotated[str | None, typer.Option(
+        "--devices", help="devices given to the nodes round-robin, e.g. cuda:0,cuda:1 (checked against this machine)")] = None,
+    data: Annotated[str | None, typer.Option(
+        "--data", help="each node's training file (CSV/NPZ task): node-0=a.csv,node-1=b.csv or 'site-{i}.csv' or 'sites/*.csv'")] = None,
+    test_data: Annotated[str | None, typer.Option(
+        "--test-data", help="with --data: the test file of every node, or one per node (same forms as --data)")] = None,
     settings: SetOption = None,
 ) -> None:
-    """Launch a local federation: N daemons on 127.0.0.1, progress, then a summary table."""
+    """Launch a local federation: N daemons on 127.0.0.1, progress, then a summary table and report."""
     import time as _time
 
     from fednode.cli.launch import LaunchPlan, LocalFederation
@@ -212,6 +218,16 @@ def launch(
             from fednode.node.errors import ConfigError
 
             raise ConfigError(f"--schedule must be sync or fedcompass, got {schedule!r}")
+        from fednode.cli.launch import node_files, parse_devices
+
+        if test_data and not data:
+            from fednode.node.errors import ConfigError
+
+            raise ConfigError("--test-data goes with --data (each node's training file)")
+        if data and not test_data:
+            from fednode.node.errors import ConfigError
+
+            raise ConfigError("--data needs --test-data: a test file every node evaluates on, or one per node")
         plan = LaunchPlan(
             nodes=nodes,
             rounds=rounds,
@@ -229,6 +245,9 @@ def launch(
             slowdowns=_parse_slowdowns(slowdowns),
             out_dir=out or Path("runs") / _time.strftime("%Y%m%d-%H%M%S"),
             settings=list(settings or []),
+            devices=parse_devices(devices),
+            data=node_files(data, nodes, "--data", shared_allowed=False) if data else [],
+            test_data=node_files(test_data, nodes, "--test-data", shared_allowed=True) if test_data else [],
         )
         plan.derived_min_participants()
     except FednodeError as error:
@@ -346,7 +365,21 @@ def _register_admin_commands() -> None:
     register(app)
 
 
+def _register_operations_commands() -> None:
+    """Commands kept one per file (cli/<name>.py)."""
+    from fednode.cli.health import health
+    from fednode.cli.logs import logs
+    from fednode.cli.report import report
+    from fednode.cli.task import task_app
+
+    app.command()(logs)
+    app.command()(health)
+    app.command()(report)
+    app.add_typer(task_app, name="task")
+
+
 _register_admin_commands()
+_register_operations_commands()
 
 
 def main() -> None:

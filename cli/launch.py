@@ -28,6 +28,77 @@ from rich.table import Table
 
 _PR_SET_PDEATHSIG = 1
 STALL_ROUNDS = 10
+FILES_TASK = "fednode.node.tasks.files:build_task"
+
+
+def node_files(spec: str, nodes: int, option: str, *, shared_allowed: bool) -> list[str]:
+    """Each node's file from `--data`-style text: "node-0=a.csv,node-1=b.csv" (or "0=a.csv,..."),
+    a pattern with {i} ("site-{i}/train.csv"), a glob matching one file per node ("sites/*.csv",
+    in sorted order), or (when `shared_allowed`) one file for every node. Every file must exist."""
+    from fednode.node.errors import ConfigError
+
+    text = spec.strip()
+    if "=" in text:
+        chosen: dict[int, str] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name, sep, path = part.partition("=")
+            index_text = name.strip().removeprefix("node-")
+            if not sep or not index_text.isdigit() or not path.strip():
+                raise ConfigError(f"{option}: {part!r} must look like node-0=path/to/file.csv")
+            index = int(index_text)
+            if not 0 <= index < nodes or index in chosen:
+                raise ConfigError(f"{option}: node-{index} is {'given twice' if index in chosen else 'not one of the nodes'} "
+                                  f"(nodes are node-0 to node-{nodes - 1})")
+            chosen[index] = path.strip()
+        missing = [f"node-{i}" for i in range(nodes) if i not in chosen]
+        if missing:
+            raise ConfigError(f"{option} gives no file for {', '.join(missing)}; give every node one")
+        files = [chosen[i] for i in range(nodes)]
+    elif "{i}" in text or "{node}" in text:
+        files = [text.replace("{i}", str(i)).replace("{node}", f"node-{i}") for i in range(nodes)]
+    elif any(c in text for c in "*?["):
+        import glob
+
+        files = sorted(glob.glob(text))
+        if len(files) != nodes:
+            raise ConfigError(f"{option} {text!r} matches {len(files)} file(s) but there are {nodes} nodes; "
+                              f"one file per node, taken in sorted order")
+    elif shared_allowed:
+        files = [text] * nodes
+    else:
+        raise ConfigError(f"{option} needs one file per node: node-0=a.csv,node-1=b.csv,... or a pattern such as "
+                          f"'site-{{i}}.csv' or 'sites/*.csv' (to split one file, use --set task.params with split)")
+    absent = sorted({f for f in files if not Path(f).is_file()})
+    if absent:
+        raise ConfigError(f"{option}: no such file: {', '.join(absent)}")
+    return files
+
+
+def parse_devices(text: str | None) -> list[str]:
+    """"cuda:0,cuda:1" -> ["cuda:0", "cuda:1"], each checked against this machine: a device that
+    does not exist is a clear error before any node starts."""
+    from fednode.node.config import NodeSection
+    from fednode.node.errors import ConfigError
+
+    if not text:
+        return []
+    devices = [part.strip() for part in text.split(",") if part.strip()]
+    for device in devices:
+        try:
+            NodeSection(device=device)
+        except ValueError:
+            raise ConfigError(f'--devices entries must be "cpu", "cuda" or "cuda:N", got {device!r}') from None
+    if any(d.startswith("cuda") for d in devices):
+        import torch
+
+        from fednode.node.trainer import device_problem
+
+        count = torch.cuda.device_count() if torch.version.cuda is not None else 0
+        for device in dict.fromkeys(devices):
+            problem = device_problem(device, count, torch.version.cuda)
+            if problem:
+                raise ConfigError(f"--devices: {problem}")
+    return devices
 
 
 @dataclass
@@ -49,12 +120,30 @@ class LaunchPlan:
     out_dir: Path = Path("runs")
     settings: list[str] = field(default_factory=list)  # extra --set for every node
     node_settings: dict[int, list[str]] = field(default_factory=dict)  # extra --set per node
+    devices: list[str] = field(default_factory=list)  # node i trains on devices[i % len]; empty = node.device
+    data: list[str] = field(default_factory=list)  # node i's training file (files task); empty = the task's own
+    test_data: list[str] = field(default_factory=list)  # node i's test file
     start_timeout: float = 120.0
     stop_timeout: float = 30.0
     # A node still running after others have exited, without a new round for max(stall_floor,
     # STALL_ROUNDS x the slowest node's mean time per round) since, is stopped as stalled: with
     # the members it trained with gone it would wait for new ones forever.
     stall_floor: float = 30.0
+
+    def task_params(self) -> dict[str, Any]:
+        """The task.params table given with --set (the last one wins, as for the daemon)."""
+        from fednode.node.config import parse_value
+
+        params: dict[str, Any] = {}
+        for item in self.settings:
+            key, _, raw = item.partition("=")
+            if key.strip() == "task.params":
+                value = parse_value(raw.strip())
+                params = dict(value) if isinstance(value, dict) else params
+        return params
+
+    def task_name_set(self) -> bool:
+        return any(item.partition("=")[0].strip() == "task.name" for item in self.settings)
 
     def derived_min_participants(self) -> int:
         if self.min_participants:
@@ -157,6 +246,9 @@ class LocalFederation:
                      "--set", f"attack.params={_toml_inline(plan.attack_params)}"]
         if plan.slowdowns:
             argv += ["--set", f"training.slowdown={plan.slowdowns[index % len(plan.slowdowns)]}"]
+        if plan.devices:
+            argv += ["--device", plan.devices[index % len(plan.devices)]]
+        argv += self._data_settings(index)
         for item in plan.node_settings.get(index, []):
             argv += ["--set", item]
         env = {k: v for k, v in os.environ.items() if not k.startswith("FEDNODE_")}
@@ -172,6 +264,34 @@ class LocalFederation:
         node = NodeProcess(index, byzantine, state_dir, log_path, process)
         threading.Thread(target=self._follow, args=(node,), name=f"log-node-{index}", daemon=True).start()
         return node
+
+    def _data_settings(self, index: int) -> list[str]:
+        """Node `index`'s own files for the CSV/NPZ task (--data / --test-data), merged into the
+        task.params given with --set; with normalization = "federation" and no stats file, the
+        statistics of every node's training file, merged exactly (fednode task stats)."""
+        plan = self.plan
+        if not plan.data:
+            return []
+        params = dict(plan.task_params())
+        params.update(train=str(Path(plan.data[index]).resolve()), test=str(Path(plan.test_data[index]).resolve()),
+                      split="none")
+        if params.get("normalization") == "federation" and not params.get("stats"):
+            params["stats"] = str(self._federation_statistics(params.get("label_column", "label")))
+        args = ["--set", f"task.params={_toml_inline(params)}"]
+        if not plan.task_name_set():
+            args += ["--set", f"task.name={json.dumps(FILES_TASK)}"]
+        return args
+
+    def _federation_statistics(self, label_column: str) -> Path:
+        path = self.run_dir / "normalization.json"
+        if not path.exists():
+            from fednode.node.durable import atomic_write_bytes
+            from fednode.node.tasks.tabular import feature_moments, merge_moments, read_tabular
+
+            parts = [feature_moments(read_tabular(Path(f), label_column)[0], source=Path(f).name)
+                     for f in dict.fromkeys(self.plan.data)]
+            atomic_write_bytes(path, json.dumps(merge_moments(parts), indent=2).encode(), mode=0o644)
+        return path.resolve()
 
     def _follow(self, node: NodeProcess) -> None:
         """Copy a node's output to its log file and pick progress out of the JSON records."""
@@ -248,6 +368,7 @@ class LocalFederation:
                 signal.signal(signum, handler)
         wall = time.perf_counter() - started
         summary = self._summarize(wall, interrupted)
+        self._write_report()
         failed = [n for n in self.nodes if n.process.returncode not in (0, None) or n.stalled]
         for node in failed:
             what = "was stopped as stalled" if node.stalled else f"exited with code {node.process.returncode}"
@@ -257,6 +378,22 @@ class LocalFederation:
         if interrupted:
             return 130
         return 1 if failed or not summary["nodes"] else 0
+
+    def _write_report(self) -> None:
+        """Plots and report/index.html of the run (fednode report); a run without matplotlib
+        still ends with its summary, and says how to get the plots."""
+        from fednode.node.errors import FednodeError
+        from fednode.node.report import load_run, write_report
+
+        try:
+            written = write_report(load_run(self.run_dir), self.run_dir / "report")
+        except FednodeError as error:
+            self.console.print(f"[yellow]no report: {error.message}[/]", highlight=False)
+            return
+        except Exception as error:  # a plot that fails must not hide the run's own results
+            self.console.print(f"[yellow]no report: {type(error).__name__}: {error}[/]", highlight=False)
+            return
+        self.console.print(f"report: {written.html} ({len(written.plots)} plots)", highlight=False)
 
     def _wait_for_address(self, node: NodeProcess) -> str:
         deadline = time.monotonic() + self.plan.start_timeout
@@ -358,6 +495,7 @@ class LocalFederation:
                 "schedule": self.plan.schedule, "slowdowns": self.plan.slowdowns,
                 "attack": self.plan.attack, "rule": self.plan.rule, "f": self.plan.f, "codec": self.plan.codec,
                 "min_participants": self.plan.derived_min_participants(),
+                "devices": self.plan.devices, "data": self.plan.data, "test_data": self.plan.test_data,
             },
             "honest_mean_accuracy": sum(honest) / len(honest) if honest else float("nan"),
             "honest_min_accuracy": min(honest) if honest else float("nan"),

@@ -92,6 +92,13 @@ class TaskSection(_Section):
         return parse_shard(self.shard)[1]
 
 
+    path: list[str] = Field(
+        default_factory=list,
+        description="directories put first on the training worker's import path, so task.name can name a "
+                    "module kept outside any installed package (fednode task new writes this)",
+    )
+
+
 class TrainingSection(_Section):
     """Local training."""
 
@@ -237,6 +244,22 @@ class AdminSection(_Section):
     tls_key: Path | None = Field(default=None, description="PEM private key for the TCP listener")
     token_file: Path | None = Field(default=None, description="file holding the bearer token TCP clients must send")
     insecure: bool = Field(default=False, description="allow the TCP listener without TLS/token (development only)")
+    socket: Path | None = Field(
+        default=None, description="Unix socket of the admin API; default <state_dir>/admin.sock (system install: /run/fednode/admin.sock)"
+    )
+    socket_mode: int = Field(
+        default=0o600, description="permissions of the socket: 0o600 (the daemon's user only) or 0o660 (also its group)"
+    )
+    health_listen: str = Field(
+        default="", description="host:port of a plaintext gRPC listener serving grpc.health.v1 only (container probes); empty = off"
+    )
+
+    @field_validator("socket_mode")
+    @classmethod
+    def _check_socket_mode(cls, value: int) -> int:
+        if value not in (0o600, 0o660):
+            raise ValueError("must be 0o600 (owner only) or 0o660 (owner and group)")
+        return value
 
 
 class MetricsSection(_Section):
@@ -244,6 +267,30 @@ class MetricsSection(_Section):
 
     port: int = Field(default=-1, ge=-1, le=65535, description="-1 = off; 0 = any free port; else the port")
     host: str = Field(default="127.0.0.1", description="address the metrics endpoint binds")
+
+
+class TrackingSection(_Section):
+    """Experiment tracking sinks (off by default): every round goes to TensorBoard and/or MLflow."""
+
+    tensorboard: bool = Field(default=False, description="write TensorBoard event files (needs fednode[tracking])")
+    tensorboard_dir: Path | None = Field(default=None, description="event file directory; default <state_dir>/tensorboard")
+    mlflow: bool = Field(default=False, description="log rounds to MLflow (needs fednode[tracking])")
+    mlflow_tracking_uri: str = Field(
+        default="", description="MLflow tracking URI (http://host:5000, file:/path); default file:<state_dir>/mlruns"
+    )
+    mlflow_experiment: str = Field(default="fednode", description="MLflow experiment name")
+    run_name: str = Field(default="", description="run name in both sinks; default <display name or peer id>-<start time>")
+
+
+class RotationSection(_Section):
+    """Size-bounded rotation of the append-only files in the state dir; rotated files are kept."""
+
+    audit_max_mb: float = Field(
+        default=64.0, gt=0, le=1_000_000, description="audit.jsonl is rotated to audit.jsonl.N past this size (MiB)"
+    )
+    history_max_mb: float = Field(
+        default=16.0, gt=0, le=1_000_000, description="history.jsonl (one line per round) is rotated past this size (MiB)"
+    )
 
 
 class FednodeConfig(BaseModel):
@@ -259,6 +306,8 @@ class FednodeConfig(BaseModel):
     attack: AttackSection = Field(default_factory=AttackSection)
     admin: AdminSection = Field(default_factory=AdminSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
+    rotation: RotationSection = Field(default_factory=RotationSection)
 
     def resolved_state_dir(self) -> Path:
         return Path(self.node.state_dir) if self.node.state_dir else default_state_dir()
@@ -280,9 +329,17 @@ def default_state_dir() -> Path:
     return Path(base) / "fednode"
 
 
+SYSTEM_CONFIG_FILE = Path("/etc/fednode/config.toml")
+
+
 def default_config_file() -> Path:
+    """The user's config file when it exists, else the system-wide one of a system install
+    (deploy/systemd), so every local user's CLI finds the system daemon; else the user's path."""
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "fednode" / "config.toml"
+    user = Path(base) / "fednode" / "config.toml"
+    if not user.is_file() and SYSTEM_CONFIG_FILE.is_file():
+        return SYSTEM_CONFIG_FILE
+    return user
 
 
 ConfigSources = dict[str, str]

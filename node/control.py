@@ -319,12 +319,13 @@ class NodeControl:
                             detail=request.reason or "revoked")
         return admin_pb2.RevokeMemberResponse(revocation=revocation)
 
-    async def export_model(self, request: admin_pb2.ExportModelRequest) -> tuple[bytes, int]:
+    async def export_model(self, request: admin_pb2.ExportModelRequest) -> tuple[bytes, int, str]:
         d = self.daemon
         if request.federation_id and (d.session is None or d.session.federation_id != self._resolve(request.federation_id)):
             raise AdminError(grpc.StatusCode.FAILED_PRECONDITION, "that federation is not the one this node trains now")
-        if request.format not in ("", "pt", "raw"):
-            raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, f'format must be "pt" or "raw", got {request.format!r}')
+        if request.format not in ("", "pt", "safetensors", "raw"):
+            raise AdminError(grpc.StatusCode.INVALID_ARGUMENT,
+                             f'format must be "pt", "safetensors" or "raw", got {request.format!r}')
         try:
             worker = await d.running_worker()  # an idle node starts its worker again for this
             return await worker.export_model(request.format)  # type: ignore[no-any-return]

@@ -38,6 +38,8 @@ AUDIT_FSYNC_EVERY = 1024  # ... or after this many records, whichever comes firs
 
 LINGER_REASONS = ("rounds", "target_accuracy")  # stops after which peers may still fetch from us
 SUMMARY_FILE = "summary.json"
+HISTORY_FILE = "history.jsonl"
+SUMMARY_HISTORY = 500  # rounds summary.json keeps in full (about 200 kB); history.jsonl has them all
 # A training worker that dies (killed, out of memory) is restarted from the last checkpoint, up
 # to this many times within the window; one that keeps dying ends the daemon (exit code 1).
 WORKER_RESTARTS = 3
@@ -61,6 +63,9 @@ class RoundRecord:
     daemon_cpu_seconds: float = 0.0
     worker_cpu_seconds: float = 0.0
     finished_at: float = 0.0  # unix time the daemon recorded the round
+    # Payload bytes through the mesh since it started (gossip, blobs, pushes), at the end of the round.
+    bytes_sent: int = 0
+    bytes_received: int = 0
 
 
 @dataclass
@@ -94,7 +99,11 @@ class RunSummary:
     idle_rss_mb: float = 0.0  # the daemon's resident memory once training started, before the first round
     worker_peak_rss_mb: float = 0.0  # the training worker process (torch, model, trainer)
     worker_idle_rss_mb: float = 0.0  # the worker's resident memory at the same moment
+    # The latest SUMMARY_HISTORY rounds of this run; every round of every run is in history.jsonl
+    # (HISTORY_FILE, rotated by size like the audit log), which `fednode report` reads.
     history: list[RoundRecord] = field(default_factory=list)
+    history_dropped: int = 0  # older rounds of this run left out of `history` (they are in history.jsonl)
+    history_file: str = "history.jsonl"
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2, allow_nan=True).encode()
@@ -231,6 +240,8 @@ class Daemon:
         self.store: Any = None  # MembershipStore
         self.trust: Any = None  # TrustPolicy
         self.audit: Any = None  # AuditLog
+        self.history: Any = None  # JsonLinesLog of history.jsonl: every round, rotated by size
+        self.tracking: Any = None  # Tracking ([tracking] sinks) or None
         self.metrics: Any = None  # NodeMetrics
         self.control: Any = None  # NodeControl (admin API backend)
         self.admin: Any = None  # AdminServer
@@ -262,7 +273,12 @@ class Daemon:
         # batched on a 1 s timer (see _sync_audit_log) instead of one per record, which cost a
         # synchronous fsync in the event loop for every update of every round (8 per round with
         # 4 members, tens of ms).
-        self.audit = AuditLog(self.state_dir / "audit.jsonl", fsync_every=AUDIT_FSYNC_EVERY)
+        from fednode.node.rotation import JsonLinesLog
+
+        rotation = self.config.rotation
+        self.audit = AuditLog(self.state_dir / "audit.jsonl", fsync_every=AUDIT_FSYNC_EVERY,
+                              max_bytes=int(rotation.audit_max_mb * 2**20))
+        self.history = JsonLinesLog(self.state_dir / HISTORY_FILE, max_bytes=int(rotation.history_max_mb * 2**20))
         self.session = self._initial_session()
         if self.session is not None:
             self._alone_allowed = False
@@ -276,6 +292,11 @@ class Daemon:
             federation_id=self.session.federation_id if self.session else "",
             attack=self.config.attack.name,
         )
+        if self.config.tracking.tensorboard or self.config.tracking.mlflow:
+            from fednode.node.tracking import open_for_node
+
+            self.tracking = open_for_node(self.config, self.state_dir, self.identity.peer_id, self.summary.started_unix,
+                                          self.summary.federation_id)
 
     async def _start_worker(self) -> None:
         """Start the training worker; it builds task and model and resumes from the checkpoint."""
@@ -293,6 +314,7 @@ class Daemon:
         if ready.resumed:
             if not self._worker_deaths:  # the daemon's start, not a restart after a worker died
                 summary.resumed_from_round = ready.round
+                summary.accuracy, summary.loss = ready.accuracy, ready.loss  # until the next round
             log.info("resumed from checkpoint: round %d, model version %d", ready.round, ready.model_version)
         log.info("task %s on %s: %d training examples, %d parameters", ready.task, ready.device,
                  ready.train_samples, ready.parameters)
@@ -509,7 +531,8 @@ class Daemon:
                 token=token,
                 insecure=admin.insecure,
             )
-        self.admin = AdminServer(self.control, self.state_dir, tcp)
+        self.admin = AdminServer(self.control, self.state_dir, tcp, socket_path=admin.socket,
+                                 socket_mode=admin.socket_mode, health_listen=admin.health_listen)
         from fednode.node.admin import AdminError
 
         try:
@@ -518,9 +541,22 @@ class Daemon:
             raise ConfigError(f"admin API: {exc.message}") from exc
         if self.config.metrics.port >= 0:
             self.metrics = NodeMetrics()
+            self._label_and_restore_metrics(self.metrics)
             port = self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
             log.info("metrics on http://%s:%d/metrics", self.config.metrics.host, port,
                      extra={"event": "metrics", "port": port})
+
+    def _label_and_restore_metrics(self, metrics: Any) -> None:
+        """fednode_node_info's labels, and the gauges of the checkpoint this node resumed from."""
+        summary = self.summary
+        assert self.identity is not None and summary is not None
+        metrics.set_identity(version=__version__, peer_id=self.identity.peer_id, device=summary.device,
+                             task=summary.task, display_name=self.display_name)
+        federation_id = self._checkpoint_federation
+        if summary.resumed_from_round and federation_id and (self.session is None
+                                                             or self.session.federation_id == federation_id):
+            metrics.restore(federation_id, round_number=self.round, model_version=self.model_version,
+                            accuracy=summary.accuracy, loss=summary.loss)
 
     async def _stop_services(self) -> None:
         self.state = "stopping"
@@ -540,6 +576,12 @@ class Daemon:
         if self.audit is not None:
             with suppress(Exception):
                 self.audit.close()
+        if self.history is not None:
+            with suppress(Exception):
+                self.history.close()
+        if self.tracking is not None:
+            with suppress(Exception):
+                await asyncio.to_thread(self.tracking.close)
 
     def _done(self) -> bool:
         """Stop conditions that do not come from a signal."""
@@ -815,6 +857,11 @@ class Daemon:
             participants=report.participants, left_out=report.left_out,
             daemon_cpu_seconds=time.process_time(), worker_cpu_seconds=report.cpu_seconds, finished_at=time.time(),
         )
+        if self.mesh is not None:
+            with suppress(Exception):
+                stats = self.mesh.stats()
+                record.bytes_sent = stats.gossip_bytes_published + stats.blob_bytes_sent + stats.push_bytes_sent
+                record.bytes_received = stats.gossip_bytes_received + stats.blob_bytes_received + stats.push_bytes_received
         self._record(record)
         progress = self.progress
         if report.federated and progress is not None:
@@ -878,11 +925,21 @@ class Daemon:
             summary.best_accuracy = report.accuracy
         log.info("synced to round %d: test accuracy %.4f, test loss %.4f", report.round, report.accuracy,
                  report.loss, extra={"event": "synced_round", "round": report.round, "accuracy": report.accuracy})
+        # history.jsonl (not the summary's history) keeps it too, marked: the model the node ended with.
+        self._append_history(RoundRecord(round=report.round, model_version=report.model_version,
+                                         accuracy=report.accuracy, loss=report.loss, train_loss=float("nan"),
+                                         seconds=0.0, participants=0, finished_at=time.time()), synced=True)
 
     def _record(self, record: RoundRecord) -> None:
         assert self.summary is not None
         summary = self.summary
         summary.history.append(record)
+        if len(summary.history) > SUMMARY_HISTORY:
+            del summary.history[0]
+            summary.history_dropped += 1
+        self._append_history(record)
+        if self.tracking is not None:
+            self.tracking.record(record.round, asdict(record))
         summary.rounds = record.round
         summary.model_version = record.model_version
         summary.accuracy = record.accuracy
@@ -902,6 +959,19 @@ class Daemon:
             extra={"event": "round", "round": record.round, "accuracy": record.accuracy, "loss": record.loss,
                    "participants": record.participants},
         )
+
+    def _append_history(self, record: RoundRecord, *, synced: bool = False) -> None:
+        """One line per round in history.jsonl, written at once (a kill -9 loses no round);
+        `synced`: a model a state sync brought, not a round this node closed."""
+        if self.history is None or self.summary is None:
+            return
+        try:
+            self.history.append({"peer_id": self.summary.peer_id, "federation_id": self.summary.federation_id,
+                                 "run_started_unix": self.summary.started_unix, **asdict(record),
+                                 **({"synced": True} if synced else {})})
+        except OSError as exc:
+            log.error("round %d not written to %s: %s", record.round, self.history.path, exc,
+                      extra={"event": "history_write_failed"})
 
     def _record_mesh_totals(self, ended: Any) -> None:
         if self.summary is None or self.mesh is None:

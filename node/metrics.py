@@ -7,6 +7,11 @@ it. Metric names are listed in docs/membership.md ("Metrics").
 
 Per-federation series carry a `federation` label (the full id); node-wide ones do not. Label
 values that come from peers (reasons) are bounded, so a hostile peer cannot grow the series count.
+
+Like the default registry, the node's registry also carries the process (`process_*`: CPU, memory,
+open files), platform (`python_info`) and garbage-collector collectors. The `*_created` series
+prometheus_client adds to counters and histograms are switched off (`disable_created_metrics`,
+process-wide): they double the series count and no dashboard of ours uses them.
 """
 
 from __future__ import annotations
@@ -23,8 +28,12 @@ from prometheus_client import (
     Counter,
     Enum,
     Gauge,
+    GCCollector,
     Histogram,
     Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
     generate_latest,
     start_http_server,
 )
@@ -54,9 +63,14 @@ class NodeMetrics:
     """Counters, gauges and histograms of a node; every method is thread-safe."""
 
     def __init__(self, *, namespace: str = "fednode", registry: CollectorRegistry | None = None) -> None:
+        disable_created_metrics()
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         ns, reg = namespace, self.registry
-        self.info = Info("node", "Node identity and version", namespace=ns, registry=reg)
+        ProcessCollector(registry=reg)
+        PlatformCollector(registry=reg)
+        GCCollector(registry=reg)
+        self.info = Info("node", "Node identity and version (labels version, peer_id, device, task)",
+                         namespace=ns, registry=reg)
         self.rounds = Counter("rounds", "Rounds (sync) or groups (fedcompass) aggregated",
                               ["federation"], namespace=ns, registry=reg)
         self.round = Gauge("round", "Last completed round or group number", ["federation"], namespace=ns, registry=reg)
@@ -102,6 +116,24 @@ class NodeMetrics:
         self._mesh_totals: dict[str, int] = {}
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
+
+    def set_identity(self, *, version: str, peer_id: str, **labels: str) -> None:
+        """Label `fednode_node_info` (value 1) with who this node is: version, peer_id and any
+        other strings given (device, task, display_name)."""
+        self.info.info({"version": version, "peer_id": peer_id, **{k: str(v) for k, v in labels.items()}})
+
+    def restore(self, federation_id: str, *, round_number: int, model_version: int,
+                accuracy: float | None = None, loss: float | None = None) -> None:
+        """Set the gauges from a checkpoint at start, so a restarted node does not show empty
+        round, model version, accuracy and loss panels until its next round. Counters stay at
+        zero: they count what this process did (Prometheus' rate() handles the reset)."""
+        self.federation(federation_id)
+        self.round.labels(federation=federation_id).set(round_number)
+        self.model_version.labels(federation=federation_id).set(model_version)
+        if accuracy is not None and accuracy == accuracy:  # not NaN
+            self.accuracy.labels(federation=federation_id).set(accuracy)
+        if loss is not None and loss == loss:
+            self.loss.labels(federation=federation_id, split="eval").set(loss)
 
     # ------------------------------------------------------------------------------ federation
     def federation(self, federation_id: str) -> None:

@@ -19,12 +19,33 @@ from torch.optim.sgd import sgd as sgd_update
 from fednode.node.tasks import Task
 
 
+def device_problem(setting: str, device_count: int, cuda_build: str | None) -> str | None:
+    """Why `setting` ("cpu", "cuda", "cuda:N") cannot be used with `device_count` visible CUDA
+    devices and this torch build (`torch.version.cuda`, None for a CPU build); None when it can."""
+    if not setting.startswith("cuda"):
+        return None
+    index = int(setting[5:]) if setting.startswith("cuda:") else 0
+    if cuda_build is None:
+        return (f'device "{setting}": this torch ({torch.__version__}) is a CPU-only build; install the CUDA build '
+                f'(docs/deploy.md, "GPUs") or use "auto" or "cpu"')
+    if device_count == 0:
+        return (f'device "{setting}": torch (CUDA {cuda_build}) sees no CUDA device (driver missing, '
+                f'CUDA_VISIBLE_DEVICES empty, or a container without --gpus); use "auto" or "cpu"')
+    if index >= device_count:
+        return (f'device "{setting}" does not exist: torch sees {device_count} CUDA device(s), '
+                f'cuda:0 to cuda:{device_count - 1}')
+    return None
+
+
 def resolve_device(setting: str) -> torch.device:
-    """"auto" picks CUDA when present; an explicit "cuda" without a GPU is an error."""
+    """"auto" picks CUDA when present; an explicit "cuda" or "cuda:N" that this machine cannot
+    provide is an error that says why."""
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f'node.device = "{setting}" but torch sees no CUDA device; use "auto" or "cpu"')
+    count = torch.cuda.device_count() if torch.version.cuda is not None else 0
+    problem = device_problem(setting, count, torch.version.cuda)
+    if problem:
+        raise ValueError(problem)
     return torch.device(setting)
 
 

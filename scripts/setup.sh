@@ -53,15 +53,19 @@ if [ -n "$missing" ]; then
 fi
 
 # Optional: iproute2 and iptables let the NAT-traversal tests (tests/netns, root or
-# CAP_NET_ADMIN only) build emulated networks. Installed when we are root; never required.
+# CAP_NET_ADMIN only) build emulated networks; systemd's systemd-analyze checks the units in
+# deploy/systemd (tests/deploy). Installed when we are root; never required. The other deploy
+# checkers (hadolint, shellcheck, compose and Kubernetes schemas) come from PyPI with the dev
+# extra; `kubectl kustomize` uses the machine's kubectl (Debian's kubernetes-client is too old).
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     optional=()
     command -v ip >/dev/null 2>&1 || optional+=(iproute2)
     command -v iptables >/dev/null 2>&1 || optional+=(iptables)
+    command -v systemd-analyze >/dev/null 2>&1 || optional+=(systemd)
     if [ ${#optional[@]} -gt 0 ]; then
         log "installing ${optional[*]} (network-namespace tests)"
         DEBIAN_FRONTEND=noninteractive bash -c "apt-get update && apt-get install -y ${optional[*]}" >/dev/null \
-            || log "could not install ${optional[*]}; tests/netns will be skipped"
+            || log "could not install ${optional[*]}; the tests that need them will be skipped"
     fi
 fi
 

@@ -2,8 +2,11 @@
 
 Listeners:
 
-* a Unix socket in the state dir (`admin.sock`, mode 0600), always: only the daemon's user can
-  reach it, so it needs no token;
+* a Unix socket (`<state dir>/admin.sock` unless `admin.socket` names another path), always,
+  mode 0600 (only the daemon's user can reach it) or 0660 (its group too, `admin.socket_mode`),
+  so it needs no token;
+* optionally a plaintext health-only TCP listener (`admin.health_listen`): `grpc.health.v1`
+  and nothing else, for container probes that speak gRPC health but neither TLS nor Unix sockets;
 * optionally TCP (`admin.listen`), only with TLS and a bearer token, unless the operator passes
   `--insecure` explicitly (allowed for development, and logged as a warning).
 
@@ -64,7 +67,7 @@ class AdminBackend(Protocol):
     async def join_federation(self, request: admin_pb2.JoinFederationRequest) -> admin_pb2.FederationStatus: ...
     async def leave_federation(self, request: admin_pb2.LeaveFederationRequest) -> None: ...
     async def revoke_member(self, request: admin_pb2.RevokeMemberRequest) -> admin_pb2.RevokeMemberResponse: ...
-    async def export_model(self, request: admin_pb2.ExportModelRequest) -> tuple[bytes, int]: ...
+    async def export_model(self, request: admin_pb2.ExportModelRequest) -> tuple[bytes, int, str]: ...
     def shutdown(self) -> None: ...
 
 
@@ -184,7 +187,13 @@ class _Servicer(admin_pb2_grpc.AdminServiceServicer):
 
     async def WatchEvents(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[admin_pb2.Event]:
         kinds = set(request.kinds)
+        # Subscribe before reading the recent events: nothing published in between is lost
+        # (publish runs on this event loop, so the two steps cannot interleave anyway).
         async with self.backend.events.subscribe() as queue:
+            for event in self.backend.events.recent(request.tail, kinds):
+                yield event
+            if request.no_follow:
+                return
             while True:
                 event = await queue.get()
                 if event is None:  # the daemon is stopping
@@ -195,7 +204,7 @@ class _Servicer(admin_pb2_grpc.AdminServiceServicer):
     async def ExportModel(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[admin_pb2.ModelChunk]:
         import hashlib
 
-        data, version = await self._call(context, lambda: self.backend.export_model(request))  # type: ignore[misc]
+        data, version, metadata = await self._call(context, lambda: self.backend.export_model(request))  # type: ignore[misc]
         chunk = 1 << 20
         total = len(data)
         for offset in range(0, max(total, 1), chunk):
@@ -204,6 +213,7 @@ class _Servicer(admin_pb2_grpc.AdminServiceServicer):
             yield admin_pb2.ModelChunk(
                 offset=offset, data=piece, total_size=total, model_version=version,
                 sha256=hashlib.sha256(data).digest() if last else b"",
+                metadata_json=metadata if last else "",
             )
 
     async def Shutdown(self, request: Any, context: grpc.aio.ServicerContext):
@@ -214,12 +224,17 @@ class _Servicer(admin_pb2_grpc.AdminServiceServicer):
 class AdminServer:
     """Owns the grpc.aio server; `start()` binds, `stop()` drains and closes."""
 
-    def __init__(self, backend: AdminBackend, state_dir: Path, tcp: TcpListener | None = None) -> None:
+    def __init__(self, backend: AdminBackend, state_dir: Path, tcp: TcpListener | None = None, *,
+                 socket_path: Path | None = None, socket_mode: int = 0o600, health_listen: str = "") -> None:
         self.backend = backend
-        self.socket_path = Path(state_dir) / SOCKET_NAME
+        self.socket_path = Path(socket_path) if socket_path else Path(state_dir) / SOCKET_NAME
+        self.socket_mode = socket_mode
         self.tcp = tcp
         self.tcp_port: int | None = None
+        self.health_listen = health_listen
+        self.health_port: int | None = None
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
 
     async def start(self) -> None:
@@ -239,7 +254,12 @@ class AdminServer:
         )
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()  # a stale socket of a crashed daemon (we hold the state-dir lock)
-        old_umask = os.umask(0o177)  # the socket is created 0600: only the daemon's user connects
+        try:
+            self.socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise AdminError(grpc.StatusCode.UNAVAILABLE,
+                             f"cannot create the admin socket directory {self.socket_path.parent}: {exc.strerror}") from exc
+        old_umask = os.umask(0o177)  # created 0600, then opened to the group if configured
         try:
             server.add_insecure_port(f"unix:{self.socket_path}")
         finally:
@@ -254,10 +274,27 @@ class AdminServer:
             if not self.tcp_port:
                 raise AdminError(grpc.StatusCode.UNAVAILABLE, f"cannot listen on admin.listen = {tcp.address}")
         await server.start()
-        os.chmod(self.socket_path, 0o600)
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        os.chmod(self.socket_path, self.socket_mode)
         self._server = server
-        log.info("admin API on unix:%s%s", self.socket_path, f" and TCP port {self.tcp_port}" if self.tcp_port else "")
+        if self.health_listen:
+            await self._start_health_listener()
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("admin API on unix:%s%s%s", self.socket_path, f" and TCP port {self.tcp_port}" if self.tcp_port else "",
+                 f"; gRPC health on TCP port {self.health_port}" if self.health_port else "")
+
+    async def _start_health_listener(self) -> None:
+        """grpc.health.v1 only, plaintext: a probe learns SERVING / NOT_SERVING and nothing else."""
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        try:
+            port = server.add_insecure_port(self.health_listen)
+        except RuntimeError:
+            port = 0
+        if not port:
+            await self.stop(grace=0)
+            raise AdminError(grpc.StatusCode.UNAVAILABLE, f"cannot listen on admin.health_listen = {self.health_listen}")
+        await server.start()
+        self._health_server, self.health_port = server, port
 
     async def _set_health(self, status: int) -> None:
         for service in ("", SERVICE_NAME):
@@ -272,5 +309,8 @@ class AdminServer:
         self.backend.events.close()
         await self._server.stop(grace)
         self._server = None
+        if self._health_server is not None:
+            await self._health_server.stop(grace)
+            self._health_server = None
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()

@@ -18,7 +18,14 @@ the gossip validator and the admin API wire them in (see docs/membership.md):
 Peer input failing a check raises `fednode.node.envelope.Rejected` (or yields its RejectReason).
 """
 
-from fednode.node.membership.audit import AuditLog, read_audit_log, verify_audit_chain
+from fednode.node.membership.audit import (
+    AuditLog,
+    audit_files,
+    read_audit_files,
+    read_audit_log,
+    verify_audit_chain,
+    verify_audit_files,
+)
 from fednode.node.membership.certificates import (
     CONTRIBUTOR,
     DEFAULT_CERTIFICATE_TTL_MS,
@@ -88,6 +95,7 @@ __all__ = [
     "TrustPolicy",
     "VerifiedCertificate",
     "accept_join_response",
+    "audit_files",
     "create_federation",
     "decode_revocation_list",
     "delegate_admin",
@@ -98,6 +106,7 @@ __all__ = [
     "issue_invite",
     "make_join_request",
     "parse_token",
+    "read_audit_files",
     "read_audit_log",
     "redeem_invite",
     "revocation_record_key",
@@ -106,6 +115,7 @@ __all__ = [
     "signing_input",
     "validate_revocation_record",
     "verify_audit_chain",
+    "verify_audit_files",
     "verify_certificate",
     "verify_certificate_chain",
     "verify_delegation",

@@ -18,6 +18,10 @@ Append-only and tamper-evident: lines are never rewritten; each record carries t
 previous record's line ("prev"), so deleting or editing a line breaks the chain
 (`verify_audit_chain`). Rotate-safe: if logrotate moves or deletes the file, the next record goes
 to a new file at the same path, and its "prev" links back to the last line of the rotated one.
+
+Size-bounded: with `max_bytes`, a record that would take the file past it first moves the file to
+`audit.jsonl.N` (fednode.node.rotation: numbered in order, kept, never renamed again); the chain
+runs on across the files (`verify_audit_files` checks all of them, oldest first).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from fednode.node.envelope import reason_name
+from fednode.node.rotation import all_files, rotate
 
 SCHEMA_VERSION = 1
 MAX_DETAIL_CHARS = 1000
@@ -57,11 +62,16 @@ def _line_hash(line: bytes) -> str:
 class AuditLog:
     """Append-only JSON-lines writer; thread-safe, one instance per file per process."""
 
-    def __init__(self, path: Path, *, fsync_every: int = 1) -> None:
+    def __init__(self, path: Path, *, fsync_every: int = 1, max_bytes: int | None = None) -> None:
         if fsync_every < 1:
             raise ValueError("fsync_every must be >= 1")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
         self.path = Path(path)
         self.fsync_every = fsync_every
+        self.max_bytes = max_bytes
+        self.rotations = 0
+        self._size = 0
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._identity: tuple[int, int] | None = None
@@ -76,6 +86,7 @@ class AuditLog:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         info = os.fstat(fd)
         self._fd, self._identity = fd, (info.st_dev, info.st_ino)
+        self._size = info.st_size
         if info.st_size:
             with open(self.path, "rb") as handle:
                 handle.seek(max(0, info.st_size - _TAIL_BYTES))
@@ -93,6 +104,16 @@ class AuditLog:
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view):]
+        self._size += len(data)
+
+    def _rotate_for(self, incoming: int) -> None:
+        """Move the file aside when `incoming` more bytes would take it past max_bytes."""
+        if self.max_bytes is None or not self._size or self._size + incoming <= self.max_bytes:
+            return
+        self._close_fd()
+        rotate(self.path)
+        self.rotations += 1
+        self._open()  # an empty file; `_prev` still links to the rotated file's last record
 
     def _reopen_if_rotated(self) -> None:
         try:
@@ -144,6 +165,7 @@ class AuditLog:
             record["prev"] = self._prev
             # ensure_ascii: no raw U+2028 or newline can ever split a record across lines.
             line = json.dumps(record, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+            self._rotate_for(len(line) + 1)
             self._write_all(line + b"\n")
             self._prev = _line_hash(line)
             self._unsynced += 1
@@ -226,6 +248,26 @@ def read_audit_log(path: Path, *, strict: bool = False) -> Iterator[dict[str, An
                     raise ValueError(f"{path}:{number}: not a JSON object")
                 continue
             yield record
+
+
+def audit_files(path: Path) -> list[Path]:
+    """The audit log's files in chain order: `audit.jsonl.1`, `.2`, ..., then `audit.jsonl`."""
+    return all_files(path)
+
+
+def read_audit_files(path: Path) -> Iterator[dict[str, Any]]:
+    """Records of the audit log and every rotated file of it, oldest first."""
+    for file in audit_files(path):
+        yield from read_audit_log(file)
+
+
+def verify_audit_files(path: Path) -> str:
+    """Check the chain across the rotated files and the current one; returns the last hash.
+    Raises ValueError at the first break (a file removed from the middle breaks it too)."""
+    previous: str | None = None
+    for file in audit_files(path):
+        previous = verify_audit_chain(file, previous)
+    return previous or ""
 
 
 def verify_audit_chain(path: Path, previous: str | None = None) -> str:

@@ -9,6 +9,18 @@ Every peer of a federation must build the same initial model: factories create i
 `seeded_init(context.seed)` so weights depend on the shared seed only.
 """
 
-from fednode.node.tasks.base import Task, TaskContext, dirichlet_shards, load_task, seeded_init
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["Task", "TaskContext", "dirichlet_shards", "load_task", "seeded_init"]
+
+
+def __getattr__(name: str) -> Any:
+    """The contract (fednode.node.tasks.base, which needs torch) is imported on first use, so
+    torch-free helpers such as fednode.node.tasks.tabular (`fednode task stats`) stay light."""
+    if name in __all__:
+        from fednode.node.tasks import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,6 +44,9 @@ class Task:
     test_data: Dataset[tuple[torch.Tensor, torch.Tensor]]
     loss_fn: LossFn = field(default_factory=lambda: nn.functional.cross_entropy)
     description: str = ""
+    # How raw features become model inputs, exported with the model (`fednode model export`) so
+    # the model can be used outside fednode: e.g. {"standardize": {"mean": [...], "std": [...]}}.
+    preprocessing: dict[str, Any] = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -52,13 +57,22 @@ def seeded_init(seed: int) -> Iterator[None]:
         yield
 
 
-def load_task(spec: str, context: TaskContext, params: dict[str, Any]) -> Task:
-    """Import `module:function` and build the task; any failure becomes a one-line TaskError."""
+def load_task(spec: str, context: TaskContext, params: dict[str, Any], search_path: Sequence[str] = ()) -> Task:
+    """Import `module:function` and build the task; any failure becomes a one-line TaskError.
+    `search_path` (config task.path) goes first on sys.path: a task module kept in a directory
+    of its own needs no PYTHONPATH, under systemd, in a container or in `fednode launch`."""
+    for directory in reversed(search_path):
+        if not Path(directory).is_dir():
+            raise TaskError(f"task.path entry {directory!r} is not a directory; fix task.path")
+        resolved = str(Path(directory).resolve())
+        if resolved not in sys.path:
+            sys.path.insert(0, resolved)
     module_name, _, function_name = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise TaskError(f"cannot import task module {module_name!r} ({exc}); check task.name") from exc
+        raise TaskError(f"cannot import task module {module_name!r} ({exc}); check task.name, and put the "
+                        f"directory holding it in task.path (or PYTHONPATH)") from exc
     factory = getattr(module, function_name, None)
     if not callable(factory):
         raise TaskError(f"task module {module_name!r} has no function {function_name!r}; check task.name")

@@ -97,13 +97,19 @@ def _read_split(path: Path) -> dict[str, np.ndarray]:
         return {name: arrays[name] for name in ("x_train", "y_train", "x_test", "y_test")}
 
 
+def digits_statistics(test_fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) per pixel of the training split: the standardisation every peer applies."""
+    x_train = _raw_split(test_fraction)["x_train"]
+    std = x_train.std(axis=0)
+    std[std == 0] = 1.0  # constant border pixels
+    return x_train.mean(axis=0), std
+
+
 def load_digits_arrays(test_fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Standardised (x_train, y_train, x_test, y_test) as float32/int64 arrays."""
     split = _raw_split(test_fraction)
     x_train, x_test = split["x_train"], split["x_test"]
-    mean = x_train.mean(axis=0)
-    std = x_train.std(axis=0)
-    std[std == 0] = 1.0  # constant border pixels
+    mean, std = digits_statistics(test_fraction)
     return (
         ((x_train - mean) / std).astype(np.float32),
         split["y_train"].astype(np.int64),
@@ -137,4 +143,10 @@ def build_task(
         test_data=TensorPairDataset(torch.from_numpy(x_test), torch.from_numpy(y_test)),
         description=f"sklearn digits, MLP 64-{'-'.join(map(str, hidden))}-10, "
         f"shard {context.shard_index}/{context.shard_count} (Dirichlet alpha={alpha})",
+        preprocessing=_standardize_record(*digits_statistics(test_fraction)),
     )
+
+
+def _standardize_record(mean: np.ndarray, std: np.ndarray) -> dict[str, object]:
+    return {"standardize": {"mean": [float(v) for v in mean], "std": [float(v) for v in std],
+                            "scope": "federation", "input": "8x8 pixel intensities 0..16, row-major"}}

@@ -12,12 +12,26 @@ evaluates on `test`. For local experiments one file can be split across N daemon
     label_column = "label"               # CSV only
     num_classes = 0                      # 0 = infer from the labels (must agree across peers!)
     hidden = [128, 128]                  # MLP hidden sizes; or model = "pkg.mod:factory"
+    normalization = "site"               # "site", "federation" (with stats = "...json") or "none"
+
+Normalisation. "site" standardises features with this site's own training statistics: simple,
+but sites with different distributions then feed the shared model differently scaled inputs.
+"federation" uses statistics every member agreed on before training: each site runs
+`fednode task stats train.csv --out site.json` (count, mean and sum of squared deviations per
+feature: no rows leave the site), the coordinator merges them exactly with `fednode task stats
+a.json b.json ... --out federation.json` (Chan et al.'s parallel update) and every member sets
+`stats = "federation.json"`. `fednode launch --data ...` does all of it itself. The statistics go
+with the model in `fednode model export`. They are agreed out of band, not over the mesh, because
+an exchange at start would need every member present before the first round and would still
+reveal each site's per-feature mean and variance to the others; a late joiner simply gets the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +39,17 @@ from torch import nn
 
 from fednode.node.errors import TaskError
 from fednode.node.tasks.base import Task, TaskContext, TensorPairDataset, dirichlet_shards, mlp, seeded_init
+from fednode.node.tasks.tabular import (
+    MOMENTS_KIND,
+    feature_moments,
+    merge_moments,
+    read_moments,
+    read_tabular,
+    standardization,
+)
+
+__all__ = ["MOMENTS_KIND", "TabularFileDataset", "build_task", "feature_moments", "merge_moments", "read_moments",
+           "read_tabular", "standardization"]
 
 
 class TabularFileDataset(TensorPairDataset):
@@ -34,40 +59,6 @@ class TabularFileDataset(TensorPairDataset):
         features, labels = read_tabular(Path(path), label_column)
         super().__init__(torch.from_numpy(features), torch.from_numpy(labels))
         self.path = Path(path)
-
-
-def read_tabular(path: Path, label_column: str = "label") -> tuple[np.ndarray, np.ndarray]:
-    """(features float32 [n, f], labels int64 [n]) from a .csv or .npz file, validated."""
-    if not path.is_file():
-        raise TaskError(f"data file {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
-        # allow_pickle=False: object arrays in an .npz would otherwise be unpickled.
-        with np.load(path, allow_pickle=False) as archive:
-            if "x" not in archive or "y" not in archive:
-                raise TaskError(f"{path} must contain arrays 'x' (features) and 'y' (labels)")
-            features, labels = archive["x"], archive["y"]
-    elif suffix == ".csv":
-        with path.open(encoding="utf-8") as handle:
-            header = handle.readline().strip().split(",")
-        if label_column not in header:
-            raise TaskError(f"{path} has no column {label_column!r}; columns: {', '.join(header)}")
-        try:
-            table = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
-        except ValueError as exc:
-            raise TaskError(f"{path} has a non-numeric value: {exc}") from exc
-        label_index = header.index(label_column)
-        labels = table[:, label_index]
-        features = np.delete(table, label_index, axis=1)
-    else:
-        raise TaskError(f"unsupported data file {path}: use .csv or .npz")
-    if features.ndim != 2 or labels.ndim != 1 or len(features) != len(labels):
-        raise TaskError(f"{path}: expected features [n, f] and labels [n], got {features.shape} and {labels.shape}")
-    if not np.isfinite(features).all():
-        raise TaskError(f"{path} contains NaN or infinite feature values")
-    if (labels != np.round(labels)).any() or (labels < 0).any():
-        raise TaskError(f"{path}: labels must be non-negative integers")
-    return features.astype(np.float32), labels.astype(np.int64)
 
 
 def _custom_model(spec: str, in_features: int, num_classes: int) -> nn.Module:
@@ -90,6 +81,8 @@ def build_task(
     split: str = "none",
     alpha: float = 0.5,
     standardize: bool = True,
+    normalization: str = "site",
+    stats: str = "",
 ) -> Task:
     x_train, y_train = read_tabular(Path(train), label_column)
     x_test, y_test = read_tabular(Path(test), label_column)
@@ -111,11 +104,27 @@ def build_task(
     elif split != "none":
         raise TaskError(f'task.params.split must be "none", "iid" or "dirichlet", got {split!r}')
 
-    if standardize and len(x_train):
-        mean = x_train.mean(axis=0)
-        std = np.maximum(x_train.std(axis=0), 1e-6)
-        x_train = (x_train - mean) / std
-        x_test = (x_test - mean) / std
+    if normalization not in ("site", "federation", "none"):
+        raise TaskError(f'task.params.normalization must be "site", "federation" or "none", got {normalization!r}')
+    if normalization == "federation" and not stats:
+        raise TaskError('normalization = "federation" needs stats = "<file>" from `fednode task stats` (docs/tasks.md)')
+    preprocessing: dict[str, Any] = {}
+    if normalization == "federation":
+        moments = read_moments(Path(stats))
+        if moments["features"] != in_features:
+            raise TaskError(f"{stats} has statistics of {moments['features']} features but {train} has {in_features}")
+        mean, std = standardization(moments)
+        digest = hashlib.sha256(Path(stats).read_bytes()).hexdigest()
+        preprocessing = {"standardize": {"mean": mean.tolist(), "std": std.tolist(), "scope": "federation",
+                                         "count": int(moments["count"]), "stats_sha256": digest}}
+    elif standardize and normalization == "site" and len(x_train):
+        mean = x_train.mean(axis=0).astype(np.float64)
+        std = np.maximum(x_train.std(axis=0), 1e-6).astype(np.float64)
+        preprocessing = {"standardize": {"mean": mean.tolist(), "std": std.tolist(), "scope": "site",
+                                         "count": len(x_train)}}
+    if preprocessing:
+        x_train = ((x_train - mean) / std).astype(np.float32)
+        x_test = ((x_test - mean) / std).astype(np.float32)
 
     hidden_sizes = [128, 128] if hidden is None else [int(h) for h in hidden]
 
@@ -131,4 +140,6 @@ def build_task(
         train_data=TensorPairDataset(torch.from_numpy(x_train), torch.from_numpy(y_train)),
         test_data=TensorPairDataset(torch.from_numpy(x_test), torch.from_numpy(y_test)),
         description=f"tabular files {train} ({len(y_train)} rows, {in_features} features, {classes} classes)",
+        preprocessing={**preprocessing, "features": in_features, "num_classes": classes,
+                       **({"label_column": label_column} if Path(train).suffix.lower() == ".csv" else {})},
     )

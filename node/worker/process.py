@@ -92,7 +92,7 @@ class TrainingWorker:
             raise ConfigError(str(exc)) from exc
         task_cfg = self.config.task
         self.task = load_task(task_cfg.name, TaskContext(task_cfg.shard_index, task_cfg.shard_count, task_cfg.seed),
-                              task_cfg.params)
+                              task_cfg.params, search_path=task_cfg.path)
         self.attack = self._build_attack()
         if self.attack is not None and self.attack.kind == "data":
             labels = getattr(self.task.train_data, "labels", None)
@@ -114,7 +114,8 @@ class TrainingWorker:
             task=self.task.description or self.task.name, train_samples=self.trainer.num_train_samples,
             round=self.round, model_version=self.model_version,
             checkpoint_federation_id=str(self.extra_state.get("federation_id", "")), resumed=resumed,
-            rss_mb=current_rss_mb(),
+            rss_mb=current_rss_mb(), accuracy=float(self.metrics.get("accuracy", float("nan"))),
+            loss=float(self.metrics.get("loss", float("nan"))),
         )
 
     def _build_attack(self) -> Any:
@@ -214,17 +215,47 @@ class TrainingWorker:
             header.ParseFromString(refusal.update_header)
         self.runner.note_refusal(refusal.sender, Rejected(refusal.reason, refusal.message), header)  # type: ignore[arg-type]
 
+    def export_metadata(self, fmt: str) -> dict[str, Any]:
+        """What a model file needs to travel: where it comes from and how to feed it."""
+        from fednode.node import __version__
+
+        def number(value: Any) -> float | None:
+            return float(value) if isinstance(value, (int, float)) and value == value else None
+
+        federation_id = self.runner.federation_id if self.runner is not None else self.extra_state.get("federation_id", "")
+        return {
+            "fednode_version": __version__, "format": fmt or "pt", "task": self.config.task.name,
+            "task_description": self.task.description, "task_params": dict(self.config.task.params),
+            "layout_digest": self.layout.digest, "parameters": int(self.layout.numel),
+            "federation_id": str(federation_id or ""), "round": self.round, "model_version": self.model_version,
+            "accuracy": number(self.metrics.get("accuracy")), "loss": number(self.metrics.get("loss")),
+            "peer_id": self.identity.peer_id, "exported_unix": time.time(),
+            "preprocessing": dict(self.task.preprocessing),
+        }
+
     def export_model(self, fmt: str) -> worker_pb2.ModelBytes:
+        metadata = self.export_metadata(fmt)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         if fmt in ("", "pt"):
             buffer = io.BytesIO()
-            torch.save({k: v.detach().cpu() for k, v in self.model.state_dict().items()}, buffer)
-            return worker_pb2.ModelBytes(data=buffer.getvalue(), model_version=self.model_version)
-        if fmt == "raw":
+            torch.save(state, buffer)
+            data = buffer.getvalue()
+        elif fmt == "safetensors":
+            try:
+                from safetensors.torch import save
+            except ImportError:
+                raise ValueError("safetensors export needs the safetensors package on the node: "
+                                 "pip install 'fednode[export]'") from None
+            # Header metadata is str -> str: the full record as JSON, plus the keys tools look for.
+            data = save(state, metadata={"format": "pt", "fednode": json.dumps(metadata, allow_nan=False)})
+        elif fmt == "raw":
             from fednode.node.federation.updates import snapshot_payload
 
-            return worker_pb2.ModelBytes(data=snapshot_payload(flatten_parameters(self.model)),
-                                         model_version=self.model_version)
-        raise ValueError(f'format must be "pt" or "raw", got {fmt!r}')
+            data = snapshot_payload(flatten_parameters(self.model))
+        else:
+            raise ValueError(f'format must be "pt", "safetensors" or "raw", got {fmt!r}')
+        return worker_pb2.ModelBytes(data=data, model_version=self.model_version,
+                                     metadata_json=json.dumps(metadata, allow_nan=False))
 
     async def publish_revocation(self, revocation: Any) -> None:
         runner = self.runner

@@ -170,13 +170,14 @@ class WorkerProcess:
         except RemoteError as exc:
             raise ValueError(str(exc)) from None
 
-    async def export_model(self, fmt: str) -> tuple[bytes, int]:
+    async def export_model(self, fmt: str) -> tuple[bytes, int, str]:
+        """(file bytes, model version, metadata as JSON)."""
         try:
             reply = await self._call("export_model", worker_pb2.ModelRequest(format=fmt))
         except RemoteError as exc:
             raise ValueError(str(exc)) from None
         model = reply_body(reply, "model_bytes")
-        return model.data, model.model_version
+        return model.data, model.model_version, model.metadata_json
 
     async def member_key(self, peer_id: str) -> bytes | None:
         reply = await self._call("member_key", worker_pb2.PeerList(peers=[peer_id]))

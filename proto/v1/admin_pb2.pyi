@@ -182,10 +182,14 @@ class RevokeMemberResponse(_message.Message):
     def __init__(self, revocation: _Optional[_Union[_membership_pb2.Revocation, _Mapping]] = ...) -> None: ...
 
 class WatchEventsRequest(_message.Message):
-    __slots__ = ("kinds",)
+    __slots__ = ("kinds", "tail", "no_follow")
     KINDS_FIELD_NUMBER: _ClassVar[int]
+    TAIL_FIELD_NUMBER: _ClassVar[int]
+    NO_FOLLOW_FIELD_NUMBER: _ClassVar[int]
     kinds: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, kinds: _Optional[_Iterable[str]] = ...) -> None: ...
+    tail: int
+    no_follow: bool
+    def __init__(self, kinds: _Optional[_Iterable[str]] = ..., tail: _Optional[int] = ..., no_follow: _Optional[bool] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("unix_ms", "kind", "federation_id", "peer_id", "reason", "round", "model_version", "accuracy", "detail")
@@ -218,18 +222,20 @@ class ExportModelRequest(_message.Message):
     def __init__(self, federation_id: _Optional[str] = ..., format: _Optional[str] = ...) -> None: ...
 
 class ModelChunk(_message.Message):
-    __slots__ = ("offset", "data", "total_size", "sha256", "model_version")
+    __slots__ = ("offset", "data", "total_size", "sha256", "model_version", "metadata_json")
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
     offset: int
     data: bytes
     total_size: int
     sha256: bytes
     model_version: int
-    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_size: _Optional[int] = ..., sha256: _Optional[bytes] = ..., model_version: _Optional[int] = ...) -> None: ...
+    metadata_json: str
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_size: _Optional[int] = ..., sha256: _Optional[bytes] = ..., model_version: _Optional[int] = ..., metadata_json: _Optional[str] = ...) -> None: ...
 
 class ShutdownRequest(_message.Message):
     __slots__ = ()

@@ -272,7 +272,7 @@ class StopSession(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., linger: _Optional[bool] = ...) -> None: ...
 
 class WorkerReady(_message.Message):
-    __slots__ = ("layout_digest", "parameters", "device", "task", "train_samples", "round", "model_version", "checkpoint_federation_id", "resumed", "rss_mb")
+    __slots__ = ("layout_digest", "parameters", "device", "task", "train_samples", "round", "model_version", "checkpoint_federation_id", "resumed", "rss_mb", "accuracy", "loss")
     LAYOUT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -283,6 +283,8 @@ class WorkerReady(_message.Message):
     CHECKPOINT_FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
     RESUMED_FIELD_NUMBER: _ClassVar[int]
     RSS_MB_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
     layout_digest: str
     parameters: int
     device: str
@@ -293,7 +295,9 @@ class WorkerReady(_message.Message):
     checkpoint_federation_id: str
     resumed: bool
     rss_mb: float
-    def __init__(self, layout_digest: _Optional[str] = ..., parameters: _Optional[int] = ..., device: _Optional[str] = ..., task: _Optional[str] = ..., train_samples: _Optional[int] = ..., round: _Optional[int] = ..., model_version: _Optional[int] = ..., checkpoint_federation_id: _Optional[str] = ..., resumed: _Optional[bool] = ..., rss_mb: _Optional[float] = ...) -> None: ...
+    accuracy: float
+    loss: float
+    def __init__(self, layout_digest: _Optional[str] = ..., parameters: _Optional[int] = ..., device: _Optional[str] = ..., task: _Optional[str] = ..., train_samples: _Optional[int] = ..., round: _Optional[int] = ..., model_version: _Optional[int] = ..., checkpoint_federation_id: _Optional[str] = ..., resumed: _Optional[bool] = ..., rss_mb: _Optional[float] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ...) -> None: ...
 
 class WorkerFailed(_message.Message):
     __slots__ = ("exit_code", "message")
@@ -489,12 +493,14 @@ class ModelRequest(_message.Message):
     def __init__(self, format: _Optional[str] = ...) -> None: ...
 
 class ModelBytes(_message.Message):
-    __slots__ = ("data", "model_version")
+    __slots__ = ("data", "model_version", "metadata_json")
     DATA_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     model_version: int
-    def __init__(self, data: _Optional[bytes] = ..., model_version: _Optional[int] = ...) -> None: ...
+    metadata_json: str
+    def __init__(self, data: _Optional[bytes] = ..., model_version: _Optional[int] = ..., metadata_json: _Optional[str] = ...) -> None: ...
 
 class Shutdown(_message.Message):
     __slots__ = ("checkpoint",)
