@@ -315,6 +315,16 @@ class FederationRunner:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=0.2)
 
+    async def serve_final(self, until: asyncio.Event) -> None:
+        """The federation's budget is reached: train and send no more updates, but keep
+        announcing our round and offering our model (members behind state-sync to it) until
+        `until` is set."""
+        if self._snapshot is None or self._snapshot[0].round != self.round:
+            self._refresh_snapshot()
+        with contextlib.suppress(Exception):
+            await self._offer_snapshot()
+        await until.wait()
+
     async def close(self) -> None:
         self.closing = True  # what we still send is awaited: background tasks are cancelled next
         with contextlib.suppress(Exception):
