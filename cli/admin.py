@@ -171,6 +171,8 @@ def _wait_ready(target: AdminTarget, timeout: float) -> admin_pb2.NodeStatus:
                                               f"{f' ({reply.phase})' if reply.phase else ''} after {timeout:.0f} s")
         except NoDaemon as error:
             why = error
+        except RequestFailed as error:  # e.g. a deadline while the daemon is busy starting
+            why = error
         if time.monotonic() >= deadline:
             raise why
         time.sleep(0.2)
@@ -186,14 +188,17 @@ def peers(config: ConfigOption = None, state_dir: StateDirOption = None, admin: 
     rows = [proto_to_dict(peer) for peer in reply.peers]
 
     def human() -> None:
-        shown = table("peer", "connection", "latency", "reputation", "model", "name", "addresses",
-                      fold=("peer", "addresses", "name"))
+        """One block per peer: a summary line, then every address on a line of its own."""
+        if not rows:
+            out.print("no connected peers")
         for peer in rows:
             latency = peer["latency_ms"]
-            shown.add_row(peer["peer_id"], peer["connection"], f"{latency:.1f} ms" if latency is not None and latency >= 0
-                          else "-", _number(peer["reputation"], 2), str(peer["model_version"]),
-                          escape(peer["display_name"] or "-"), "\n".join(peer["multiaddrs"]) or "-")
-        out.print(shown if rows else "no connected peers")
+            out.print(f"{peer['peer_id']}  {peer['connection']}  "
+                      f"{f'{latency:.1f} ms' if latency is not None and latency >= 0 else '-'}  "
+                      f"reputation {_number(peer['reputation'], 2)}  model {peer['model_version']}  "
+                      f"{peer['display_name'] or '-'}", highlight=False, markup=False, soft_wrap=True)
+            for address in peer["multiaddrs"]:
+                out.print(f"  {address}", highlight=False, markup=False, soft_wrap=True)
 
     emit(output, rows, human)
 
@@ -234,14 +239,35 @@ def _budget_text(budget: dict[str, Any]) -> str:
 
 
 def _federation_table(rows: list[dict[str, Any]]) -> Table:
-    shown = table("federation id", "name", "role", "state", "schedule", "aggregator", "round", "model",
-                  "participants", "budget", fold=("federation id", "name", "budget"))
+    """One line per federation; the id column holds a 16-character prefix, which every command
+    accepts (the full id: `federation show`, or --format json)."""
+    shown = table("federation", "name", "role", "state", "round", "members", "rule", "budget",
+                  keep={"federation": 16})
     for row in rows:
         d = row["descriptor"] or {}
-        shown.add_row(d.get("federation_id", ""), escape(d.get("name", "") or "-"), row["role"], row["state"],
-                      d.get("schedule", ""), d.get("aggregator", ""), str(row["round"]), str(row["model_version"]),
-                      str(len(row["participants"])), _budget_text(row["budget"]))
+        shown.add_row(d.get("federation_id", "")[:16], escape(d.get("name", "") or "-"), row["role"], row["state"],
+                      str(row["round"]), str(len(row["participants"])), d.get("aggregator", ""),
+                      _budget_text(row["budget"]))
     return shown
+
+
+def _federation_details(row: dict[str, Any]) -> Table:
+    """`federation show`: one field per line, full values (ids and peer ids fold, never cut)."""
+    d = row["descriptor"] or {}
+    rows = Table(show_header=False, box=None)
+    rows.add_column(no_wrap=True)
+    rows.add_column(overflow="fold")
+    for key, value in (
+        ("federation id", d.get("federation_id", "")), ("name", d.get("name", "")), ("role", row["role"]),
+        ("state", row["state"] + (f" ({row['finished_reason']})" if row.get("finished_reason") else "")),
+        ("round", str(row["round"])), ("model version", str(row["model_version"])),
+        ("rule", f"{d.get('aggregator', '')} {d.get('aggregator_params_json', '')}"),
+        ("schedule", d.get("schedule", "")), ("min participants", str(d.get("min_participants", ""))),
+        ("codec", d.get("codec", "")), ("private", str(d.get("private", ""))), ("budget", _budget_text(row["budget"])),
+        ("participants", "\n".join(row["participants"]) or "-"),
+    ):
+        rows.add_row(f"[bold]{key}[/]", escape(str(value)))
+    return rows
 
 
 @federation_app.command("create")
@@ -320,12 +346,7 @@ def federation_show(
         raise fail(error) from None
     row = _federation_rows([reply])[0]
 
-    def human() -> None:
-        out.print(_federation_table([row]))
-        if reply.participants:
-            out.print("participants:\n  " + "\n  ".join(reply.participants), highlight=False, markup=False)
-
-    emit(output, row, human)
+    emit(output, row, lambda: out.print(_federation_details(row)))
 
 
 @federation_app.command("invite")

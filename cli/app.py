@@ -322,7 +322,7 @@ def config_show(
     if output is ConfigFormat.json:
         print_json({"config": tree, "sources": sources} if origins else tree)
     elif output is ConfigFormat.keys:
-        table = output_table("key", "env", "default", "description", fold=("key", "env", "default", "description"))
+        table = output_table("key", "env", "default", "description")
         for row in describe_keys():
             table.add_row(row["key"], row["env"], json.dumps(row["default"]), row["description"])
         out.print(table)

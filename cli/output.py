@@ -107,14 +107,12 @@ def _field_value(field: Any, value: Any) -> Any:
     return value
 
 
-def table(*columns: str, fold: tuple[str, ...] = ()) -> Table:
-    """A table whose `fold` columns wrap long values over several lines (never cut)."""
+def table(*columns: str, keep: dict[str, int] | None = None) -> Table:
+    """A table whose cells fold onto several lines when the terminal is narrow, never cut with
+    an ellipsis; `keep` gives columns a minimum width (an id prefix stays on one line)."""
     result = Table()
     for column in columns:
-        if column in fold:
-            result.add_column(column, overflow="fold")
-        else:
-            result.add_column(column)
+        result.add_column(column, overflow="fold", min_width=(keep or {}).get(column))
     return result
 
 

@@ -240,6 +240,7 @@ class NodeControl:
                 until_unix_ms=request.until_unix_ms,
             )
         except (ValueError, TypeError, MembershipError) as exc:
+            await d.release_worker_if_idle()
             raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, f"cannot create the federation: {exc}") from exc
         certificate = issue_certificate(issuer, d.identity.public_key, display_name=d.display_name)
         d.store.save_membership(descriptor, certificate, issuer=issuer)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import importlib
 import json
 import logging
 import math
@@ -388,6 +389,12 @@ class Daemon:
                 await self._start_worker()
             return self.worker
 
+    async def release_worker_if_idle(self) -> None:
+        """After an admin call started the worker for nothing (e.g. a refused federation), an
+        idle node gives it back."""
+        if self.session is None and not self._alone_allowed and self.activity == "idle":
+            await self._park_worker()
+
     async def _park_worker(self) -> None:
         """An idle node (it left its federation) gives the worker's memory back: the worker
         writes a final checkpoint and exits; the next session or admin request starts it again."""
@@ -741,6 +748,8 @@ class Daemon:
             select_revocation_record,
             validate_revocation_record,
         )
+        # py-libp2p is ~900 modules: imported in a thread, so the admin API keeps answering.
+        await asyncio.to_thread(importlib.import_module, "fednode.node.mesh.mesh")
         from fednode.node.mesh import Mesh, MeshConfig, MeshError, RecordValidator, RelayLimits
 
         assert self.identity is not None
