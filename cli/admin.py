@@ -8,6 +8,7 @@ reaches a remote listener. Every command takes `--format json`.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
@@ -78,6 +79,22 @@ class AdminTarget:
         with channel:
             yield admin_pb2_grpc.AdminServiceStub(channel)
 
+    def lock_released(self) -> bool:
+        """True unless a daemon holds the state dir's lock (a remote daemon: True, unknowable)."""
+        address = self.address()
+        if not address.startswith("unix:"):
+            return True
+        from fednode.node.daemon import LOCK_FILE
+
+        try:
+            with open(Path(address[5:]).parent / LOCK_FILE, "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        return True
+
     def metadata(self) -> list[tuple[str, str]]:
         return [("authorization", f"Bearer {self.token}")] if self.token else []
 
@@ -130,13 +147,18 @@ def status(config: ConfigOption = None, state_dir: StateDirOption = None, admin:
            token: TokenOption = None, tls_ca: TlsCaOption = None, output: FormatOption = OutputFormat.human,
            wait: Annotated[bool, typer.Option(
                "--wait", help="wait until the daemon answers and is ready (not starting), up to --timeout")] = False,
+           states: Annotated[list[str] | None, typer.Option(
+               "--state", help="with --wait: wait for this state (training, finished, idle, ...); repeatable")] = None,
            timeout: Annotated[float, typer.Option("--timeout", min=0, help="seconds --wait waits at most")] = 120.0,
            ) -> None:
     """Show the daemon's state: starting (and its phase), training, finished, idle; peer id,
     addresses, reachability, round, accuracy, federations."""
     target = _target(config, state_dir, admin, token, tls_ca)
     try:
-        reply = _wait_ready(target, timeout) if wait else call(target, lambda s: s.GetStatus, admin_pb2.GetStatusRequest())
+        if states and not wait:
+            raise ConfigError("--state is what --wait waits for: give --wait too")
+        reply = (_wait_ready(target, timeout, set(states or ())) if wait
+                 else call(target, lambda s: s.GetStatus, admin_pb2.GetStatusRequest()))
     except FednodeError as error:
         raise fail(error) from None
 
@@ -159,16 +181,20 @@ def status(config: ConfigOption = None, state_dir: StateDirOption = None, admin:
     emit(output, proto_to_dict(reply), human)
 
 
-def _wait_ready(target: AdminTarget, timeout: float) -> admin_pb2.NodeStatus:
-    """Poll until the daemon answers with a ready state; NoDaemon / RequestFailed after `timeout`."""
+def _wait_ready(target: AdminTarget, timeout: float, states: set[str]) -> admin_pb2.NodeStatus:
+    """Poll until the daemon answers with a ready state (one of `states` when given); NoDaemon /
+    RequestFailed after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             reply = call(target, lambda s: s.GetStatus, admin_pb2.GetStatusRequest(), timeout=10)
-            if reply.ready or reply.state not in ("starting", ""):
+            if reply.state in states if states else (reply.ready or reply.state not in ("starting", "")):
                 return reply
-            why: FednodeError = RequestFailed(f"the daemon is still {reply.state}"
-                                              f"{f' ({reply.phase})' if reply.phase else ''} after {timeout:.0f} s")
+            if reply.state == "stopping":
+                deadline = 0.0  # it will not get there: say so now
+            wanted = " or ".join(sorted(states)) or "ready"
+            why: FednodeError = RequestFailed(f"the daemon is {reply.state}{f' ({reply.phase})' if reply.phase else ''}"
+                                              f", not {wanted}, after waiting {timeout:.0f} s")
         except NoDaemon as error:
             why = error
         except RequestFailed as error:  # e.g. a deadline while the daemon is busy starting
@@ -204,13 +230,32 @@ def peers(config: ConfigOption = None, state_dir: StateDirOption = None, admin: 
 
 
 def stop(config: ConfigOption = None, state_dir: StateDirOption = None, admin: AdminOption = None,
-         token: TokenOption = None, tls_ca: TlsCaOption = None, output: FormatOption = OutputFormat.human) -> None:
+         token: TokenOption = None, tls_ca: TlsCaOption = None, output: FormatOption = OutputFormat.human,
+         wait: Annotated[bool, typer.Option("--wait", help="return once the daemon has exited (up to --timeout)")] = False,
+         timeout: Annotated[float, typer.Option("--timeout", min=0, help="seconds --wait waits at most")] = 60.0,
+         ) -> None:
     """Stop the daemon gracefully (final checkpoint), like SIGTERM."""
+    target = _target(config, state_dir, admin, token, tls_ca)
     try:
-        call(_target(config, state_dir, admin, token, tls_ca), lambda s: s.Shutdown, admin_pb2.ShutdownRequest())
+        call(target, lambda s: s.Shutdown, admin_pb2.ShutdownRequest())
+        if wait:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    call(target, lambda s: s.GetStatus, admin_pb2.GetStatusRequest(), timeout=5)
+                except NoDaemon:
+                    if target.lock_released():  # its last act: the state dir is free for a new start
+                        break
+                except RequestFailed:
+                    pass  # busy stopping
+                if time.monotonic() >= deadline:
+                    raise RequestFailed(f"the daemon did not exit within {timeout:.0f} s; it is forced out after "
+                                        "node.shutdown_timeout")
+                time.sleep(0.2)
     except FednodeError as error:
         raise fail(error) from None
-    emit(output, {"stopping": True}, lambda: out.print("the daemon is stopping"))
+    emit(output, {"stopping": not wait, "stopped": wait},
+         lambda: out.print("the daemon has stopped" if wait else "the daemon is stopping"))
 
 
 # ---------------------------------------------------------------------------------- federation

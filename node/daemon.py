@@ -646,7 +646,7 @@ class Daemon:
                 task.cancel()
         if self.admin is not None:
             with suppress(Exception):
-                await self.admin.stop()
+                await self.admin.set_serving(False)
         if self.mesh is not None:
             with suppress(Exception):
                 await self.mesh.stop()
@@ -657,6 +657,9 @@ class Daemon:
         if self.audit is not None:
             with suppress(Exception):
                 self.audit.close()
+        if self.admin is not None:  # last: `status` says "stopping" until here
+            with suppress(Exception):
+                await self.admin.stop()
 
     def _done(self) -> bool:
         """Stop conditions that do not come from a signal: the round budget of solo training
