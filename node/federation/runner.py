@@ -214,6 +214,9 @@ class FederationRunner:
         self.stop = stop
         self.attack = attack
         self.on_round = on_round
+        # Awaited after every state sync that moved the model (the worker evaluates and reports it:
+        # a synced model can reach the federation's budget without a round of this node's own).
+        self.on_sync: Callable[[], Awaitable[None]] | None = None
         self.display_name = display_name
         self.topic = topic_for(federation_id)
         self.validator = ControlValidator(federation_id, max_clock_skew, layout.digest, trust)
@@ -1120,6 +1123,8 @@ class FederationRunner:
             len(providers), previous, self.round, self.model_version,
             extra={"event": "sync", "round": self.round},
         )
+        if self.on_sync is not None:
+            await self.on_sync()
         return True
 
 

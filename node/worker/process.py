@@ -347,6 +347,7 @@ class TrainingWorker:
             certificate=start.certificate if start.HasField("certificate") else None,
             on_event=self._forward_event, **options,
         )
+        self.runner.on_sync = self._record_synced_model
         if self.extra_state.get("federation_id") == start.federation_id:
             self.runner.restore(self.round, self.model_version, self.extra_state)
         else:

@@ -89,3 +89,26 @@ def test_status_says_starting_with_its_phase_and_health_waits_for_ready(start_da
     assert health(daemon) == health_pb2.HealthCheckResponse.SERVING
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(timeout=60) == ExitCode.OK, daemon.log()
+
+
+def test_a_bootstrap_node_runs_only_the_mesh_and_prints_its_address(start_daemon, cli) -> None:
+    boot = start_daemon(*LOCAL, "--role", "bootstrap", "--log-format", "json", name="boot")
+    status = wait_until(lambda: (s := status_of(cli, boot)) and s["ready"] and s, what="ready")
+    assert status["state"] == "serving" and status["role"] == "bootstrap", status
+    assert boot.children() == [], "a bootstrap node runs no training worker"
+    assert "libtorch" not in Path(f"/proc/{boot.pid}/maps").read_text()
+    printed = next(json.loads(line) for line in boot.log().splitlines() if '"bootstrap_ready"' in line)
+    address = printed["multiaddrs"][0]
+    assert address in printed["msg"] and address.endswith(status["peer_id"])
+    # Federation commands are for members.
+    refused = cli("federation", "create", "x", "--state-dir", str(boot.state_dir))
+    assert refused.returncode == ExitCode.REQUEST_FAILED and "bootstrap node" in refused.stderr
+    # A member started with that address reaches it.
+    member = start_daemon(*LOCAL, "--set", f'mesh.bootstrap=["{address}"]', name="member")
+    wait_until(lambda: json.loads(cli("peers", "--state-dir", str(member.state_dir), "--format", "json").stdout or "[]")
+               and any(p["peer_id"] == status["peer_id"]
+                       for p in json.loads(cli("peers", "--state-dir", str(member.state_dir), "--format", "json").stdout)),
+               what="the member connected to the bootstrap node")
+    for daemon in (member, boot):
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == ExitCode.OK, daemon.log()[-2000:]
