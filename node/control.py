@@ -57,6 +57,11 @@ class NodeControl:
         self.events = EventBus()
         self.started = time.monotonic()
 
+    def _cli(self, command: str) -> str:
+        """A command line for hints: with --state-dir unless this daemon uses the default one."""
+        d = self.daemon
+        return f"fednode {command}" + (f" --state-dir {d.state_dir}" if d.config.node.state_dir else "")
+
     # ------------------------------------------------------------------------------ queries
     def status(self) -> admin_pb2.NodeStatus:
         d = self.daemon
@@ -149,7 +154,7 @@ class NodeControl:
             return matches[0]
         if not matches:
             raise AdminError(grpc.StatusCode.NOT_FOUND,
-                             f"this node is not a member of federation {federation_id!r}; see `fednode federation list`")
+                             f"this node is not a member of federation {federation_id!r}; see `{self._cli('federation list')}`")
         raise AdminError(grpc.StatusCode.INVALID_ARGUMENT,
                          f"{federation_id!r} matches several federations; give (more characters of) the id")
 
@@ -194,7 +199,7 @@ class NodeControl:
         if not await d.wait_ready(READY_WAIT_SECONDS):
             raise AdminError(grpc.StatusCode.UNAVAILABLE,
                              f"the daemon is {d.state}{f' ({d.phase})' if d.phase else ''}; wait for it "
-                             f"(fednode status --wait) and retry")
+                             f"({self._cli('status --wait')}) and retry")
 
     async def create_federation(self, request: admin_pb2.CreateFederationRequest) -> admin_pb2.FederationStatus:
         await self._ready_member()
@@ -202,7 +207,7 @@ class NodeControl:
         if d.session is not None and d.session.certified:
             raise AdminError(grpc.StatusCode.FAILED_PRECONDITION,
                              f"this node trains in federation {d.session.federation_id[:16]}; leave it first "
-                             f"(fednode federation leave {d.session.federation_id[:16]})")
+                             f"({self._cli(f'federation leave {d.session.federation_id[:16]}')})")
         config = d.config
         aggregator = request.aggregator or config.aggregation.rule
         codec = request.codec or config.compression.codec

@@ -67,12 +67,21 @@ class Site:
         self.peer_id = ""
 
     # -------------------------------------------------------------------- the daemon
-    def start(self, port: int = DEFAULT_PORT) -> None:
+    def start(self, port: int = DEFAULT_PORT, *, ready: bool = True) -> None:
+        """Start the daemon; return once it is ready, or (ready=False) once its admin API answers."""
         argv = [*FEDNODE, "start", "--state-dir", str(self.state_dir), "--log-format", "json"]
         if port != DEFAULT_PORT:  # a port of its own, as an operator moving the daemon would set
             argv += ["--set", f'mesh.listen=["/ip4/0.0.0.0/tcp/{port}"]']
         self.proc = self.lab.spawn(self.host, argv, log_path=self.log_path, env=_env())
-        self.peer_id = self.cli("status", "--wait", "--timeout", "180")["peer_id"]
+        if ready:
+            self.peer_id = self.cli("status", "--wait", "--timeout", "300")["peer_id"]
+        else:
+            self.peer_id = wait_for(lambda: self.answers(), 120, f"{self.name}'s admin API", self.tail)["peer_id"]
+
+    def answers(self) -> dict[str, Any] | None:
+        done = subprocess.run([*FEDNODE, "status", "--state-dir", str(self.state_dir), "--format", "json"],
+                              capture_output=True, text=True, env=_env(), timeout=60)
+        return json.loads(done.stdout) if done.returncode == 0 else None
 
     def stop(self, signum: int = signal.SIGTERM) -> int:
         assert self.proc is not None
@@ -98,7 +107,16 @@ class Site:
         return max([r["round"] for r in self.records() if r.get("event") in ("round", "synced_round")], default=0)
 
     def connected(self) -> set[str]:
-        return {p["peer_id"] for p in self.cli("peers")}
+        """Peers connected now, by the daemon's own `peer_connection` log records (the last one of
+        each peer since the daemon last started)."""
+        started = max((i for i, r in enumerate(self.records()) if str(r.get("msg", "")).startswith(("loaded identity",
+                                                                                                     "created identity"))),
+                      default=0)
+        kinds: dict[str, str] = {}
+        for record in self.records()[started:]:
+            if record.get("event") == "peer_connection":
+                kinds[record["peer"]] = record["connection"]
+        return {peer for peer, kind in kinds.items() if kind != "none"}
 
     def refused(self, reason: str) -> int:
         path = self.state_dir / "audit.jsonl"
@@ -113,10 +131,17 @@ def everyone(sites: list[Site]) -> Callable[[], str]:
     return lambda: "\n".join(site.tail() for site in sites)
 
 
-def invite_and_join(owner: Site, joiner: Site, federation: str) -> None:
-    token = owner.cli("federation", "invite", federation)["token"]
-    joined = joiner.cli("federation", "join", token, "--name", joiner.name)
-    assert joined["descriptor"]["name"] == federation
+def invite_and_join(owner: Site, joiners: list[Site], federation: str) -> None:
+    """One single-use invite per joiner; the joins run at the same time."""
+    tokens = [owner.cli("federation", "invite", federation)["token"] for _ in joiners]
+    joins = [subprocess.Popen([*FEDNODE, "federation", "join", token, "--name", joiner.name, "--state-dir",
+                               str(joiner.state_dir), "--format", "json"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=_env())
+             for token, joiner in zip(tokens, joiners, strict=True)]
+    for joiner, join in zip(joiners, joins, strict=True):
+        out, err = join.communicate(timeout=300)
+        assert join.returncode == 0, f"{joiner.name}: join: {err}\n{joiner.tail()}"
+        assert json.loads(out)["descriptor"]["name"] == federation
 
 
 def marks(sites: list[Site]) -> dict[str, int]:
@@ -125,13 +150,16 @@ def marks(sites: list[Site]) -> dict[str, int]:
 
 
 def rounds_with(sites: list[Site], members: set[str], since: dict[str, int], count: int) -> bool:
-    """Every site closed `count` rounds since `since` with as many participants as `members`,
-    and names exactly `members` as the round's participants."""
+    """Every site closed `count` rounds since `since` with as many participants as `members`."""
+    return all(len([r for r in site.rounds()[since[site.name]:] if r["participants"] == len(members)]) >= count
+               for site in sites)
+
+
+def participants_are(sites: list[Site], members: set[str]) -> None:
+    """Each site names exactly `members` as its rounds' participants (`federation show`)."""
     for site in sites:
-        done = [r for r in site.rounds()[since[site.name]:] if r["participants"] == len(members)]
-        if len(done) < count:
-            return False
-    return all(set(site.cli("federation", "show", "followup")["participants"]) == members for site in sites)
+        wait_for(lambda s=site: set(s.cli("federation", "show", "followup")["participants"]) == members, 60,
+                 f"{site.name}'s participants", site.tail)
 
 
 def test_start_join_finish_restart_in_any_order_leave_and_revoke(lab: NetLab, tmp_path: Path) -> None:
@@ -147,8 +175,7 @@ def test_start_join_finish_restart_in_any_order_leave_and_revoke(lab: NetLab, tm
     created = a.cli("federation", "create", "study", "--rounds", "40", "--target-accuracy", "0.90",
                     "--min-participants", "3")
     assert created["budget"] == {"max_rounds": 40, "target_accuracy": 0.9, "until_unix_ms": 0}
-    invite_and_join(a, b, "study")
-    invite_and_join(a, c, "study")
+    invite_and_join(a, [b, c], "study")
     for site in sites:
         status = wait_for(lambda s=site: (st := s.cli("status"))["state"] == "finished" and st, 600,
                           f"{site.name} finished", everyone(sites))
@@ -160,22 +187,23 @@ def test_start_join_finish_restart_in_any_order_leave_and_revoke(lab: NetLab, tm
 
     # 2. A second federation; restart all three in reverse order, C and B on new ports.
     a.cli("federation", "create", "followup", "--min-participants", "2", "--rule", "mean")
-    invite_and_join(a, b, "followup")
-    invite_and_join(a, c, "followup")
+    invite_and_join(a, [b, c], "followup")
     all_ids = set(ids.values())
     start = marks(sites)
     wait_for(lambda: rounds_with(sites, all_ids, start, 3), 300, "3 rounds with all three", everyone(sites))
+    participants_are(sites, all_ids)
     for site in sites:
         assert site.stop() == 0, site.tail()
     before = {site.name: json.loads((site.state_dir / "summary.json").read_text())["rounds"] for site in sites}
     restarted = marks(sites)
-    c.start(port=7470)
-    b.start(port=7470)
-    a.start()
+    c.start(port=7470, ready=False)  # in reverse order; each is up before the next one starts
+    b.start(port=7470, ready=False)
+    a.start(ready=False)
     for site in sites:
         wait_for(lambda s=site: all_ids - {s.peer_id} <= s.connected(), 240, f"{site.name} reconnected",
                  everyone(sites))
     wait_for(lambda: rounds_with(sites, all_ids, restarted, 2), 300, "rounds after the restart", everyone(sites))
+    participants_are(sites, all_ids)
     for site in sites:
         resumed = [r for r in site.records() if str(r.get("msg", "")).startswith("resumed from checkpoint")]
         assert resumed and f"round {before[site.name]}," in resumed[-1]["msg"], (site.name, resumed, before)
@@ -189,6 +217,7 @@ def test_start_join_finish_restart_in_any_order_leave_and_revoke(lab: NetLab, tm
     killed_at = marks(sites)
     wait_for(lambda: rounds_with([b, c], {ids["b"], ids["c"]}, killed_at, 3), 300, "B and C without A",
              everyone(sites))
+    participants_are([b, c], {ids["b"], ids["c"]})
     a.start(port=7471)
     wait_for(lambda: {ids["b"], ids["c"]} <= a.connected(), 240, "A reconnected", everyone(sites))
     back = marks(sites)
@@ -204,7 +233,8 @@ def test_start_join_finish_restart_in_any_order_leave_and_revoke(lab: NetLab, tm
     b.cli("federation", "leave", "followup")
     left = marks(sites)
     wait_for(lambda: rounds_with([a, c], {ids["a"], ids["c"]}, left, 3), 300, "A and C without B", everyone(sites))
-    invite_and_join(a, b, "followup")
+    participants_are([a, c], {ids["a"], ids["c"]})
+    invite_and_join(a, [b], "followup")
     rejoined = marks(sites)
     wait_for(lambda: rounds_with(sites, all_ids, rejoined, 2), 300, "B back in rounds", everyone(sites))
 
@@ -217,5 +247,6 @@ def test_start_join_finish_restart_in_any_order_leave_and_revoke(lab: NetLab, tm
     after_revocation = marks(sites)
     wait_for(lambda: rounds_with([a, b], {ids["a"], ids["b"]}, after_revocation, 2), 300, "A and B without C",
              everyone(sites))
+    participants_are([a, b], {ids["a"], ids["b"]})
     for site in sites:
         assert site.stop() == 0, site.tail()
