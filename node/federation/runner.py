@@ -293,6 +293,11 @@ class FederationRunner:
             await self._sync_revocation_record(store=False)
             self._spawn(self._keep_revocation_record(), "revocation-record")
         await self.mesh.subscribe(self.topic, self.validator.check)
+        if self.round > 0 and self._snapshot is None:
+            # Resumed from a checkpoint: offer that model at once. A member restarted ahead of
+            # the others must not wait for a round of its own (which needs them) before they
+            # can catch up with it.
+            self._refresh_snapshot()
         self._spawn(self._pump_events(), "mesh-events")
         self._spawn(self._announce_periodically(), "announcer")
         self._spawn(self._discover_members(), "discovery")
