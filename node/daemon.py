@@ -843,8 +843,11 @@ class Daemon:
             self._restore_finished(session)
             start.finished = self.finished is not None
         self.activity = "finished" if self.finished is not None else "training"
-        # A private federation's relay serves its members only (not an open proxy).
-        mesh.set_relay_admission(self._member_admission(session.federation_id) if session.private else None)
+        # A private federation's relay and payloads serve its members only (not an open proxy;
+        # a revoked member cannot keep following the model).
+        admission = self._member_admission(session.federation_id) if session.private else None
+        mesh.set_relay_admission(admission)
+        mesh.set_serve_admission(admission)
         self.progress = SessionProgress(session.federation_id,
                                         worker_pb2.SessionState(round=self.round, model_version=self.model_version))
         helpers: list[asyncio.Future[Any]] = []

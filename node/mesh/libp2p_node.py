@@ -70,6 +70,7 @@ from .transfer import (
     BlobStore,
     FetchState,
     TransferProtocolError,
+    admits,
     answer_request,
     build_request,
     chunk_prefix,
@@ -311,6 +312,8 @@ class Libp2pNode:
         self._fastpath_unreachable: dict[str, float] = {}  # peer -> monotonic time of the failure
         #: Relay admission hook (see MeshConfig.relay_admission); replaced by Mesh.set_relay_admission.
         self.relay_admission = config.relay_admission
+        #: Who may fetch blobs from this node (Mesh.set_serve_admission); None = anyone.
+        self.serve_admission: Callable[[str], bool] | None = None
         #: Request handler (see Mesh.set_request_handler): (kind, data, peer) -> response, called
         #: through the asyncio loop; None answers every request with "no handler".
         self.request_handler: Callable[[str, bytes, str], bytes] | None = None
@@ -1350,7 +1353,8 @@ class Libp2pNode:
         try:
             reader = _FrameReader(stream, io)
             frame = await reader.read_frame(MAX_HEADER_FRAME)
-            answer = answer_request(self.store, frame, self.config.fetch_chunk_size)
+            requester = stream.muxed_conn.peer_id.to_base58()
+            answer = answer_request(self.store, frame, self.config.fetch_chunk_size, admits(self.serve_admission, requester))
             await _write_frame(stream, answer.response.SerializeToString(), io)
             if answer.data is None:
                 self.stats.refuse(status_name(answer.response.status))

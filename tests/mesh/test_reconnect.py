@@ -84,3 +84,30 @@ def test_a_member_that_moved_is_found_through_its_address_record(runner: LoopRun
                         await task
 
     runner.run(scenario(), timeout=170)
+
+
+def test_blobs_are_served_to_admitted_peers_only(runner: LoopRunner) -> None:
+    """A private federation's payloads: a peer the admission hook refuses (a revoked member, a
+    stranger) hears "not found", over the fast path and over libp2p streams alike."""
+    import hashlib
+
+    from fednode.node.mesh import BlobNotFoundError
+
+    blob = b"model snapshot " * 1000
+    content_id = hashlib.sha256(blob).digest()
+
+    async def scenario() -> None:
+        for fast_path in (True, False):
+            async with started(config(fast_path=fast_path)) as (provider,):
+                boot = tuple(provider.listen_multiaddrs())
+                async with started(config(bootstrap_multiaddrs=boot, fast_path=fast_path),
+                                   config(bootstrap_multiaddrs=boot, fast_path=fast_path)) as (member, stranger):
+                    provider.serve_blob(content_id, blob)
+                    provider.set_serve_admission(lambda peer, allowed=member.peer_id: peer == allowed)
+                    assert bytes(await member.fetch_blob(content_id, [provider.peer_id])) == blob
+                    with pytest.raises(BlobNotFoundError):
+                        await stranger.fetch_blob(content_id, [provider.peer_id])
+                    provider.set_serve_admission(None)  # an open federation serves anyone
+                    assert bytes(await stranger.fetch_blob(content_id, [provider.peer_id])) == blob
+
+    runner.run(scenario(), timeout=150)
