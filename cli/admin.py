@@ -25,7 +25,7 @@ from google.protobuf.message import Message
 from rich.markup import escape
 from rich.table import Table
 
-from fednode.cli.output import OutputFormat, emit, fail, hint, out, proto_to_dict, table
+from fednode.cli.output import OutputFormat, emit, fail, hint, out, proto_to_dict
 from fednode.cli.values import parse_table, parse_until
 from fednode.node.errors import ConfigError, ExitCode, FednodeError
 from fednode.proto.v1 import admin_pb2, admin_pb2_grpc
@@ -283,17 +283,19 @@ def _budget_text(budget: dict[str, Any]) -> str:
     return ", ".join(parts) or "-"
 
 
-def _federation_table(rows: list[dict[str, Any]]) -> Table:
-    """One line per federation; the id column holds a 16-character prefix, which every command
-    accepts (the full id: `federation show`, or --format json)."""
-    shown = table("federation", "name", "role", "state", "round", "members", "rule", "budget",
-                  keep={"federation": 16})
+def _print_federations(rows: list[dict[str, Any]]) -> None:
+    """Two lines per federation, never cut: the id prefix (every command accepts it; the full id
+    is in `federation show` and --format json), name, role, state, round, members; then rule,
+    schedule and budget."""
     for row in rows:
         d = row["descriptor"] or {}
-        shown.add_row(d.get("federation_id", "")[:16], escape(d.get("name", "") or "-"), row["role"], row["state"],
-                      str(row["round"]), str(len(row["participants"])), d.get("aggregator", ""),
-                      _budget_text(row["budget"]))
-    return shown
+        state = row["state"] + (f" ({row['finished_reason']})" if row.get("finished_reason") else "")
+        out.print(f"{d.get('federation_id', '')[:16]}  {d.get('name', '') or '-'}  {row['role']}  {state}  "
+                  f"round {row['round']}  members {len(row['participants'])}",
+                  highlight=False, markup=False, soft_wrap=True)
+        out.print(f"  rule {d.get('aggregator', '')}  schedule {d.get('schedule', '')}  "
+                  f"min participants {d.get('min_participants', '')}  budget {_budget_text(row['budget'])}",
+                  highlight=False, markup=False, soft_wrap=True)
 
 
 def _federation_details(row: dict[str, Any]) -> Table:
@@ -374,7 +376,7 @@ def federation_list(config: ConfigOption = None, state_dir: StateDirOption = Non
     except FednodeError as error:
         raise fail(error) from None
     rows = _federation_rows(list(reply.federations))
-    emit(output, rows, lambda: out.print(_federation_table(rows) if rows else "no federations"))
+    emit(output, rows, lambda: _print_federations(rows) if rows else out.print("no federations"))
 
 
 @federation_app.command("show")

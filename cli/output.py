@@ -22,6 +22,7 @@ from typing import Any
 
 import typer
 from google.protobuf.message import Message
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -110,7 +111,8 @@ def _field_value(field: Any, value: Any) -> Any:
 def table(*columns: str, keep: dict[str, int] | None = None) -> Table:
     """A table whose cells fold onto several lines when the terminal is narrow, never cut with
     an ellipsis; `keep` gives columns a minimum width (an id prefix stays on one line)."""
-    result = Table()
+    # No vertical borders: 80 columns hold more (a cut table would lose its last columns).
+    result = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for column in columns:
         result.add_column(column, overflow="fold", min_width=(keep or {}).get(column))
     return result

@@ -56,7 +56,7 @@ def test_json_tables_hints_version_and_formats(start_daemon, cli, tmp_path: Path
     federation_id = listed[0]["descriptor"]["federation_id"]
     assert "…" not in table and federation_id[:16] in table, table
     line = next(line for line in table.splitlines() if federation_id[:16] in line)
-    assert f" {len(listed[0]['participants'])} " in line and listed[0]["state"] in line, table
+    assert f"members {len(listed[0]['participants'])}" in line and listed[0]["state"] in line, table
     row = json.loads(cli("federation", "show", federation_id[:16], "--state-dir", str(daemon.state_dir),
                          "--format", "json").stdout)
     assert row == {**listed[0], "round": row["round"], "model_version": row["model_version"],
