@@ -8,10 +8,12 @@ reaches a remote listener. Every command takes `--format json`.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import math
 import os
-import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,16 +21,15 @@ from typing import Annotated, Any, TypeVar
 
 import grpc
 import typer
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from fednode.node.errors import ExitCode, FednodeError
+from fednode.cli.output import OutputFormat, emit, fail, hint, out, proto_to_dict
+from fednode.cli.values import parse_table, parse_until
+from fednode.node.errors import ConfigError, ExitCode, FednodeError
 from fednode.proto.v1 import admin_pb2, admin_pb2_grpc
 
-out = Console()
-err = Console(stderr=True)
 T = TypeVar("T")
 
 federation_app = typer.Typer(help="Create, join and manage federations.", no_args_is_help=True)
@@ -43,7 +44,7 @@ TokenOption = Annotated[
     str | None, typer.Option("--token", envvar="FEDNODE_ADMIN_TOKEN", help="admin token for a remote listener")
 ]
 TlsCaOption = Annotated[Path | None, typer.Option("--tls-ca", help="CA certificate (PEM) of a remote listener")]
-FormatOption = Annotated[str, typer.Option("--format", help="human or json")]
+FormatOption = Annotated[OutputFormat, typer.Option("--format", help="human or json")]
 
 
 class AdminTarget:
@@ -68,8 +69,9 @@ class AdminTarget:
     def stub(self) -> Iterator[admin_pb2_grpc.AdminServiceStub]:
         address = self.address()
         if address.startswith("unix:") and not Path(address[5:]).exists():
-            raise NoDaemon(f"no daemon is running for {Path(address[5:]).parent} (no {Path(address[5:]).name}); "
-                           f"start one with `fednode start --state-dir {Path(address[5:]).parent}`")
+            directory = Path(address[5:]).parent
+            raise NoDaemon(f"no daemon is running for {directory} (no {Path(address[5:]).name}); "
+                           f"start one with `{hint('start', state_dir=directory, config=self.config)}`")
         if self.tls_ca is not None:
             credentials = grpc.ssl_channel_credentials(root_certificates=self.tls_ca.read_bytes())
             channel = grpc.secure_channel(address, credentials)
@@ -77,6 +79,22 @@ class AdminTarget:
             channel = grpc.insecure_channel(address)
         with channel:
             yield admin_pb2_grpc.AdminServiceStub(channel)
+
+    def lock_released(self) -> bool:
+        """True unless a daemon holds the state dir's lock (a remote daemon: True, unknowable)."""
+        address = self.address()
+        if not address.startswith("unix:"):
+            return True
+        from fednode.node.daemon import LOCK_FILE
+
+        try:
+            with open(Path(address[5:]).parent / LOCK_FILE, "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        return True
 
     def metadata(self) -> list[tuple[str, str]]:
         return [("authorization", f"Bearer {self.token}")] if self.token else []
@@ -112,180 +130,288 @@ def _translate(error: grpc.RpcError, target: AdminTarget) -> FednodeError:
     return RequestFailed(f"{name.lower()}: {details}")
 
 
-def fail(error: FednodeError) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {error.message}", highlight=False, soft_wrap=True)
-    return typer.Exit(int(error.exit_code))
-
-
-def to_dict(message: Message) -> dict[str, Any]:
-    data = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-    return _hexify(message, data)
-
-
-def _hexify(message: Message, data: dict[str, Any]) -> dict[str, Any]:
-    """bytes fields as hex (ids, keys, hashes) instead of MessageToDict's base64."""
-    for field in message.DESCRIPTOR.fields:
-        value = getattr(message, field.name)
-        if field.type == field.TYPE_BYTES and field.label != field.LABEL_REPEATED:
-            data[field.name] = bytes(value).hex()
-        elif field.type == field.TYPE_MESSAGE and field.label == field.LABEL_REPEATED and field.name in data:
-            data[field.name] = [_hexify(item, part) for item, part in zip(value, data[field.name], strict=True)]
-        elif field.type == field.TYPE_MESSAGE and field.label != field.LABEL_REPEATED and message.HasField(field.name):
-            data[field.name] = _hexify(value, data.get(field.name, {}))
-    return data
-
-
-def emit(output: str, data: Any, human: Callable[[], None]) -> None:
-    if output == "json":
-        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-    else:
-        human()
-
-
 def _target(config: Path | None, state_dir: Path | None, admin: str | None, token: str | None,
             tls_ca: Path | None) -> AdminTarget:
     return AdminTarget(config, state_dir, admin, token, tls_ca)
 
 
+def _hint(command: str, config: Path | None, state_dir: Path | None) -> str:
+    return hint(command, state_dir=state_dir, config=config)
+
+
+def _number(value: float, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if math.isfinite(value) else "-"
+
+
 # ---------------------------------------------------------------------------------- top level
 def status(config: ConfigOption = None, state_dir: StateDirOption = None, admin: AdminOption = None,
-           token: TokenOption = None, tls_ca: TlsCaOption = None, output: FormatOption = "human") -> None:
-    """Show the daemon's state: peer id, addresses, reachability, round, accuracy, federations."""
+           token: TokenOption = None, tls_ca: TlsCaOption = None, output: FormatOption = OutputFormat.human,
+           wait: Annotated[bool, typer.Option(
+               "--wait", help="wait until the daemon answers and is ready (not starting), up to --timeout")] = False,
+           states: Annotated[list[str] | None, typer.Option(
+               "--state", help="with --wait: wait for this state (training, finished, idle, ...); repeatable")] = None,
+           timeout: Annotated[float, typer.Option("--timeout", min=0, help="seconds --wait waits at most")] = 120.0,
+           ) -> None:
+    """Show the daemon's state: starting (and its phase), training, finished, idle; peer id,
+    addresses, reachability, round, accuracy, federations."""
+    target = _target(config, state_dir, admin, token, tls_ca)
     try:
-        reply = call(_target(config, state_dir, admin, token, tls_ca), lambda s: s.GetStatus, admin_pb2.GetStatusRequest())
+        if states and not wait:
+            raise ConfigError("--state is what --wait waits for: give --wait too")
+        reply = (_wait_ready(target, timeout, set(states or ())) if wait
+                 else call(target, lambda s: s.GetStatus, admin_pb2.GetStatusRequest()))
     except FednodeError as error:
         raise fail(error) from None
 
     def human() -> None:
-        table = Table(show_header=False, box=None)
+        rows = Table(show_header=False, box=None)
+        rows.add_column(no_wrap=True)
+        rows.add_column(overflow="fold")
+        state = f"{reply.state} ({reply.phase})" if reply.phase else reply.state
         for key, value in (
-            ("peer id", reply.peer_id), ("state", reply.state), ("version", reply.version),
-            ("uptime", f"{reply.uptime_seconds} s"), ("device", reply.device), ("task", reply.task),
-            ("round", str(reply.round)), ("model version", str(reply.model_version)),
-            ("accuracy", f"{reply.accuracy:.4f}"), ("connected peers", str(reply.connected_peers)),
-            ("reachability", reply.reachability), ("federations", ", ".join(reply.federations) or "-"),
+            ("peer id", reply.peer_id), ("state", state), ("role", reply.role or "member"),
+            ("version", reply.version), ("uptime", f"{reply.uptime_seconds} s"), ("device", reply.device or "-"),
+            ("task", reply.task or "-"), ("round", str(reply.round)), ("model version", str(reply.model_version)),
+            ("accuracy", _number(reply.accuracy)), ("connected peers", str(reply.connected_peers)),
+            ("reachability", reply.reachability), ("federations", "\n".join(reply.federations) or "-"),
             ("listening on", "\n".join(reply.listen_multiaddrs) or "-"), ("state dir", reply.state_dir),
         ):
-            table.add_row(f"[bold]{key}[/]", value)
-        out.print(table)
+            rows.add_row(f"[bold]{key}[/]", escape(value))
+        out.print(rows)
 
-    emit(output, to_dict(reply), human)
+    emit(output, proto_to_dict(reply), human)
+
+
+def _wait_ready(target: AdminTarget, timeout: float, states: set[str]) -> admin_pb2.NodeStatus:
+    """Poll until the daemon answers with a ready state (one of `states` when given); NoDaemon /
+    RequestFailed after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            reply = call(target, lambda s: s.GetStatus, admin_pb2.GetStatusRequest(), timeout=10)
+            if reply.state in states if states else (reply.ready or reply.state not in ("starting", "")):
+                return reply
+            if reply.state == "stopping":
+                deadline = 0.0  # it will not get there: say so now
+            wanted = " or ".join(sorted(states)) or "ready"
+            why: FednodeError = RequestFailed(f"the daemon is {reply.state}{f' ({reply.phase})' if reply.phase else ''}"
+                                              f", not {wanted}, after waiting {timeout:.0f} s")
+        except NoDaemon as error:
+            why = error
+        except RequestFailed as error:  # e.g. a deadline while the daemon is busy starting
+            why = error
+        if time.monotonic() >= deadline:
+            raise why
+        time.sleep(0.2)
 
 
 def peers(config: ConfigOption = None, state_dir: StateDirOption = None, admin: AdminOption = None,
-          token: TokenOption = None, tls_ca: TlsCaOption = None, output: FormatOption = "human") -> None:
+          token: TokenOption = None, tls_ca: TlsCaOption = None, output: FormatOption = OutputFormat.human) -> None:
     """List connected peers: connection type (direct, relayed, hole-punched), latency, reputation."""
     try:
         reply = call(_target(config, state_dir, admin, token, tls_ca), lambda s: s.ListPeers, admin_pb2.ListPeersRequest())
     except FednodeError as error:
         raise fail(error) from None
+    rows = [proto_to_dict(peer) for peer in reply.peers]
 
     def human() -> None:
-        table = Table("peer", "connection", "latency", "reputation", "model", "name", "address")
-        for peer in reply.peers:
-            table.add_row(peer.peer_id, peer.connection, f"{peer.latency_ms:.1f} ms" if peer.latency_ms >= 0 else "-",
-                          f"{peer.reputation:.2f}", str(peer.model_version), peer.display_name or "-",
-                          peer.multiaddrs[0] if peer.multiaddrs else "-")
-        out.print(table if reply.peers else "no connected peers")
+        """One block per peer: a summary line, then every address on a line of its own."""
+        if not rows:
+            out.print("no connected peers")
+        for peer in rows:
+            latency = peer["latency_ms"]
+            out.print(f"{peer['peer_id']}  {peer['connection']}  "
+                      f"{f'{latency:.1f} ms' if latency is not None and latency >= 0 else '-'}  "
+                      f"reputation {_number(peer['reputation'], 2)}  model {peer['model_version']}  "
+                      f"{peer['display_name'] or '-'}", highlight=False, markup=False, soft_wrap=True)
+            for address in peer["multiaddrs"]:
+                out.print(f"  {address}", highlight=False, markup=False, soft_wrap=True)
 
-    emit(output, to_dict(reply)["peers"] if reply.peers else [], human)
+    emit(output, rows, human)
 
 
 def stop(config: ConfigOption = None, state_dir: StateDirOption = None, admin: AdminOption = None,
-         token: TokenOption = None, tls_ca: TlsCaOption = None, output: FormatOption = "human") -> None:
+         token: TokenOption = None, tls_ca: TlsCaOption = None, output: FormatOption = OutputFormat.human,
+         wait: Annotated[bool, typer.Option("--wait", help="return once the daemon has exited (up to --timeout)")] = False,
+         timeout: Annotated[float, typer.Option("--timeout", min=0, help="seconds --wait waits at most")] = 60.0,
+         ) -> None:
     """Stop the daemon gracefully (final checkpoint), like SIGTERM."""
+    target = _target(config, state_dir, admin, token, tls_ca)
     try:
-        call(_target(config, state_dir, admin, token, tls_ca), lambda s: s.Shutdown, admin_pb2.ShutdownRequest())
+        call(target, lambda s: s.Shutdown, admin_pb2.ShutdownRequest())
+        if wait:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    call(target, lambda s: s.GetStatus, admin_pb2.GetStatusRequest(), timeout=5)
+                except NoDaemon:
+                    if target.lock_released():  # its last act: the state dir is free for a new start
+                        break
+                except RequestFailed:
+                    pass  # busy stopping
+                if time.monotonic() >= deadline:
+                    raise RequestFailed(f"the daemon did not exit within {timeout:.0f} s; it is forced out after "
+                                        "node.shutdown_timeout")
+                time.sleep(0.2)
     except FednodeError as error:
         raise fail(error) from None
-    emit(output, {"stopping": True}, lambda: out.print("the daemon is stopping"))
+    emit(output, {"stopping": not wait, "stopped": wait},
+         lambda: out.print("the daemon has stopped" if wait else "the daemon is stopping"))
 
 
 # ---------------------------------------------------------------------------------- federation
-def _federation_table(federations: list[admin_pb2.FederationStatus]) -> Table:
-    table = Table("federation id", "name", "role", "schedule", "aggregator", "round", "model", "participants")
+def _federation_rows(federations: list[admin_pb2.FederationStatus]) -> list[dict[str, Any]]:
+    """What `federation list/show` print, as JSON and as the table's source (they agree)."""
+    rows = []
     for fed in federations:
-        d = fed.descriptor
-        table.add_row(d.federation_id[:16] + "…", d.name or "-", fed.role, d.schedule, d.aggregator,
-                      str(fed.round), str(fed.model_version), str(len(fed.participants)))
-    return table
+        row = proto_to_dict(fed)
+        descriptor = row["descriptor"] or {}
+        row["state"] = "finished" if fed.finished else ("training" if fed.round or fed.participants else "-")
+        row["budget"] = {"max_rounds": descriptor.get("max_rounds", 0), "target_accuracy": descriptor.get("target_accuracy", 0.0),
+                         "until_unix_ms": descriptor.get("until_unix_ms", 0)}
+        rows.append(row)
+    return rows
+
+
+def _budget_text(budget: dict[str, Any]) -> str:
+    parts = []
+    if budget["max_rounds"]:
+        parts.append(f"{budget['max_rounds']} rounds")
+    if budget["target_accuracy"]:
+        parts.append(f"accuracy {budget['target_accuracy']:g}")
+    if budget["until_unix_ms"]:
+        parts.append("until " + time.strftime("%Y-%m-%d %H:%M", time.localtime(budget["until_unix_ms"] / 1000)))
+    return ", ".join(parts) or "-"
+
+
+def _print_federations(rows: list[dict[str, Any]]) -> None:
+    """Two lines per federation, never cut: the id prefix (every command accepts it; the full id
+    is in `federation show` and --format json), name, role, state, round, members; then rule,
+    schedule and budget."""
+    for row in rows:
+        d = row["descriptor"] or {}
+        state = row["state"] + (f" ({row['finished_reason']})" if row.get("finished_reason") else "")
+        out.print(f"{d.get('federation_id', '')[:16]}  {d.get('name', '') or '-'}  {row['role']}  {state}  "
+                  f"round {row['round']}  members {len(row['participants'])}",
+                  highlight=False, markup=False, soft_wrap=True)
+        out.print(f"  rule {d.get('aggregator', '')}  schedule {d.get('schedule', '')}  "
+                  f"min participants {d.get('min_participants', '')}  budget {_budget_text(row['budget'])}",
+                  highlight=False, markup=False, soft_wrap=True)
+
+
+def _federation_details(row: dict[str, Any]) -> Table:
+    """`federation show`: one field per line, full values (ids and peer ids fold, never cut)."""
+    d = row["descriptor"] or {}
+    rows = Table(show_header=False, box=None)
+    rows.add_column(no_wrap=True)
+    rows.add_column(overflow="fold")
+    for key, value in (
+        ("federation id", d.get("federation_id", "")), ("name", d.get("name", "")), ("role", row["role"]),
+        ("state", row["state"] + (f" ({row['finished_reason']})" if row.get("finished_reason") else "")),
+        ("round", str(row["round"])), ("model version", str(row["model_version"])),
+        ("rule", f"{d.get('aggregator', '')} {d.get('aggregator_params_json', '')}"),
+        ("schedule", d.get("schedule", "")), ("min participants", str(d.get("min_participants", ""))),
+        ("codec", d.get("codec", "")), ("private", str(d.get("private", ""))), ("budget", _budget_text(row["budget"])),
+        ("participants", "\n".join(row["participants"]) or "-"),
+    ):
+        rows.add_row(f"[bold]{key}[/]", escape(str(value)))
+    return rows
 
 
 @federation_app.command("create")
 def federation_create(
     name: Annotated[str, typer.Argument(help="a label for the federation")],
-    aggregator: Annotated[str, typer.Option("--aggregator", help="rule name (default: the daemon's)")] = "",
-    aggregator_params: Annotated[str, typer.Option("--aggregator-params", help="JSON object of rule parameters")] = "",
+    rule: Annotated[str, typer.Option("--rule", help="aggregation rule, e.g. mean, multi_krum, gas (default: the daemon's)")] = "",
+    f: Annotated[int | None, typer.Option("--f", min=0, help="Byzantine members the rule tolerates")] = None,
+    rule_params: Annotated[str, typer.Option(
+        "--rule-params", help="TOML table of rule parameters, e.g. 'base = \"krum\", p = 10'")] = "",
+    rounds: Annotated[int, typer.Option("--rounds", min=0, help="budget: members finish after this round")] = 0,
+    target_accuracy: Annotated[float, typer.Option(
+        "--target-accuracy", min=0, max=1, help="budget: members finish at this test accuracy")] = 0.0,
+    until: Annotated[str, typer.Option(
+        "--until", help="budget: members finish at this time (2026-07-01T18:00, or a duration: 90m, 2h, 1d)")] = "",
     schedule: Annotated[str, typer.Option("--schedule", help="sync or fedcompass (default: the daemon's)")] = "",
-    min_participants: Annotated[int, typer.Option("--min-participants", min=0)] = 0,
+    min_participants: Annotated[int, typer.Option(
+        "--min-participants", min=0, help="updates a round needs (default: the daemon's)")] = 0,
     codec: Annotated[str, typer.Option("--codec", help="update codec (default: the daemon's)")] = "",
     private: Annotated[bool, typer.Option("--private/--public", help="relays serve members only")] = True,
+    aggregator: Annotated[str, typer.Option("--aggregator", hidden=True)] = "",
+    aggregator_params: Annotated[str, typer.Option("--aggregator-params", hidden=True)] = "",
     config: ConfigOption = None, state_dir: StateDirOption = None, admin: AdminOption = None,
-    token: TokenOption = None, tls_ca: TlsCaOption = None, output: FormatOption = "human",
+    token: TokenOption = None, tls_ca: TlsCaOption = None, output: FormatOption = OutputFormat.human,
 ) -> None:
-    """Create a federation; this daemon holds its key and starts training in it."""
-    request = admin_pb2.CreateFederationRequest(
-        name=name, aggregator=aggregator, aggregator_params_json=aggregator_params, schedule=schedule,
-        min_participants=min_participants, codec=codec, private=private,
-    )
+    """Create a federation; this daemon holds its key and starts training in it.
+
+    Its settings and budget are signed into its descriptor: every member trains with them."""
     try:
-        reply = call(_target(config, state_dir, admin, token, tls_ca), lambda s: s.CreateFederation, request)
+        if aggregator and rule and aggregator != rule:
+            raise ConfigError("--aggregator is the old name of --rule; give one of them")
+        rule = rule or aggregator
+        params = parse_table("--rule-params", rule_params or aggregator_params)
+        if f is not None:
+            params["f"] = f
+        params_json = json.dumps({"f": 0, **params}, sort_keys=True) if (rule or params) else ""
+        request = admin_pb2.CreateFederationRequest(
+            name=name, aggregator=rule, aggregator_params_json=params_json, schedule=schedule,
+            min_participants=min_participants, codec=codec, private=private, max_rounds=rounds,
+            target_accuracy=target_accuracy, until_unix_ms=parse_until("--until", until) if until else 0,
+        )
+        reply = call(_target(config, state_dir, admin, token, tls_ca), lambda s: s.CreateFederation, request, timeout=90)
     except FednodeError as error:
         raise fail(error) from None
-    emit(output, to_dict(reply), lambda: out.print(
-        f"created federation {reply.descriptor.name!r}: {reply.descriptor.federation_id}\n"
-        f"invite members with: fednode federation invite {reply.descriptor.federation_id[:16]}", highlight=False))
+    descriptor = reply.descriptor
+    emit(output, _federation_rows([reply])[0], lambda: out.print(
+        f"created federation {descriptor.name!r}: {descriptor.federation_id}\n"
+        f"invite members with: {_hint(f'federation invite {descriptor.federation_id[:16]}', config, state_dir)}",
+        highlight=False, markup=False, soft_wrap=True))
 
 
 @federation_app.command("list")
 def federation_list(config: ConfigOption = None, state_dir: StateDirOption = None, admin: AdminOption = None,
-                    token: TokenOption = None, tls_ca: TlsCaOption = None, output: FormatOption = "human") -> None:
+                    token: TokenOption = None, tls_ca: TlsCaOption = None,
+                    output: FormatOption = OutputFormat.human) -> None:
     """Federations this daemon belongs to."""
     try:
         reply = call(_target(config, state_dir, admin, token, tls_ca), lambda s: s.ListFederations,
                      admin_pb2.ListFederationsRequest())
     except FednodeError as error:
         raise fail(error) from None
-    emit(output, [to_dict(f) for f in reply.federations],
-         lambda: out.print(_federation_table(list(reply.federations)) if reply.federations else "no federations"))
+    rows = _federation_rows(list(reply.federations))
+    emit(output, rows, lambda: _print_federations(rows) if rows else out.print("no federations"))
 
 
 @federation_app.command("show")
 def federation_show(
-    federation_id: Annotated[str, typer.Argument(help="federation id or a unique prefix (>= 8 characters)")],
+    federation_id: Annotated[str, typer.Argument(help="federation id, a unique prefix (>= 8 characters) or its name")],
     config: ConfigOption = None, state_dir: StateDirOption = None, admin: AdminOption = None,
-    token: TokenOption = None, tls_ca: TlsCaOption = None, output: FormatOption = "human",
+    token: TokenOption = None, tls_ca: TlsCaOption = None, output: FormatOption = OutputFormat.human,
 ) -> None:
-    """Details of one federation: round, model version, participants, aggregator, schedule."""
+    """Details of one federation: round, model version, participants, aggregator, schedule, budget."""
     try:
         reply = call(_target(config, state_dir, admin, token, tls_ca), lambda s: s.GetFederation,
                      admin_pb2.GetFederationRequest(federation_id=federation_id))
     except FednodeError as error:
         raise fail(error) from None
+    row = _federation_rows([reply])[0]
 
-    def human() -> None:
-        out.print(_federation_table([reply]))
-        if reply.participants:
-            out.print("participants: " + ", ".join(reply.participants), highlight=False)
-
-    emit(output, to_dict(reply), human)
+    emit(output, row, lambda: out.print(_federation_details(row)))
 
 
 @federation_app.command("invite")
 def federation_invite(
-    federation_id: Annotated[str, typer.Argument(help="federation id or a unique prefix")],
+    federation_id: Annotated[str, typer.Argument(help="federation id, a unique prefix or its name")],
     ttl: Annotated[int, typer.Option("--ttl", min=0, help="seconds the invite stays valid (0 = 24 h)")] = 0,
     uses: Annotated[int, typer.Option("--uses", min=0, help="how many joins it admits (0 = unlimited until expiry)")] = 1,
     config: ConfigOption = None, state_dir: StateDirOption = None, admin: AdminOption = None,
-    token: TokenOption = None, tls_ca: TlsCaOption = None, output: FormatOption = "human",
+    token: TokenOption = None, tls_ca: TlsCaOption = None, output: FormatOption = OutputFormat.human,
 ) -> None:
-    """Issue an invite token; the joiner runs `fednode federation join TOKEN`."""
+    """Issue an invite token (printed alone on stdout); the joiner runs `fednode federation join TOKEN`."""
     try:
         reply = call(_target(config, state_dir, admin, token, tls_ca), lambda s: s.CreateInvite,
                      admin_pb2.CreateInviteRequest(federation_id=federation_id, ttl_seconds=ttl, max_uses=uses))
     except FednodeError as error:
         raise fail(error) from None
-    emit(output, to_dict(reply), lambda: out.print(reply.token, highlight=False, soft_wrap=True))
+    emit(output, proto_to_dict(reply), lambda: out.print(reply.token, highlight=False, markup=False, soft_wrap=True))
 
 
 @federation_app.command("join")
@@ -293,7 +419,7 @@ def federation_join(
     invite_token: Annotated[str, typer.Argument(help="the token from `fednode federation invite`")],
     name: Annotated[str, typer.Option("--name", help="label other members see")] = "",
     config: ConfigOption = None, state_dir: StateDirOption = None, admin: AdminOption = None,
-    token: TokenOption = None, tls_ca: TlsCaOption = None, output: FormatOption = "human",
+    token: TokenOption = None, tls_ca: TlsCaOption = None, output: FormatOption = OutputFormat.human,
 ) -> None:
     """Redeem an invite: the issuer answers with a member certificate; training starts."""
     try:
@@ -301,15 +427,17 @@ def federation_join(
                      admin_pb2.JoinFederationRequest(token=invite_token, display_name=name), timeout=90)
     except FednodeError as error:
         raise fail(error) from None
-    emit(output, to_dict(reply), lambda: out.print(
-        f"joined federation {reply.descriptor.name!r} ({reply.descriptor.federation_id})", highlight=False))
+    emit(output, _federation_rows([reply])[0], lambda: out.print(
+        f"joined federation {reply.descriptor.name!r} ({reply.descriptor.federation_id})\n"
+        f"follow it with: {_hint(f'federation show {reply.descriptor.federation_id[:16]}', config, state_dir)}",
+        highlight=False, markup=False, soft_wrap=True))
 
 
 @federation_app.command("leave")
 def federation_leave(
-    federation_id: Annotated[str, typer.Argument(help="federation id or a unique prefix")],
+    federation_id: Annotated[str, typer.Argument(help="federation id, a unique prefix or its name")],
     config: ConfigOption = None, state_dir: StateDirOption = None, admin: AdminOption = None,
-    token: TokenOption = None, tls_ca: TlsCaOption = None, output: FormatOption = "human",
+    token: TokenOption = None, tls_ca: TlsCaOption = None, output: FormatOption = OutputFormat.human,
 ) -> None:
     """Leave gracefully: announce the departure and stop contributing."""
     try:
@@ -317,16 +445,17 @@ def federation_leave(
              admin_pb2.LeaveFederationRequest(federation_id=federation_id))
     except FednodeError as error:
         raise fail(error) from None
-    emit(output, {"left": federation_id}, lambda: out.print(f"left federation {federation_id}", highlight=False))
+    emit(output, {"left": federation_id}, lambda: out.print(f"left federation {federation_id}", highlight=False,
+                                                            markup=False))
 
 
 @federation_app.command("revoke")
 def federation_revoke(
-    federation_id: Annotated[str, typer.Argument(help="federation id or a unique prefix")],
+    federation_id: Annotated[str, typer.Argument(help="federation id, a unique prefix or its name")],
     peer_id: Annotated[str, typer.Argument(help="peer id of the member to revoke")],
     reason: Annotated[str, typer.Option("--reason", help="recorded in the revocation")] = "",
     config: ConfigOption = None, state_dir: StateDirOption = None, admin: AdminOption = None,
-    token: TokenOption = None, tls_ca: TlsCaOption = None, output: FormatOption = "human",
+    token: TokenOption = None, tls_ca: TlsCaOption = None, output: FormatOption = OutputFormat.human,
 ) -> None:
     """Revoke a member (needs the federation key); the revocation spreads through the mesh."""
     try:
@@ -334,7 +463,7 @@ def federation_revoke(
                      admin_pb2.RevokeMemberRequest(federation_id=federation_id, peer_id=peer_id, reason=reason))
     except FednodeError as error:
         raise fail(error) from None
-    emit(output, to_dict(reply), lambda: out.print(f"revoked {peer_id}", highlight=False))
+    emit(output, proto_to_dict(reply), lambda: out.print(f"revoked {peer_id}", highlight=False, markup=False))
 
 
 # ---------------------------------------------------------------------------------- model

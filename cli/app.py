@@ -15,8 +15,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from fednode.cli.output import OutputFormat, fail, hint, out, print_error, print_json
+from fednode.cli.output import table as output_table
 from fednode.node import __version__
 from fednode.node.errors import ExitCode, FednodeError
 
@@ -32,18 +33,34 @@ config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is
 app.add_typer(identity_app, name="identity")
 app.add_typer(config_app, name="config")
 
-out = Console()
-err = Console(stderr=True)
+
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"fednode {__version__} (wire protocol fednode.v1)", highlight=False)
+        raise typer.Exit(0)
 
 
-class OutputFormat(str, Enum):
-    human = "human"
-    json = "json"
-
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="print the version and exit (details: fednode version)")] = False,
+) -> None:
+    """Decentralized federated-learning node: train together without a server."""
 
 class LogFormat(str, Enum):
     human = "human"
     json = "json"
+
+
+class ConfigFormat(str, Enum):
+    toml = "toml"
+    json = "json"
+    keys = "keys"
+
+
+class NodeRole(str, Enum):
+    member = "member"
+    bootstrap = "bootstrap"
 
 
 ConfigOption = Annotated[
@@ -58,15 +75,6 @@ FormatOption = Annotated[OutputFormat, typer.Option("--format", help="output for
 
 def out_console_for_launch() -> Console:
     return out
-
-
-def fail(error: FednodeError) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {error.message}", highlight=False, soft_wrap=True)
-    return typer.Exit(int(error.exit_code))
-
-
-def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def collect_overrides(state_dir: Path | None, settings: list[str] | None, **flags: Any) -> dict[str, Any]:
@@ -118,14 +126,23 @@ def start(
     log_format: Annotated[LogFormat | None, typer.Option("--log-format", help="human or json log lines")] = None,
     log_level: Annotated[str | None, typer.Option("--log-level", help="debug, info, warning, error")] = None,
     shard: Annotated[str | None, typer.Option("--shard", help="this node's data shard, i/N")] = None,
-    rounds: Annotated[int | None, typer.Option("--rounds", help="stop after N rounds (0 = run until stopped)")] = None,
-    target_accuracy: Annotated[
-        float | None, typer.Option("--target-accuracy", help="stop once test accuracy reaches this")
-    ] = None,
+    solo: Annotated[bool | None, typer.Option(
+        "--solo", help="train alone while in no federation (by default such a node idles until it creates or joins one)",
+        show_default=False)] = None,
+    role: Annotated[NodeRole | None, typer.Option(
+        "--role", help="member (default) or bootstrap: the mesh only (DHT, relay) on the fixed port, for others to dial")] = None,
+    rounds: Annotated[int | None, typer.Option(
+        "--rounds", help="with --solo (and in fednode launch): stop after N rounds. A federation's budget is set by "
+                         "`federation create --rounds`")] = None,
+    target_accuracy: Annotated[float | None, typer.Option(
+        "--target-accuracy", help="with --solo (and in fednode launch): stop at this test accuracy")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N")] = None,
     settings: SetOption = None,
 ) -> None:
-    """Run the node daemon in the foreground until stopped (Ctrl-C / SIGTERM)."""
+    """Run the node daemon in the foreground until stopped (Ctrl-C / SIGTERM).
+
+    Without a federation the node idles (mesh up, no training) until `fednode federation create`
+    or `join`; a member restarted later rejoins its federation by itself."""
     from fednode.node.config import load_config
     from fednode.node.daemon import Daemon
     from fednode.node.logs import configure_logging
@@ -139,6 +156,8 @@ def start(
             task__shard=shard,
             training__rounds=rounds,
             training__target_accuracy=target_accuracy,
+            training__solo=solo,
+            node__role=role,
             node__device=device,
         )
         effective, _sources = load_config(config, overrides)
@@ -149,48 +168,24 @@ def start(
     raise typer.Exit(int(code))
 
 
-def _parse_params(option: str, text: str | None) -> dict[str, Any]:
-    from fednode.node.config import parse_value
-    from fednode.node.errors import ConfigError
-
-    if not text:
-        return {}
-    value = parse_value(text if text.strip().startswith("{") else "{" + text + "}")
-    if not isinstance(value, dict):
-        raise ConfigError(f"{option} must be a TOML inline table such as 'eps = 10' or '{{eps = 10}}'")
-    return value
-
-
-def _parse_slowdowns(text: str | None) -> list[float]:
-    """"1,2,4,8" -> [1.0, 2.0, 4.0, 8.0]; each factor must be in [1, 1000] (training.slowdown)."""
-    from fednode.node.errors import ConfigError
-
-    if not text:
-        return []
-    try:
-        values = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ConfigError(f"--slowdowns must be comma-separated numbers such as 1,2,4,8, got {text!r}") from None
-    if not values or any(not 1.0 <= v <= 1000.0 for v in values):
-        raise ConfigError(f"--slowdowns factors must be between 1 and 1000, got {text!r}")
-    return values
-
-
 @app.command()
 def launch(
     nodes: Annotated[int, typer.Option("--nodes", "-n", min=1, max=64, help="daemons to start")] = 4,
-    rounds: Annotated[int, typer.Option("--rounds", min=1, help="rounds every node trains")] = 30,
+    rounds: Annotated[int | None, typer.Option(
+        "--rounds", min=1, help="rounds every node trains (default: training.rounds of the config, else 30)")] = None,
     byzantine: Annotated[int, typer.Option("--byzantine", min=0, help="how many nodes attack (the last K)")] = 0,
     attack: Annotated[str, typer.Option("--attack", help="attack the Byzantine nodes run, e.g. ipm, alie, label_flip")] = "",
     attack_params: Annotated[str | None, typer.Option("--attack-params", help="TOML table, e.g. 'eps = 10'")] = None,
-    rule: Annotated[str, typer.Option("--rule", help="aggregation rule, e.g. mean, multi_krum, gas")] = "mean",
-    f: Annotated[int, typer.Option("--f", min=0, help="Byzantine nodes the rule tolerates")] = 0,
+    rule: Annotated[str | None, typer.Option(
+        "--rule", help="aggregation rule, e.g. mean, multi_krum, gas (default: the config's, else mean)")] = None,
+    f: Annotated[int | None, typer.Option("--f", min=0, help="Byzantine nodes the rule tolerates (default: the config's, else 0)")] = None,
     rule_params: Annotated[str | None, typer.Option("--rule-params", help="TOML table, e.g. 'base = \"krum\", p = 10'")] = None,
-    codec: Annotated[str, typer.Option("--codec", help="update codec")] = "int8",
+    codec: Annotated[str | None, typer.Option("--codec", help="update codec (default: the config's, else int8)")] = None,
     codec_params: Annotated[str | None, typer.Option("--codec-params", help="TOML table, e.g. 'fraction = 0.01'")] = None,
     min_participants: Annotated[int, typer.Option("--min-participants", min=0, help="0 = a majority, at least what the rule needs")] = 0,
-    target_accuracy: Annotated[float, typer.Option("--target-accuracy", help="nodes stop once they reach it")] = 0.0,
-    schedule: Annotated[str, typer.Option("--schedule", help="sync (k-of-n rounds) or fedcompass (semi-asynchronous)")] = "sync",
+    target_accuracy: Annotated[float | None, typer.Option("--target-accuracy", min=0, max=1, help="nodes stop once they reach it")] = None,
+    schedule: Annotated[str | None, typer.Option(
+        "--schedule", help="sync (k-of-n rounds) or fedcompass (semi-asynchronous); default: the config's, else sync")] = None,
     slowdowns: Annotated[str | None, typer.Option(
         "--slowdowns", help="per-node slowness factors, cycled over the nodes, e.g. 1,2,4,8 (heterogeneity emulation)")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="run directory (default runs/<timestamp>)")] = None,
@@ -200,23 +195,28 @@ def launch(
         "--data", help="each node's training file (CSV/NPZ task): node-0=a.csv,node-1=b.csv or 'site-{i}.csv' or 'sites/*.csv'")] = None,
     test_data: Annotated[str | None, typer.Option(
         "--test-data", help="with --data: the test file of every node, or one per node (same forms as --data)")] = None,
+    config: ConfigOption = None,
     settings: SetOption = None,
 ) -> None:
-    """Launch a local federation: N daemons on 127.0.0.1, progress, then a summary table and report."""
+    """Launch a local federation: N daemons on 127.0.0.1, progress, then a summary table and report.
+
+    The config file (--config, or $FEDNODE_CONFIG) and FEDNODE_* variables apply to every node;
+    the options above override them."""
     import time as _time
 
     from fednode.cli.launch import LaunchPlan, LocalFederation
+    from fednode.cli.values import parse_factors, parse_table
+    from fednode.node.config import load_config
+    from fednode.node.errors import ConfigError
 
     out_console = out_console_for_launch()
 
     try:
+        base, sources = load_config(config, collect_overrides(None, settings))
         if byzantine and not attack:
-            from fednode.node.errors import ConfigError
-
             raise ConfigError("--byzantine needs --attack NAME (e.g. --attack ipm --attack-params 'eps = 10')")
+        schedule = schedule or base.federation.schedule
         if schedule not in ("sync", "fedcompass"):
-            from fednode.node.errors import ConfigError
-
             raise ConfigError(f"--schedule must be sync or fedcompass, got {schedule!r}")
         from fednode.cli.launch import node_files, parse_devices
 
@@ -230,35 +230,37 @@ def launch(
             raise ConfigError("--data needs --test-data: a test file every node evaluates on, or one per node")
         plan = LaunchPlan(
             nodes=nodes,
-            rounds=rounds,
+            rounds=rounds or base.training.rounds or 30,
             byzantine=byzantine,
-            attack=attack,
-            attack_params=_parse_params("--attack-params", attack_params),
-            rule=rule,
-            f=f,
-            rule_params=_parse_params("--rule-params", rule_params),
-            codec=codec,
-            codec_params=_parse_params("--codec-params", codec_params),
-            min_participants=min_participants,
-            target_accuracy=target_accuracy,
+            attack=attack or base.attack.name,
+            attack_params=parse_table("--attack-params", attack_params) if attack_params else dict(base.attack.params),
+            rule=rule or base.aggregation.rule,
+            f=base.aggregation.f if f is None else f,
+            rule_params=parse_table("--rule-params", rule_params) if rule_params else dict(base.aggregation.params),
+            codec=codec or base.compression.codec,
+            codec_params=parse_table("--codec-params", codec_params) if codec_params else dict(base.compression.params),
+            min_participants=min_participants or (base.federation.min_participants
+                                                  if "federation.min_participants" in sources else 0),
+            target_accuracy=base.training.target_accuracy if target_accuracy is None else target_accuracy,
             schedule=schedule,
-            slowdowns=_parse_slowdowns(slowdowns),
+            slowdowns=parse_factors("--slowdowns", slowdowns),
             out_dir=out or Path("runs") / _time.strftime("%Y%m%d-%H%M%S"),
             settings=list(settings or []),
             devices=parse_devices(devices),
             data=node_files(data, nodes, "--data", shared_allowed=False) if data else [],
             test_data=node_files(test_data, nodes, "--test-data", shared_allowed=True) if test_data else [],
+            config_file=config,
         )
-        plan.derived_min_participants()
+        plan.validate()
     except FednodeError as error:
         raise fail(error) from None
     except (ValueError, TypeError) as error:
-        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        print_error(str(error))
         raise typer.Exit(int(ExitCode.CONFIG)) from None
     try:
         code = LocalFederation(plan, out_console).run()
     except RuntimeError as error:
-        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        print_error(str(error))
         raise typer.Exit(int(ExitCode.NETWORK)) from None
     raise typer.Exit(code)
 
@@ -278,7 +280,8 @@ def identity_show(
         effective, _ = load_config(config, collect_overrides(state_dir, None))
         path = identity_path(effective.resolved_state_dir())
         if not path.exists():
-            raise IdentityError(f"no identity in {path.parent}; run `fednode identity create` or `fednode start`")
+            raise IdentityError(f"no identity in {path.parent}; run `{hint('identity create', state_dir=state_dir, config=config)}` "
+                                f"or `{hint('start', state_dir=state_dir, config=config)}`")
         ident = load_identity(path)
     except FednodeError as error:
         raise fail(error) from None
@@ -320,7 +323,7 @@ def config_show(
     config: ConfigOption = None,
     state_dir: StateDirOption = None,
     settings: SetOption = None,
-    output: Annotated[str, typer.Option("--format", help="toml, json or keys (every key with its default)")] = "toml",
+    output: Annotated[ConfigFormat, typer.Option("--format", help="toml, json or keys (every key with its default)")] = "toml",  # type: ignore[assignment]
     origins: Annotated[bool, typer.Option("--origins", help="annotate where each value came from")] = False,
 ) -> None:
     """Print the effective configuration (file < environment < command line)."""
@@ -334,14 +337,15 @@ def config_show(
         raise fail(error) from None
     tree = effective_tree(effective)
     tree["node"].setdefault("state_dir", str(effective.resolved_state_dir()))
-    if output == "json":
+    output = ConfigFormat(output)
+    if output is ConfigFormat.json:
         print_json({"config": tree, "sources": sources} if origins else tree)
-    elif output == "keys":
-        table = Table("key", "env", "default", "description")
+    elif output is ConfigFormat.keys:
+        table = output_table("key", "env", "default", "description")
         for row in describe_keys():
             table.add_row(row["key"], row["env"], json.dumps(row["default"]), row["description"])
         out.print(table)
-    elif output == "toml":
+    else:
         text = tomli_w.dumps(tree)
         if origins:
             lines = []
@@ -354,9 +358,6 @@ def config_show(
                 lines.append(f"{line}  # {origin}" if origin and "=" in line else line)
             text = "\n".join(lines) + "\n"
         sys.stdout.write(text)
-    else:
-        err.print(f"[bold red]error:[/] --format must be toml, json or keys, got {output!r}")
-        raise typer.Exit(int(ExitCode.USAGE))
 
 
 def _register_admin_commands() -> None:

@@ -26,6 +26,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fednode.node.errors import ConfigError
+
 _PR_SET_PDEATHSIG = 1
 STALL_ROUNDS = 10
 FILES_TASK = "fednode.node.tasks.files:build_task"
@@ -119,6 +121,7 @@ class LaunchPlan:
     slowdowns: list[float] = field(default_factory=list)  # per-node training.slowdown, cycled; empty = all 1
     out_dir: Path = Path("runs")
     settings: list[str] = field(default_factory=list)  # extra --set for every node
+    config_file: Path | None = None  # --config for every node (else $FEDNODE_CONFIG, inherited)
     node_settings: dict[int, list[str]] = field(default_factory=dict)  # extra --set per node
     devices: list[str] = field(default_factory=list)  # node i trains on devices[i % len]; empty = node.device
     data: list[str] = field(default_factory=list)  # node i's training file (files task); empty = the task's own
@@ -148,10 +151,45 @@ class LaunchPlan:
     def derived_min_participants(self) -> int:
         if self.min_participants:
             return self.min_participants
-        from fednode.aggregators import build
+        return max(self._rule_minimum(), self.nodes // 2 + 1 if self.nodes > 2 else self.nodes)
 
-        needed = build(self.rule, f=self.f, **self.rule_params).minimum_rows()
-        return max(needed, self.nodes // 2 + 1 if self.nodes > 2 else self.nodes)
+    def _rule_minimum(self) -> int:
+        from fednode.aggregators import AggregationError, build
+
+        try:
+            return build(self.rule, f=self.f, **self.rule_params).minimum_rows()
+        except (AggregationError, TypeError, ValueError) as exc:
+            raise ConfigError(f"--rule {self.rule} with --f {self.f} and --rule-params {self.rule_params}: {exc}") from None
+
+    def validate(self) -> None:
+        """Refuse, before any node starts, a federation that could not train: every problem is a
+        ConfigError (exit code 3) that says what to change."""
+        if self.byzantine >= self.nodes:
+            raise ConfigError(f"--byzantine {self.byzantine} leaves no honest node among --nodes {self.nodes}; "
+                              f"use at most {self.nodes - 1}")
+        needed = self._rule_minimum()
+        if needed > self.nodes:
+            raise ConfigError(f"rule {self.rule} with f = {self.f} needs at least {needed} updates per round, but "
+                              f"--nodes {self.nodes} gives at most {self.nodes}; start {needed} nodes or lower --f")
+        wanted = self.derived_min_participants()
+        if wanted > self.nodes:
+            raise ConfigError(f"--min-participants {wanted} is more than --nodes {self.nodes}: no round could close")
+        if wanted < needed:
+            raise ConfigError(f"--min-participants {wanted} is below the {needed} updates rule {self.rule} with "
+                              f"f = {self.f} needs; raise it or lower --f")
+        if self.attack:
+            from fednode.node.federation.runner import build_attack
+
+            try:
+                build_attack(self.attack, dict(self.attack_params))
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"--attack {self.attack} --attack-params {self.attack_params}: {exc}") from None
+        from fednode.node.compression import build_codec
+
+        try:
+            build_codec(self.codec, **self.codec_params)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"--codec {self.codec} --codec-params {self.codec_params}: {exc}") from None
 
 
 @dataclass
@@ -251,7 +289,11 @@ class LocalFederation:
         argv += self._data_settings(index)
         for item in plan.node_settings.get(index, []):
             argv += ["--set", item]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FEDNODE_")}
+        if plan.config_file is not None:
+            argv += ["--config", str(plan.config_file)]
+        # FEDNODE_CONFIG and FEDNODE_* settings reach every node; what the launch sets per node
+        # (state dir, addresses, federation) is on the command line, which overrides them.
+        env = dict(os.environ)
         process = subprocess.Popen(
             argv,
             stdout=subprocess.PIPE,

@@ -19,7 +19,7 @@ import copy
 import os
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
@@ -32,7 +32,18 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 ENV_PREFIX = "FEDNODE_"
 ENV_CONFIG_FILE = "FEDNODE_CONFIG"
+# FEDNODE_* variables that are not settings: the config file, and the CLI's admin token.
+ENV_NOT_SETTINGS = (ENV_CONFIG_FILE, "FEDNODE_ADMIN_TOKEN")
 DEFAULT_TASK = "fednode.node.tasks.digits:build_task"
+#: The mesh's default TCP port (libp2p: DHT, gossip, relay): fixed, so a restarted daemon is found
+#: where it was. Two daemons on one machine need another port for one of them (mesh.listen).
+DEFAULT_MESH_PORT = 7461
+# The registries (fednode.aggregators, fednode.node.compression) import torch, which the daemon
+# never loads; config validation checks names against these copies, and a test keeps them equal
+# to the registries.
+KNOWN_RULES = ("mean", "median", "trimmed_mean", "krum", "multi_krum", "bulyan", "geometric_median",
+               "centered_clipping", "nnm", "flag", "gas")
+KNOWN_CODECS = ("none", "fp16", "bf16", "int8", "int4", "topk", "topk_int8", "randk", "powersgd")
 
 
 class _Section(BaseModel):
@@ -52,6 +63,10 @@ class NodeSection(_Section):
         default=20.0, gt=0, le=600, description="seconds a graceful stop may take before it is forced"
     )
     display_name: str = Field(default="", max_length=64, description="label other members see for this node")
+    role: Literal["member", "bootstrap"] = Field(
+        default="member",
+        description='"member": trains in federations; "bootstrap": mesh only (DHT, relay) for others to dial, no training',
+    )
 
     @field_validator("device")
     @classmethod
@@ -107,9 +122,18 @@ class TrainingSection(_Section):
     lr: float = Field(default=0.05, gt=0, le=100)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
-    rounds: int = Field(default=0, ge=0, description="stop after this many rounds; 0 = run until stopped")
+    solo: bool = Field(
+        default=False,
+        description="train alone while in no federation (default: a node without a federation idles until it creates or joins one)",
+    )
+    rounds: int = Field(
+        default=0, ge=0,
+        description="solo training and open federations (fednode launch): stop after this many rounds; 0 = run until "
+                    "stopped. A federation's budget is set by `fednode federation create --rounds`",
+    )
     target_accuracy: float = Field(
-        default=0.0, ge=0, le=1, description="stop once test accuracy reaches this; 0 = never"
+        default=0.0, ge=0, le=1,
+        description="solo training and open federations: stop once test accuracy reaches this; 0 = never",
     )
     torch_threads: int = Field(default=1, ge=0, le=256, description="torch CPU threads; 0 = torch default")
     slowdown: float = Field(
@@ -125,7 +149,11 @@ class TrainingSection(_Section):
 class MeshSection(_Section):
     """Networking (py-libp2p): addresses, bootstrap peers, relay role."""
 
-    listen: list[str] = Field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"], description="TCP multiaddrs to listen on")
+    listen: list[str] = Field(
+        default_factory=lambda: [f"/ip4/0.0.0.0/tcp/{DEFAULT_MESH_PORT}"],
+        description=f"TCP multiaddrs to listen on; the default port {DEFAULT_MESH_PORT} stays the same across restarts, "
+                    "so members find each other again (tcp/0 = any free port)",
+    )
     announce: list[str] = Field(default_factory=list, description="addresses to advertise instead (public IP, port mapping)")
     bootstrap: list[str] = Field(default_factory=list, description="peers to dial first: /ip4/.../tcp/.../p2p/<id>")
     relay_hop: bool = Field(default=False, description="serve as a circuit relay v2 for other peers")
@@ -220,6 +248,13 @@ class AggregationSection(_Section):
     f: int = Field(default=0, ge=0, description="Byzantine peers the rule must tolerate")
     params: dict[str, Any] = Field(default_factory=dict, description="rule parameters")
 
+    @field_validator("rule")
+    @classmethod
+    def _check_rule(cls, value: str) -> str:
+        if value not in KNOWN_RULES:
+            raise ValueError(f"unknown aggregation rule; known rules: {', '.join(KNOWN_RULES)}")
+        return value
+
 
 class CompressionSection(_Section):
     """How this node encodes its updates (fednode.node.compression)."""
@@ -227,6 +262,13 @@ class CompressionSection(_Section):
     codec: str = Field(default="int8", description="none, fp16, bf16, int8, int4, topk, topk_int8, randk, powersgd")
     params: dict[str, Any] = Field(default_factory=dict, description="codec parameters, e.g. {fraction = 0.01}")
     error_feedback: bool = Field(default=True, description="carry what lossy codecs dropped into the next update")
+
+    @field_validator("codec")
+    @classmethod
+    def _check_codec(cls, value: str) -> str:
+        if value not in KNOWN_CODECS:
+            raise ValueError(f"unknown codec; known codecs: {', '.join(KNOWN_CODECS)}")
+        return value
 
 
 class AttackSection(_Section):
@@ -355,13 +397,29 @@ def parse_value(text: str) -> Any:
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    section, _, key = dotted.partition(".")
-    if not section or not key:
-        raise ConfigError(f"config key {dotted!r} must look like section.key (e.g. training.lr)")
-    tree.setdefault(section, {})
-    if not isinstance(tree[section], dict):
-        raise ConfigError(f"config section [{section}] must be a table")
-    tree[section][key] = value
+    """tree[section][key]... = value for "section.key" or a deeper "section.key.subkey" (a key
+    inside a table-valued setting such as task.params)."""
+    parts = [part.strip() for part in dotted.split(".")]
+    if len(parts) < 2 or not all(parts):
+        raise ConfigError(f"config key {dotted!r} must look like section.key (e.g. training.lr or task.params.alpha)")
+    if len(parts) > 2 and _is_scalar_setting(parts[0], parts[1]):
+        raise ConfigError(f"config key {dotted!r}: {parts[0]}.{parts[1]} is a value, not a table, so it has no keys")
+    node = tree
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parts[: depth + 1])
+            raise ConfigError(f"config key {dotted!r}: {where} is a value, not a table, so it has no keys")
+        node = child
+    node[parts[-1]] = value
+
+
+def _is_scalar_setting(section: str, key: str) -> bool:
+    """A known setting that holds a value rather than a table (unknown ones: False, and the
+    model's validation names them)."""
+    model = FednodeConfig.model_fields.get(section)
+    info = model.annotation.model_fields.get(key) if model is not None else None  # type: ignore[union-attr]
+    return info is not None and get_origin(info.annotation) is not dict
 
 
 def _flatten(tree: dict[str, Any]) -> dict[str, Any]:
@@ -380,7 +438,7 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, tuple[Any, str]]:
     sections = {name: model.annotation for name, model in FednodeConfig.model_fields.items()}
     result: dict[str, tuple[Any, str]] = {}
     for var, raw in sorted(environ.items()):
-        if not var.startswith(ENV_PREFIX) or var == ENV_CONFIG_FILE:
+        if not var.startswith(ENV_PREFIX) or var in ENV_NOT_SETTINGS:
             continue
         rest = var[len(ENV_PREFIX) :].lower()
         for section, model in sections.items():
@@ -402,6 +460,10 @@ def read_config_file(path: Path) -> dict[str, Any]:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise ConfigError(f"config file {path} does not exist; check --config / FEDNODE_CONFIG") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"config file {path} is a directory; pass a TOML file to --config / FEDNODE_CONFIG") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not text (byte {exc.start} is not UTF-8); pass a TOML file") from exc
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     try:
@@ -448,8 +510,7 @@ def load_config(
 def _describe_validation_error(exc: ValidationError, tree: dict[str, Any], sources: ConfigSources) -> str:
     error = exc.errors()[0]
     location = ".".join(str(part) for part in error["loc"])
-    dotted = ".".join(str(part) for part in error["loc"][:2])
-    origin = sources.get(dotted, "default")
+    origin = _origin(sources, [str(part) for part in error["loc"]])
     if error["type"] == "extra_forbidden":
         if len(error["loc"]) == 1:
             known = ", ".join(FednodeConfig.model_fields)
@@ -460,6 +521,17 @@ def _describe_validation_error(exc: ValidationError, tree: dict[str, Any], sourc
     value = error.get("input")
     more = f" ({len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
     return f"invalid config value {location} = {value!r} (from {origin}): {error['msg']}{more}"
+
+
+def _origin(sources: ConfigSources, location: list[str]) -> str:
+    """Where the value at `location` (or the table holding it, or a key set inside it) came from."""
+    for depth in range(len(location), 0, -1):
+        dotted = ".".join(location[:depth])
+        if dotted in sources:
+            return sources[dotted]
+    prefix = ".".join(location) + "."
+    inner = sorted({origin for key, origin in sources.items() if key.startswith(prefix)})
+    return ", ".join(inner) if inner else "default"
 
 
 def effective_tree(config: FednodeConfig) -> dict[str, Any]:

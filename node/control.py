@@ -19,6 +19,7 @@ import grpc
 
 from fednode.node import __version__
 from fednode.node.admin import AdminError, EventBus
+from fednode.node.config import KNOWN_CODECS, KNOWN_RULES
 from fednode.node.envelope import Rejected, open_envelope, seal
 from fednode.node.errors import FednodeError
 from fednode.node.membership import (
@@ -35,6 +36,8 @@ from fednode.node.membership import (
     parse_token,
     revoke,
 )
+from fednode.node.membership.federation import MAX_MIN_PARTICIPANTS, SCHEDULES, check_budget
+from fednode.node.membership.signing import now_ms
 from fednode.proto.v1 import admin_pb2, membership_pb2
 
 if TYPE_CHECKING:
@@ -44,6 +47,8 @@ log = logging.getLogger("fednode.control")
 
 JOIN_REQUEST_KIND = "join"
 MAX_JOIN_MESSAGE = 64 * 1024
+MAX_INVITE_TTL_SECONDS = 366 * 86_400
+READY_WAIT_SECONDS = 25.0  # a call that needs a ready node waits this long for a starting one
 
 
 class NodeControl:
@@ -51,6 +56,11 @@ class NodeControl:
         self.daemon = daemon
         self.events = EventBus()
         self.started = time.monotonic()
+
+    def _cli(self, command: str) -> str:
+        """A command line for hints: with --state-dir unless this daemon uses the default one."""
+        d = self.daemon
+        return f"fednode {command}" + (f" --state-dir {d.state_dir}" if d.config.node.state_dir else "")
 
     # ------------------------------------------------------------------------------ queries
     def status(self) -> admin_pb2.NodeStatus:
@@ -70,6 +80,9 @@ class NodeControl:
             state=d.state,
             state_dir=str(d.state_dir),
             federations=[s for s in d.store.federation_ids()] if d.store else [],
+            phase=d.phase,
+            role=d.role,
+            ready=d.ready,
         )
         if d.session is not None and d.session.federation_id not in status.federations:
             status.federations.append(d.session.federation_id)
@@ -122,19 +135,28 @@ class NodeControl:
         return self._federation_status(federation_id)
 
     def _resolve(self, federation_id: str) -> str:
-        """A full id from a full id or a unique prefix of at least 8 characters."""
+        """A full id from a full id, a unique prefix of at least 8 characters, or the name of
+        exactly one federation this node belongs to."""
+        if not federation_id:
+            raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, "name a federation (its id, an id prefix or its name)")
         known = set(self.daemon.store.federation_ids()) if self.daemon.store else set()
         if self.daemon.session is not None:
             known.add(self.daemon.session.federation_id)
         if federation_id in known:
             return federation_id
         matches = [k for k in known if len(federation_id) >= 8 and k.startswith(federation_id)]
+        if not matches and self.daemon.store is not None:
+            for candidate in sorted(known & set(self.daemon.store.federation_ids())):
+                descriptor = self.daemon.store.descriptor(candidate)
+                if descriptor is not None and descriptor.name == federation_id:
+                    matches.append(candidate)
         if len(matches) == 1:
             return matches[0]
         if not matches:
             raise AdminError(grpc.StatusCode.NOT_FOUND,
-                             f"this node is not a member of federation {federation_id!r}; see `fednode federation list`")
-        raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, f"{federation_id!r} matches several federations; give more characters")
+                             f"this node is not a member of federation {federation_id!r}; see `{self._cli('federation list')}`")
+        raise AdminError(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"{federation_id!r} matches several federations; give (more characters of) the id")
 
     def _federation_status(self, federation_id: str) -> admin_pb2.FederationStatus:
         d = self.daemon
@@ -155,6 +177,9 @@ class NodeControl:
             status.descriptor.min_participants = d.config.federation.min_participants
             status.role = "contributor"
         active = d.session is not None and d.session.federation_id == federation_id
+        finished = d.finished if active else (d.store.finished(federation_id) if state is not None else None)
+        if finished is not None:
+            status.finished, status.finished_reason = True, str(finished.get("reason", ""))
         if active and d.progress is not None:
             state = d.progress.state
             status.round = state.round
@@ -165,32 +190,62 @@ class NodeControl:
         return status
 
     # ------------------------------------------------------------------------------ lifecycle
+    async def _ready_member(self) -> None:
+        """Lifecycle calls need a member node that is ready (a starting one is waited for)."""
+        d = self.daemon
+        if d.role != "member":
+            raise AdminError(grpc.StatusCode.FAILED_PRECONDITION,
+                             "this is a bootstrap node (mesh only); run federation commands on a member node")
+        if not await d.wait_ready(READY_WAIT_SECONDS):
+            raise AdminError(grpc.StatusCode.UNAVAILABLE,
+                             f"the daemon is {d.state}{f' ({d.phase})' if d.phase else ''}; wait for it "
+                             f"({self._cli('status --wait')}) and retry")
+
     async def create_federation(self, request: admin_pb2.CreateFederationRequest) -> admin_pb2.FederationStatus:
+        await self._ready_member()
         d = self.daemon
         if d.session is not None and d.session.certified:
             raise AdminError(grpc.StatusCode.FAILED_PRECONDITION,
                              f"this node trains in federation {d.session.federation_id[:16]}; leave it first "
-                             f"(fednode federation leave {d.session.federation_id[:16]})")
+                             f"({self._cli(f'federation leave {d.session.federation_id[:16]}')})")
         config = d.config
         aggregator = request.aggregator or config.aggregation.rule
+        codec = request.codec or config.compression.codec
+        schedule = request.schedule or config.federation.schedule
+        min_participants = request.min_participants or config.federation.min_participants
         params = request.aggregator_params_json or json.dumps({"f": config.aggregation.f, **config.aggregation.params})
         try:
+            if not request.name.strip():
+                raise ValueError("a federation needs a name")
+            if aggregator not in KNOWN_RULES:
+                raise ValueError(f"unknown aggregation rule {aggregator!r}; known rules: {', '.join(KNOWN_RULES)}")
+            if codec not in KNOWN_CODECS:
+                raise ValueError(f"unknown codec {codec!r}; known codecs: {', '.join(KNOWN_CODECS)}")
+            if schedule not in SCHEDULES:
+                raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+            if not 1 <= min_participants <= MAX_MIN_PARTICIPANTS:
+                raise ValueError(f"min_participants must be between 1 and {MAX_MIN_PARTICIPANTS}, got {min_participants}")
+            check_budget(request.max_rounds, request.target_accuracy, request.until_unix_ms, now_ms())
             decoded = json.loads(params)
             if not isinstance(decoded, dict):
-                raise ValueError("not a JSON object")
-            await d.check_aggregation(aggregator, decoded, request.min_participants or config.federation.min_participants)
+                raise ValueError("the rule parameters must be a JSON object")
+            await d.check_aggregation(aggregator, decoded, min_participants, codec)
             issuer, descriptor = create_federation(
-                request.name or "federation",
+                request.name,
                 task=config.task.name,
                 model_layout_digest=d.layout_digest,
                 aggregator=aggregator,
                 aggregator_params_json=json.dumps(decoded, sort_keys=True),
-                schedule=request.schedule or config.federation.schedule,
-                min_participants=request.min_participants or config.federation.min_participants,
-                codec=request.codec or config.compression.codec,
+                schedule=schedule,
+                min_participants=min_participants,
+                codec=codec,
                 private=request.private,
+                max_rounds=request.max_rounds,
+                target_accuracy=request.target_accuracy,
+                until_unix_ms=request.until_unix_ms,
             )
-        except (ValueError, MembershipError) as exc:
+        except (ValueError, TypeError, MembershipError) as exc:
+            await d.release_worker_if_idle()
             raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, f"cannot create the federation: {exc}") from exc
         certificate = issue_certificate(issuer, d.identity.public_key, display_name=d.display_name)
         d.store.save_membership(descriptor, certificate, issuer=issuer)
@@ -200,7 +255,11 @@ class NodeControl:
         return self._federation_status(descriptor.federation_id)
 
     async def create_invite(self, request: admin_pb2.CreateInviteRequest) -> admin_pb2.CreateInviteResponse:
+        await self._ready_member()
         d = self.daemon
+        if request.ttl_seconds > MAX_INVITE_TTL_SECONDS:
+            raise AdminError(grpc.StatusCode.INVALID_ARGUMENT,
+                             f"ttl_seconds must be at most {MAX_INVITE_TTL_SECONDS} (366 days), got {request.ttl_seconds}")
         federation_id = self._resolve(request.federation_id)
         state = d.store.load(federation_id)
         if state.issuer is None:
@@ -219,6 +278,7 @@ class NodeControl:
         return admin_pb2.CreateInviteResponse(token=encode_token(invite), expires_unix_ms=invite.expires_unix_ms)
 
     async def join_federation(self, request: admin_pb2.JoinFederationRequest) -> admin_pb2.FederationStatus:
+        await self._ready_member()
         d = self.daemon
         try:
             invite = parse_token(request.token.strip())
@@ -230,6 +290,10 @@ class NodeControl:
         if invite.federation_id in d.store.federation_ids():
             raise AdminError(grpc.StatusCode.ALREADY_EXISTS, "this node is already a member of that federation")
         mesh = await d.ensure_mesh()
+        # An idle node has no worker yet: start it meanwhile (it trains once joined, and it knows
+        # the model's layout, which must be the federation's).
+        worker = asyncio.ensure_future(d.running_worker())
+        worker.add_done_callback(lambda started: started.cancelled() or started.exception())  # errors surface below
         if request.display_name:
             d.display_name = request.display_name
         join = make_join_request(invite, d.identity.public_key, display_name=d.display_name)
@@ -252,7 +316,9 @@ class NodeControl:
         except JoinRefused as exc:
             raise AdminError(grpc.StatusCode.PERMISSION_DENIED, f"the issuer refused the invite: {exc}") from exc
         except MembershipError as exc:
-            raise AdminError(grpc.StatusCode.INTERNAL, f"the issuer's answer does not verify: {exc}") from exc
+            raise AdminError(grpc.StatusCode.FAILED_PRECONDITION, f"the issuer's answer does not verify: {exc}; "
+                             "check that the token comes from the federation's owner") from exc
+        await worker
         if descriptor.model_layout_digest and descriptor.model_layout_digest != d.layout_digest:
             raise AdminError(grpc.StatusCode.FAILED_PRECONDITION,
                              f"the federation trains task {descriptor.task!r} with another model; "
@@ -294,6 +360,7 @@ class NodeControl:
         return response.SerializeToString()
 
     async def leave_federation(self, request: admin_pb2.LeaveFederationRequest) -> None:
+        await self._ready_member()
         d = self.daemon
         federation_id = self._resolve(request.federation_id)
         if d.store and federation_id in d.store.federation_ids():
@@ -303,6 +370,7 @@ class NodeControl:
             await d.switch_federation(None)
 
     async def revoke_member(self, request: admin_pb2.RevokeMemberRequest) -> admin_pb2.RevokeMemberResponse:
+        await self._ready_member()
         d = self.daemon
         federation_id = self._resolve(request.federation_id)
         state = d.store.load(federation_id)
@@ -320,6 +388,7 @@ class NodeControl:
         return admin_pb2.RevokeMemberResponse(revocation=revocation)
 
     async def export_model(self, request: admin_pb2.ExportModelRequest) -> tuple[bytes, int, str]:
+        await self._ready_member()
         d = self.daemon
         if request.federation_id and (d.session is None or d.session.federation_id != self._resolve(request.federation_id)):
             raise AdminError(grpc.StatusCode.FAILED_PRECONDITION, "that federation is not the one this node trains now")

@@ -1,8 +1,13 @@
 """`fednode start`: the long-running node process.
 
-Lifecycle: lock the state dir -> load or create the identity -> start the training worker (it
-builds the task and model and resumes from the last checkpoint) -> run rounds until a stop
-condition -> final checkpoint (by the worker) and summary. SIGINT/SIGTERM request a graceful
+Lifecycle: lock the state dir -> serve the admin API (status answers "starting" with its phase
+from then on; health is NOT_SERVING until the node is ready) -> load or create the identity ->
+start the mesh and, when the node trains, the training worker (it builds the task and model and
+resumes from the last checkpoint) -> run sessions: in the node's federation, alone when asked
+for (`--solo`), or idle (no worker) until a federation is created or joined -> final checkpoint
+(by the worker) and summary. A node with `node.role = "bootstrap"` runs only the mesh (DHT and
+relay) for others to dial. A federation's budget (descriptor) does not stop the daemon: a member
+that reaches it reports "finished" and keeps serving the final model. SIGINT/SIGTERM request a graceful
 stop: the worker's training stops between steps, a final checkpoint is written, the worker and
 every thread end, and the process exits 0 within `node.shutdown_timeout` seconds, or is forced
 out with exit code 10 (the worker dies with it). A second SIGINT forces it at once.
@@ -12,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import importlib
 import json
 import logging
+import math
 import os
 import resource
 import signal
@@ -37,6 +44,7 @@ AUDIT_SYNC_SECONDS = 1.0  # the audit log is fsynced this often (records are wri
 AUDIT_FSYNC_EVERY = 1024  # ... or after this many records, whichever comes first
 
 LINGER_REASONS = ("rounds", "target_accuracy")  # stops after which peers may still fetch from us
+PHASES = ("identity", "mesh", "worker", "sync")  # what a starting node is busy with, in order
 SUMMARY_FILE = "summary.json"
 HISTORY_FILE = "history.jsonl"
 SUMMARY_HISTORY = 500  # rounds summary.json keeps in full (about 200 kB); history.jsonl has them all
@@ -175,6 +183,20 @@ class FederationSettings:
     min_participants: int
     codec: str
     codec_params: dict[str, Any]
+    # The federation's budget (certified federations: from the descriptor; 0 = none).
+    max_rounds: int = 0
+    target_accuracy: float = 0.0
+    until_unix_ms: int = 0
+
+    def budget_reached(self, round_number: int, accuracy: float, now_unix_ms: int) -> str:
+        """Which part of the budget this round reached ("rounds", "target_accuracy", "until"), or ""."""
+        if self.max_rounds and round_number >= self.max_rounds:
+            return "rounds"
+        if self.target_accuracy and accuracy >= self.target_accuracy:  # NaN never reaches it
+            return "target_accuracy"
+        if self.until_unix_ms and now_unix_ms >= self.until_unix_ms:
+            return "until"
+        return ""
 
 
 @dataclass(frozen=True)
@@ -209,9 +231,10 @@ class Daemon:
 
     The daemon holds identity, mesh, admin API, membership and audit log, and no torch: task,
     model, trainer and checkpoints live in the training worker it starts
-    (`fednode.node.worker`). Without `federation.id` the node trains alone. With it, the node
-    joins the mesh and the worker trains with the federation (`FederationRunner`, or
-    `CompassRunner` when `federation.schedule = "fedcompass"`) through the daemon's mesh.
+    (`fednode.node.worker`). In a federation (created or joined through the admin API, or an
+    open one named by `federation.id`) the worker trains with it (`FederationRunner`, or
+    `CompassRunner` when the schedule is "fedcompass") through the daemon's mesh. Without one
+    the node idles, with the mesh up and no worker, unless `training.solo` asks it to train alone.
     """
 
     def __init__(self, config: FednodeConfig) -> None:
@@ -232,11 +255,16 @@ class Daemon:
         self.mesh: Any = None
         self.progress: SessionProgress | None = None  # set while a federated session runs
         self._started = time.perf_counter()
-        self.state = "starting"
+        self.role = config.node.role
+        self.activity = "starting"  # what `state` reports once ready: training, idle, finished, serving
+        self.stopping = False
+        self.ready = False  # health SERVING: every admin call can be answered
+        self._starting: set[str] = {"identity"}  # PHASES still in progress
+        self.finished: dict[str, Any] | None = None  # the current federation's budget was reached
         self.display_name = config.node.display_name
         self.session: FederationSession | None = None
         self.bootstrap_hints: list[str] = []
-        self._saved_peer_addresses: list[str] = []  # what _remember_peer_addresses wrote last
+        self._saved_peer_addresses: dict[str, list[str]] = {}  # what _remember_peer_addresses wrote last
         self.store: Any = None  # MembershipStore
         self.trust: Any = None  # TrustPolicy
         self.audit: Any = None  # AuditLog
@@ -247,18 +275,66 @@ class Daemon:
         self.admin: Any = None  # AdminServer
         self._session_changed: asyncio.Event | None = None
         self._mesh_lock: asyncio.Lock | None = None
-        self._alone_allowed = True
+        self._ready_event: asyncio.Event | None = None
+        self._alone_allowed = config.training.solo and self.role == "member"
 
     @property
     def federated(self) -> bool:
         return bool(self.config.federation.id)
 
+    @property
+    def state(self) -> str:
+        """"starting" (see `phase`), then "training", "idle", "finished" or "serving"
+        (bootstrap role); "stopping" at the end."""
+        if self.stopping:
+            return "stopping"
+        return self.activity if self.ready else "starting"
+
+    @property
+    def phase(self) -> str:
+        """While starting: the first of PHASES still in progress ("" once ready)."""
+        if self.ready:
+            return ""
+        return next((phase for phase in PHASES if phase in self._starting), "")
+
+    def _mark_ready(self) -> None:
+        """Every admin call can be answered now: health SERVING."""
+        if self.ready:
+            return
+        self.ready = True
+        self._starting.clear()
+        if self._ready_event is not None:
+            self._ready_event.set()
+        if self.admin is not None:
+            self._health_update = asyncio.ensure_future(self.admin.set_serving(True))
+        log.info("ready (%s) after %.1f s", self.activity, time.perf_counter() - self._started,
+                 extra={"event": "ready", "state": self.activity})
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """True once the node is ready (False after `timeout` seconds, or when it stops)."""
+        if self.ready:
+            return True
+        assert self._ready_event is not None
+        with suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._ready_event.wait(), timeout)
+        return self.ready and not self.stopping
+
+    def _config_budget_applies(self) -> bool:
+        """training.rounds / training.target_accuracy stop solo training and open federations
+        (fednode launch); a certified federation's budget is in its descriptor."""
+        if self.session is None:
+            return self._alone_allowed
+        return not self.session.certified
+
     # ----------------------------------------------------------------------------- set-up
-    def setup(self) -> None:
-        """What can fail on bad input in the daemon itself (the worker checks the rest)."""
+    def claim_state_dir(self) -> None:
+        """Create and lock the state dir (the admin socket lives there)."""
         prepare_state_dir(self.state_dir)
         self._lock.acquire()
         remove_interrupted_writes(self.state_dir)
+
+    def setup(self) -> None:
+        """What can fail on bad input in the daemon itself (the worker checks the rest)."""
         self.identity, created = load_or_create_identity(self.state_dir)
         log.info("%s identity %s (%s)", "created" if created else "loaded", self.identity.peer_id, self.state_dir)
         if self.config.attack.name:
@@ -279,9 +355,8 @@ class Daemon:
         self.audit = AuditLog(self.state_dir / "audit.jsonl", fsync_every=AUDIT_FSYNC_EVERY,
                               max_bytes=int(rotation.audit_max_mb * 2**20))
         self.history = JsonLinesLog(self.state_dir / HISTORY_FILE, max_bytes=int(rotation.history_max_mb * 2**20))
-        self.session = self._initial_session()
-        if self.session is not None:
-            self._alone_allowed = False
+        self.session = self._initial_session() if self.role == "member" else None
+        self._warn_about_config_budget()
         self.summary = RunSummary(
             peer_id=self.identity.peer_id,
             version=__version__,
@@ -297,6 +372,14 @@ class Daemon:
 
             self.tracking = open_for_node(self.config, self.state_dir, self.identity.peer_id, self.summary.started_unix,
                                           self.summary.federation_id)
+        self._starting.discard("identity")
+
+    def _warn_about_config_budget(self) -> None:
+        training = self.config.training
+        if (training.rounds or training.target_accuracy) and self.role == "member" and not self._config_budget_applies():
+            log.warning("training.rounds / training.target_accuracy (--rounds, --target-accuracy) apply to --solo "
+                        "training and open federations (fednode launch) only; a federation's budget is fixed when "
+                        "it is created: fednode federation create NAME --rounds N --target-accuracy A --until TIME")
 
     async def _start_worker(self) -> None:
         """Start the training worker; it builds task and model and resumes from the checkpoint."""
@@ -327,6 +410,12 @@ class Daemon:
             if self.worker is None:
                 await self._start_worker()
             return self.worker
+
+    async def release_worker_if_idle(self) -> None:
+        """After an admin call started the worker for nothing (e.g. a refused federation), an
+        idle node gives it back."""
+        if self.session is None and not self._alone_allowed and self.activity == "idle":
+            await self._park_worker()
 
     async def _park_worker(self) -> None:
         """An idle node (it left its federation) gives the worker's memory back: the worker
@@ -360,6 +449,8 @@ class Daemon:
             min_participants=max(1, descriptor.min_participants or self.config.federation.min_participants),
             codec=descriptor.codec or self.config.compression.codec,
             codec_params=dict(self.config.compression.params) if same_codec else {},
+            max_rounds=descriptor.max_rounds, target_accuracy=descriptor.target_accuracy,
+            until_unix_ms=descriptor.until_unix_ms,
         )
 
     def _initial_session(self) -> FederationSession | None:
@@ -380,12 +471,14 @@ class Daemon:
         return FederationSession(federation_id, self._descriptor_settings(state.descriptor),
                                  certificate=state.certificate, certified=True, private=state.descriptor.private)
 
-    async def check_aggregation(self, rule: str, params: dict[str, Any], min_participants: int) -> None:
-        """Raise ValueError when a federation's rule cannot work with its minimum participants."""
+    async def check_aggregation(self, rule: str, params: dict[str, Any], min_participants: int, codec: str) -> None:
+        """Raise ValueError when a federation's rule cannot work with its minimum participants,
+        or its codec is unknown."""
         params = dict(params)
         f = int(params.pop("f", 0))
-        settings = FederationSettings(rule, params, f, "sync", min_participants, self.config.compression.codec,
-                                      dict(self.config.compression.params))
+        same_codec = codec == self.config.compression.codec
+        settings = FederationSettings(rule, params, f, "sync", min_participants, codec,
+                                      dict(self.config.compression.params) if same_codec else {})
         await (await self.running_worker()).check_settings(settings)
 
     async def _check_settings(self, settings: FederationSettings, worker: Any) -> None:
@@ -433,17 +526,22 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self._install_signal_handlers(loop)
         self._session_changed = asyncio.Event()
+        self._ready_event = asyncio.Event()
         try:
-            self.setup()
+            self.claim_state_dir()
             try:
-                await self._start_worker_and_mesh()
+                # The admin API first: `fednode status` answers "starting" (and its phase) while
+                # the identity, the mesh and the worker (torch, seconds) come up.
                 await self._start_services()
-                try:
+                self.setup()
+                if self.role == "bootstrap":
+                    await self._run_bootstrap()
+                else:
+                    await self._start_worker_and_mesh()
                     await self._run_sessions()
-                    await self._finish()
-                finally:
-                    await self._stop_services()
+                await self._finish()
             finally:
+                await self._stop_services()
                 if self.worker is not None:
                     await self.worker.kill()
         finally:
@@ -451,8 +549,8 @@ class Daemon:
         return ExitCode.OK
 
     async def _run_sessions(self) -> None:
-        """Train alone, or with the current federation; switch when a federation is created,
-        joined or left through the admin API; return when the daemon stops."""
+        """Train with the current federation, alone (training.solo) or idle; switch when a
+        federation is created, joined or left through the admin API; return when the daemon stops."""
         assert self._session_changed is not None
         from fednode.node.worker.supervisor import WorkerGone
 
@@ -462,18 +560,34 @@ class Daemon:
             try:
                 if session is not None:
                     await self.running_worker()
-                    self.state = "training"
                     await self._run_federated(session)
                 elif self._alone_allowed:
                     await self.running_worker()
-                    self.state = "training"
+                    self.activity = "training"
                     await self._run_alone()
                 else:
-                    self.state = "idle"  # left its federation: wait for a new one, or a stop
+                    # No federation: wait for one (or a stop) without a worker.
+                    self.activity = "idle"
+                    self._mark_ready()
                     await self._park_worker()
                     await self._wait_for_change()
             except WorkerGone as gone:
                 await self._restart_worker(gone)
+
+    async def _run_bootstrap(self) -> None:
+        """`node.role = "bootstrap"`: the mesh only (DHT and relay), no worker, until stopped."""
+        self._starting.add("mesh")
+        mesh = await self.ensure_mesh()
+        self._starting.discard("mesh")
+        self.activity = "serving"
+        addresses = [a for a in mesh.listen_multiaddrs() if "/p2p-circuit" not in a]
+        shown = [a for a in addresses if not a.startswith(("/ip4/127.", "/ip6/::1/"))] or addresses
+        log.info("bootstrap node: members and other nodes connect with --set 'mesh.bootstrap=[\"%s\"]' "
+                 "(or mesh.bootstrap in their config)", shown[0] if shown else "?",
+                 extra={"event": "bootstrap_ready", "multiaddrs": shown})
+        self._mark_ready()
+        while not self.stop_event.is_set():
+            await asyncio.sleep(0.5)
 
     async def _restart_worker(self, gone: Exception) -> None:
         """Start a new training worker after one died; it resumes from the last checkpoint."""
@@ -508,7 +622,7 @@ class Daemon:
         if session is not None:
             await self._check_settings(session.settings, await self.running_worker())
         self.session = session
-        self._alone_allowed = False
+        self.finished = None
         self._session_changed.set()
         if self.worker is not None:
             self.worker.stop_session("switch")
@@ -536,8 +650,9 @@ class Daemon:
         from fednode.node.admin import AdminError
 
         try:
-            await self.admin.start()
+            await self.admin.start()  # health NOT_SERVING until _mark_ready
         except AdminError as exc:
+            self.admin = None
             raise ConfigError(f"admin API: {exc.message}") from exc
         if self.config.metrics.port >= 0:
             self.metrics = NodeMetrics()
@@ -559,13 +674,15 @@ class Daemon:
                             accuracy=summary.accuracy, loss=summary.loss)
 
     async def _stop_services(self) -> None:
-        self.state = "stopping"
+        self.stopping = True
+        if self._ready_event is not None:
+            self._ready_event.set()  # admin calls waiting for readiness give up
         for task in (getattr(self, "_reachability_task", None), getattr(self, "_audit_sync_task", None)):
             if task is not None:
                 task.cancel()
         if self.admin is not None:
             with suppress(Exception):
-                await self.admin.stop()
+                await self.admin.set_serving(False)
         if self.mesh is not None:
             with suppress(Exception):
                 await self.mesh.stop()
@@ -582,11 +699,15 @@ class Daemon:
         if self.tracking is not None:
             with suppress(Exception):
                 await asyncio.to_thread(self.tracking.close)
+        if self.admin is not None:  # last: `status` says "stopping" until here
+            with suppress(Exception):
+                await self.admin.stop()
 
     def _done(self) -> bool:
-        """Stop conditions that do not come from a signal."""
+        """Stop conditions that do not come from a signal: the round budget of solo training
+        and open federations."""
         rounds = self.config.training.rounds
-        if rounds and self.round >= rounds:
+        if rounds and self.round >= rounds and self._config_budget_applies():
             self.request_stop("rounds")
         return self.stop_event.is_set()
 
@@ -615,13 +736,25 @@ class Daemon:
         if self.summary is not None and not self.summary.idle_rss_mb:
             self.summary.idle_rss_mb = current_rss_mb()
             self.summary.worker_idle_rss_mb = worker_rss_mb
+        self._starting.discard("sync")
+        self._mark_ready()
 
     async def _start_worker_and_mesh(self) -> None:
-        """The worker builds the model (torch, seconds) while the daemon starts the mesh a
-        federation needs: the two processes use both cores instead of one after the other."""
-        mesh = asyncio.ensure_future(self._mesh_for(self.session)) if self.session is not None else None
+        """The worker builds the model (torch, seconds) while the daemon starts the mesh: the two
+        processes use both cores instead of one after the other. Solo training needs no mesh; a
+        node without a federation needs no worker (it listens, to be invited or to create one)."""
+        wants_worker = self.session is not None or self._alone_allowed
+        wants_mesh = not (self.session is None and self._alone_allowed)
+        mesh = None
+        if wants_mesh:
+            self._starting.add("mesh")
+            mesh = asyncio.ensure_future(self._mesh_for(self.session) if self.session is not None else self.ensure_mesh())
+            mesh.add_done_callback(lambda _: self._starting.discard("mesh"))
         try:
-            await self._start_worker()
+            if wants_worker:
+                self._starting.add("worker")
+                await self._start_worker()
+                self._starting.discard("worker")
         except BaseException:
             if mesh is not None:
                 mesh.cancel()
@@ -650,11 +783,18 @@ class Daemon:
             return self.mesh
 
     async def _start_mesh(self) -> None:
+        from fednode.node.membership.addresses import (
+            ADDRESS_RECORD_NAMESPACE,
+            select_address_record,
+            validate_address_record,
+        )
         from fednode.node.membership.revocations import (
             REVOCATION_RECORD_NAMESPACE,
             select_revocation_record,
             validate_revocation_record,
         )
+        # py-libp2p is ~900 modules: imported in a thread, so the admin API keeps answering.
+        await asyncio.to_thread(importlib.import_module, "fednode.node.mesh.mesh")
         from fednode.node.mesh import Mesh, MeshConfig, MeshError, RecordValidator, RelayLimits
 
         assert self.identity is not None
@@ -666,9 +806,11 @@ class Daemon:
                 announce_multiaddrs=tuple(mesh_cfg.announce) or None,
                 bootstrap_multiaddrs=tuple(mesh_cfg.bootstrap),
                 peer_hints=tuple(self.bootstrap_hints),
-                relay_hop=mesh_cfg.relay_hop,
-                record_validators={REVOCATION_RECORD_NAMESPACE: RecordValidator(validate_revocation_record,
-                                                                                select_revocation_record)},
+                relay_hop=mesh_cfg.relay_hop or self.role == "bootstrap",
+                record_validators={
+                    REVOCATION_RECORD_NAMESPACE: RecordValidator(validate_revocation_record, select_revocation_record),
+                    ADDRESS_RECORD_NAMESPACE: RecordValidator(validate_address_record, select_address_record),
+                },
                 fast_path=mesh_cfg.fast_path,
                 fast_path_port=mesh_cfg.fast_path_port,
                 relay_limits=RelayLimits(
@@ -685,7 +827,9 @@ class Daemon:
         try:
             await mesh.start()
         except MeshError as exc:
-            raise NetworkError(f"cannot start networking: {exc}; check mesh.listen and mesh.bootstrap") from exc
+            raise NetworkError(f"cannot start networking: {exc}; check mesh.listen (another daemon on this machine "
+                               f"needs another port, e.g. --set 'mesh.listen=[\"/ip4/0.0.0.0/tcp/7462\"]') "
+                               f"and mesh.bootstrap") from exc
         self.mesh = mesh
         mesh.set_request_handler(self._answer_request)
         addresses = mesh.listen_multiaddrs()
@@ -738,10 +882,28 @@ class Daemon:
             start.certificate.CopyFrom(session.certificate)
         if session.certified:
             start.revocations.extend(self.trust.revocations(session.federation_id))
-        # A private federation's relay serves its members only (not an open proxy).
-        mesh.set_relay_admission(self._member_admission(session.federation_id) if session.private else None)
+            self._restore_finished(session)
+            start.finished = self.finished is not None
+        self.activity = "finished" if self.finished is not None else "training"
+        # A private federation's relay and payloads serve its members only (not an open proxy;
+        # a revoked member cannot keep following the model).
+        admission = self._member_admission(session.federation_id) if session.private else None
+        mesh.set_relay_admission(admission)
+        mesh.set_serve_admission(admission)
         self.progress = SessionProgress(session.federation_id,
                                         worker_pb2.SessionState(round=self.round, model_version=self.model_version))
+        helpers: list[asyncio.Future[Any]] = []
+        if session.certified and session.settings.until_unix_ms and self.finished is None:
+            helpers.append(asyncio.ensure_future(self._finish_at(session, session.settings.until_unix_ms)))
+        if session.certified and session.certificate is not None:
+            from fednode.node.reconnect import Reconnector
+
+            helpers.append(asyncio.ensure_future(Reconnector(
+                mesh=mesh, identity=self.identity, federation_id=session.federation_id,
+                certificate=session.certificate, store=self.store, trust=self.trust,
+                session_members=self._session_member_addresses,
+            ).run()))
+        self._starting.add("sync")
         try:
             ended = await self._run_worker_session(start, mesh, validator_for)
             if ended is not None:
@@ -749,6 +911,54 @@ class Daemon:
                 self._record_mesh_totals(ended)
         finally:
             self.progress = None
+            for helper in helpers:
+                helper.cancel()
+
+    # ----------------------------------------------------------------------------- budget
+    def _restore_finished(self, session: FederationSession) -> None:
+        """A member that reached the budget before (finished.json), or whose checkpoint or clock
+        is past it, starts as finished: it serves the final model and trains no more."""
+        if self.finished is not None:
+            return
+        record = self.store.finished(session.federation_id)
+        if record is not None:
+            self.finished = record
+            return
+        round_number = self.round if self._checkpoint_federation == session.federation_id else 0
+        settings = session.settings
+        reason = settings.budget_reached(round_number, math.nan, int(time.time() * 1000))
+        if reason:
+            self._mark_finished(session, reason, round_number, math.nan)
+
+    def _mark_finished(self, session: FederationSession, reason: str, round_number: int, accuracy: float) -> None:
+        """This member reached its federation's budget: remember it (a restart keeps serving)."""
+        if self.finished is not None:
+            return
+        record: dict[str, Any] = {"reason": reason, "round": round_number,
+                                  "accuracy": accuracy if accuracy == accuracy else None,
+                                  "finished_unix_ms": int(time.time() * 1000)}
+        self.finished = record
+        self.activity = "finished"
+        try:
+            self.store.save_finished(session.federation_id, record)
+        except Exception as exc:  # it still finishes now; a restart would decide again from the budget
+            log.error("cannot record that federation %s finished: %s", session.federation_id[:16], exc)
+        log.info("federation %s finished (%s) at round %d%s: this member trains no more and serves the final "
+                 "model until stopped", session.federation_id[:16], reason.replace("_", " "), round_number,
+                 f", test accuracy {accuracy:.4f}" if accuracy == accuracy else "",
+                 extra={"event": "finished", "reason": reason, "round": round_number})
+        if self.control is not None:
+            self.control.events.publish("finished", federation_id=session.federation_id, round=round_number,
+                                        accuracy=accuracy, detail=f"budget reached: {reason}")
+
+    async def _finish_at(self, session: FederationSession, until_unix_ms: int) -> None:
+        """The time budget: finish at `until_unix_ms` even when no round closes then."""
+        while time.time() * 1000 < until_unix_ms:
+            await asyncio.sleep(min(60.0, max(0.05, until_unix_ms / 1000 - time.time())))
+        if self.session is session and self.finished is None and not self.stop_event.is_set():
+            self._mark_finished(session, "until", self.round, self.summary.accuracy if self.summary else math.nan)
+            if self.worker is not None:
+                self.worker.stop_session("until", finish=True)
 
     def _member_admission(self, federation_id: str) -> Any:
         """Relay admission for a private federation: peers whose valid, unrevoked certificate
@@ -850,6 +1060,9 @@ class Daemon:
         self.round, self.model_version = report.round, report.model_version
         if report.synced:
             self._record_synced(report)
+            finish = self._budget_verdict(report.round, report.accuracy)
+            if finish is not None and not self._session_over():
+                return finish
             return worker_pb2.RoundVerdict(stop=self._session_over(), reason=self.stop_reason or "switch")
         record = RoundRecord(
             round=report.round, model_version=report.model_version, accuracy=report.accuracy, loss=report.loss,
@@ -867,14 +1080,34 @@ class Daemon:
         if report.federated and progress is not None:
             progress.state = report.state
             self._after_federated_round(report, record)
+        finish = self._budget_verdict(report.round, record.accuracy)
         target = self.config.training.target_accuracy
-        if target and record.accuracy >= target:
+        if target and record.accuracy >= target and self._config_budget_applies():
             self.request_stop("target_accuracy")
         self._done()  # the round budget
         if self._session_over():
             reason = self.stop_reason if self.stop_event.is_set() else "switch"
             return worker_pb2.RoundVerdict(stop=True, reason=reason, linger=reason in LINGER_REASONS)
-        return worker_pb2.RoundVerdict()
+        return finish or worker_pb2.RoundVerdict()
+
+    def _round_budget(self) -> int:
+        """The round budget shown in round logs: the federation's, or training.rounds."""
+        if self.session is not None and self.session.certified:
+            return self.session.settings.max_rounds
+        return self.config.training.rounds if self._config_budget_applies() else 0
+
+    def _budget_verdict(self, round_number: int, accuracy: float) -> Any:
+        """RoundVerdict(finish) once a certified federation's budget is reached, else None."""
+        session = self.session
+        if session is None or not session.certified or self.progress is None:
+            return None
+        if self.finished is None:
+            reason = session.settings.budget_reached(round_number, accuracy, int(time.time() * 1000))
+            if not reason:
+                return None
+            self._mark_finished(session, reason, round_number, accuracy)
+        assert self.finished is not None
+        return worker_pb2.RoundVerdict(stop=True, reason=str(self.finished["reason"]), finish=True)
 
     def _after_federated_round(self, report: Any, record: RoundRecord) -> None:
         federation_id = self.session.federation_id if self.session is not None else ""
@@ -900,19 +1133,27 @@ class Daemon:
             )
 
     def _remember_peer_addresses(self) -> None:
-        """Save where the members were last seen (most recent first), so a restart reconnects
-        without mesh.bootstrap. Writes only on change."""
-        session, progress = self.session, self.progress
-        if session is None or not session.certified or progress is None:
+        """Save where the members were last seen (several recent addresses each, members seen
+        lately first), so a restart reconnects without mesh.bootstrap. Writes only on change."""
+        session = self.session
+        if session is None or not session.certified:
             return
-        members = sorted(progress.members.values(), key=lambda m: m.last_seen, reverse=True)
-        # Relayed addresses are left out: a relay is reached through its own direct address.
-        addresses = [a for m in members for a in m.multiaddrs if "/p2p-circuit" not in a]
-        if addresses == self._saved_peer_addresses:
+        seen = self._session_member_addresses()
+        if seen == self._saved_peer_addresses:
             return  # the usual case: no disk access in the round path
         with suppress(Exception):  # a hint: never worth failing a round over
-            self.store.save_peer_addresses(session.federation_id, addresses)
-            self._saved_peer_addresses = addresses
+            self.store.remember_members(session.federation_id, seen)
+            self._saved_peer_addresses = seen
+
+    def _session_member_addresses(self) -> dict[str, list[str]]:
+        """{peer id: the addresses it announced, direct ones first} for the members the running
+        session heard from, most recently seen first."""
+        progress = self.progress
+        if progress is None or self.identity is None:
+            return {}
+        members = sorted(progress.members.values(), key=lambda m: m.last_seen, reverse=True)
+        return {m.peer_id: sorted(m.multiaddrs, key=lambda a: "/p2p-circuit" in a)
+                for m in members if m.multiaddrs and m.peer_id != self.identity.peer_id}
 
     def _record_synced(self, report: Any) -> None:
         """The session ended on a model a state sync brought (peers closed the last round
@@ -946,7 +1187,7 @@ class Daemon:
         summary.loss = record.loss
         if not summary.best_accuracy >= record.accuracy:  # also true while best is NaN
             summary.best_accuracy = record.accuracy
-        target = self.config.training.rounds
+        target = self._round_budget()
         log.info(
             "round %d%s: test accuracy %.4f, test loss %.4f, train loss %.4f, %d participant(s) (%.2f s)",
             record.round,

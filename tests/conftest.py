@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 
 FEDNODE = [sys.executable, "-m", "fednode.cli.app"]
+# Daemons listen on any free port of 127.0.0.1 unless a test says otherwise (--set mesh.listen
+# overrides this variable): the default port is fixed, and other test runs share the machine.
+ANY_PORT = {"FEDNODE_MESH_LISTEN": '["/ip4/127.0.0.1/tcp/0"]'}
 
 
 @dataclass
@@ -96,6 +99,7 @@ def start_daemon(tmp_path: Path) -> Iterator:
         state_dir = tmp_path / name
         log_path = tmp_path / f"{name}-{len(started)}.log"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("FEDNODE_")}
+        full_env.update(ANY_PORT)  # never the fixed default port: tests run side by side
         full_env.update(env or {})
         argv = [*FEDNODE, command, "--state-dir", str(state_dir), *args]
         with open(log_path, "a") as log_file:
@@ -115,6 +119,7 @@ def start_daemon(tmp_path: Path) -> Iterator:
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("FEDNODE_")}
+    full_env.update(ANY_PORT)
     full_env.update(env or {})
     return subprocess.run([*FEDNODE, *args], capture_output=True, text=True, env=full_env, timeout=timeout)
 

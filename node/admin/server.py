@@ -10,8 +10,9 @@ Listeners:
 * optionally TCP (`admin.listen`), only with TLS and a bearer token, unless the operator passes
   `--insecure` explicitly (allowed for development, and logged as a warning).
 
-Health checking (`grpc.health.v1.Health`) reports SERVING while the daemon runs and NOT_SERVING
-while it stops; server reflection makes `grpcurl` work without .proto files. Both are served on
+Health checking (`grpc.health.v1.Health`) reports NOT_SERVING while the daemon starts (the
+socket is served first, so `status` can say what it is busy with), SERVING once it is ready,
+and NOT_SERVING again while it stops; server reflection makes `grpcurl` work without .proto files. Both are served on
 every listener without a token: they reveal no state.
 
 The server only translates: every RPC calls the `AdminBackend` (the daemon), and an
@@ -35,6 +36,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from fednode.node.admin.events import EventBus
+from fednode.node.errors import ConfigError
 from fednode.proto.v1 import admin_pb2, admin_pb2_grpc
 
 log = logging.getLogger("fednode.admin")
@@ -138,6 +140,58 @@ def _wrap_with_peer_check(handler: grpc.RpcMethodHandler, expected: str) -> grpc
     return grpc.unary_stream_rpc_method_handler(stream, handler.request_deserializer, handler.response_serializer)
 
 
+class _Undecodable:
+    """What a request that does not parse turns into (the handler then refuses it)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class _RequestDecodeGuard(grpc.aio.ServerInterceptor):
+    """A request that does not parse as its message type is refused with INVALID_ARGUMENT
+    (gRPC's own handling answers UNKNOWN and logs a traceback)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler
+        parse = handler.request_deserializer
+
+        def deserialize(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except Exception as exc:  # DecodeError, RuntimeError from the C parser, ...
+                return _Undecodable(exc)
+
+        async def refuse(context: grpc.aio.ServicerContext) -> None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"the request does not parse as {handler_call_details.method.rsplit('/', 1)[-1]}Request "
+                                "(fednode.v1 admin.proto); check the client's protocol version")
+
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if isinstance(request, _Undecodable):
+                    await refuse(context)
+                return await inner(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary, deserialize, handler.response_serializer)
+        inner_stream = handler.unary_stream
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if isinstance(request, _Undecodable):
+                await refuse(context)
+            async for item in inner_stream(request, context):
+                yield item
+
+        return grpc.unary_stream_rpc_method_handler(stream, deserialize, handler.response_serializer)
+
+
 class _Servicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, backend: AdminBackend) -> None:
         self.backend = backend
@@ -150,6 +204,8 @@ class _Servicer(admin_pb2_grpc.AdminServiceServicer):
             return result
         except AdminError as error:
             await context.abort(error.code, error.message)
+        except ConfigError as error:  # a request the node's settings refuse (e.g. a federation's rule)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, error.message)
         except Exception:
             log.exception("admin call failed")
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; the daemon's log has the details")
@@ -245,7 +301,9 @@ class AdminServer:
                 "a TCP admin listener needs admin.tls_cert, admin.tls_key and admin.token_file "
                 "(or --insecure for development)",
             )
-        interceptors = [_TokenInterceptor(tcp.token)] if tcp is not None and tcp.token else []
+        interceptors: list[grpc.aio.ServerInterceptor] = [_RequestDecodeGuard()]
+        if tcp is not None and tcp.token:
+            interceptors.insert(0, _TokenInterceptor(tcp.token))
         server = grpc.aio.server(interceptors=interceptors)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(_Servicer(self.backend), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -275,10 +333,10 @@ class AdminServer:
                 raise AdminError(grpc.StatusCode.UNAVAILABLE, f"cannot listen on admin.listen = {tcp.address}")
         await server.start()
         os.chmod(self.socket_path, self.socket_mode)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._server = server
         if self.health_listen:
             await self._start_health_listener()
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("admin API on unix:%s%s%s", self.socket_path, f" and TCP port {self.tcp_port}" if self.tcp_port else "",
                  f"; gRPC health on TCP port {self.health_port}" if self.health_port else "")
 
@@ -295,6 +353,12 @@ class AdminServer:
             raise AdminError(grpc.StatusCode.UNAVAILABLE, f"cannot listen on admin.health_listen = {self.health_listen}")
         await server.start()
         self._health_server, self.health_port = server, port
+
+    async def set_serving(self, serving: bool) -> None:
+        """Health SERVING (the node is ready) or NOT_SERVING."""
+        if self._server is not None:
+            await self._set_health(health_pb2.HealthCheckResponse.SERVING if serving
+                                   else health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def _set_health(self, status: int) -> None:
         for service in ("", SERVICE_NAME):

@@ -215,6 +215,9 @@ class FederationRunner:
         self.stop = stop
         self.attack = attack
         self.on_round = on_round
+        # Awaited after every state sync that moved the model (the worker evaluates and reports it:
+        # a synced model can reach the federation's budget without a round of this node's own).
+        self.on_sync: Callable[[], Awaitable[None]] | None = None
         self.display_name = display_name
         self.topic = topic_for(federation_id)
         self.validator = ControlValidator(federation_id, max_clock_skew, layout.digest, trust)
@@ -291,6 +294,11 @@ class FederationRunner:
             await self._sync_revocation_record(store=False)
             self._spawn(self._keep_revocation_record(), "revocation-record")
         await self.mesh.subscribe(self.topic, self.validator.check)
+        if self.round > 0 and self._snapshot is None:
+            # Resumed from a checkpoint: offer that model at once. A member restarted ahead of
+            # the others must not wait for a round of its own (which needs them) before they
+            # can catch up with it.
+            self._refresh_snapshot()
         self._spawn(self._pump_events(), "mesh-events")
         self._spawn(self._announce_periodically(), "announcer")
         self._spawn(self._discover_members(), "discovery")
@@ -315,6 +323,16 @@ class FederationRunner:
             self._wakeup.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=0.2)
+
+    async def serve_final(self, until: asyncio.Event) -> None:
+        """The federation's budget is reached: train and send no more updates, but keep
+        announcing our round and offering our model (members behind state-sync to it) until
+        `until` is set."""
+        if self._snapshot is None or self._snapshot[0].round != self.round:
+            self._refresh_snapshot()
+        with contextlib.suppress(Exception):
+            await self._offer_snapshot()
+        await until.wait()
 
     async def close(self) -> None:
         self.closing = True  # what we still send is awaited: background tasks are cancelled next
@@ -1111,6 +1129,8 @@ class FederationRunner:
             len(providers), previous, self.round, self.model_version,
             extra={"event": "sync", "round": self.round},
         )
+        if self.on_sync is not None:
+            await self.on_sync()
         return True
 
 

@@ -31,6 +31,19 @@ from fednode.proto.v1 import membership_pb2
 
 MAX_NAME_CHARS = 128
 SCHEDULES = ("sync", "fedcompass")
+MAX_MIN_PARTICIPANTS = 10_000  # as federation.min_participants in the config
+MAX_BUDGET_ROUNDS = 10_000_000
+
+
+def check_budget(max_rounds: int, target_accuracy: float, until_unix_ms: int, now_unix_ms: int) -> None:
+    """A federation's budget (descriptor fields max_rounds, target_accuracy, until_unix_ms; 0 =
+    unset): raises ValueError naming the bad one."""
+    if not 0 <= max_rounds <= MAX_BUDGET_ROUNDS:
+        raise ValueError(f"the round budget must be between 1 and {MAX_BUDGET_ROUNDS}, got {max_rounds}")
+    if not (target_accuracy == 0 or 0 < target_accuracy <= 1):  # also refuses NaN
+        raise ValueError(f"the target accuracy must be in (0, 1], got {target_accuracy}")
+    if until_unix_ms and until_unix_ms <= now_unix_ms:
+        raise ValueError("the end time (until) is in the past; give a future time")
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,6 +132,9 @@ def create_federation(
     min_participants: int = 1,
     codec: str = "",
     private: bool = False,
+    max_rounds: int = 0,
+    target_accuracy: float = 0.0,
+    until_unix_ms: int = 0,
     now_unix_ms: int | None = None,
 ) -> tuple[Issuer, membership_pb2.FederationDescriptor]:
     """Make a new federation key and its signed descriptor.
@@ -130,8 +146,12 @@ def create_federation(
         raise ValueError(f"federation name has {len(name)} characters, at most {MAX_NAME_CHARS} allowed")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-    if min_participants < 1:
-        raise ValueError("min_participants must be at least 1")
+    if not name.strip():
+        raise ValueError("a federation needs a name")
+    if not 1 <= min_participants <= MAX_MIN_PARTICIPANTS:
+        raise ValueError(f"min_participants must be between 1 and {MAX_MIN_PARTICIPANTS}, got {min_participants}")
+    now = now_ms() if now_unix_ms is None else now_unix_ms
+    check_budget(max_rounds, target_accuracy, until_unix_ms, now)
     if aggregator_params_json:
         try:
             params = json.loads(aggregator_params_json)
@@ -144,7 +164,7 @@ def create_federation(
         federation_id=issuer.federation_id,
         federation_public_key=issuer.public_key,
         name=name,
-        created_unix_ms=now_ms() if now_unix_ms is None else now_unix_ms,
+        created_unix_ms=now,
         task=task,
         model_layout_digest=model_layout_digest,
         aggregator=aggregator,
@@ -153,6 +173,9 @@ def create_federation(
         min_participants=min_participants,
         codec=codec,
         private=private,
+        max_rounds=max_rounds,
+        target_accuracy=target_accuracy,
+        until_unix_ms=until_unix_ms,
     )
     sign(issuer.private_key, descriptor)
     return issuer, descriptor

@@ -9,8 +9,10 @@ Layout (one directory per federation, named by its id):
         delegation.pb     AdminDelegation, present when issuer.key is an admin key
         invites.json      issued invites: sha256(secret), uses, redemptions; mode 0600
         revocations.pb    RevocationList of every revocation this node knows
-        peers.json        multiaddrs of members seen recently (where a restarted daemon
+        peers.json        recent multiaddrs of each member seen (where a restarted daemon
                           reconnects; mesh.bootstrap in the config is optional for members)
+        finished.json     present once this member reached the federation's budget: why, when,
+                          at which round and accuracy (a restart then only serves the model)
     <state_dir>/membership/left/<federation id>.<unix ms>/   federations this node left (kept, unused)
 
 Every write is `atomic_write_bytes` (temp file, fsync, rename, fsync dir), so kill -9 leaves each
@@ -55,11 +57,30 @@ DELEGATION_FILE = "delegation.pb"
 INVITES_FILE = "invites.json"
 REVOCATIONS_FILE = "revocations.pb"
 PEERS_FILE = "peers.json"
-#: Addresses kept per federation: enough to find a live member after most of them moved.
-MAX_PEER_ADDRESSES = 32
+FINISHED_FILE = "finished.json"
+#: peers.json: recent addresses kept per member (a member that moved is found at one of them, or
+#: through its DHT address record), and members kept (the most recently seen).
+MAX_ADDRESSES_PER_MEMBER = 8
+MAX_REMEMBERED_MEMBERS = 512
+MAX_PEER_ADDRESSES = 32  # the first peers.json format (a flat list) held at most this many
+_PEERS_VERSION = 2
 #: Expired invites are kept this long (a late redeemer hears EXPIRED, not UNKNOWN_INVITE), then pruned.
 INVITE_RETENTION_MS = 7 * 24 * 3600 * 1000
 _INVITES_VERSION = 1
+
+
+def _peer_of(address: str) -> str:
+    return address.rsplit("/p2p/", 1)[1].split("/", 1)[0]
+
+
+def _usable_peer_id(peer_id: object) -> bool:
+    return isinstance(peer_id, str) and 0 < len(peer_id) <= 128 and peer_id.isalnum()
+
+
+def _usable_address(address: object, peer_id: str) -> bool:
+    """A full address of `peer_id` (relayed ones through another peer end with its id too)."""
+    return isinstance(address, str) and address.startswith("/") and len(address) <= 512 \
+        and address.endswith(f"/p2p/{peer_id}")
 
 
 @dataclass(frozen=True)
@@ -308,28 +329,104 @@ class MembershipStore:
             return True
 
     # ------------------------------------------------------------------------------ peers
-    def save_peer_addresses(self, federation_id: str, multiaddrs: list[str]) -> bool:
-        """Remember where members were last seen (newest first, deduplicated, capped); returns
-        False when nothing changed (no write). Addresses are hints: dials to stale ones fail."""
-        unique = list(dict.fromkeys(a for a in multiaddrs if isinstance(a, str) and a.startswith("/")
-                                    and "/p2p/" in a and len(a) <= 512))[:MAX_PEER_ADDRESSES]
+    def remember_members(self, federation_id: str, seen: dict[str, list[str]], *, now_unix_ms: int | None = None) -> bool:
+        """Merge where members were just seen ({peer id: addresses, best first}) into peers.json:
+        each member keeps its MAX_ADDRESSES_PER_MEMBER most recent addresses (the new ones first),
+        members seen lately come first, at most MAX_REMEMBERED_MEMBERS. Returns False when nothing
+        changed (no write). Addresses are hints: a restarted daemon dials them, stale ones fail."""
+        now = now_ms() if now_unix_ms is None else now_unix_ms
         with self._lock:
-            if not self._dir(federation_id).is_dir() or unique == self.peer_addresses(federation_id):
+            if not self._dir(federation_id).is_dir():
                 return False
-            self._write(federation_id, PEERS_FILE, json.dumps(unique, indent=1).encode(), 0o644)
+            known = self.member_addresses(federation_id)
+            seen_at = self._seen_times(federation_id)
+            merged: dict[str, list[str]] = {}
+            for peer_id, addresses in seen.items():
+                fresh = [a for a in addresses if _usable_address(a, peer_id)]
+                if not fresh or not _usable_peer_id(peer_id):
+                    continue
+                merged[peer_id] = list(dict.fromkeys([*fresh, *known.get(peer_id, [])]))[:MAX_ADDRESSES_PER_MEMBER]
+                seen_at[peer_id] = now
+            for peer_id, addresses in known.items():
+                merged.setdefault(peer_id, addresses)
+            ordered = sorted(merged, key=lambda p: -seen_at.get(p, 0))[:MAX_REMEMBERED_MEMBERS]
+            if ordered == list(known) and all(merged[p] == known.get(p) for p in ordered):
+                return False
+            document = {"version": _PEERS_VERSION,
+                        "members": [{"peer_id": p, "addresses": merged[p], "seen_unix_ms": seen_at.get(p, 0)}
+                                    for p in ordered]}
+            self._write(federation_id, PEERS_FILE, json.dumps(document, indent=1).encode(), 0o644)
             return True
 
+    def save_peer_addresses(self, federation_id: str, multiaddrs: list[str]) -> bool:
+        """Remember full multiaddrs (`.../p2p/<peer id>`, best first), grouped by member."""
+        seen: dict[str, list[str]] = {}
+        for address in multiaddrs:
+            if isinstance(address, str) and "/p2p/" in address:
+                seen.setdefault(_peer_of(address), []).append(address)
+        return self.remember_members(federation_id, seen)
+
+    def member_addresses(self, federation_id: str) -> dict[str, list[str]]:
+        """{peer id: its recent addresses, newest first}, members seen lately first (empty when
+        none). A damaged file is only a lost hint, not an error: it reads as empty and the next
+        save replaces it. The first format (one flat list) is read too."""
+        document = self._peers_document(federation_id)
+        result: dict[str, list[str]] = {}
+        if isinstance(document, list):  # version 1: a flat list of multiaddrs, newest first
+            for address in document[:MAX_PEER_ADDRESSES]:
+                if isinstance(address, str) and "/p2p/" in address:
+                    peer = _peer_of(address)
+                    if _usable_address(address, peer):
+                        result.setdefault(peer, []).append(address)
+            return result
+        for entry in document.get("members", []) if isinstance(document, dict) else []:
+            if not isinstance(entry, dict) or not _usable_peer_id(entry.get("peer_id")):
+                continue
+            addresses = entry.get("addresses")
+            if isinstance(addresses, list):
+                usable = [a for a in addresses if _usable_address(a, entry["peer_id"])][:MAX_ADDRESSES_PER_MEMBER]
+                if usable:
+                    result[entry["peer_id"]] = usable
+            if len(result) >= MAX_REMEMBERED_MEMBERS:
+                break
+        return result
+
     def peer_addresses(self, federation_id: str) -> list[str]:
-        """Addresses saved by save_peer_addresses (empty when none). A damaged file is only a
-        lost hint, not an error: it reads as empty and the next save replaces it."""
+        """Every remembered address, members seen lately first (see member_addresses)."""
+        return [a for addresses in self.member_addresses(federation_id).values() for a in addresses]
+
+    def _peers_document(self, federation_id: str) -> object:
         data = self._read(federation_id, PEERS_FILE)
         try:
-            addresses = json.loads(data) if data else []
+            return json.loads(data) if data else {}
         except ValueError:
-            return []
-        if not isinstance(addresses, list):
-            return []
-        return [a for a in addresses if isinstance(a, str)][:MAX_PEER_ADDRESSES]
+            return {}
+
+    def _seen_times(self, federation_id: str) -> dict[str, int]:
+        document = self._peers_document(federation_id)
+        if not isinstance(document, dict):
+            return {}
+        return {e["peer_id"]: int(e.get("seen_unix_ms") or 0) for e in document.get("members", [])
+                if isinstance(e, dict) and _usable_peer_id(e.get("peer_id")) and isinstance(e.get("seen_unix_ms", 0), int)}
+
+    # ------------------------------------------------------------------------------ budget
+    def save_finished(self, federation_id: str, record: dict[str, object]) -> None:
+        """Remember that this member reached the federation's budget (reason, round, accuracy)."""
+        with self._lock:
+            self._write(federation_id, FINISHED_FILE, json.dumps(record, sort_keys=True).encode() + b"\n", 0o644)
+
+    def finished(self, federation_id: str) -> dict[str, object] | None:
+        """What save_finished stored, or None. A damaged file names itself (MembershipStateError)."""
+        data = self._read(federation_id, FINISHED_FILE)
+        if data is None:
+            return None
+        try:
+            record = json.loads(data)
+            if not isinstance(record, dict) or not isinstance(record.get("reason"), str):
+                raise ValueError("not a finished record")
+        except ValueError as exc:
+            raise self._corrupt(federation_id, FINISHED_FILE, str(exc)) from exc
+        return record
 
     # ------------------------------------------------------------------------------ federation
     def save_membership(

@@ -51,6 +51,7 @@ from .transfer import (
     BlobStore,
     FetchState,
     TransferProtocolError,
+    admits,
     answer_request,
     status_name,
     transfer_request,
@@ -339,6 +340,8 @@ class FastPathServer:
         self._socks: set[socket.socket] = set()
         self._closing = False
         self.port = 0
+        #: Who may fetch blobs (Mesh.set_serve_admission); None = any authenticated peer.
+        self.serve_admission: Callable[[str], bool] | None = None
 
     async def start(self, host: str, port: int) -> int:
         family, address = await _resolve(host, port)
@@ -425,7 +428,8 @@ class FastPathServer:
             if kind == "push":
                 self._accept_push(request.push, channel.remote_peer_id)
                 continue
-            answer = answer_request(self._store, request.fetch if kind == "fetch" else frame, self._chunk_size)
+            answer = answer_request(self._store, request.fetch if kind == "fetch" else frame, self._chunk_size,
+                                    admits(self.serve_admission, channel.remote_peer_id))
             if answer.data is None:
                 self._stats.refuse(status_name(answer.response.status))
                 await _bounded(channel.send_record(answer.response.SerializeToString()), self._io_timeout)

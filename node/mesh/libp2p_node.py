@@ -70,6 +70,7 @@ from .transfer import (
     BlobStore,
     FetchState,
     TransferProtocolError,
+    admits,
     answer_request,
     build_request,
     chunk_prefix,
@@ -311,6 +312,8 @@ class Libp2pNode:
         self._fastpath_unreachable: dict[str, float] = {}  # peer -> monotonic time of the failure
         #: Relay admission hook (see MeshConfig.relay_admission); replaced by Mesh.set_relay_admission.
         self.relay_admission = config.relay_admission
+        #: Who may fetch blobs from this node (Mesh.set_serve_admission); None = anyone.
+        self.serve_admission: Callable[[str], bool] | None = None
         #: Request handler (see Mesh.set_request_handler): (kind, data, peer) -> response, called
         #: through the asyncio loop; None answers every request with "no handler".
         self.request_handler: Callable[[str, bytes, str], bytes] | None = None
@@ -338,14 +341,19 @@ class Libp2pNode:
                 self._bootstrap_peers.append(info_from_p2p_addr(multiaddr.Multiaddr(addr)))
             except Exception as exc:
                 raise MeshError(f"bad bootstrap multiaddr {addr!r}: {exc}") from exc
+        by_peer = {info.peer_id: info for info in self._bootstrap_peers}
         for addr in cfg.peer_hints:
             try:
                 info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
             except Exception as exc:
                 log.warning("ignoring unusable peer address %r: %s", addr[:200], exc)
                 continue
-            if info.peer_id not in {known.peer_id for known in self._bootstrap_peers}:
+            known = by_peer.get(info.peer_id)
+            if known is None:
+                by_peer[info.peer_id] = info
                 self._bootstrap_peers.append(info)
+            else:  # every address of a peer is dialled (it may have moved since the first one)
+                known.addrs.extend(a for a in info.addrs if a not in known.addrs)
         key_pair = self.identity.libp2p_key_pair()
         self.host = cast(
             BasicHost,
@@ -806,6 +814,7 @@ class Libp2pNode:
                 else:
                     info = info_from_p2p_addr(maddr)
                     peer = info.peer_id
+                    self._forget_failed_dials(peer)  # an address given explicitly is always tried
                     await self.host.connect(info)
         except trio.TooSlowError as exc:
             raise DialError(f"dialing {addr} timed out") from exc
@@ -842,9 +851,17 @@ class Libp2pNode:
             await self.dht.refresh_routing_table()
         self._refresh_addrs()
 
+    def _forget_failed_dials(self, peer: ID) -> None:
+        """The swarm refuses, for 60 s, any dial of a peer whose addresses all failed (its
+        "negative cache"). Bootstrap re-dials come every dht_refresh_interval_s (60 s too) and
+        explicit dials name an address that may be new: both would be refused for good."""
+        with contextlib.suppress(Exception):
+            self.host.get_network().unblock_peer(peer)
+
     async def _join_bootstrap_peer(self, info: Libp2pPeerInfo) -> None:
         if info.peer_id == self.host.get_id():
             return
+        self._forget_failed_dials(info.peer_id)
         try:
             with trio.fail_after(self.config.io_timeout_s):
                 await self.host.connect(info)
@@ -1336,7 +1353,8 @@ class Libp2pNode:
         try:
             reader = _FrameReader(stream, io)
             frame = await reader.read_frame(MAX_HEADER_FRAME)
-            answer = answer_request(self.store, frame, self.config.fetch_chunk_size)
+            requester = stream.muxed_conn.peer_id.to_base58()
+            answer = answer_request(self.store, frame, self.config.fetch_chunk_size, admits(self.serve_admission, requester))
             await _write_frame(stream, answer.response.SerializeToString(), io)
             if answer.data is None:
                 self.stats.refuse(status_name(answer.response.status))

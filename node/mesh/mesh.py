@@ -126,6 +126,7 @@ class Mesh:
         self._push_locks: dict[str, asyncio.Lock] = {}
         self._validators: dict[str, Validator] = {}  # subscribed topics, for pushed messages
         self._relay_admission = config.relay_admission
+        self._serve_admission: Callable[[str], bool] | None = None
         self._blob_paths: dict[str, str] = {}  # peer -> last path a fetch from it used (for the log)
         self._state = "new"
 
@@ -160,8 +161,11 @@ class Mesh:
                 info.port = cfg.fast_path_announce_port or bound
                 if host not in _WILDCARD_HOSTS and cfg.fast_path_announce_port is None:
                     info.hosts.append(host)
+            if self._fast is not None:
+                self._fast.serve_admission = self._serve_admission
             node = Libp2pNode(cfg, self._identity, self._store, self._stats, self._emit_threadsafe, info)
             node.relay_admission = self._relay_admission
+            node.serve_admission = self._serve_admission
             self._node = node
             self._bridge = TrioThread(node.running, name=f"fednode-mesh-{self.peer_id[-8:]}")
             await self._bridge.start(timeout=max(1.0, deadline - loop.time()))
@@ -332,6 +336,17 @@ class Mesh:
         if self._node is not None:
             self._node.relay_admission = admission
         self._relay_admission = admission
+
+    def set_serve_admission(self, admission: Callable[[str], bool] | None) -> None:
+        """Decide who may fetch this node's blobs (model updates, snapshots), over the fast path
+        and libp2p streams alike: others hear "not found". ``admission(peer_id) -> bool`` as for
+        :meth:`set_relay_admission` (cheap, thread-safe; an exception refuses). None = any peer.
+        Works before and after start()."""
+        self._serve_admission = admission
+        if self._node is not None:
+            self._node.serve_admission = admission
+        if self._fast is not None:
+            self._fast.serve_admission = admission
 
     def stats(self) -> MeshStats:
         return self._stats.snapshot()

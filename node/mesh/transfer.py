@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fednode.proto.v1 import transfer_pb2
@@ -148,9 +149,26 @@ class Answer:
     upload_slot: bool = False  # an upload slot was taken; release it with store.end_upload()
 
 
-def answer_request(store: BlobStore, frame: bytes | transfer_pb2.TransferRequest, chunk_size: int) -> Answer:
-    """Decide the provider's answer to one TransferRequest (serialized, or parsed already)."""
+def admits(admission: Callable[[str], bool] | None, peer: str) -> bool:
+    """Ask an admission hook (None admits everyone); a hook that raises refuses."""
+    if admission is None:
+        return True
+    try:
+        return bool(admission(peer))
+    except Exception:
+        return False
+
+
+def answer_request(store: BlobStore, frame: bytes | transfer_pb2.TransferRequest, chunk_size: int,
+                   admitted: bool = True) -> Answer:
+    """Decide the provider's answer to one TransferRequest (serialized, or parsed already).
+    A requester that is not `admitted` (see Mesh.set_serve_admission) hears NOT_FOUND: whether
+    this node holds a blob is not told to strangers."""
     resp = transfer_pb2.TransferResponse()
+    if not admitted:
+        resp.status = transfer_pb2.TRANSFER_NOT_FOUND
+        resp.detail = "this node serves its federation's members only"
+        return Answer(resp)
     if isinstance(frame, transfer_pb2.TransferRequest):
         req = frame
     else:

@@ -76,6 +76,12 @@ class TrainingWorker:
         self.session_stop = threading.Event()  # the trainer polls it between steps
         self.stop_reason = ""
         self.linger = False
+        # A certified federation's budget: reached -> stop training, keep serving the final model
+        # (announcements, snapshot offers, payloads) until serve_stop (the daemon stops or switches).
+        self.max_rounds = 0
+        self.certified = False
+        self.finishing = False
+        self.serve_stop = asyncio.Event()
         self._session: asyncio.Task[None] | None = None
         self._reported_round = 0  # the last round reported to the daemon
         self.exit = asyncio.Event()
@@ -180,7 +186,7 @@ class TrainingWorker:
         elif body == "refused":
             self._note_refusal(frame.refused)
         elif body == "stop_session":
-            self.stop_session(frame.stop_session.reason, frame.stop_session.linger)
+            self.stop_session(frame.stop_session.reason, frame.stop_session.linger, frame.stop_session.finish)
         elif body == "start_session":
             return await self.start_session(frame.start_session)
         elif body == "check_settings":
@@ -269,25 +275,33 @@ class TrainingWorker:
         if self._session is not None and not self._session.done():
             raise ValueError("a session is running; stop it first")
         self.session_stop.clear()
-        self.stop_reason, self.linger = "", False
+        self.serve_stop.clear()
+        self.stop_reason, self.linger, self.finishing = "", False, bool(start.finished)
+        self.certified = bool(start.federation_id and start.certified)
+        self.max_rounds = int(start.settings.max_rounds) if self.certified else 0
         started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._session = asyncio.ensure_future(self._run_session(start, started))
         await started
         return "worker_totals", worker_pb2.WorkerTotals(peak_rss_mb=peak_rss_mb(), rss_mb=current_rss_mb())
 
-    def stop_session(self, reason: str, linger: bool = False) -> None:
+    def stop_session(self, reason: str, linger: bool = False, finish: bool = False) -> None:
+        """End the session's training. `finish`: the federation's budget is reached; the session
+        then serves the final model until a stop without `finish` (which also ends that)."""
+        if not finish:
+            self.serve_stop.set()
         if not self.session_stop.is_set():
-            self.stop_reason, self.linger = reason, linger
+            self.stop_reason, self.linger = reason, linger and not finish
+            self.finishing = self.finishing or finish
             self.session_stop.set()
         if self.runner is not None:
             self.runner.wake()
 
     def _should_stop(self) -> bool:
-        rounds = self.config.training.rounds
+        rounds = self.max_rounds if self.certified else self.config.training.rounds
         current = max(self.round, self.runner.round if self.runner is not None else 0)
         if rounds and current >= rounds and not self.session_stop.is_set():
             # A state sync can carry the runner past the last round without a round of its own.
-            self.stop_session("rounds", linger=True)
+            self.stop_session("rounds", linger=not self.certified, finish=self.certified)
         return self.session_stop.is_set()
 
     async def _run_session(self, start: worker_pb2.StartSession, started: asyncio.Future[None]) -> None:
@@ -364,6 +378,7 @@ class TrainingWorker:
             certificate=start.certificate if start.HasField("certificate") else None,
             on_event=self._forward_event, **options,
         )
+        self.runner.on_sync = self._record_synced_model
         if self.extra_state.get("federation_id") == start.federation_id:
             self.runner.restore(self.round, self.model_version, self.extra_state)
         else:
@@ -374,9 +389,12 @@ class TrainingWorker:
         try:
             await self.runner.start()
             started.set_result(None)
-            if not self._should_stop():
+            if not self.finishing and not self._should_stop():
                 await self.runner.run(should_stop=self._should_stop)
             await self._record_synced_model()
+            if self.finishing and not self.serve_stop.is_set():
+                log.info("finished: serving the final model (round %d) to members until stopped", self.runner.round)
+                await self.runner.serve_final(self.serve_stop)
         finally:
             runner = self.runner
             self.round, self.model_version = runner.round, runner.model_version
@@ -481,7 +499,7 @@ class TrainingWorker:
         verdict = reply.round_verdict
         self.save_checkpoint(background=True)
         if verdict.stop:
-            self.stop_session(verdict.reason, verdict.linger)
+            self.stop_session(verdict.reason, verdict.linger, verdict.finish)
 
     # ------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, background: bool = False) -> None:

@@ -53,6 +53,7 @@ def settings_to_proto(settings: Any) -> worker_pb2.Settings:
         rule=settings.rule, rule_params_json=json.dumps(settings.rule_params, sort_keys=True), f=settings.f,
         schedule=settings.schedule, min_participants=settings.min_participants, codec=settings.codec,
         codec_params_json=json.dumps(settings.codec_params, sort_keys=True),
+        max_rounds=getattr(settings, "max_rounds", 0),
     )
 
 
@@ -219,11 +220,12 @@ class WorkerProcess:
                         await mesh.unsubscribe(topic)
             self._session_ended = None
 
-    def stop_session(self, reason: str, linger: bool = False) -> None:
+    def stop_session(self, reason: str, linger: bool = False, finish: bool = False) -> None:
+        """End the session (`finish`: the budget is reached, serve the final model until the next stop)."""
         if self.alive:
             assert self.link is not None
             with contextlib.suppress(LinkClosed):
-                self.link.notify("stop_session", worker_pb2.StopSession(reason=reason, linger=linger))
+                self.link.notify("stop_session", worker_pb2.StopSession(reason=reason, linger=linger, finish=finish))
 
     # ------------------------------------------------------------------------------ from the worker
     def _send_mesh_info(self) -> None:

@@ -12,7 +12,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("peer_id", "version", "uptime_seconds", "listen_multiaddrs", "reachability", "device", "task", "model_version", "round", "accuracy", "loss", "connected_peers", "federations", "state", "state_dir")
+    __slots__ = ("peer_id", "version", "uptime_seconds", "listen_multiaddrs", "reachability", "device", "task", "model_version", "round", "accuracy", "loss", "connected_peers", "federations", "state", "state_dir", "phase", "role", "ready")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,9 @@ class NodeStatus(_message.Message):
     FEDERATIONS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     STATE_DIR_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     version: str
     uptime_seconds: int
@@ -43,7 +46,10 @@ class NodeStatus(_message.Message):
     federations: _containers.RepeatedScalarFieldContainer[str]
     state: str
     state_dir: str
-    def __init__(self, peer_id: _Optional[str] = ..., version: _Optional[str] = ..., uptime_seconds: _Optional[int] = ..., listen_multiaddrs: _Optional[_Iterable[str]] = ..., reachability: _Optional[str] = ..., device: _Optional[str] = ..., task: _Optional[str] = ..., model_version: _Optional[int] = ..., round: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., connected_peers: _Optional[int] = ..., federations: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., state_dir: _Optional[str] = ...) -> None: ...
+    phase: str
+    role: str
+    ready: bool
+    def __init__(self, peer_id: _Optional[str] = ..., version: _Optional[str] = ..., uptime_seconds: _Optional[int] = ..., listen_multiaddrs: _Optional[_Iterable[str]] = ..., reachability: _Optional[str] = ..., device: _Optional[str] = ..., task: _Optional[str] = ..., model_version: _Optional[int] = ..., round: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., connected_peers: _Optional[int] = ..., federations: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., state_dir: _Optional[str] = ..., phase: _Optional[str] = ..., role: _Optional[str] = ..., ready: _Optional[bool] = ...) -> None: ...
 
 class ListPeersRequest(_message.Message):
     __slots__ = ()
@@ -82,7 +88,7 @@ class ListFederationsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class FederationStatus(_message.Message):
-    __slots__ = ("descriptor", "round", "group_id", "model_version", "participants", "role", "certificate")
+    __slots__ = ("descriptor", "round", "group_id", "model_version", "participants", "role", "certificate", "finished", "finished_reason")
     DESCRIPTOR_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +96,8 @@ class FederationStatus(_message.Message):
     PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_REASON_FIELD_NUMBER: _ClassVar[int]
     descriptor: _membership_pb2.FederationDescriptor
     round: int
     group_id: bytes
@@ -97,7 +105,9 @@ class FederationStatus(_message.Message):
     participants: _containers.RepeatedScalarFieldContainer[str]
     role: str
     certificate: _membership_pb2.MemberCertificate
-    def __init__(self, descriptor: _Optional[_Union[_membership_pb2.FederationDescriptor, _Mapping]] = ..., round: _Optional[int] = ..., group_id: _Optional[bytes] = ..., model_version: _Optional[int] = ..., participants: _Optional[_Iterable[str]] = ..., role: _Optional[str] = ..., certificate: _Optional[_Union[_membership_pb2.MemberCertificate, _Mapping]] = ...) -> None: ...
+    finished: bool
+    finished_reason: str
+    def __init__(self, descriptor: _Optional[_Union[_membership_pb2.FederationDescriptor, _Mapping]] = ..., round: _Optional[int] = ..., group_id: _Optional[bytes] = ..., model_version: _Optional[int] = ..., participants: _Optional[_Iterable[str]] = ..., role: _Optional[str] = ..., certificate: _Optional[_Union[_membership_pb2.MemberCertificate, _Mapping]] = ..., finished: _Optional[bool] = ..., finished_reason: _Optional[str] = ...) -> None: ...
 
 class ListFederationsResponse(_message.Message):
     __slots__ = ("federations",)
@@ -112,7 +122,7 @@ class GetFederationRequest(_message.Message):
     def __init__(self, federation_id: _Optional[str] = ...) -> None: ...
 
 class CreateFederationRequest(_message.Message):
-    __slots__ = ("name", "aggregator", "aggregator_params_json", "schedule", "min_participants", "codec", "private")
+    __slots__ = ("name", "aggregator", "aggregator_params_json", "schedule", "min_participants", "codec", "private", "max_rounds", "target_accuracy", "until_unix_ms")
     NAME_FIELD_NUMBER: _ClassVar[int]
     AGGREGATOR_FIELD_NUMBER: _ClassVar[int]
     AGGREGATOR_PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +130,9 @@ class CreateFederationRequest(_message.Message):
     MIN_PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
     PRIVATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     name: str
     aggregator: str
     aggregator_params_json: str
@@ -127,7 +140,10 @@ class CreateFederationRequest(_message.Message):
     min_participants: int
     codec: str
     private: bool
-    def __init__(self, name: _Optional[str] = ..., aggregator: _Optional[str] = ..., aggregator_params_json: _Optional[str] = ..., schedule: _Optional[str] = ..., min_participants: _Optional[int] = ..., codec: _Optional[str] = ..., private: _Optional[bool] = ...) -> None: ...
+    max_rounds: int
+    target_accuracy: float
+    until_unix_ms: int
+    def __init__(self, name: _Optional[str] = ..., aggregator: _Optional[str] = ..., aggregator_params_json: _Optional[str] = ..., schedule: _Optional[str] = ..., min_participants: _Optional[int] = ..., codec: _Optional[str] = ..., private: _Optional[bool] = ..., max_rounds: _Optional[int] = ..., target_accuracy: _Optional[float] = ..., until_unix_ms: _Optional[int] = ...) -> None: ...
 
 class CreateInviteRequest(_message.Message):
     __slots__ = ("federation_id", "ttl_seconds", "max_uses")

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class FederationDescriptor(_message.Message):
-    __slots__ = ("federation_id", "federation_public_key", "name", "created_unix_ms", "task", "model_layout_digest", "aggregator", "aggregator_params_json", "schedule", "min_participants", "codec", "private", "signature")
+    __slots__ = ("federation_id", "federation_public_key", "name", "created_unix_ms", "task", "model_layout_digest", "aggregator", "aggregator_params_json", "schedule", "min_participants", "codec", "private", "max_rounds", "target_accuracy", "until_unix_ms", "signature")
     FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
     FEDERATION_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,9 @@ class FederationDescriptor(_message.Message):
     MIN_PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
     PRIVATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     federation_id: str
     federation_public_key: bytes
@@ -34,8 +37,11 @@ class FederationDescriptor(_message.Message):
     min_participants: int
     codec: str
     private: bool
+    max_rounds: int
+    target_accuracy: float
+    until_unix_ms: int
     signature: bytes
-    def __init__(self, federation_id: _Optional[str] = ..., federation_public_key: _Optional[bytes] = ..., name: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., task: _Optional[str] = ..., model_layout_digest: _Optional[str] = ..., aggregator: _Optional[str] = ..., aggregator_params_json: _Optional[str] = ..., schedule: _Optional[str] = ..., min_participants: _Optional[int] = ..., codec: _Optional[str] = ..., private: _Optional[bool] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, federation_id: _Optional[str] = ..., federation_public_key: _Optional[bytes] = ..., name: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., task: _Optional[str] = ..., model_layout_digest: _Optional[str] = ..., aggregator: _Optional[str] = ..., aggregator_params_json: _Optional[str] = ..., schedule: _Optional[str] = ..., min_participants: _Optional[int] = ..., codec: _Optional[str] = ..., private: _Optional[bool] = ..., max_rounds: _Optional[int] = ..., target_accuracy: _Optional[float] = ..., until_unix_ms: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class AdminDelegation(_message.Message):
     __slots__ = ("federation_id", "admin_public_key", "not_before_unix_ms", "not_after_unix_ms", "signature", "federation_public_key")
@@ -194,3 +200,17 @@ class RevocationList(_message.Message):
     federation_id: str
     revocations: _containers.RepeatedCompositeFieldContainer[Revocation]
     def __init__(self, federation_id: _Optional[str] = ..., revocations: _Optional[_Iterable[_Union[Revocation, _Mapping]]] = ...) -> None: ...
+
+class AddressRecord(_message.Message):
+    __slots__ = ("federation_id", "certificate", "multiaddrs", "issued_unix_ms", "signature")
+    FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    MULTIADDRS_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    federation_id: str
+    certificate: MemberCertificate
+    multiaddrs: _containers.RepeatedScalarFieldContainer[str]
+    issued_unix_ms: int
+    signature: bytes
+    def __init__(self, federation_id: _Optional[str] = ..., certificate: _Optional[_Union[MemberCertificate, _Mapping]] = ..., multiaddrs: _Optional[_Iterable[str]] = ..., issued_unix_ms: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...

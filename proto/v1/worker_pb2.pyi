@@ -230,23 +230,25 @@ class ValidatorRefusal(_message.Message):
     def __init__(self, sender: _Optional[str] = ..., reason: _Optional[int] = ..., message: _Optional[str] = ..., update_header: _Optional[bytes] = ...) -> None: ...
 
 class StartSession(_message.Message):
-    __slots__ = ("federation_id", "settings", "certificate", "certified", "display_name", "revocations")
+    __slots__ = ("federation_id", "settings", "certificate", "certified", "display_name", "revocations", "finished")
     FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     CERTIFIED_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     REVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
     federation_id: str
     settings: Settings
     certificate: _membership_pb2.MemberCertificate
     certified: bool
     display_name: str
     revocations: _containers.RepeatedCompositeFieldContainer[_membership_pb2.Revocation]
-    def __init__(self, federation_id: _Optional[str] = ..., settings: _Optional[_Union[Settings, _Mapping]] = ..., certificate: _Optional[_Union[_membership_pb2.MemberCertificate, _Mapping]] = ..., certified: _Optional[bool] = ..., display_name: _Optional[str] = ..., revocations: _Optional[_Iterable[_Union[_membership_pb2.Revocation, _Mapping]]] = ...) -> None: ...
+    finished: bool
+    def __init__(self, federation_id: _Optional[str] = ..., settings: _Optional[_Union[Settings, _Mapping]] = ..., certificate: _Optional[_Union[_membership_pb2.MemberCertificate, _Mapping]] = ..., certified: _Optional[bool] = ..., display_name: _Optional[str] = ..., revocations: _Optional[_Iterable[_Union[_membership_pb2.Revocation, _Mapping]]] = ..., finished: _Optional[bool] = ...) -> None: ...
 
 class Settings(_message.Message):
-    __slots__ = ("rule", "rule_params_json", "f", "schedule", "min_participants", "codec", "codec_params_json")
+    __slots__ = ("rule", "rule_params_json", "f", "schedule", "min_participants", "codec", "codec_params_json", "max_rounds")
     RULE_FIELD_NUMBER: _ClassVar[int]
     RULE_PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
     F_FIELD_NUMBER: _ClassVar[int]
@@ -254,6 +256,7 @@ class Settings(_message.Message):
     MIN_PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
     CODEC_PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     rule: str
     rule_params_json: str
     f: int
@@ -261,15 +264,18 @@ class Settings(_message.Message):
     min_participants: int
     codec: str
     codec_params_json: str
-    def __init__(self, rule: _Optional[str] = ..., rule_params_json: _Optional[str] = ..., f: _Optional[int] = ..., schedule: _Optional[str] = ..., min_participants: _Optional[int] = ..., codec: _Optional[str] = ..., codec_params_json: _Optional[str] = ...) -> None: ...
+    max_rounds: int
+    def __init__(self, rule: _Optional[str] = ..., rule_params_json: _Optional[str] = ..., f: _Optional[int] = ..., schedule: _Optional[str] = ..., min_participants: _Optional[int] = ..., codec: _Optional[str] = ..., codec_params_json: _Optional[str] = ..., max_rounds: _Optional[int] = ...) -> None: ...
 
 class StopSession(_message.Message):
-    __slots__ = ("reason", "linger")
+    __slots__ = ("reason", "linger", "finish")
     REASON_FIELD_NUMBER: _ClassVar[int]
     LINGER_FIELD_NUMBER: _ClassVar[int]
+    FINISH_FIELD_NUMBER: _ClassVar[int]
     reason: str
     linger: bool
-    def __init__(self, reason: _Optional[str] = ..., linger: _Optional[bool] = ...) -> None: ...
+    finish: bool
+    def __init__(self, reason: _Optional[str] = ..., linger: _Optional[bool] = ..., finish: _Optional[bool] = ...) -> None: ...
 
 class WorkerReady(_message.Message):
     __slots__ = ("layout_digest", "parameters", "device", "task", "train_samples", "round", "model_version", "checkpoint_federation_id", "resumed", "rss_mb", "accuracy", "loss")
@@ -399,14 +405,16 @@ class RoundDone(_message.Message):
     def __init__(self, round: _Optional[int] = ..., model_version: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., train_loss: _Optional[float] = ..., train_seconds: _Optional[float] = ..., round_seconds: _Optional[float] = ..., participants: _Optional[int] = ..., left_out: _Optional[int] = ..., aggregation_seconds: _Optional[float] = ..., close_reason: _Optional[str] = ..., state: _Optional[_Union[SessionState, _Mapping]] = ..., rss_mb: _Optional[float] = ..., federated: _Optional[bool] = ..., synced: _Optional[bool] = ..., cpu_seconds: _Optional[float] = ...) -> None: ...
 
 class RoundVerdict(_message.Message):
-    __slots__ = ("stop", "reason", "linger")
+    __slots__ = ("stop", "reason", "linger", "finish")
     STOP_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     LINGER_FIELD_NUMBER: _ClassVar[int]
+    FINISH_FIELD_NUMBER: _ClassVar[int]
     stop: bool
     reason: str
     linger: bool
-    def __init__(self, stop: _Optional[bool] = ..., reason: _Optional[str] = ..., linger: _Optional[bool] = ...) -> None: ...
+    finish: bool
+    def __init__(self, stop: _Optional[bool] = ..., reason: _Optional[str] = ..., linger: _Optional[bool] = ..., finish: _Optional[bool] = ...) -> None: ...
 
 class RunnerEvent(_message.Message):
     __slots__ = ("kind", "peer_id", "round", "payload_sha256", "selected", "has_selected", "reason", "score", "has_score", "detail", "revocation")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fednode.aggregators import build as build_aggregator
-from fednode.cli.app import _parse_slowdowns
+from fednode.cli.values import parse_factors
 from fednode.node.config import load_config
 from fednode.node.errors import ConfigError
 from fednode.node.federation.compass import (
@@ -126,8 +126,8 @@ def test_fedcompass_config_keys_are_validated_with_clear_errors() -> None:
 
 
 def test_launch_slowdowns_parse_and_refuse_bad_factors() -> None:
-    assert _parse_slowdowns("1,2,4,8") == [1.0, 2.0, 4.0, 8.0]
-    assert _parse_slowdowns(None) == []
+    assert parse_factors("--slowdowns", "1,2,4,8") == [1.0, 2.0, 4.0, 8.0]
+    assert parse_factors("--slowdowns", None) == []
     for bad in ("1,x", "0.5,2", "2000"):
         with pytest.raises(ConfigError, match="slowdowns"):
-            _parse_slowdowns(bad)
+            parse_factors("--slowdowns", bad)

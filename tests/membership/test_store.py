@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -60,20 +61,30 @@ def test_state_survives_a_restart(tmp_path, federation, other_federation) -> Non
 
 def test_peer_addresses_are_hints_kept_across_restarts(tmp_path, federation) -> None:
     store, _ = _populated(tmp_path, federation)
-    peer = Identity.generate().peer_id
+    peer, other = Identity.generate().peer_id, Identity.generate().peer_id
     first = f"/ip4/10.0.0.1/tcp/4001/p2p/{peer}"
     second = f"/ip4/10.0.0.2/tcp/4001/p2p/{peer}"
     assert store.peer_addresses(federation.id) == []
     many = [first, first, "no-slash", "/ip4/1.2.3.4/tcp/1", second] + [f"/ip4/10.1.0.{i}/tcp/1/p2p/{peer}" for i in range(50)]
     assert store.save_peer_addresses(federation.id, many) is True
-    saved = MembershipStore(tmp_path).peer_addresses(federation.id)
-    assert saved[:2] == [first, second] and len(saved) == 32  # deduplicated, junk dropped, capped
+    saved = MembershipStore(tmp_path).member_addresses(federation.id)
+    # deduplicated, junk dropped, capped per member
+    assert list(saved) == [peer] and saved[peer][:2] == [first, second] and len(saved[peer]) == 8
     assert store.save_peer_addresses(federation.id, many) is False  # unchanged: no write
+    # A member seen at a new address keeps its recent ones behind it; the newest member comes first.
+    moved = f"/ip4/10.0.0.9/tcp/5001/p2p/{peer}"
+    assert store.remember_members(federation.id, {other: [f"/ip4/10.0.0.3/tcp/1/p2p/{other}"]}, now_unix_ms=1)
+    assert store.remember_members(federation.id, {peer: [moved]}, now_unix_ms=2)
+    saved = store.member_addresses(federation.id)
+    assert list(saved) == [peer, other] and saved[peer][:3] == [moved, first, second] and len(saved[peer]) == 8
     # A damaged file is a lost hint, not a failure; the next save replaces it.
     (tmp_path / "membership" / federation.id / "peers.json").write_text("{not json")
     assert store.peer_addresses(federation.id) == []
     assert store.save_peer_addresses(federation.id, [second]) is True
     assert store.peer_addresses(federation.id) == [second]
+    # The first format (a flat list) still reads.
+    (tmp_path / "membership" / federation.id / "peers.json").write_text(json.dumps([first, second]))
+    assert store.member_addresses(federation.id) == {peer: [first, second]}
     # Nothing is written for a federation this node is not in.
     assert store.save_peer_addresses("0" * 64, [first]) is False
 

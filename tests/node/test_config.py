@@ -106,3 +106,51 @@ def test_cli_bad_set_and_bad_value_exit_with_config_code(tmp_path: Path, cli) ->
     assert "training.lr" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     result = cli("config", "show", "--set", "nodot=1")
     assert result.returncode == ExitCode.CONFIG
+
+
+def test_set_reaches_keys_inside_table_settings(tmp_path: Path) -> None:
+    config_file = write(tmp_path / "c.toml", "[task.params]\nhidden = [32]\n")
+    config, sources = load_config(config_file, {"task.params.alpha": 0.3}, environ={})
+    assert config.task.params == {"hidden": [32], "alpha": 0.3}
+    assert sources["task.params.alpha"] == "cli"
+    with pytest.raises(ConfigError, match=r"training\.lr is a value, not a table"):
+        load_config(None, {"training.lr.x": 1}, environ={})
+
+
+def test_cli_set_nested_key_and_unknown_section_name_it(cli) -> None:
+    shown = cli("config", "show", "--set", "task.params.alpha=0.3", "--format", "json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["task"]["params"] == {"alpha": 0.3}
+    unknown = cli("config", "show", "--set", "nosuch.key=1")
+    assert unknown.returncode == ExitCode.CONFIG
+    # The section's name is printed (not swallowed as markup) and the value's origin is the CLI.
+    assert "unknown config section [nosuch] (from cli)" in unknown.stderr, unknown.stderr
+    bad_key = cli("config", "show", "--set", "task.nope=1")
+    assert "keys of [task]:" in bad_key.stderr and len(bad_key.stderr.strip().splitlines()) == 1
+
+
+def test_binary_config_file_is_a_config_error(tmp_path: Path, cli) -> None:
+    binary = tmp_path / "model.pt"
+    binary.write_bytes(b"\x80\x02\x00\xff\xfe" * 20)
+    with pytest.raises(ConfigError, match="is not text"):
+        load_config(binary, {}, environ={})
+    result = cli("config", "show", "--config", str(binary))
+    assert result.returncode == ExitCode.CONFIG
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("key", "value"), [("aggregation.rule", "nope"), ("compression.codec", "zip")])
+def test_unknown_rule_or_codec_is_refused_without_a_federation(key: str, value: str, cli) -> None:
+    with pytest.raises(ConfigError, match=key):
+        load_config(None, {key: value}, environ={})
+    result = cli("start", "--solo", "--set", f'{key}="{value}"')
+    assert result.returncode == ExitCode.CONFIG and key in result.stderr
+
+
+def test_known_names_match_the_registries() -> None:
+    from fednode.aggregators import available
+    from fednode.node.compression.codecs import available as codecs
+    from fednode.node.config import KNOWN_CODECS, KNOWN_RULES
+
+    assert set(KNOWN_RULES) == {rule.name for rule in available()}
+    assert set(KNOWN_CODECS) == set(codecs())

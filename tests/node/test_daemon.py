@@ -17,11 +17,11 @@ from fednode.node.errors import ExitCode
 pytestmark = pytest.mark.timeout(300)
 
 # Small and slow enough that a signal lands mid-training: tiny model, many rounds.
-FAST = ["--set", "task.params={hidden = [32]}", "--set", "training.local_steps=5"]
+FAST = ["--set", "task.params={hidden = [32]}", "--set", "training.local_steps=5", "--solo"]
 
 
 def test_trains_default_task_to_target_and_writes_summary(start_daemon) -> None:
-    daemon = start_daemon("--rounds", "60", "--target-accuracy", "0.9", "--log-format", "json")
+    daemon = start_daemon("--solo", "--rounds", "60", "--target-accuracy", "0.9", "--log-format", "json")
     assert daemon.wait(timeout=240) == ExitCode.OK, daemon.log()
     summary = json.loads((daemon.state_dir / "summary.json").read_text())
     assert summary["accuracy"] >= 0.9
@@ -125,6 +125,6 @@ def test_unreadable_key_exits_4_with_one_line(start_daemon, tmp_path: Path) -> N
 
 
 def test_unknown_task_exits_6(start_daemon) -> None:
-    daemon = start_daemon("--set", "task.name=no_such_module:build")
+    daemon = start_daemon("--solo", "--set", "task.name=no_such_module:build")
     assert daemon.wait(timeout=60) == ExitCode.TASK
     assert "no_such_module" in daemon.log()

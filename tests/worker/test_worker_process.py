@@ -15,7 +15,8 @@ from fednode.node.errors import ExitCode
 
 pytestmark = pytest.mark.timeout(300)
 
-FAST = ["--set", "task.params={hidden = [32]}", "--set", "training.local_steps=5", "--set", "training.slowdown=3"]
+FAST = ["--set", "task.params={hidden = [32]}", "--set", "training.local_steps=5", "--set", "training.slowdown=3",
+        "--solo"]
 
 
 def _alive(pid: int) -> bool:
@@ -117,10 +118,10 @@ def test_worker_start_up_errors_keep_their_exit_code_and_message(start_daemon) -
     assert no_gpu.wait(timeout=120) == ExitCode.CONFIG, no_gpu.log()
     last = no_gpu.log().strip().splitlines()[-1]
     assert "cuda:7" in last and ("CPU-only build" in last or "sees no CUDA device" in last), last
-    no_task = start_daemon("--set", "task.name=fednode.node.tasks.digits:no_such_builder", name="other")
+    no_task = start_daemon("--solo", "--set", "task.name=fednode.node.tasks.digits:no_such_builder", name="other")
     assert no_task.wait(timeout=120) == ExitCode.TASK, no_task.log()
     assert "no_such_builder" in no_task.log()
-    bad_rule = start_daemon(*FAST, "--set", 'federation.id="x"', "--set", "aggregation.rule=no_such_rule",
+    bad_rule = start_daemon(*FAST, "--set", 'federation.id="x"', "--set", 'aggregation.params={no_such = 1}',
                             "--set", 'mesh.listen=["/ip4/127.0.0.1/tcp/0"]', name="rule")
     assert bad_rule.wait(timeout=120) == ExitCode.CONFIG, bad_rule.log()
     assert "invalid aggregation settings" in bad_rule.log().strip().splitlines()[-1]
