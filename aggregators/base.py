@@ -95,6 +95,11 @@ class Aggregator(ABC):
         """Smallest number of (kept) rows for which the rule is defined with this f."""
         return 1
 
+    def with_f(self, f: int) -> Aggregator:
+        """The same rule and parameters told to tolerate f Byzantine rows (wrappers rebuild
+        their base rule with it). For callers that know some faulty rows are already gone."""
+        return self if f == self.f else replace(self, f=f)
+
     @abstractmethod
     def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
         """Aggregate finite, sanitised rows that satisfy the precondition (see `Combination`)."""

@@ -55,14 +55,25 @@ class LaunchPlan:
     # STALL_ROUNDS x the slowest node's mean time per round) since, is stopped as stalled: with
     # the members it trained with gone it would wait for new ones forever.
     stall_floor: float = 30.0
+    # No node made a round for max(progress_floor, STALL_ROUNDS x the slowest mean time per
+    # round) (before the first round: since every node listens, or start_timeout after they were
+    # started): the federation is stuck (e.g. too few usable members for its rule); the launch
+    # stops every node and fails.
+    progress_floor: float = 120.0
 
     def derived_min_participants(self) -> int:
         if self.min_participants:
             return self.min_participants
+        majority = self.nodes // 2 + 1 if self.nodes > 2 else self.nodes
+        if self.schedule == "sync":
+            # A majority, but never more than the n - f members left when f are faulty: rounds
+            # work out what the rule needs themselves (SyncRound.needed), and a higher floor
+            # would let f members stall every round.
+            return max(1, min(majority, self.nodes - self.f))
         from fednode.aggregators import build
 
         needed = build(self.rule, f=self.f, **self.rule_params).minimum_rows()
-        return max(needed, self.nodes // 2 + 1 if self.nodes > 2 else self.nodes)
+        return max(needed, majority)
 
 
 @dataclass
@@ -81,6 +92,8 @@ class NodeProcess:
     first_round_at: float = 0.0  # monotonic times of its first and latest round records
     last_round_at: float = 0.0
     stalled_at: float = 0.0  # monotonic time it was stopped as stalled; 0 = not stalled
+    waiting: str = ""  # the node's last "round cannot close" reason, while it has made no round since
+    listening_at: float = 0.0  # monotonic time it started listening (its mesh is up)
 
     @property
     def stalled(self) -> bool:
@@ -111,6 +124,7 @@ class LocalFederation:
         self.nodes: list[NodeProcess] = []
         self._stopping = False
         self._lock = threading.Lock()
+        self.stuck = ""  # why the launch stopped a federation that made no progress
 
     # ------------------------------------------------------------------------ processes
     def _common_settings(self) -> list[str]:
@@ -190,7 +204,11 @@ class LocalFederation:
                 event = record.get("event")
                 if event == "listening":
                     node.multiaddrs = list(record.get("multiaddrs", []))
+                    node.listening_at = time.monotonic()
+                elif event == "round_waiting":
+                    node.waiting = f"round {record.get('round', '?')}: {record.get('reason', '')}"
                 elif event in ("round", "synced_round"):  # a state sync can bring the last round
+                    node.waiting = ""
                     node.last_round_at = time.monotonic()
                     node.first_round_at = node.first_round_at or node.last_round_at
                     node.round = int(record.get("round", node.round))
@@ -249,6 +267,9 @@ class LocalFederation:
         wall = time.perf_counter() - started
         summary = self._summarize(wall, interrupted)
         failed = [n for n in self.nodes if n.process.returncode not in (0, None) or n.stalled]
+        if self.stuck:
+            self.console.print(f"[red]the federation made no progress: {self.stuck}[/]", highlight=False)
+            return 1
         for node in failed:
             what = "was stopped as stalled" if node.stalled else f"exited with code {node.process.returncode}"
             self.console.print(f"[red]{node.name} {what}; last lines of {node.log_path}:[/]")
@@ -284,6 +305,7 @@ class LocalFederation:
                 for node in self.nodes
             }
             exited_at: dict[int, float] = {}
+            started_at = time.monotonic()
             while any(node.process.poll() is None for node in self.nodes):
                 self._refresh(progress, tasks)
                 now = time.monotonic()
@@ -291,8 +313,37 @@ class LocalFederation:
                     if node.process.poll() is not None:
                         exited_at.setdefault(node.index, now)
                 self._stop_stalled(exited_at, now)
+                if self._no_progress(started_at, now):
+                    return
                 time.sleep(0.2)
             self._refresh(progress, tasks)
+
+    def _no_progress(self, started_at: float, now: float) -> bool:
+        """True (after saying why) when no node has made a round for the progress bound: rounds
+        that cannot close (too few usable members for the rule, members that never met) would
+        otherwise keep the launch running forever. The caller then stops every node. Progress
+        means honest nodes' rounds: an attacker may close rounds of its own."""
+        watched = [n for n in self.nodes if not n.byzantine] or self.nodes
+        last_round = max((n.last_round_at for n in watched), default=0.0)
+        slowest = max((n.seconds_per_round() for n in self.nodes), default=0.0)
+        limit = max(self.plan.progress_floor, STALL_ROUNDS * slowest)
+        if last_round:
+            since = last_round
+        elif all(n.listening_at for n in self.nodes):
+            since = max(n.listening_at for n in self.nodes)
+        else:
+            since = started_at + self.plan.start_timeout
+        if now - since < limit:
+            return False
+        waiting = [f"{n.name}: {n.waiting}" for n in watched if n.waiting and n.process.poll() is None]
+        self.stuck = (f"no node made a round for {limit:.0f} s" + (" since the last one" if last_round else "")
+                      + "; stopping every node")
+        self.console.print(f"[red]{self.stuck}[/]")
+        for line in waiting[:4]:
+            self.console.print(f"  {line}", highlight=False, markup=False)
+        if waiting:
+            self.stuck += "; " + waiting[0]
+        return True
 
     def _stop_stalled(self, exited_at: dict[int, float], now: float) -> None:
         """Stop (gracefully) the nodes still running after others have exited that made no round
@@ -363,6 +414,7 @@ class LocalFederation:
             "honest_min_accuracy": min(honest) if honest else float("nan"),
             "wall_seconds": wall_seconds,
             "interrupted": interrupted,
+            "stuck": self.stuck,
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         table = Table(title=f"federation {self.federation_id}: {self.plan.nodes} nodes, rule {self.plan.rule}, "

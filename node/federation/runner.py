@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from fednode.aggregators import AggregationError, AggregationResult, Aggregator
+from fednode.aggregators import AggregationError, AggregationResult, Aggregator, PreconditionError
 from fednode.aggregators import attacks as attack_registry
 from fednode.node import __version__
 from fednode.node.compression import (
@@ -53,7 +53,7 @@ from fednode.node.federation.revocation_record import REPUBLISH_INTERVAL_S, Revo
 from fednode.node.federation.updates import PeerContribution, ReceivedUpdate, UpdateBook, snapshot_payload
 from fednode.node.identity import Identity
 from fednode.node.model import assign_parameters, flatten_parameters
-from fednode.node.scheduler import SyncPolicy, SyncRound, adoptable_snapshot, outvoted_round
+from fednode.node.scheduler import SyncPolicy, SyncRound, adoptable_snapshot, byzantine_budget, outvoted_round
 from fednode.node.trainer import LocalTrainer, TrainResult
 from fednode.proto.v1 import control_pb2, model_pb2, tensor_pb2
 
@@ -104,6 +104,13 @@ REVOCATION_REPEAT_EVERY = 10
 SNAPSHOT_RETRY_FIRST_S = 2.0
 SNAPSHOT_RETRY_MAX_S = 60.0
 MAX_OFFERS_PER_PROVIDER = 8  # bounds what one member's offers (claiming any rounds) can hold
+# A round that cannot close for want of valid updates says why at once, then every this often.
+SHORT_ROUND_REPORT_S = 30.0
+# A member that comes back (silent for this many announcement intervals, or announcing an older
+# round than before: it restarted) is expected again once it offers a round at most this far
+# behind ours: it then has caught up by state sync and can contribute (SyncRound.rejoin).
+RETURN_SILENCE_INTERVALS = 3.0
+REJOIN_WINDOW = 16
 
 _CODEC_ENUM = {name.removeprefix("CODEC_").lower(): value for name, value in tensor_pb2.Codec.items()}
 
@@ -122,6 +129,8 @@ class MemberView:
     public_key: bytes = b""  # the key its envelopes are signed with (for revocations)
     newest_sent_ms: int = 0  # sent_unix_ms of the newest message admitted from it
     departed_ms: int = 0  # sent_unix_ms of its departure, while it has not come back (0: none)
+    announced_round: int = 0  # the round of its last announcement (round: the newest ever)
+    returning: bool = False  # it came back (restart, long silence) and is not expected again yet
 
     def admit(self, body: str, sent_unix_ms: int) -> bool:
         """Order this member's messages around its departure, by its own clock: a message may
@@ -423,12 +432,22 @@ class FederationRunner:
     async def _wait_for_close(self, number: int, own_header: model_pb2.UpdateHeader | None) -> str | None:
         loop = asyncio.get_running_loop()
         republish_at = loop.time() + self.announce_interval
+        reported_short: tuple[str, float] | None = None  # (reason, loop time) of the last "cannot close"
         while not self.stop.is_set():
             decision = self.rounds.decide(loop.time())
             if decision.close:
                 if decision.missing:
                     log.info("round %d closes without %s: %s", number, ", ".join(p[-8:] for p in decision.missing), decision.reason)
+                elif self.rounds.refused:
+                    log.info("round %d closes without the refused update(s) of %s", number,
+                             ", ".join(p[-8:] for p in sorted(self.rounds.refused)))
                 return decision.reason
+            if decision.short and (reported_short is None or reported_short[0] != decision.reason
+                                   or loop.time() - reported_short[1] >= SHORT_ROUND_REPORT_S):
+                reported_short = (decision.reason, loop.time())
+                log.warning("round %d cannot close yet: %s; waiting for more members (missing: %s)", number,
+                            decision.reason, ", ".join(p[-8:] for p in decision.missing) or "none",
+                            extra={"event": "round_waiting", "round": number, "reason": decision.reason})
             if self._peers_completed(number):
                 log.info("peers completed round %d already; syncing instead of waiting", number)
                 return None
@@ -458,7 +477,15 @@ class FederationRunner:
         if self.aggregator.name == "centered_clipping":
             kwargs["center"] = self.aggregator_center
         try:
-            result = await asyncio.to_thread(self.aggregator, rows, **kwargs)
+            rule = self._rule_for(number, len(senders))
+            try:
+                result = await asyncio.to_thread(rule, rows, **kwargs)
+            except PreconditionError as exc:
+                if not exc.rejected:
+                    raise
+                # The rule itself dropped rows (absurd norms): their senders are faulty too.
+                rule = self._rule_for(number, len(senders) - exc.rejected)
+                result = await asyncio.to_thread(rule, rows, **kwargs)
         except AggregationError as exc:
             log.error("round %d: aggregation failed (%s); keeping the model unchanged", number, exc)
             result = None
@@ -499,6 +526,22 @@ class FederationRunner:
             round_seconds=loop.time() - started,
             close_reason=close_reason,
         )
+
+    def _rule_for(self, number: int, valid: int) -> Aggregator:
+        """The rule told to tolerate as many Byzantine rows as `valid` rows allow, at most f
+        (byzantine_budget). The round closed only once the members found unusable made that
+        enough (SyncRound.decide); it depends on the row count alone, so every peer aggregating
+        the same updates uses the same f."""
+        f = self.aggregator.f
+        budget = byzantine_budget(valid, f, self._rows_needed)
+        if budget is None or budget == f:
+            return self.aggregator  # too few rows for any f: the rule's precondition error says so
+        log.info("round %d: %d valid update(s), so the rule tolerates %d Byzantine member(s) instead of f = %d "
+                 "(the others of the f were found unusable)", number, valid, budget, f)
+        return self.aggregator.with_f(budget)
+
+    def _rows_needed(self, byzantine: int) -> int:
+        return self.aggregator.with_f(byzantine).minimum_rows()
 
     # ------------------------------------------------------------------------------ sending
     def _credit_contributions(self, senders: list[str], result: AggregationResult) -> tuple[list[str], list[str]]:
@@ -804,9 +847,14 @@ class FederationRunner:
         body = valid.body
         message = valid.message
         member = self.members.setdefault(valid.sender, MemberView(valid.sender))
+        departed_before = member.departed_ms != 0
         if not member.admit(body, message.sent_unix_ms):
             return
-        member.last_seen = time.time()
+        now_unix = time.time()
+        if member.last_seen and (departed_before or now_unix - member.last_seen
+                                 > RETURN_SILENCE_INTERVALS * self.announce_interval):
+            member.returning = True  # back after leaving or a long silence (a restart)
+        member.last_seen = now_unix
         member.public_key = valid.opened.sender_public_key
         if body == "announcement":
             announcement = message.announcement
@@ -814,11 +862,15 @@ class FederationRunner:
                 self._announce_now.set()  # the first we hear of this member: answer with our state
                 self._newcomer_at = asyncio.get_running_loop().time()
             member.announced_at = member.last_seen
+            if announcement.round < member.announced_round:
+                member.returning = True  # announcing an older round than before: it restarted
+            member.announced_round = announcement.round
             member.round = max(member.round, announcement.round)
+            self._maybe_rejoin(member, announcement.round)
             member.model_version = announcement.model_version
             member.multiaddrs = tuple(announcement.multiaddrs)
             member.display_name = announcement.display_name
-            self.rounds.note_member(valid.sender)
+            self.rounds.note_member(valid.sender, asyncio.get_running_loop().time())
             self._wakeup.set()
         elif body == "update":
             self._on_update_header(valid)
@@ -831,6 +883,24 @@ class FederationRunner:
         elif body == "revocation":
             self.on_event("revocation", revocation=message.revocation, peer_id=valid.sender)
         self._on_control(valid)
+
+    def _maybe_rejoin(self, member: MemberView, its_round: int) -> None:
+        """A member that came back and has caught up (its round at most REJOIN_WINDOW behind
+        ours) is expected again, so our rounds wait for it once (see SyncRound.rejoin). Members
+        that never left (a straggler always behind) are not: waiting for them would cost every
+        round its deadline."""
+        if not member.returning or its_round < self.round - REJOIN_WINDOW:
+            return
+        member.returning = False
+        if self.rounds.rejoin(member.peer_id, asyncio.get_running_loop().time()):
+            log.info("member %s is back at round %d; rounds wait for it again", member.peer_id[-8:], its_round,
+                     extra={"event": "member_rejoined", "peer_id": member.peer_id, "round": its_round})
+            self._wakeup.set()
+
+    def _refused(self, sender: str, number: int) -> None:
+        """The sender's update for round `number` was refused: the round need not wait for it."""
+        self.rounds.refuse(sender, number)
+        self._wakeup.set()
 
     def _left(self, peer_id: str) -> bool:
         """The member's departure is the newest message we have from it."""
@@ -853,6 +923,7 @@ class FederationRunner:
             return  # its fetch failed lately
         member = self.members[valid.sender]
         member.round = max(member.round, header.round)
+        self._maybe_rejoin(member, header.round)
         offer = self.offers.setdefault(digest, SnapshotOffer(header))
         offer.providers.add(valid.sender)
         self._prune_offers(valid.sender)
@@ -880,6 +951,7 @@ class FederationRunner:
         sender = valid.sender
         if header.payload_size > self.max_payload_bytes:
             self._reject(sender, Rejected(RejectReason.REJECT_OVERSIZED, f"{header.payload_size} byte payload"), header)
+            self._refused(sender, header.round)
             return
         if header.round > self.round + 16:
             # We are behind (just started or restarted); state sync will catch us up. Not the
@@ -891,17 +963,19 @@ class FederationRunner:
                 return  # a duplicate (gossip paths, or the sender re-announcing an open round)
         except Rejected as rejected:
             self._reject(sender, rejected, header)
+            self._refused(sender, header.round)
             return
         if header.round <= self.round:
             self.rounds.record_late(sender, asyncio.get_running_loop().time(), header.round)  # admitted just now
             self._reject(sender, Rejected(RejectReason.REJECT_STALE, f"update for closed round {header.round}"), header)
             return
-        self.rounds.note_member(sender)
+        self.rounds.note_member(sender, asyncio.get_running_loop().time())
         self._spawn(self._obtain_update(sender, header), f"update-{sender[-6:]}-{header.round}")
 
     async def _obtain_update(self, sender: str, header: model_pb2.UpdateHeader) -> None:
         delta = await self._receive_payload(sender, header)
         if delta is None:
+            self._refused(sender, header.round)
             return
         if header.round <= self.round:
             self.rounds.record_late(sender, asyncio.get_running_loop().time(), header.round, revive=not self._left(sender))
@@ -1099,6 +1173,7 @@ class FederationRunner:
         self.round = header.round
         self.model_version = header.model_version
         self.compressor.reset()  # the residual refers to a model we no longer have
+        self.rounds.synced(self.round)
         self.book.prune(self.round + 1)
         self.offers = {d: o for d, o in self.offers.items() if o.header.round > self.round}
         self.syncs += 1

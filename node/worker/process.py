@@ -157,7 +157,11 @@ class TrainingWorker:
         except (AggregationError, TypeError, ValueError) as exc:
             raise ConfigError(f"invalid aggregation settings: {exc}") from exc
         needed = aggregator.minimum_rows()
-        if settings["min_participants"] < needed:
+        # Synchronous rounds work out per round what the rule needs (the members found faulty are
+        # no longer among the valid updates, see SyncRound.needed): a floor of 2f+3 for Krum would
+        # let f crashed members of a 2f+3-member federation stall it. FedCompass groups still
+        # wait for min_participants members before training, so it must cover the rule.
+        if settings["schedule"] == "fedcompass" and settings["min_participants"] < needed:
             raise ConfigError(
                 f"aggregation rule {settings['rule']!r} with f = {settings['f']} needs at least {needed} updates "
                 f"per round, but min_participants = {settings['min_participants']}; raise min_participants or lower f"
@@ -326,7 +330,8 @@ class TrainingWorker:
             federation_id=start.federation_id, identity=self.identity, mesh=self.mesh, model=self.model,
             trainer=self.trainer, layout=self.layout, aggregator=aggregator, compressor=compressor,
             local_steps=self.config.training.local_steps,
-            policy=SyncPolicy(min_participants=settings["min_participants"]),
+            policy=SyncPolicy(min_participants=settings["min_participants"], f=settings["f"],
+                              rows_needed=lambda byzantine: aggregator.with_f(byzantine).minimum_rows()),
             announce_interval=federation.announce_interval, push=federation.push,
             max_clock_skew=federation.max_clock_skew, stop=self.session_stop, attack=self.attack,
             on_round=self._on_federated_round, display_name=start.display_name, trust=trust,
