@@ -183,12 +183,14 @@ def launch(
     byzantine: Annotated[int, typer.Option("--byzantine", min=0, help="how many nodes attack (the last K)")] = 0,
     attack: Annotated[str, typer.Option("--attack", help="attack the Byzantine nodes run, e.g. ipm, alie, label_flip")] = "",
     attack_params: Annotated[str | None, typer.Option("--attack-params", help="TOML table, e.g. 'eps = 10'")] = None,
+    attack_timing: Annotated[str, typer.Option(
+        "--attack-timing", help="current: attackers forge from the round's honest updates, on time; previous: from the last round's")] = "current",
     rule: Annotated[str, typer.Option("--rule", help="aggregation rule, e.g. mean, multi_krum, gas")] = "mean",
     f: Annotated[int, typer.Option("--f", min=0, help="Byzantine nodes the rule tolerates")] = 0,
     rule_params: Annotated[str | None, typer.Option("--rule-params", help="TOML table, e.g. 'base = \"krum\", p = 10'")] = None,
     codec: Annotated[str, typer.Option("--codec", help="update codec")] = "int8",
     codec_params: Annotated[str | None, typer.Option("--codec-params", help="TOML table, e.g. 'fraction = 0.01'")] = None,
-    min_participants: Annotated[int, typer.Option("--min-participants", min=0, help="0 = a majority, at least what the rule needs")] = 0,
+    min_participants: Annotated[int, typer.Option("--min-participants", min=0, help="0 = a majority, at most nodes - f")] = 0,
     target_accuracy: Annotated[float, typer.Option("--target-accuracy", help="nodes stop once they reach it")] = 0.0,
     schedule: Annotated[str, typer.Option("--schedule", help="sync (k-of-n rounds) or fedcompass (semi-asynchronous)")] = "sync",
     slowdowns: Annotated[str | None, typer.Option(
@@ -208,6 +210,10 @@ def launch(
             from fednode.node.errors import ConfigError
 
             raise ConfigError("--byzantine needs --attack NAME (e.g. --attack ipm --attack-params 'eps = 10')")
+        if attack_timing not in ("current", "previous"):
+            from fednode.node.errors import ConfigError
+
+            raise ConfigError(f"--attack-timing must be current or previous, got {attack_timing!r}")
         if schedule not in ("sync", "fedcompass"):
             from fednode.node.errors import ConfigError
 
@@ -218,6 +224,7 @@ def launch(
             byzantine=byzantine,
             attack=attack,
             attack_params=_parse_params("--attack-params", attack_params),
+            attack_timing=attack_timing,
             rule=rule,
             f=f,
             rule_params=_parse_params("--rule-params", rule_params),

@@ -37,6 +37,7 @@ class LaunchPlan:
     byzantine: int = 0
     attack: str = ""
     attack_params: dict[str, Any] = field(default_factory=dict)
+    attack_timing: str = "current"  # attack.timing: "current" or "previous" (node/federation/attacker.py)
     rule: str = "mean"
     f: int = 0
     rule_params: dict[str, Any] = field(default_factory=dict)
@@ -60,6 +61,15 @@ class LaunchPlan:
     # started): the federation is stuck (e.g. too few usable members for its rule); the launch
     # stops every node and fails.
     progress_floor: float = 120.0
+
+    def attack_settings(self) -> dict[str, Any]:
+        """The attack parameters the Byzantine nodes get: ALIE without z uses z_max for this
+        launch's n and number of attackers."""
+        params = dict(self.attack_params)
+        if self.attack == "alie" and "z" not in params:
+            params.setdefault("n", self.nodes)
+            params.setdefault("f", self.byzantine)
+        return params
 
     def derived_min_participants(self) -> int:
         if self.min_participants:
@@ -166,9 +176,13 @@ class LocalFederation:
             argv += ["--set", f"mesh.bootstrap=[{json.dumps(bootstrap)}]"]
         else:
             argv += ["--set", "mesh.relay_hop=true"]
+        argv += ["--set", f"node.display_name={json.dumps(f'node-{index}')}"]
         if byzantine:
+            colluders = [f"node-{other}" for other in range(plan.nodes - plan.byzantine, plan.nodes) if other != index]
             argv += ["--set", f"attack.name={json.dumps(plan.attack)}",
-                     "--set", f"attack.params={_toml_inline(plan.attack_params)}"]
+                     "--set", f"attack.params={_toml_inline(plan.attack_settings())}",
+                     "--set", f"attack.timing={json.dumps(plan.attack_timing)}",
+                     "--set", f"attack.colluders={_toml_inline(colluders)}"]
         if plan.slowdowns:
             argv += ["--set", f"training.slowdown={plan.slowdowns[index % len(plan.slowdowns)]}"]
         for item in plan.node_settings.get(index, []):

@@ -227,6 +227,13 @@ class AttackSection(_Section):
 
     name: str = Field(default="", description="attack name (fednode.aggregators.attacks); empty = honest")
     params: dict[str, Any] = Field(default_factory=dict, description="attack parameters")
+    timing: Literal["current", "previous"] = Field(
+        default="current",
+        description="current: forge from this round's honest updates, in time for the round; previous: from the last round's",
+    )
+    colluders: list[str] = Field(
+        default_factory=list, description="display names or peer ids of the other attackers (not honest, not waited for)"
+    )
 
 
 class AdminSection(_Section):

@@ -29,7 +29,6 @@ from typing import Any, TypeVar
 import torch
 
 from fednode.aggregators import AggregationError, AggregationResult, Aggregator, PreconditionError
-from fednode.aggregators import attacks as attack_registry
 from fednode.node import __version__
 from fednode.node.compression import (
     DecodeLimits,
@@ -40,6 +39,7 @@ from fednode.node.compression import (
     is_finite,
 )
 from fednode.node.envelope import Rejected, RejectReason, reason_name, seal
+from fednode.node.federation.attacker import WAIT_SHARE, Attacker
 from fednode.node.federation.protocol import (
     MAX_INLINE_PAYLOAD,
     ControlValidator,
@@ -201,7 +201,7 @@ class FederationRunner:
         max_clock_skew: float,
         stop: Any,  # threading.Event shared with the trainer
         push: bool = True,
-        attack: Any = None,
+        attack: Attacker | None = None,
         on_round: Callable[[RoundOutcome], Awaitable[None]] | None = None,
         display_name: str = "",
         trust: Any = None,
@@ -221,7 +221,7 @@ class FederationRunner:
         self.announce_interval = announce_interval
         self.push = push
         self.stop = stop
-        self.attack = attack
+        self.attack = attack.for_rule(aggregator) if attack is not None else None
         self.on_round = on_round
         self.display_name = display_name
         self.topic = topic_for(federation_id)
@@ -510,6 +510,8 @@ class FederationRunner:
                     score=float(result.scores[index]) if result.scores is not None else None,
                     reason="" if sender in selected else "aggregator_outlier",
                 )
+        if self.attack is not None:
+            self.attack.remember(self._honest_updates(number))
         self.round = number
         self.model_version += 1
         self.book.prune(number)
@@ -1023,19 +1025,34 @@ class FederationRunner:
 
     # ------------------------------------------------------------------------------ attacks
     async def _craft_attack(self, number: int, own: torch.Tensor) -> torch.Tensor:
-        """An omniscient attacker: waits for the honest updates it can see, then forges its own."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(1.0, 2 * self._last_train_seconds)
-        while loop.time() < deadline and not self.stop.is_set():
-            others = self.book.senders(number) - {self.peer_id}
-            if others and others >= (self.rounds.expected() - {self.peer_id}):
-                break
-            self._wakeup.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=0.05)
-        honest = [u.delta for s, u in sorted(self.book.for_round(number).items()) if s != self.peer_id]
-        rows = torch.stack(honest) if honest else own.unsqueeze(0)
-        return self.attack(rows).to(torch.float32)
+        """The attacker's update for round `number` (see node/federation/attacker.py): in
+        "current" timing it first waits for this round's honest updates, as long as its own can
+        still arrive before the round closes."""
+        attacker = self.attack
+        assert attacker is not None
+        if attacker.timing == "current":
+            loop = asyncio.get_running_loop()
+            while not self.stop.is_set():
+                started = self.rounds.started_at
+                if loop.time() >= started + WAIT_SHARE * (self.rounds.deadline() - started):
+                    break
+                names = self._member_names()
+                honest = {p for p in self.rounds.expected() if not attacker.is_colluder(p, names.get(p, ""))}
+                if set(self._honest_updates(number)) >= honest - {self.peer_id}:
+                    break
+                self._wakeup.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=0.05)
+        return attacker.forge(number, self._honest_updates(number), own)
+
+    def _honest_updates(self, number: int) -> dict[str, torch.Tensor]:
+        """Round `number`'s updates from members that are not us or our colluders (attackers)."""
+        assert self.attack is not None
+        updates = {sender: update.delta for sender, update in self.book.for_round(number).items()}
+        return self.attack.honest(updates, self.peer_id, self._member_names())
+
+    def _member_names(self) -> dict[str, str]:
+        return {peer: member.display_name for peer, member in self.members.items()}
 
     # ------------------------------------------------------------------------------ membership
     async def _discover_members(self) -> None:
@@ -1197,8 +1214,3 @@ def raw_float32_payload(vector: torch.Tensor) -> tensor_pb2.TensorPayload:
     )
 
 
-def build_attack(name: str, params: dict[str, Any]) -> Any:
-    """The configured attack, or None for an honest node."""
-    if not name:
-        return None
-    return attack_registry.build(name, **params)

@@ -98,7 +98,7 @@ class TrainingWorker:
             labels = getattr(self.task.train_data, "labels", None)
             if not isinstance(labels, torch.Tensor):
                 raise ConfigError(f"attack {self.config.attack.name!r} needs a task whose training data has .labels")
-            self.task.train_data.labels = self.attack.transform_labels(labels)
+            self.task.train_data.labels = self.attack.attack.transform_labels(labels)
         self.model = self.task.model_factory().to(self.device)
         self.layout = model_layout(self.model)
         self.trainer = LocalTrainer(
@@ -118,13 +118,13 @@ class TrainingWorker:
         )
 
     def _build_attack(self) -> Any:
-        from fednode.node.federation.runner import build_attack
+        from fednode.node.federation.attacker import build_attacker
 
         spec = self.config.attack
         if not spec.name:
             return None
         try:
-            return build_attack(spec.name, dict(spec.params))
+            return build_attacker(spec.name, dict(spec.params), spec.timing, list(spec.colluders))
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"invalid attack.name / attack.params: {exc}") from exc
 

@@ -57,3 +57,26 @@ def test_a_launch_whose_rounds_cannot_close_ends_with_an_error_saying_why(tmp_pa
     assert "have 3 valid update(s) of 4 known member(s), 4 needed" in output
     assert "(federation.min_participants = 4)" in output
     assert summary["stuck"] and all(node["rounds"] == 0 for node in summary["nodes"] if not node["byzantine"])
+
+
+def test_attackers_deliver_on_time_and_alie_needs_no_parameters(tmp_path: Path) -> None:
+    """Two ALIE attackers (z_max from the launch's n and number of attackers: no
+    --attack-params) among five members, mean rule. Colluders do not wait for each other and
+    forge before the round's deadline, so every one of their updates reaches the honest members
+    before the round closes: the table measures the rule, not the attackers' timing."""
+    plan = LaunchPlan(nodes=5, rounds=6, byzantine=2, attack="alie", out_dir=tmp_path / "run", settings=SMALL)
+    assert plan.attack_settings() == {"n": 5, "f": 2}
+    code, output, summary = run_launch(plan)
+    assert code == 0, output
+    attackers = {node["peer_id"] for node in summary["nodes"] if node["byzantine"]}
+    assert len(attackers) == 2 and all(attackers)
+    for node in summary["nodes"]:
+        if node["byzantine"]:
+            continue
+        own = json.loads((Path(node["state_dir"]) / "summary.json").read_text())
+        assert node["rounds"] == 6 and len(own["history"]) >= 4, own["history"]
+        # Every round this node closed itself (one it synced past had closed elsewhere) had all
+        # five updates, the attackers' included.
+        assert all(record["participants"] == 5 for record in own["history"]), own["history"]
+        for attacker in attackers:
+            assert own["contributions"][attacker]["accepted"] >= len(own["history"]), own["contributions"]
