@@ -154,6 +154,10 @@ class FederationSection(_Section):
         default="sync", description="sync: k-of-n rounds; fedcompass: semi-asynchronous arrival groups (docs/fedcompass.md)"
     )
     announce_interval: float = Field(default=2.0, gt=0, le=300, description="seconds between liveness announcements")
+    alone_timeout: float = Field(
+        default=120.0, ge=0, le=86_400,
+        description="a member that trained with others and hears none of them for this long stops (exit 7); 0 = wait forever",
+    )
     push: bool = Field(
         default=True,
         description="also push control messages to directly connected members over the fast path (gossip alone: false)",

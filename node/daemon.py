@@ -237,6 +237,7 @@ class Daemon:
         self._session_changed: asyncio.Event | None = None
         self._mesh_lock: asyncio.Lock | None = None
         self._alone_allowed = True
+        self.exit_code = ExitCode.OK  # what run() returns after a graceful stop
 
     @property
     def federated(self) -> bool:
@@ -426,7 +427,7 @@ class Daemon:
                     await self.worker.kill()
         finally:
             self._lock.release()
-        return ExitCode.OK
+        return self.exit_code
 
     async def _run_sessions(self) -> None:
         """Train alone, or with the current federation; switch when a federation is created,
@@ -565,6 +566,12 @@ class Daemon:
         self.model_version = max(self.model_version, ended.model_version)
         if ended.stop_reason == "rounds" and not self.stop_event.is_set():
             self.request_stop("rounds")
+        if ended.error and ended.stop_reason == "isolated" and self.worker.alive:
+            # Nobody left to train with: stop gracefully (summary, final checkpoint), exit 7.
+            log.error("%s", ended.error, extra={"event": "isolated"})
+            self.exit_code = ExitCode(ended.exit_code)
+            self.request_stop("isolated")
+            return ended
         if ended.error:
             raise (WorkerError if self.worker.alive else WorkerGone)(ended.error, ended.exit_code)
         return ended

@@ -39,6 +39,7 @@ from fednode.node.compression import (
     is_finite,
 )
 from fednode.node.envelope import Rejected, RejectReason, reason_name, seal
+from fednode.node.errors import NetworkError
 from fednode.node.federation.attacker import WAIT_SHARE, Attacker
 from fednode.node.federation.protocol import (
     MAX_INLINE_PAYLOAD,
@@ -181,6 +182,13 @@ class StoppingError(Exception):
     """A wait on peers was given up because the node is stopping."""
 
 
+class IsolatedError(NetworkError):
+    """No member of the federation has been heard from for too long: the node stops (exit 7)
+    instead of waiting forever for a round that cannot close."""
+
+    stop_reason = "isolated"
+
+
 class FederationRunner:
     """Runs rounds with the federation until `stop` is set; see the module docstring."""
 
@@ -207,6 +215,7 @@ class FederationRunner:
         trust: Any = None,
         certificate: Any = None,
         on_event: Callable[..., None] | None = None,
+        alone_timeout: float = 0.0,
     ) -> None:
         self.federation_id = federation_id
         self.identity = identity
@@ -224,6 +233,11 @@ class FederationRunner:
         self.attack = attack.for_rule(aggregator) if attack is not None else None
         self.on_round = on_round
         self.display_name = display_name
+        # Stop (IsolatedError) after this long without hearing any member, once this node has
+        # trained with the federation (it resumed its checkpoint, or heard members); 0 = never.
+        self.alone_timeout = alone_timeout
+        self._had_members = False
+        self._last_contact = 0.0  # loop time of the last message from another member
         self.topic = topic_for(federation_id)
         self.validator = ControlValidator(federation_id, max_clock_skew, layout.digest, trust)
         self.certificate = certificate  # attached to every message of a certified federation
@@ -250,6 +264,9 @@ class FederationRunner:
         # be offered again, how long it was set aside).
         self.snapshot_quorum = aggregator.f + 1
         self._unavailable_snapshots: dict[bytes, tuple[float, float]] = {}
+        # The newest round a quorum of members offered a snapshot for whose fetch then failed:
+        # they completed it, so this node must not close it with fewer updates of its own.
+        self._completed_elsewhere = 0
         self._quorum_noted_at = float("-inf")
         self.rejections: Counter[str] = Counter()
         # Envelopes already processed: digest -> (the paths they came by, _VIA_*; their signer).
@@ -283,6 +300,7 @@ class FederationRunner:
     # ------------------------------------------------------------------------------ start / stop
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self._last_contact = loop.time()
 
         def refused_in_network_thread(rejected: Rejected) -> None:
             sender = getattr(rejected, "sender", None)
@@ -345,6 +363,7 @@ class FederationRunner:
 
     # ------------------------------------------------------------------------------ state
     def restore(self, round_number: int, model_version: int, extra: dict[str, Any]) -> None:
+        self._had_members = round_number > 0  # a checkpoint of this federation: it trained with members
         self.round = round_number
         self.model_version = model_version
         state = extra.get("compressor")
@@ -377,6 +396,9 @@ class FederationRunner:
                     # Say where we are now: members lingering for us can leave once we caught up.
                     with contextlib.suppress(Exception):
                         await self._offer_snapshot()
+                continue
+            if self.round < self._completed_elsewhere:
+                await self._await_snapshot()
                 continue
             outcome = await self._run_round(self.round + 1)
             if outcome is None:
@@ -451,6 +473,9 @@ class FederationRunner:
             if self._peers_completed(number):
                 log.info("peers completed round %d already; syncing instead of waiting", number)
                 return None
+            if number <= self._completed_elsewhere:
+                return None  # their snapshot is retried (run); closing it here would fork the model
+            self._check_isolation(number)
             if own_header is not None and loop.time() >= republish_at:
                 # Gossip has no replay: a peer that joined after we published never saw our
                 # update. Re-announcing it while the round is open costs one small message per
@@ -853,6 +878,8 @@ class FederationRunner:
         if not member.admit(body, message.sent_unix_ms):
             return
         now_unix = time.time()
+        self._had_members = True
+        self._last_contact = asyncio.get_running_loop().time()
         if member.last_seen and (departed_before or now_unix - member.last_seen
                                  > RETURN_SILENCE_INTERVALS * self.announce_interval):
             member.returning = True  # back after leaving or a long silence (a restart)
@@ -885,6 +912,23 @@ class FederationRunner:
         elif body == "revocation":
             self.on_event("revocation", revocation=message.revocation, peer_id=valid.sender)
         self._on_control(valid)
+
+    def _check_isolation(self, number: int) -> None:
+        """Raise IsolatedError when this node, which trained with the federation before, has
+        heard no member for alone_timeout (sooner when every member it knew has left): nobody
+        is left to close round `number` with, and waiting forever helps no one."""
+        if not self._had_members or not self.alone_timeout:
+            return
+        silent = asyncio.get_running_loop().time() - self._last_contact
+        others = [p for p in self.rounds.roster() if p != self.peer_id]
+        everyone_left = bool(others) and all(self.rounds.departed(p) for p in others)
+        if silent < (min(self.alone_timeout, 2 * self.announce_interval + 1.0) if everyone_left else self.alone_timeout):
+            return
+        why = (f"every member it trained with has left the federation ({len(others)})" if everyone_left
+               else f"no member of the federation has been heard from for {silent:.0f} s")
+        raise IsolatedError(
+            f"{why}; stopping at round {self.round} (round {number} cannot close alone). Start it again when "
+            f"members are online, or check mesh.bootstrap (federation.alone_timeout = {self.alone_timeout:.0f} s)")
 
     def _maybe_rejoin(self, member: MemberView, its_round: int) -> None:
         """A member that came back and has caught up (its round at most REJOIN_WINDOW behind
@@ -1152,9 +1196,25 @@ class FederationRunner:
             if not task.done():
                 task.cancel()
 
+    async def _await_snapshot(self) -> None:
+        """Members completed a round this node has not (their snapshot's fetch failed and is
+        set aside for a while): wait for an adoptable offer (it may come again, or a newer one)
+        instead of closing that round with fewer updates, which would leave this node on a model
+        of its own. Bounded like every wait on peers (federation.alone_timeout)."""
+        log.info("members completed round %d; waiting to fetch their model instead of closing it without them",
+                 self._completed_elsewhere)
+        while not self.stop.is_set() and self._best_offer() is None:
+            self._check_isolation(self.round + 1)
+            self._wakeup.clear()
+            with contextlib.suppress(asyncio.TimeoutError):  # offers come with announcements
+                await asyncio.wait_for(self._wakeup.wait(), timeout=1.0)
+
     def _mark_unavailable(self, digest: bytes) -> None:
         """Forget a snapshot whose fetch failed and ignore offers of it for a while (longer each
         time it fails again)."""
+        offer = self.offers.get(digest)
+        if offer is not None and len(offer.providers) >= self.snapshot_quorum:
+            self._completed_elsewhere = max(self._completed_elsewhere, offer.header.round)
         now = asyncio.get_running_loop().time()
         _, last = self._unavailable_snapshots.get(digest, (now, 0.0))
         set_aside = SNAPSHOT_RETRY_FIRST_S if last == 0.0 else min(2 * last, SNAPSHOT_RETRY_MAX_S)

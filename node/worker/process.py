@@ -274,6 +274,7 @@ class TrainingWorker:
                 await self._run_alone()
         except FednodeError as exc:
             ended.error, ended.exit_code = exc.message, int(exc.exit_code)
+            ended.stop_reason = getattr(exc, "stop_reason", "") or ended.stop_reason
         except Exception as exc:
             log.exception("training session failed")
             ended.error, ended.exit_code = f"training failed: {exc}", int(ExitCode.INTERNAL)
@@ -336,7 +337,7 @@ class TrainingWorker:
             max_clock_skew=federation.max_clock_skew, stop=self.session_stop, attack=self.attack,
             on_round=self._on_federated_round, display_name=start.display_name, trust=trust,
             certificate=start.certificate if start.HasField("certificate") else None,
-            on_event=self._forward_event, **options,
+            on_event=self._forward_event, alone_timeout=federation.alone_timeout, **options,
         )
         if self.extra_state.get("federation_id") == start.federation_id:
             self.runner.restore(self.round, self.model_version, self.extra_state)
