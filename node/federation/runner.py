@@ -105,6 +105,9 @@ REVOCATION_REPEAT_EVERY = 10
 SNAPSHOT_RETRY_FIRST_S = 2.0
 SNAPSHOT_RETRY_MAX_S = 60.0
 MAX_OFFERS_PER_PROVIDER = 8  # bounds what one member's offers (claiming any rounds) can hold
+# A provider a snapshot fetch could not reach is asked last for this long: a member just
+# restarted, or overloaded, can take the whole I/O timeout per attempt to fail.
+UNREACHABLE_PROVIDER_S = 30.0
 # A round that cannot close for want of valid updates says why at once, then every this often.
 SHORT_ROUND_REPORT_S = 30.0
 # A member that comes back (silent for this many announcement intervals, or announcing an older
@@ -216,6 +219,7 @@ class FederationRunner:
         certificate: Any = None,
         on_event: Callable[..., None] | None = None,
         alone_timeout: float = 0.0,
+        on_synced: Callable[[], None] | None = None,
     ) -> None:
         self.federation_id = federation_id
         self.identity = identity
@@ -236,6 +240,7 @@ class FederationRunner:
         # Stop (IsolatedError) after this long without hearing any member, once this node has
         # trained with the federation (it resumed its checkpoint, or heard members); 0 = never.
         self.alone_timeout = alone_timeout
+        self.on_synced = on_synced  # after a state sync adopted a model (the worker checkpoints it)
         self._had_members = False
         self._last_contact = 0.0  # loop time of the last message from another member
         self.topic = topic_for(federation_id)
@@ -267,6 +272,7 @@ class FederationRunner:
         # The newest round a quorum of members offered a snapshot for whose fetch then failed:
         # they completed it, so this node must not close it with fewer updates of its own.
         self._completed_elsewhere = 0
+        self._unreachable_providers: dict[str, float] = {}  # peer -> loop time it is tried first again
         self._quorum_noted_at = float("-inf")
         self.rejections: Counter[str] = Counter()
         # Envelopes already processed: digest -> (the paths they came by, _VIA_*; their signer).
@@ -1224,12 +1230,29 @@ class FederationRunner:
         self._unavailable_snapshots[digest] = (now + set_aside, set_aside)
         self.offers.pop(digest, None)
 
-    async def _sync_from_peers(self) -> bool:
+    def _fetchable_offer(self) -> SnapshotOffer | None:
+        """The snapshot to fetch: the best offer, unless none of its providers could be reached
+        lately and an adoptable offer with a provider that could exists (a little older, as a
+        rule: the newest round is often offered by one member only, a moment after it closed)."""
         best = self._best_offer()
+        now = asyncio.get_running_loop().time()
+        if best is None or any(self._unreachable_providers.get(p, 0.0) <= now for p in best.providers):
+            return best
+        reachable = [(o.header.round, digest, len(o.providers)) for digest, o in self.offers.items()
+                     if any(self._unreachable_providers.get(p, 0.0) <= now for p in o.providers)]
+        chosen = adoptable_snapshot(reachable, self.snapshot_quorum)
+        return best if chosen is None else self.offers[chosen[1]]
+
+    async def _sync_from_peers(self) -> bool:
+        best = self._fetchable_offer()
         if best is None:
             return False
         header = best.header
-        providers = sorted(best.providers)
+        # Providers a fetch reached lately first, then directly connected ones (their fast path
+        # answers at once; opening a stream to another can take the whole I/O timeout).
+        now = asyncio.get_running_loop().time()
+        providers = sorted(best.providers, key=lambda peer: (
+            self._unreachable_providers.get(peer, 0.0) > now, peer not in self._connected, peer))
         digest = bytes(header.payload_sha256)
         try:
             data = await self._unless_stopping(self.mesh.fetch_blob(digest, providers, max_size=self.max_payload_bytes))
@@ -1242,6 +1265,10 @@ class FederationRunner:
                 log.info("state sync given up: the node is stopping")
                 return False
             log.warning("state sync from %d peer(s) failed (%s); will retry with another snapshot", len(providers), exc)
+            failed_at = asyncio.get_running_loop().time()
+            for peer, reason in (getattr(exc, "reasons", None) or {}).items():
+                if reason != "not_found":
+                    self._unreachable_providers[peer] = failed_at + UNREACHABLE_PROVIDER_S
             self._mark_unavailable(digest)
             await asyncio.sleep(min(self.announce_interval, 1.0))
             return False
@@ -1254,6 +1281,8 @@ class FederationRunner:
         self.book.prune(self.round + 1)
         self.offers = {d: o for d, o in self.offers.items() if o.header.round > self.round}
         self.syncs += 1
+        if self.on_synced is not None:
+            self.on_synced()
         self._serve(digest, data)
         self._snapshot = (header, data)
         self._own_hashes[self.round] = digest

@@ -338,6 +338,9 @@ class TrainingWorker:
             on_round=self._on_federated_round, display_name=start.display_name, trust=trust,
             certificate=start.certificate if start.HasField("certificate") else None,
             on_event=self._forward_event, alone_timeout=federation.alone_timeout, **options,
+            # FedCompass keeps its own model state (master copy, schedule): it checkpoints after
+            # its aggregations only.
+            on_synced=self._on_synced if settings["schedule"] == "sync" else None,
         )
         if self.extra_state.get("federation_id") == start.federation_id:
             self.runner.restore(self.round, self.model_version, self.extra_state)
@@ -362,6 +365,13 @@ class TrainingWorker:
             await runner.close()
             self.extra_state = {**self.extra_state, **runner.checkpoint_extra()}
             self.runner = None
+
+    def _on_synced(self) -> None:
+        """A state sync moved the model: checkpoint it, as after a round (a member that only ever
+        synced would otherwise restart from wherever its last own round was, or from zero)."""
+        if self.runner is not None:
+            self.round, self.model_version = self.runner.round, self.runner.model_version
+            self.save_checkpoint(background=True)
 
     async def _record_synced_model(self) -> None:
         """A state sync can carry the model past the last round this node closed itself (the
