@@ -164,6 +164,8 @@ def status(config: ConfigOption = None, state_dir: StateDirOption = None, admin:
             ("accuracy", f"{reply.accuracy:.4f}"), ("connected peers", str(reply.connected_peers)),
             ("reachability", reply.reachability), ("federations", ", ".join(reply.federations) or "-"),
             ("listening on", "\n".join(reply.listen_multiaddrs) or "-"), ("state dir", reply.state_dir),
+            ("checkpoint", f"[bold red]FAILING[/] ({reply.checkpoint_failures} in a row): {reply.checkpoint_error}"
+             if reply.checkpoint_error else (f"round {reply.checkpoint_round}" if reply.checkpoint_round >= 0 else "-")),
         ):
             table.add_row(f"[bold]{key}[/]", value)
         out.print(table)

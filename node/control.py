@@ -69,6 +69,9 @@ class NodeControl:
             loss=summary.loss if summary else math.nan,
             state=d.state,
             state_dir=str(d.state_dir),
+            checkpoint_error=d.checkpoint.error,
+            checkpoint_failures=d.checkpoint.failures,
+            checkpoint_round=d.checkpoint.written_round,
             federations=[s for s in d.store.federation_ids()] if d.store else [],
         )
         if d.session is not None and d.session.federation_id not in status.federations:

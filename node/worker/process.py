@@ -44,6 +44,9 @@ from fednode.node.worker.remote_mesh import RemoteMesh
 from fednode.proto.v1 import worker_pb2
 
 log = logging.getLogger("fednode.worker")
+# The final checkpoint (at shutdown) is tried this many times, this long apart, before the
+# daemon is told it failed (it then exits non-zero): a full disk may be cleared meanwhile.
+FINAL_CHECKPOINT_RETRIES = (0.5, 1.0, 2.0)
 
 
 def peak_rss_mb() -> float:
@@ -79,6 +82,8 @@ class TrainingWorker:
         self._session: asyncio.Task[None] | None = None
         self._reported_round = 0  # the last round reported to the daemon
         self.exit = asyncio.Event()
+        # Checkpoint writes (updated by the writer thread; read by the event loop)
+        self.checkpoint_health = worker_pb2.CheckpointHealth(written_round=-1)
 
     # ------------------------------------------------------------------------------ set-up
     def setup(self) -> worker_pb2.WorkerReady:
@@ -460,6 +465,7 @@ class TrainingWorker:
         report.accuracy, report.loss = evaluation.accuracy, evaluation.loss
         report.rss_mb = current_rss_mb()
         report.cpu_seconds = time.process_time()
+        report.checkpoint.CopyFrom(self.checkpoint_health)  # up to the last round's write
         self.metrics = {"accuracy": evaluation.accuracy, "loss": evaluation.loss}
         reply = await self.link.call("round_done", report)
         self._reported_round = report.round
@@ -470,7 +476,9 @@ class TrainingWorker:
 
     # ------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, background: bool = False) -> None:
-        """Serialize now; write (fsync, rename) in the checkpoint thread, in order."""
+        """Serialize now; write (fsync, rename) in the checkpoint thread, in order. A failed
+        write is logged and counted (`checkpoint_health`, reported with every round); in the
+        background the next round's write is the retry, otherwise the error is raised."""
         extra: dict[str, Any] = dict(self.extra_state)
         extra["train_generator"] = self.trainer.generator_state()
         if self.runner is not None:
@@ -478,27 +486,55 @@ class TrainingWorker:
         data = Checkpoint(round=self.round, model_version=self.model_version, layout_digest=self.layout.digest,
                           parameters=flatten_parameters(self.model), metrics=dict(self.metrics),
                           extra=extra).to_bytes()
-        queued = self._checkpoint_writer.submit(self.checkpoints.write, data)
+        queued: Future[None] = self._checkpoint_writer.submit(self._write_checkpoint, data, self.round)
         if background:
-            queued.add_done_callback(_log_checkpoint_failure)
+            queued.add_done_callback(lambda written: written.exception())  # reported by _write_checkpoint
         else:
             queued.result()
+
+    def _write_checkpoint(self, data: bytes, round_number: int) -> None:
+        """In the checkpoint thread: write, and keep the health record that reports it."""
+        health = self.checkpoint_health
+        try:
+            self.checkpoints.write(data)
+        except Exception as exc:
+            health.failures += 1
+            health.failures_total += 1
+            health.error = f"{type(exc).__name__}: {exc}"
+            on_disk = f"round {health.written_round}" if health.written_round >= 0 else "none from this run"
+            log.error("checkpoint of round %d not written (%s, %d failure(s) in a row) in %s; the newest one on "
+                      "disk is %s; the next one is tried after the next round. Free space or fix the state dir.",
+                      round_number, health.error, health.failures, self.checkpoints.directory, on_disk,
+                      extra={"event": "checkpoint_failed", "round": round_number, "error": health.error})
+            raise
+        if health.failures:
+            log.warning("checkpoint written again (round %d) after %d failed write(s)", round_number, health.failures,
+                        extra={"event": "checkpoint_recovered", "round": round_number})
+        health.failures, health.error, health.written_round = 0, "", round_number
 
     async def shutdown(self, request: worker_pb2.Shutdown) -> worker_pb2.WorkerTotals:
         self.stop_session(self.stop_reason or "shutdown")
         if self._session is not None:
             with suppress(Exception):
                 await self._session
+        totals = worker_pb2.WorkerTotals(peak_rss_mb=peak_rss_mb())
         if request.checkpoint:
-            await asyncio.to_thread(self.save_checkpoint)
+            totals.checkpoint_error = await self._final_checkpoint()
+        totals.checkpoint.CopyFrom(self.checkpoint_health)
         self.exit.set()
-        return worker_pb2.WorkerTotals(peak_rss_mb=peak_rss_mb())
+        return totals
 
-
-def _log_checkpoint_failure(written: Future[None]) -> None:
-    exc = written.exception()
-    if exc is not None:
-        log.error("checkpoint not written: %s", exc)
+    async def _final_checkpoint(self) -> str:
+        """Write the final checkpoint, retrying a failed write a few times; "" or why it failed."""
+        for pause in (*FINAL_CHECKPOINT_RETRIES, None):
+            try:
+                await asyncio.to_thread(self.save_checkpoint)
+                return ""
+            except Exception:
+                if pause is None:
+                    break
+                await asyncio.sleep(pause)
+        return self.checkpoint_health.error or "the final checkpoint could not be written"
 
 
 def _die_with_parent() -> None:
