@@ -1170,12 +1170,12 @@ class CompassRunner(FederationRunner):
         while len(self._served) > SERVED_UPDATES:
             self.mesh.unserve_blob(self._served.popleft())
 
-    async def _publish(self, message: control_pb2.ControlMessage, *, wait: bool = False) -> None:
+    async def _publish(self, message: control_pb2.ControlMessage, *, wait: bool = False, gossip: bool = False) -> None:
         """Bounded: a publish stuck behind a peer's jammed stream must not stall our rounds.
         Whatever still matters is re-sent by `_republish_all`."""
         started = time.perf_counter()
         try:
-            await asyncio.wait_for(super()._publish(message, wait=wait), timeout=PUBLISH_TIMEOUT)
+            await asyncio.wait_for(super()._publish(message, wait=wait, gossip=gossip), timeout=PUBLISH_TIMEOUT)
         except asyncio.TimeoutError:
             log.warning("publishing a %s message took over %.0f s; given up (re-sent later if still needed)",
                         message.WhichOneof("body"), PUBLISH_TIMEOUT)

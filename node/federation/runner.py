@@ -640,7 +640,7 @@ class FederationRunner:
         await self._publish(control_pb2.ControlMessage(update=header))
         return ReceivedUpdate(self.peer_id, number, header, decoded, asyncio.get_running_loop().time())
 
-    async def _publish(self, message: control_pb2.ControlMessage, *, wait: bool = False) -> None:
+    async def _publish(self, message: control_pb2.ControlMessage, *, wait: bool = False, gossip: bool = False) -> None:
         """Sign and send a control message: pushed to the members we are connected to and
         gossiped to everyone (but see below). Once pushed, the gossip copy is sent in the background (the members
         waiting on it have it; handing it to the networking thread took 15-100 ms of a round on a
@@ -667,7 +667,8 @@ class FederationRunner:
             if len(data) > self.mesh.max_gossip_bytes:
                 self._spawn(self._push(data, targets), "push")
             else:
-                push_only = message.WhichOneof("body") not in ALWAYS_GOSSIPED and set(targets) >= self._recent_members()
+                push_only = (not gossip and message.WhichOneof("body") not in ALWAYS_GOSSIPED
+                             and set(targets) >= self._recent_members())
                 self._spawn(self._push_then_gossip(data, targets, push_only), "push")
                 return
         await self.mesh.publish(self.topic, data)
@@ -789,9 +790,13 @@ class FederationRunner:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._announce_now.wait(), timeout=max(0.0, self.announce_interval - ANSWER_FLOOR))
 
-    async def _offer_snapshot(self) -> None:
+    async def _offer_snapshot(self, *, gossip: bool = False) -> None:
+        """Offer our model; `gossip`: also on gossip even when every member got the push (the
+        periodic offer with each announcement: a member whose pushes get lost under load would
+        otherwise never learn that the others completed a round, and wait for them for good)."""
         if self._snapshot is not None:
-            await self._publish(control_pb2.ControlMessage(snapshot=control_pb2.SnapshotOffer(header=self._snapshot[0])))
+            await self._publish(control_pb2.ControlMessage(snapshot=control_pb2.SnapshotOffer(header=self._snapshot[0])),
+                                gossip=gossip)
 
     async def _announce(self) -> None:
         announcement = control_pb2.PeerAnnouncement(
@@ -806,7 +811,7 @@ class FederationRunner:
         )
         try:
             await self._publish(control_pb2.ControlMessage(announcement=announcement))
-            await self._offer_snapshot()
+            await self._offer_snapshot(gossip=True)
         except Exception as exc:  # a failed announcement is retried at the next interval
             log.debug("announcement failed: %s", exc)
 
