@@ -7,8 +7,12 @@
 
 Every cell is a `fednode launch`-style local federation (LocalFederation: N real daemons, real
 libp2p on 127.0.0.1, int8 updates) of `--nodes` members (10), of which the last k = fraction x N
-attack. The rule is told the truth: f = k. Each (rule, f, task, seed) also runs once with no
-attacker, its clean run; a cell reports
+attack. The rule is told the truth: f = k. Rounds need the updates of all N - k honest members
+(federation.min_participants = N - k): on a loaded 2-core machine round deadlines otherwise close
+rounds with different subsets at different members, whose models then drift apart, and the
+table would measure scheduling, not robustness (a clean 10-member run at load 15-23 ended with
+honest accuracies from 0.56 to 0.94). Each (rule, f, task, seed) also runs once with no attacker,
+its clean run; a cell reports
 
 - **delta**: the honest members' mean final test accuracy minus the rule's clean accuracy (same
   rule, f, task and seed), in points (x100); negative = the attack cost that much;
@@ -17,7 +21,9 @@ attacker, its clean run; a cell reports
   (node/federation/attacker.py): a share near 100 % means the table measures the rule, not the
   attackers' timing. Non-finite updates (nan, inf) are refused by design: 0 % there;
 - **selected**: of the accepted attacker updates, the share the rule used (rules that report a
-  selection: Krum family, GAS; "-" for the others).
+  selection: Krum family, GAS; "-" for the others);
+- **spread** (in the per-cell lines and the JSON): honest members' accuracies differ when their
+  models drifted apart (min vs mean); a large spread flags a cell to rerun.
 
 Attacks: alie (z_max for n and k), ipm (eps 0.1), sign_flip (-mu), gaussian (sigma 1), label_flip
 (data), nan, inf, mimic (copies honest row 0), min_max / min_sum (agnostic), adaptive_min_max /
@@ -95,15 +101,17 @@ class Cell:
         return f"{self.task}-s{self.seed}-{self.rule}-f{self.f}-{attack}-k{self.byzantine}-{self.timing}"
 
 
-def run_cell(cell: Cell, rounds: int, nodes: int, work: Path) -> Cell:
+def run_cell(cell: Cell, rounds: int, nodes: int, work: Path, hidden: str = "") -> Cell:
     from fednode.cli.launch import LaunchPlan, LocalFederation
 
     rule, params = rule_spec(cell.rule)
     out = work / cell.key
     settings = [*TASKS[cell.task], f"task.seed={cell.seed}"]
+    if hidden:
+        settings.append(f"task.params={{hidden = [{hidden}]}}")
     plan = LaunchPlan(nodes=nodes, rounds=rounds, byzantine=cell.byzantine, attack=cell.attack,
                       attack_timing=cell.timing, rule=rule, f=cell.f, rule_params=params, out_dir=out,
-                      settings=settings, progress_floor=180.0)
+                      settings=settings, progress_floor=180.0, min_participants=nodes - cell.f)
     cell.load_average = os.getloadavg()[0]
     started = time.perf_counter()
     code = LocalFederation(plan, Console(file=io.StringIO(), width=200)).run()
@@ -184,6 +192,7 @@ def main() -> None:
     parser.add_argument("--timing", default="current", help="attack timing(s): current, previous")
     parser.add_argument("--nodes", type=int, default=10, help="members per federation")
     parser.add_argument("--rounds", type=int, default=12, help="rounds per run")
+    parser.add_argument("--hidden", default="", help="MLP hidden sizes for both tasks, e.g. 64 (default: each task's)")
     parser.add_argument("--work", type=Path, default=Path("runs") / "robustness", help="run directories")
     parser.add_argument("--json", type=Path, help="write every cell here (updated after each cell)")
     args = parser.parse_args()
@@ -209,12 +218,13 @@ def main() -> None:
                     cells += [Cell(task, seed, rule, k, attack, k, timing)
                               for attack in attacks for timing in timings if k]
     console = Console()
-    console.print(f"{len(cells)} runs of {args.nodes} daemons x {args.rounds} rounds; load average now "
+    console.print(f"{len(cells)} runs of {args.nodes} daemons x {args.rounds} rounds"
+                  f"{f', hidden [{args.hidden}]' if args.hidden else ''}; load average now "
                   f"{os.getloadavg()[0]:.1f}", highlight=False)
     sys.path.insert(0, str(REPO))
     done: list[Cell] = []
     for index, cell in enumerate(cells, 1):
-        run_cell(cell, args.rounds, args.nodes, args.work)
+        run_cell(cell, args.rounds, args.nodes, args.work, args.hidden)
         done.append(cell)
         console.print(f"[{index}/{len(cells)}] {cell.key}: honest accuracy {cell.honest_accuracy:.4f} "
                       f"(min {cell.honest_min_accuracy:.4f}), attacker updates accepted {cell.accepted}/{cell.possible}, "
