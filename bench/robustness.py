@@ -111,7 +111,7 @@ def run_cell(cell: Cell, rounds: int, nodes: int, work: Path, hidden: str = "") 
         settings.append(f"task.params={{hidden = [{hidden}]}}")
     plan = LaunchPlan(nodes=nodes, rounds=rounds, byzantine=cell.byzantine, attack=cell.attack,
                       attack_timing=cell.timing, rule=rule, f=cell.f, rule_params=params, out_dir=out,
-                      settings=settings, progress_floor=180.0, min_participants=nodes - cell.f)
+                      settings=settings, progress_floor=180.0, min_participants=nodes - cell.byzantine)
     cell.load_average = os.getloadavg()[0]
     started = time.perf_counter()
     code = LocalFederation(plan, Console(file=io.StringIO(), width=200)).run()
