@@ -311,6 +311,9 @@ class TrainingWorker:
 
         settings = settings_from_proto(start.settings)
         aggregator, compressor = self.components(settings)
+        if settings["f"] and aggregator.caveats():
+            log.warning("aggregation rule %r: %s", settings["rule"], aggregator.caveats(),
+                        extra={"event": "rule_caveat", "rule": settings["rule"]})
         federation = self.config.federation
         runner_class: Any = FederationRunner
         options: dict[str, Any] = {}
