@@ -295,6 +295,7 @@ class FederationRunner:
         # sync the round is run again and must go on with the same update (a second, different
         # one for the same round is equivocation to the others, and to our own book).
         self._published: tuple[int, ReceivedUpdate, TrainResult] | None = None
+        self._previous_header: model_pb2.UpdateHeader | None = None  # our update for the round before
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_train_seconds = 1.0
         self._connected: set[str] = set()
@@ -448,6 +449,8 @@ class FederationRunner:
             if self.attack is not None and self.attack.kind == "update":
                 delta = await self._craft_attack(number, delta)
             own = await self._publish_update(number, delta, result)
+            if self._published is not None and self._published[0] == number - 1:
+                self._previous_header = self._published[1].header
             self._published = (number, own, result)
         self.book.add(own)
         self.rounds.record(self.peer_id, loop.time(), number)
@@ -484,11 +487,18 @@ class FederationRunner:
             self._check_isolation(number)
             if own_header is not None and loop.time() >= republish_at:
                 # Gossip has no replay: a peer that joined after we published never saw our
-                # update. Re-announcing it while the round is open costs one small message per
-                # interval; receivers drop duplicates by (sender, round, hash).
+                # update, and a push can be lost under load. Re-announcing it while the round is
+                # open costs one small message per interval (on gossip too); receivers drop
+                # duplicates by (sender, round, hash). Our previous round's update goes too while
+                # a member still works on that round: without it, a member that missed it could
+                # wait for it for good (we moved on, and too few of us may offer that round's
+                # model for it to adopt).
                 republish_at = loop.time() + self.announce_interval
                 with contextlib.suppress(Exception):
-                    await self._publish(control_pb2.ControlMessage(update=own_header))
+                    await self._publish(control_pb2.ControlMessage(update=own_header), gossip=True)
+                    previous = self._previous_header
+                    if previous is not None and previous.round == number - 1 and self._members_behind(previous.round):
+                        await self._publish(control_pb2.ControlMessage(update=previous), gossip=True)
             self._wakeup.clear()
             timeout = max(0.0, min(decision.wait_until, republish_at) - loop.time())
             with contextlib.suppress(asyncio.TimeoutError):
@@ -940,6 +950,11 @@ class FederationRunner:
         raise IsolatedError(
             f"{why}; stopping at round {self.round} (round {number} cannot close alone). Start it again when "
             f"members are online, or check mesh.bootstrap (federation.alone_timeout = {self.alone_timeout:.0f} s)")
+
+    def _members_behind(self, number: int) -> bool:
+        """A member heard from lately (not departed) has not closed round `number` yet."""
+        recent = self._recent_members()
+        return any(m.round < number and not self.rounds.departed(p) for p, m in self.members.items() if p in recent)
 
     def _maybe_rejoin(self, member: MemberView, its_round: int) -> None:
         """A member that came back and has caught up (its round at most REJOIN_WINDOW behind
