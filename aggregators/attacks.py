@@ -11,6 +11,9 @@ trains on; it then sends its honestly computed update.
 
 mu and sigma below are the coordinate-wise mean and sample standard deviation (ddof=1) of the
 honest rows, computed in float64.
+
+The adaptive attacks need the rule they attack: name it (`rule`, `f`, `rule_params`), or bind
+the rule object in use with `attack.for_rule(aggregator, copies)` (the daemon does this).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from .base import Aggregator
+from .errors import AggregationError
 from .numerics import WORK_DTYPE, gram, squared_distances
 
 
@@ -66,6 +71,11 @@ class UpdateAttack(ABC):
 
     def minimum_honest(self) -> int:
         return 1
+
+    def for_rule(self, aggregator: Aggregator, copies: int) -> UpdateAttack:
+        """This attack against `aggregator`, sent by `copies` Byzantine peers: adaptive attacks
+        bind the rule (unless one was named); the others ignore it."""
+        return self
 
     @abstractmethod
     def byzantine_vector(self, honest: torch.Tensor) -> torch.Tensor:
@@ -308,6 +318,108 @@ class MinSum(_OptimisedPerturbation):
 
 
 @dataclass(frozen=True)
+class _RuleTailored(UpdateAttack):
+    """mu + gamma * p with gamma fitted to the rule in use (the AGR-tailored attack of Shejwalkar
+    and Houmansadr 2021). The halving search starts at the agnostic attack's gamma (its distance
+    budget, `budget`) and so explores [0, 2 gamma_budget): a gamma is kept when the rule, run on
+    the honest rows and `copies` copies of the vector, is still fooled by it, i.e. it selects the
+    vector (rules that report a selection) and its output lies further from mu than with the
+    last gamma kept. Against a rule that does not filter the vector this ends near the top of
+    the range; against one that does, at the largest gamma it still lets through."""
+
+    perturbation: Perturbation = "std"
+    tol: float = 1e-3
+    copies: int = 1
+    rule: str = ""  # "" = bound by for_rule (the daemon binds the federation's rule)
+    f: int = 0
+    rule_params: Mapping[str, Any] | None = None
+    aggregator: Aggregator | None = field(init=False, repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.copies, bool) or not isinstance(self.copies, int) or self.copies < 1:
+            raise AttackError(f"attack {self.name!r}: copies must be a positive int, got {self.copies!r}")
+        if self.rule:
+            from .registry import build as build_rule
+
+            try:
+                rule = build_rule(self.rule, f=self.f, **dict(self.rule_params or {}))
+            except AggregationError as exc:
+                raise AttackError(f"attack {self.name!r}: {exc}") from exc
+            object.__setattr__(self, "aggregator", rule)
+
+    @abstractmethod
+    def budget(self) -> _OptimisedPerturbation: ...
+
+    def for_rule(self, aggregator: Aggregator, copies: int) -> UpdateAttack:
+        if self.aggregator is not None and self.rule:
+            return self  # a rule named in the parameters wins
+        bound = dataclasses.replace(self, copies=copies)
+        object.__setattr__(bound, "aggregator", aggregator)
+        return bound
+
+    def byzantine_vector(self, honest: torch.Tensor) -> torch.Tensor:
+        if self.aggregator is None:
+            raise AttackError(f"attack {self.name!r} needs the rule it attacks: rule=<name>, or for_rule()")
+        rule = self.aggregator
+        rows = honest.to(WORK_DTYPE)
+        mu = honest_mean(honest)
+        direction = perturbation_direction(honest, self.perturbation)
+        n_honest = rows.shape[0]
+        start = max(float(_gamma(self.budget(), honest)), 10 * self.tol)
+        kept = {"deviation": -1.0}
+
+        def fooled(gamma: float) -> bool:
+            vector = mu + gamma * direction
+            try:
+                result = rule(torch.cat([rows, vector.expand(self.copies, -1)]), seed=0)
+            except AggregationError:
+                return False
+            if result.selected is not None and not any(index >= n_honest for index in result.selected):
+                return False
+            deviation = float(torch.linalg.vector_norm(result.aggregate.to(WORK_DTYPE) - mu))
+            if deviation <= kept["deviation"]:
+                return False
+            kept["deviation"] = deviation
+            return True
+
+        return mu + largest_gamma(fooled, start, self.tol * start) * direction
+
+
+def _gamma(search: _OptimisedPerturbation, honest: torch.Tensor) -> float:
+    """The gamma the agnostic attack `search` picks for these honest rows."""
+    vector = search.byzantine_vector(honest.detach())
+    direction = perturbation_direction(honest, search.perturbation)
+    scale = float((direction * direction).sum())
+    if scale == 0.0:
+        return 0.0
+    return float(((vector - honest_mean(honest)) * direction).sum()) / scale
+
+
+@dataclass(frozen=True)
+class AdaptiveMinMax(_RuleTailored):
+    """Min-Max's vector with gamma fitted to the rule in use (see _RuleTailored)."""
+
+    name = "adaptive_min_max"
+    description = ("Min-Max tailored to the rule in use: mu + gamma*p, gamma in [0, 2 x Min-Max's) kept while the "
+                   "rule still selects the vector and moves further from mu.")
+
+    def budget(self) -> _OptimisedPerturbation:
+        return MinMax(perturbation=self.perturbation)
+
+
+@dataclass(frozen=True)
+class AdaptiveMinSum(_RuleTailored):
+    """Min-Sum's vector with gamma fitted to the rule in use (see _RuleTailored)."""
+
+    name = "adaptive_min_sum"
+    description = ("Min-Sum tailored to the rule in use: mu + gamma*p, gamma in [0, 2 x Min-Sum's) kept while the "
+                   "rule still selects the vector and moves further from mu.")
+
+    def budget(self) -> _OptimisedPerturbation:
+        return MinSum(perturbation=self.perturbation)
+
+
+@dataclass(frozen=True)
 class LabelFlip(DataAttack):
     """Train on y' = C - 1 - y."""
 
@@ -340,6 +452,8 @@ ATTACKS: Mapping[str, type[UpdateAttack] | type[DataAttack]] = {
         LabelFlip,
         MinMax,
         MinSum,
+        AdaptiveMinMax,
+        AdaptiveMinSum,
         Mimic,
         NaNVector,
         InfVector,

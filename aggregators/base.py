@@ -70,6 +70,8 @@ class Aggregator(ABC):
     uses_weights: ClassVar[bool] = False
     uses_seed: ClassVar[bool] = False
     uses_center: ClassVar[bool] = False
+    # A known weakness users should weigh (shown by `available()`, logged by the node when f > 0).
+    caveat: ClassVar[str] = ""
     # Gram matrix to compute in the same pass as the rejection norms: "raw" (rows as given),
     # "centered" (rows minus their mean, see numerics.gram) or None (norms only). It reaches
     # `combine` as `context.gram` when no row was rejected.
@@ -94,6 +96,15 @@ class Aggregator(ABC):
     def minimum_rows(self) -> int:
         """Smallest number of (kept) rows for which the rule is defined with this f."""
         return 1
+
+    def caveats(self) -> str:
+        """This rule's known weakness ("" if none); wrappers report their base rule's."""
+        return self.caveat
+
+    def with_f(self, f: int) -> Aggregator:
+        """The same rule and parameters told to tolerate f Byzantine rows (wrappers rebuild
+        their base rule with it). For callers that know some faulty rows are already gone."""
+        return self if f == self.f else replace(self, f=f)
 
     @abstractmethod
     def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:

@@ -77,6 +77,9 @@ class GradientSplitting(Aggregator):
         object.__setattr__(self, "base_rule", build_base(self.name, self.base, self.f, self.base_params))
         object.__setattr__(self, "uses_center", self.base_rule.uses_center)
 
+    def caveats(self) -> str:
+        return self.base_rule.caveats()
+
     def minimum_rows(self) -> int:
         return max(self.f + 1, self.base_rule.minimum_rows())
 

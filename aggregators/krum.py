@@ -24,6 +24,12 @@ from .numerics import (
 )
 from .result import Combination
 
+KRUM_FAMILY_CAVEAT = (
+    "on non-IID data it selects identical colluding updates such as sign flip (-mu) or IPM: they lie "
+    "closer to every honest update than the honest updates lie to each other (docs/aggregators.md, "
+    "'Choosing a rule'); prefer a rule that held in the robustness bench"
+)
+
 
 def pairwise_squared_distances(rows: torch.Tensor, context: CallContext | None = None) -> torch.Tensor:
     """Float64 n x n squared distances from the centred Gram matrix of the rows (the one the
@@ -88,6 +94,7 @@ class Krum(Aggregator):
     name = "krum"
     description = "Krum: the row whose n-f-2 nearest other rows are closest (sum of squared distances)."
     requirement = "n >= 2f+3"
+    caveat = KRUM_FAMILY_CAVEAT
     scan_gram = "centered"
 
     def minimum_rows(self) -> int:
@@ -112,6 +119,7 @@ class MultiKrum(Aggregator):
     name = "multi_krum"
     description = "Multi-Krum: mean of the m rows with the smallest Krum scores (m = n-f by default)."
     requirement = "n >= 2f+3"
+    caveat = KRUM_FAMILY_CAVEAT
     uses_weights = True
     scan_gram = "centered"
 
@@ -201,6 +209,7 @@ class Bulyan(Aggregator):
     )
     requirement = "n >= 4f+3"
     scan_gram = "centered"
+    caveat = KRUM_FAMILY_CAVEAT
 
     def minimum_rows(self) -> int:
         return 4 * self.f + 3

@@ -96,6 +96,9 @@ class NearestNeighbourMixing(Aggregator):
         object.__setattr__(self, "uses_weights", self.base_rule.uses_weights)
         object.__setattr__(self, "uses_center", self.base_rule.uses_center)
 
+    def caveats(self) -> str:
+        return self.base_rule.caveats()
+
     def minimum_rows(self) -> int:
         return max(self.f + 1, self.base_rule.minimum_rows())
 

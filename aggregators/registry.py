@@ -47,6 +47,7 @@ class RuleInfo:
     uses_weights: bool  # False: non-uniform weights= raise (wrappers: depends on the base rule)
     uses_seed: bool  # True: seed= selects the randomness (gas with p > 1)
     uses_center: bool  # True: center= is caller-owned state (centered_clipping)
+    caveat: str = ""  # a known weakness ("" if none; wrappers: see Aggregator.caveats() on an instance)
 
 
 def _parameters(rule: type[Aggregator]) -> dict[str, Any]:
@@ -72,6 +73,7 @@ def available() -> list[RuleInfo]:
             uses_weights=rule.uses_weights,
             uses_seed=rule.uses_seed,
             uses_center=rule.uses_center,
+            caveat=rule.caveat,
         )
         for name, rule in RULES.items()
     ]

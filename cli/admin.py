@@ -175,6 +175,8 @@ def status(config: ConfigOption = None, state_dir: StateDirOption = None, admin:
             ("accuracy", _number(reply.accuracy)), ("connected peers", str(reply.connected_peers)),
             ("reachability", reply.reachability), ("federations", "\n".join(reply.federations) or "-"),
             ("listening on", "\n".join(reply.listen_multiaddrs) or "-"), ("state dir", reply.state_dir),
+            ("checkpoint", f"[bold red]FAILING[/] ({reply.checkpoint_failures} in a row): {reply.checkpoint_error}"
+             if reply.checkpoint_error else (f"round {reply.checkpoint_round}" if reply.checkpoint_round >= 0 else "-")),
         ):
             rows.add_row(f"[bold]{key}[/]", escape(value))
         out.print(rows)

@@ -176,13 +176,15 @@ def launch(
     byzantine: Annotated[int, typer.Option("--byzantine", min=0, help="how many nodes attack (the last K)")] = 0,
     attack: Annotated[str, typer.Option("--attack", help="attack the Byzantine nodes run, e.g. ipm, alie, label_flip")] = "",
     attack_params: Annotated[str | None, typer.Option("--attack-params", help="TOML table, e.g. 'eps = 10'")] = None,
+    attack_timing: Annotated[str | None, typer.Option(
+        "--attack-timing", help="current: attackers forge from the round's honest updates, on time; previous: from the last round's (default: the config's, else current)")] = None,
     rule: Annotated[str | None, typer.Option(
         "--rule", help="aggregation rule, e.g. mean, multi_krum, gas (default: the config's, else mean)")] = None,
     f: Annotated[int | None, typer.Option("--f", min=0, help="Byzantine nodes the rule tolerates (default: the config's, else 0)")] = None,
     rule_params: Annotated[str | None, typer.Option("--rule-params", help="TOML table, e.g. 'base = \"krum\", p = 10'")] = None,
     codec: Annotated[str | None, typer.Option("--codec", help="update codec (default: the config's, else int8)")] = None,
     codec_params: Annotated[str | None, typer.Option("--codec-params", help="TOML table, e.g. 'fraction = 0.01'")] = None,
-    min_participants: Annotated[int, typer.Option("--min-participants", min=0, help="0 = a majority, at least what the rule needs")] = 0,
+    min_participants: Annotated[int, typer.Option("--min-participants", min=0, help="0 = a majority, at most nodes - f (sync)")] = 0,
     target_accuracy: Annotated[float | None, typer.Option("--target-accuracy", min=0, max=1, help="nodes stop once they reach it")] = None,
     schedule: Annotated[str | None, typer.Option(
         "--schedule", help="sync (k-of-n rounds) or fedcompass (semi-asynchronous); default: the config's, else sync")] = None,
@@ -216,6 +218,9 @@ def launch(
         if byzantine and not attack:
             raise ConfigError("--byzantine needs --attack NAME (e.g. --attack ipm --attack-params 'eps = 10')")
         schedule = schedule or base.federation.schedule
+        attack_timing = attack_timing or base.attack.timing
+        if attack_timing not in ("current", "previous"):
+            raise ConfigError(f"--attack-timing must be current or previous, got {attack_timing!r}")
         if schedule not in ("sync", "fedcompass"):
             raise ConfigError(f"--schedule must be sync or fedcompass, got {schedule!r}")
         from fednode.cli.launch import node_files, parse_devices
@@ -234,6 +239,7 @@ def launch(
             byzantine=byzantine,
             attack=attack or base.attack.name,
             attack_params=parse_table("--attack-params", attack_params) if attack_params else dict(base.attack.params),
+            attack_timing=attack_timing,
             rule=rule or base.aggregation.rule,
             f=base.aggregation.f if f is None else f,
             rule_params=parse_table("--rule-params", rule_params) if rule_params else dict(base.aggregation.params),

@@ -110,6 +110,7 @@ class LaunchPlan:
     byzantine: int = 0
     attack: str = ""
     attack_params: dict[str, Any] = field(default_factory=dict)
+    attack_timing: str = "current"  # attack.timing: "current" or "previous" (node/federation/attacker.py)
     rule: str = "mean"
     f: int = 0
     rule_params: dict[str, Any] = field(default_factory=dict)
@@ -132,6 +133,20 @@ class LaunchPlan:
     # STALL_ROUNDS x the slowest node's mean time per round) since, is stopped as stalled: with
     # the members it trained with gone it would wait for new ones forever.
     stall_floor: float = 30.0
+    # No node made a round for max(progress_floor, STALL_ROUNDS x the slowest mean time per
+    # round) (before the first round: since every node listens, or start_timeout after they were
+    # started): the federation is stuck (e.g. too few usable members for its rule); the launch
+    # stops every node and fails.
+    progress_floor: float = 120.0
+
+    def attack_settings(self) -> dict[str, Any]:
+        """The attack parameters the Byzantine nodes get: ALIE without z uses z_max for this
+        launch's n and number of attackers."""
+        params = dict(self.attack_params)
+        if self.attack == "alie" and "z" not in params:
+            params.setdefault("n", self.nodes)
+            params.setdefault("f", self.byzantine)
+        return params
 
     def task_params(self) -> dict[str, Any]:
         """The task.params table given with --set (the last one wins, as for the daemon)."""
@@ -151,7 +166,13 @@ class LaunchPlan:
     def derived_min_participants(self) -> int:
         if self.min_participants:
             return self.min_participants
-        return max(self._rule_minimum(), self.nodes // 2 + 1 if self.nodes > 2 else self.nodes)
+        majority = self.nodes // 2 + 1 if self.nodes > 2 else self.nodes
+        if self.schedule == "sync":
+            # A majority, but never more than the n - f members left when f are faulty: rounds
+            # work out what the rule needs themselves (SyncRound.needed), and a higher floor
+            # would let f members stall every round.
+            return max(1, min(majority, self.nodes - self.f))
+        return max(self._rule_minimum(), majority)
 
     def _rule_minimum(self) -> int:
         from fednode.aggregators import AggregationError, build
@@ -174,14 +195,14 @@ class LaunchPlan:
         wanted = self.derived_min_participants()
         if wanted > self.nodes:
             raise ConfigError(f"--min-participants {wanted} is more than --nodes {self.nodes}: no round could close")
-        if wanted < needed:
+        if wanted < needed and self.schedule != "sync":  # sync rounds count the silent among the f
             raise ConfigError(f"--min-participants {wanted} is below the {needed} updates rule {self.rule} with "
                               f"f = {self.f} needs; raise it or lower --f")
         if self.attack:
-            from fednode.node.federation.runner import build_attack
+            from fednode.node.federation.attacker import build_attacker
 
             try:
-                build_attack(self.attack, dict(self.attack_params))
+                build_attacker(self.attack, self.attack_settings(), self.attack_timing)
             except (ValueError, TypeError) as exc:
                 raise ConfigError(f"--attack {self.attack} --attack-params {self.attack_params}: {exc}") from None
         from fednode.node.compression import build_codec
@@ -208,6 +229,8 @@ class NodeProcess:
     first_round_at: float = 0.0  # monotonic times of its first and latest round records
     last_round_at: float = 0.0
     stalled_at: float = 0.0  # monotonic time it was stopped as stalled; 0 = not stalled
+    waiting: str = ""  # the node's last "round cannot close" reason, while it has made no round since
+    listening_at: float = 0.0  # monotonic time it started listening (its mesh is up)
 
     @property
     def stalled(self) -> bool:
@@ -238,6 +261,7 @@ class LocalFederation:
         self.nodes: list[NodeProcess] = []
         self._stopping = False
         self._lock = threading.Lock()
+        self.stuck = ""  # why the launch stopped a federation that made no progress
 
     # ------------------------------------------------------------------------ processes
     def _common_settings(self) -> list[str]:
@@ -279,9 +303,13 @@ class LocalFederation:
             argv += ["--set", f"mesh.bootstrap=[{json.dumps(bootstrap)}]"]
         else:
             argv += ["--set", "mesh.relay_hop=true"]
+        argv += ["--set", f"node.display_name={json.dumps(f'node-{index}')}"]
         if byzantine:
+            colluders = [f"node-{other}" for other in range(plan.nodes - plan.byzantine, plan.nodes) if other != index]
             argv += ["--set", f"attack.name={json.dumps(plan.attack)}",
-                     "--set", f"attack.params={_toml_inline(plan.attack_params)}"]
+                     "--set", f"attack.params={_toml_inline(plan.attack_settings())}",
+                     "--set", f"attack.timing={json.dumps(plan.attack_timing)}",
+                     "--set", f"attack.colluders={_toml_inline(colluders)}"]
         if plan.slowdowns:
             argv += ["--set", f"training.slowdown={plan.slowdowns[index % len(plan.slowdowns)]}"]
         if plan.devices:
@@ -352,7 +380,11 @@ class LocalFederation:
                 event = record.get("event")
                 if event == "listening":
                     node.multiaddrs = list(record.get("multiaddrs", []))
+                    node.listening_at = time.monotonic()
+                elif event == "round_waiting":
+                    node.waiting = f"round {record.get('round', '?')}: {record.get('reason', '')}"
                 elif event in ("round", "synced_round"):  # a state sync can bring the last round
+                    node.waiting = ""
                     node.last_round_at = time.monotonic()
                     node.first_round_at = node.first_round_at or node.last_round_at
                     node.round = int(record.get("round", node.round))
@@ -412,6 +444,9 @@ class LocalFederation:
         summary = self._summarize(wall, interrupted)
         self._write_report()
         failed = [n for n in self.nodes if n.process.returncode not in (0, None) or n.stalled]
+        if self.stuck:
+            self.console.print(f"[red]the federation made no progress: {self.stuck}[/]", highlight=False)
+            return 1
         for node in failed:
             what = "was stopped as stalled" if node.stalled else f"exited with code {node.process.returncode}"
             self.console.print(f"[red]{node.name} {what}; last lines of {node.log_path}:[/]")
@@ -463,6 +498,7 @@ class LocalFederation:
                 for node in self.nodes
             }
             exited_at: dict[int, float] = {}
+            started_at = time.monotonic()
             while any(node.process.poll() is None for node in self.nodes):
                 self._refresh(progress, tasks)
                 now = time.monotonic()
@@ -470,8 +506,37 @@ class LocalFederation:
                     if node.process.poll() is not None:
                         exited_at.setdefault(node.index, now)
                 self._stop_stalled(exited_at, now)
+                if self._no_progress(started_at, now):
+                    return
                 time.sleep(0.2)
             self._refresh(progress, tasks)
+
+    def _no_progress(self, started_at: float, now: float) -> bool:
+        """True (after saying why) when no node has made a round for the progress bound: rounds
+        that cannot close (too few usable members for the rule, members that never met) would
+        otherwise keep the launch running forever. The caller then stops every node. Progress
+        means honest nodes' rounds: an attacker may close rounds of its own."""
+        watched = [n for n in self.nodes if not n.byzantine] or self.nodes
+        last_round = max((n.last_round_at for n in watched), default=0.0)
+        slowest = max((n.seconds_per_round() for n in self.nodes), default=0.0)
+        limit = max(self.plan.progress_floor, STALL_ROUNDS * slowest)
+        if last_round:
+            since = last_round
+        elif all(n.listening_at for n in self.nodes):
+            since = max(n.listening_at for n in self.nodes)
+        else:
+            since = started_at + self.plan.start_timeout
+        if now - since < limit:
+            return False
+        waiting = [f"{n.name}: {n.waiting}" for n in watched if n.waiting and n.process.poll() is None]
+        self.stuck = (f"no node made a round for {limit:.0f} s" + (" since the last one" if last_round else "")
+                      + "; stopping every node")
+        self.console.print(f"[red]{self.stuck}[/]")
+        for line in waiting[:4]:
+            self.console.print(f"  {line}", highlight=False, markup=False)
+        if waiting:
+            self.stuck += "; " + waiting[0]
+        return True
 
     def _stop_stalled(self, exited_at: dict[int, float], now: float) -> None:
         """Stop (gracefully) the nodes still running after others have exited that made no round
@@ -543,6 +608,7 @@ class LocalFederation:
             "honest_min_accuracy": min(honest) if honest else float("nan"),
             "wall_seconds": wall_seconds,
             "interrupted": interrupted,
+            "stuck": self.stuck,
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         table = Table(title=f"federation {self.federation_id}: {self.plan.nodes} nodes, rule {self.plan.rule}, "

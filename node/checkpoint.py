@@ -9,6 +9,7 @@ in case the newest one is unreadable.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from fednode.node.durable import atomic_write_bytes
+from fednode.node.durable import fsync_directory, write_temp_file
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +84,22 @@ class CheckpointStore:
     def write(self, data: bytes) -> None:
         """Install serialized checkpoint bytes (`Checkpoint.to_bytes()`) as the latest checkpoint,
         atomically, keeping the one before as the previous. Writes must not overlap: callers that
-        write from a background thread use one thread, so checkpoints land in order."""
+        write from a background thread use one thread, so checkpoints land in order.
+
+        The new bytes are written and fsynced first, then the files are rotated by renames: a
+        write that fails (a full disk) raises and leaves the checkpoints as they were."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        if self.latest_path.exists():
-            # A rename is atomic: at every instant one complete checkpoint exists.
-            os.replace(self.latest_path, self.directory / PREVIOUS_FILE)
-        atomic_write_bytes(self.latest_path, data)
+        written = write_temp_file(self.latest_path, data)
+        try:
+            if self.latest_path.exists():
+                # A rename is atomic: at every instant one complete checkpoint exists.
+                os.replace(self.latest_path, self.directory / PREVIOUS_FILE)
+            os.replace(written, self.latest_path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(written)
+            raise
+        fsync_directory(self.directory)
 
     def load(self) -> Checkpoint | None:
         """The newest readable checkpoint, or None when there is none."""

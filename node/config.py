@@ -189,6 +189,10 @@ class FederationSection(_Section):
         default="sync", description="sync: k-of-n rounds; fedcompass: semi-asynchronous arrival groups (docs/fedcompass.md)"
     )
     announce_interval: float = Field(default=2.0, gt=0, le=300, description="seconds between liveness announcements")
+    alone_timeout: float = Field(
+        default=120.0, ge=0, le=86_400,
+        description="a member that trained with others and hears none of them for this long stops (exit 7); 0 = wait forever",
+    )
     push: bool = Field(
         default=True,
         description="also push control messages to directly connected members over the fast path (gossip alone: false)",
@@ -276,6 +280,13 @@ class AttackSection(_Section):
 
     name: str = Field(default="", description="attack name (fednode.aggregators.attacks); empty = honest")
     params: dict[str, Any] = Field(default_factory=dict, description="attack parameters")
+    timing: Literal["current", "previous"] = Field(
+        default="current",
+        description="current: forge from this round's honest updates, in time for the round; previous: from the last round's",
+    )
+    colluders: list[str] = Field(
+        default_factory=list, description="display names or peer ids of the other attackers (not honest, not waited for)"
+    )
 
 
 class AdminSection(_Section):

@@ -100,6 +100,8 @@ class RunSummary:
     rejected: dict[str, int] = field(default_factory=dict)
     contributions: dict[str, dict[str, Any]] = field(default_factory=dict)
     syncs: int = 0
+    checkpoint_failures: int = 0  # checkpoint writes that failed (full disk, ...): each is also logged
+    checkpoint_error: str = ""  # why the last failed write failed; empty once one succeeded again
     direct_deliveries: int = 0  # control messages that reached this node by push before gossip
     push_only_messages: int = 0  # control messages this node sent by push only (all members reached)
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -277,6 +279,8 @@ class Daemon:
         self._mesh_lock: asyncio.Lock | None = None
         self._ready_event: asyncio.Event | None = None
         self._alone_allowed = config.training.solo and self.role == "member"
+        self.exit_code = ExitCode.OK  # what run() returns after a graceful stop
+        self.checkpoint = worker_pb2.CheckpointHealth(written_round=-1)  # as the worker last reported
 
     @property
     def federated(self) -> bool:
@@ -424,8 +428,22 @@ class Daemon:
             if self.worker is None or not self.worker.alive:
                 return
             self._note_worker_peak(await self.worker.shutdown(checkpoint=True))
+            self._check_final_checkpoint(self.worker)
             self.worker = None
             log.info("idle: training worker stopped (model checkpointed); it starts again with the next session")
+
+    def _check_final_checkpoint(self, worker: Any) -> None:
+        """After the worker stopped: a final checkpoint that could not be written (retried by
+        the worker) is the daemon's failure to save its state: exit code 5 once it stops."""
+        self._note_checkpoint(worker.checkpoint_health)
+        if worker.final_checkpoint_error:
+            health = worker.checkpoint_health
+            on_disk = f"round {health.written_round}" if health.written_round >= 0 else "none written by this run"
+            log.error("the final checkpoint could not be written (%s); the newest checkpoint on disk is %s, so a "
+                      "restart resumes from there. Free space in %s or move the state dir.",
+                      worker.final_checkpoint_error, on_disk, self.state_dir,
+                      extra={"event": "final_checkpoint_failed", "error": worker.final_checkpoint_error})
+            self.exit_code = ExitCode.STATE_DIR
 
     def _note_worker_peak(self, peak_mb: float) -> None:
         if self.summary is not None and peak_mb == peak_mb:  # not NaN
@@ -546,7 +564,7 @@ class Daemon:
                     await self.worker.kill()
         finally:
             self._lock.release()
-        return ExitCode.OK
+        return self.exit_code
 
     async def _run_sessions(self) -> None:
         """Train with the current federation, alone (training.solo) or idle; switch when a
@@ -728,6 +746,12 @@ class Daemon:
         self.model_version = max(self.model_version, ended.model_version)
         if ended.stop_reason == "rounds" and not self.stop_event.is_set():
             self.request_stop("rounds")
+        if ended.error and ended.stop_reason == "isolated" and self.worker.alive:
+            # Nobody left to train with: stop gracefully (summary, final checkpoint), exit 7.
+            log.error("%s", ended.error, extra={"event": "isolated"})
+            self.exit_code = ExitCode(ended.exit_code)
+            self.request_stop("isolated")
+            return ended
         if ended.error:
             raise (WorkerError if self.worker.alive else WorkerGone)(ended.error, ended.exit_code)
         return ended
@@ -1058,6 +1082,8 @@ class Daemon:
     async def _on_worker_round(self, report: Any) -> Any:
         """A round the worker closed: record it, and tell the worker whether to go on."""
         self.round, self.model_version = report.round, report.model_version
+        if report.HasField("checkpoint"):
+            self._note_checkpoint(report.checkpoint)
         if report.synced:
             self._record_synced(report)
             finish = self._budget_verdict(report.round, report.accuracy)
@@ -1108,6 +1134,17 @@ class Daemon:
             self._mark_finished(session, reason, round_number, accuracy)
         assert self.finished is not None
         return worker_pb2.RoundVerdict(stop=True, reason=str(self.finished["reason"]), finish=True)
+
+    def _note_checkpoint(self, health: Any) -> None:
+        """The worker's checkpoint writes: summary, admin status and metrics show failures (the
+        worker logs each one)."""
+        self.checkpoint = health
+        if self.summary is not None:
+            self.summary.checkpoint_failures = max(self.summary.checkpoint_failures, health.failures_total)
+            self.summary.checkpoint_error = health.error
+        if self.metrics is not None:
+            with suppress(Exception):
+                self.metrics.record_checkpoint(health.failures_total, health.written_round)
 
     def _after_federated_round(self, report: Any, record: RoundRecord) -> None:
         federation_id = self.session.federation_id if self.session is not None else ""
@@ -1246,10 +1283,16 @@ class Daemon:
         assert self.summary is not None
         if self.worker is not None:  # not parked while idle (that wrote the final checkpoint)
             self._note_worker_peak(await self.worker.shutdown(checkpoint=True))
+            self._check_final_checkpoint(self.worker)
         self.summary.wall_seconds = time.perf_counter() - self._started
         self.summary.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         self.summary.stop_reason = self.stop_reason or "stopped"
-        atomic_write_bytes(self.state_dir / SUMMARY_FILE, self.summary.to_json(), mode=0o644)
+        try:
+            atomic_write_bytes(self.state_dir / SUMMARY_FILE, self.summary.to_json(), mode=0o644)
+        except OSError as exc:
+            log.error("summary not written to %s: %s", self.state_dir / SUMMARY_FILE, exc,
+                      extra={"event": "summary_failed"})
+            self.exit_code = ExitCode.STATE_DIR
         log.info(
             "stopped (%s) after round %d: test accuracy %.4f; summary in %s",
             self.summary.stop_reason,

@@ -17,6 +17,20 @@ from pathlib import Path
 def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     """Replace `path` with `data` atomically; the file gets permission bits `mode`."""
     path = Path(path)
+    tmp_name = write_temp_file(path, data, mode=mode)
+    try:
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    fsync_directory(path.parent)
+
+
+def write_temp_file(path: Path, data: bytes, *, mode: int = 0o600) -> Path:
+    """Write `data` to a fresh temp file beside `path` and fsync it; the caller renames it into
+    place (or removes it). Nothing is left behind when the write fails (e.g. a full disk)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -26,12 +40,11 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o600) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
-    fsync_directory(path.parent)
+    return Path(tmp_name)
 
 
 def fsync_directory(directory: Path) -> None:

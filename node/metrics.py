@@ -101,6 +101,12 @@ class NodeMetrics:
             buckets=(1e4, 1e5, 5e5, 1e6, 5e6, 1e7, 5e7, 1e8, 5e8, 1e9, 5e9),
         )
         self.peers = Gauge("peers", "Connected peers", namespace=ns, registry=reg)
+        self.checkpoint_failures = Counter("checkpoint_failures", "Checkpoint writes that failed (full disk, ...)",
+                                           namespace=ns, registry=reg)
+        self.checkpoint_round = Gauge("checkpoint_round", "Round of the newest checkpoint written (-1: none)",
+                                      namespace=ns, registry=reg)
+        self.checkpoint_round.set(-1)
+        self._checkpoint_failures_seen = 0
         self.connections = Gauge("connections", "Connected peers by best connection type", ["type"],
                                  namespace=ns, registry=reg)
         self.reachability = Enum("reachability", "AutoNAT verdict on this node's reachability",
@@ -146,6 +152,16 @@ class NodeMetrics:
         self.updates_accepted.labels(federation=federation_id)
         for reason in REJECT_REASONS:
             self.updates_rejected.labels(federation=federation_id, reason=reason)
+
+    def record_checkpoint(self, failures_total: int, written_round: int) -> None:
+        """The training worker's checkpoint writes so far (a running total: only the increase
+        is counted)."""
+        with self._lock:
+            new = failures_total - self._checkpoint_failures_seen
+            self._checkpoint_failures_seen = max(self._checkpoint_failures_seen, failures_total)
+        if new > 0:
+            self.checkpoint_failures.inc(new)
+        self.checkpoint_round.set(written_round)
 
     def forget_federation(self, federation_id: str) -> None:
         """Drop a left federation's series (so dashboards stop showing stale gauges)."""

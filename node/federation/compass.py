@@ -912,14 +912,15 @@ class CompassRunner(FederationRunner):
         return header, self.sched.on_update(held.ref(), group_id, now)
 
     def _craft_compass_attack(self, own: torch.Tensor) -> torch.Tensor:
-        """An omniscient attacker forges its update from the newest honest update of each peer."""
+        """An omniscient attacker forges its update from the newest honest update of each peer
+        (FedCompass has no shared round to wait for: what it holds is what it knows)."""
+        assert self.attack is not None
         newest: dict[str, Held] = {}
         for held in self.held.values():
-            if held.sender != self.peer_id and held.delta is not None and (
-                    held.sender not in newest or held.seq > newest[held.sender].seq):
+            if held.delta is not None and (held.sender not in newest or held.seq > newest[held.sender].seq):
                 newest[held.sender] = held
-        rows = torch.stack([h.delta for _, h in sorted(newest.items()) if h.delta is not None]) if newest else own.unsqueeze(0)
-        return self.attack(rows).to(torch.float32)
+        updates = {sender: held.delta for sender, held in newest.items() if held.delta is not None}
+        return self.attack.forge(self.seq + 1, self.attack.honest(updates, self.peer_id, self._member_names()), own)
 
     # ------------------------------------------------------------------------------ receiving
     def _on_control(self, valid: ValidControl) -> None:
@@ -1169,12 +1170,12 @@ class CompassRunner(FederationRunner):
         while len(self._served) > SERVED_UPDATES:
             self.mesh.unserve_blob(self._served.popleft())
 
-    async def _publish(self, message: control_pb2.ControlMessage, *, wait: bool = False) -> None:
+    async def _publish(self, message: control_pb2.ControlMessage, *, wait: bool = False, gossip: bool = False) -> None:
         """Bounded: a publish stuck behind a peer's jammed stream must not stall our rounds.
         Whatever still matters is re-sent by `_republish_all`."""
         started = time.perf_counter()
         try:
-            await asyncio.wait_for(super()._publish(message, wait=wait), timeout=PUBLISH_TIMEOUT)
+            await asyncio.wait_for(super()._publish(message, wait=wait, gossip=gossip), timeout=PUBLISH_TIMEOUT)
         except asyncio.TimeoutError:
             log.warning("publishing a %s message took over %.0f s; given up (re-sent later if still needed)",
                         message.WhichOneof("body"), PUBLISH_TIMEOUT)

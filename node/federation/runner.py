@@ -28,8 +28,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from fednode.aggregators import AggregationError, AggregationResult, Aggregator
-from fednode.aggregators import attacks as attack_registry
+from fednode.aggregators import AggregationError, AggregationResult, Aggregator, PreconditionError
 from fednode.node import __version__
 from fednode.node.compression import (
     DecodeLimits,
@@ -40,6 +39,8 @@ from fednode.node.compression import (
     is_finite,
 )
 from fednode.node.envelope import Rejected, RejectReason, reason_name, seal
+from fednode.node.errors import NetworkError
+from fednode.node.federation.attacker import WAIT_SHARE, Attacker
 from fednode.node.federation.protocol import (
     MAX_INLINE_PAYLOAD,
     ControlValidator,
@@ -54,7 +55,7 @@ from fednode.node.federation.updates import PeerContribution, ReceivedUpdate, Up
 from fednode.node.identity import Identity
 from fednode.node.mesh.port import MeshPort
 from fednode.node.model import assign_parameters, flatten_parameters
-from fednode.node.scheduler import SyncPolicy, SyncRound, adoptable_snapshot, outvoted_round
+from fednode.node.scheduler import SyncPolicy, SyncRound, adoptable_snapshot, byzantine_budget, outvoted_round
 from fednode.node.trainer import LocalTrainer, TrainResult
 from fednode.proto.v1 import control_pb2, model_pb2, tensor_pb2
 
@@ -105,6 +106,16 @@ REVOCATION_REPEAT_EVERY = 10
 SNAPSHOT_RETRY_FIRST_S = 2.0
 SNAPSHOT_RETRY_MAX_S = 60.0
 MAX_OFFERS_PER_PROVIDER = 8  # bounds what one member's offers (claiming any rounds) can hold
+# A provider a snapshot fetch could not reach is asked last for this long: a member just
+# restarted, or overloaded, can take the whole I/O timeout per attempt to fail.
+UNREACHABLE_PROVIDER_S = 30.0
+# A round that cannot close for want of valid updates says why at once, then every this often.
+SHORT_ROUND_REPORT_S = 30.0
+# A member that comes back (silent for this many announcement intervals, or announcing an older
+# round than before: it restarted) is expected again once it offers a round at most this far
+# behind ours: it then has caught up by state sync and can contribute (SyncRound.rejoin).
+RETURN_SILENCE_INTERVALS = 3.0
+REJOIN_WINDOW = 16
 
 _CODEC_ENUM = {name.removeprefix("CODEC_").lower(): value for name, value in tensor_pb2.Codec.items()}
 
@@ -123,6 +134,8 @@ class MemberView:
     public_key: bytes = b""  # the key its envelopes are signed with (for revocations)
     newest_sent_ms: int = 0  # sent_unix_ms of the newest message admitted from it
     departed_ms: int = 0  # sent_unix_ms of its departure, while it has not come back (0: none)
+    announced_round: int = 0  # the round of its last announcement (round: the newest ever)
+    returning: bool = False  # it came back (restart, long silence) and is not expected again yet
 
     def admit(self, body: str, sent_unix_ms: int) -> bool:
         """Order this member's messages around its departure, by its own clock: a message may
@@ -173,6 +186,13 @@ class StoppingError(Exception):
     """A wait on peers was given up because the node is stopping."""
 
 
+class IsolatedError(NetworkError):
+    """No member of the federation has been heard from for too long: the node stops (exit 7)
+    instead of waiting forever for a round that cannot close."""
+
+    stop_reason = "isolated"
+
+
 class FederationRunner:
     """Runs rounds with the federation until `stop` is set; see the module docstring."""
 
@@ -193,12 +213,14 @@ class FederationRunner:
         max_clock_skew: float,
         stop: Any,  # threading.Event shared with the trainer
         push: bool = True,
-        attack: Any = None,
+        attack: Attacker | None = None,
         on_round: Callable[[RoundOutcome], Awaitable[None]] | None = None,
         display_name: str = "",
         trust: Any = None,
         certificate: Any = None,
         on_event: Callable[..., None] | None = None,
+        alone_timeout: float = 0.0,
+        on_synced: Callable[[], None] | None = None,
     ) -> None:
         self.federation_id = federation_id
         self.identity = identity
@@ -213,12 +235,19 @@ class FederationRunner:
         self.announce_interval = announce_interval
         self.push = push
         self.stop = stop
-        self.attack = attack
+        self.attack = attack.for_rule(aggregator) if attack is not None else None
         self.on_round = on_round
         # Awaited after every state sync that moved the model (the worker evaluates and reports it:
         # a synced model can reach the federation's budget without a round of this node's own).
         self.on_sync: Callable[[], Awaitable[None]] | None = None
         self.display_name = display_name
+        # Stop (IsolatedError) after this long without hearing any member, once this node has
+        # heard members in this session; 0 = never. A member resumed from a checkpoint that hears
+        # nobody waits for them: members restart in any order.
+        self.alone_timeout = alone_timeout
+        self.on_synced = on_synced  # after a state sync adopted a model (the worker checkpoints it)
+        self._had_members = False
+        self._last_contact = 0.0  # loop time of the last message from another member
         self.topic = topic_for(federation_id)
         self.validator = ControlValidator(federation_id, max_clock_skew, layout.digest, trust)
         self.certificate = certificate  # attached to every message of a certified federation
@@ -245,6 +274,10 @@ class FederationRunner:
         # be offered again, how long it was set aside).
         self.snapshot_quorum = aggregator.f + 1
         self._unavailable_snapshots: dict[bytes, tuple[float, float]] = {}
+        # The newest round a quorum of members offered a snapshot for whose fetch then failed:
+        # they completed it, so this node must not close it with fewer updates of its own.
+        self._completed_elsewhere = 0
+        self._unreachable_providers: dict[str, float] = {}  # peer -> loop time it is tried first again
         self._quorum_noted_at = float("-inf")
         self.rejections: Counter[str] = Counter()
         # Envelopes already processed: digest -> (the paths they came by, _VIA_*; their signer).
@@ -267,6 +300,7 @@ class FederationRunner:
         # sync the round is run again and must go on with the same update (a second, different
         # one for the same round is equivocation to the others, and to our own book).
         self._published: tuple[int, ReceivedUpdate, TrainResult] | None = None
+        self._previous_header: model_pb2.UpdateHeader | None = None  # our update for the round before
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_train_seconds = 1.0
         self._connected: set[str] = set()
@@ -278,6 +312,7 @@ class FederationRunner:
     # ------------------------------------------------------------------------------ start / stop
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self._last_contact = loop.time()
 
         def refused_in_network_thread(rejected: Rejected) -> None:
             sender = getattr(rejected, "sender", None)
@@ -388,6 +423,9 @@ class FederationRunner:
                     with contextlib.suppress(Exception):
                         await self._offer_snapshot()
                 continue
+            if self.round < self._completed_elsewhere:
+                await self._await_snapshot()
+                continue
             outcome = await self._run_round(self.round + 1)
             if outcome is None:
                 continue
@@ -430,6 +468,8 @@ class FederationRunner:
             if self.attack is not None and self.attack.kind == "update":
                 delta = await self._craft_attack(number, delta)
             own = await self._publish_update(number, delta, result)
+            if self._published is not None and self._published[0] == number - 1:
+                self._previous_header = self._published[1].header
             self._published = (number, own, result)
         self.book.add(own)
         self.rounds.record(self.peer_id, loop.time(), number)
@@ -442,22 +482,42 @@ class FederationRunner:
     async def _wait_for_close(self, number: int, own_header: model_pb2.UpdateHeader | None) -> str | None:
         loop = asyncio.get_running_loop()
         republish_at = loop.time() + self.announce_interval
+        reported_short: tuple[str, float] | None = None  # (reason, loop time) of the last "cannot close"
         while not self.stop.is_set():
             decision = self.rounds.decide(loop.time())
             if decision.close:
                 if decision.missing:
                     log.info("round %d closes without %s: %s", number, ", ".join(p[-8:] for p in decision.missing), decision.reason)
+                elif self.rounds.refused:
+                    log.info("round %d closes without the refused update(s) of %s", number,
+                             ", ".join(p[-8:] for p in sorted(self.rounds.refused)))
                 return decision.reason
+            if decision.short and (reported_short is None or reported_short[0] != decision.reason
+                                   or loop.time() - reported_short[1] >= SHORT_ROUND_REPORT_S):
+                reported_short = (decision.reason, loop.time())
+                log.warning("round %d cannot close yet: %s; waiting for more members (missing: %s)", number,
+                            decision.reason, ", ".join(p[-8:] for p in decision.missing) or "none",
+                            extra={"event": "round_waiting", "round": number, "reason": decision.reason})
             if self._peers_completed(number):
                 log.info("peers completed round %d already; syncing instead of waiting", number)
                 return None
+            if number <= self._completed_elsewhere:
+                return None  # their snapshot is retried (run); closing it here would fork the model
+            self._check_isolation(number)
             if own_header is not None and loop.time() >= republish_at:
                 # Gossip has no replay: a peer that joined after we published never saw our
-                # update. Re-announcing it while the round is open costs one small message per
-                # interval; receivers drop duplicates by (sender, round, hash).
+                # update, and a push can be lost under load. Re-announcing it while the round is
+                # open costs one small message per interval (on gossip too); receivers drop
+                # duplicates by (sender, round, hash). Our previous round's update goes too while
+                # a member still works on that round: without it, a member that missed it could
+                # wait for it for good (we moved on, and too few of us may offer that round's
+                # model for it to adopt).
                 republish_at = loop.time() + self.announce_interval
                 with contextlib.suppress(Exception):
-                    await self._publish(control_pb2.ControlMessage(update=own_header))
+                    await self._publish(control_pb2.ControlMessage(update=own_header), gossip=True)
+                    previous = self._previous_header
+                    if previous is not None and previous.round == number - 1 and self._members_behind(previous.round):
+                        await self._publish(control_pb2.ControlMessage(update=previous), gossip=True)
             self._wakeup.clear()
             timeout = max(0.0, min(decision.wait_until, republish_at) - loop.time())
             with contextlib.suppress(asyncio.TimeoutError):
@@ -477,7 +537,15 @@ class FederationRunner:
         if self.aggregator.name == "centered_clipping":
             kwargs["center"] = self.aggregator_center
         try:
-            result = await asyncio.to_thread(self.aggregator, rows, **kwargs)
+            rule = self._rule_for(number, len(senders))
+            try:
+                result = await asyncio.to_thread(rule, rows, **kwargs)
+            except PreconditionError as exc:
+                if not exc.rejected:
+                    raise
+                # The rule itself dropped rows (absurd norms): their senders are faulty too.
+                rule = self._rule_for(number, len(senders) - exc.rejected)
+                result = await asyncio.to_thread(rule, rows, **kwargs)
         except AggregationError as exc:
             log.error("round %d: aggregation failed (%s); keeping the model unchanged", number, exc)
             result = None
@@ -502,6 +570,8 @@ class FederationRunner:
                     score=float(result.scores[index]) if result.scores is not None else None,
                     reason="" if sender in selected else "aggregator_outlier",
                 )
+        if self.attack is not None:
+            self.attack.remember(self._honest_updates(number))
         self.round = number
         self.model_version += 1
         self.book.prune(number)
@@ -518,6 +588,22 @@ class FederationRunner:
             round_seconds=loop.time() - started,
             close_reason=close_reason,
         )
+
+    def _rule_for(self, number: int, valid: int) -> Aggregator:
+        """The rule told to tolerate as many Byzantine rows as `valid` rows allow, at most f
+        (byzantine_budget). The round closed only once the members found unusable made that
+        enough (SyncRound.decide); it depends on the row count alone, so every peer aggregating
+        the same updates uses the same f."""
+        f = self.aggregator.f
+        budget = byzantine_budget(valid, f, self._rows_needed)
+        if budget is None or budget == f:
+            return self.aggregator  # too few rows for any f: the rule's precondition error says so
+        log.info("round %d: %d valid update(s), so the rule tolerates %d Byzantine member(s) instead of f = %d "
+                 "(the others of the f were found unusable)", number, valid, budget, f)
+        return self.aggregator.with_f(budget)
+
+    def _rows_needed(self, byzantine: int) -> int:
+        return self.aggregator.with_f(byzantine).minimum_rows()
 
     # ------------------------------------------------------------------------------ sending
     def _credit_contributions(self, senders: list[str], result: AggregationResult) -> tuple[list[str], list[str]]:
@@ -583,7 +669,7 @@ class FederationRunner:
         await self._publish(control_pb2.ControlMessage(update=header))
         return ReceivedUpdate(self.peer_id, number, header, decoded, asyncio.get_running_loop().time())
 
-    async def _publish(self, message: control_pb2.ControlMessage, *, wait: bool = False) -> None:
+    async def _publish(self, message: control_pb2.ControlMessage, *, wait: bool = False, gossip: bool = False) -> None:
         """Sign and send a control message: pushed to the members we are connected to and
         gossiped to everyone (but see below). Once pushed, the gossip copy is sent in the background (the members
         waiting on it have it; handing it to the networking thread took 15-100 ms of a round on a
@@ -610,7 +696,8 @@ class FederationRunner:
             if len(data) > self.mesh.max_gossip_bytes:
                 self._spawn(self._push(data, targets), "push")
             else:
-                push_only = message.WhichOneof("body") not in ALWAYS_GOSSIPED and set(targets) >= self._recent_members()
+                push_only = (not gossip and message.WhichOneof("body") not in ALWAYS_GOSSIPED
+                             and set(targets) >= self._recent_members())
                 self._spawn(self._push_then_gossip(data, targets, push_only), "push")
                 return
         await self.mesh.publish(self.topic, data)
@@ -732,9 +819,13 @@ class FederationRunner:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._announce_now.wait(), timeout=max(0.0, self.announce_interval - ANSWER_FLOOR))
 
-    async def _offer_snapshot(self) -> None:
+    async def _offer_snapshot(self, *, gossip: bool = False) -> None:
+        """Offer our model; `gossip`: also on gossip even when every member got the push (the
+        periodic offer with each announcement: a member whose pushes get lost under load would
+        otherwise never learn that the others completed a round, and wait for them for good)."""
         if self._snapshot is not None:
-            await self._publish(control_pb2.ControlMessage(snapshot=control_pb2.SnapshotOffer(header=self._snapshot[0])))
+            await self._publish(control_pb2.ControlMessage(snapshot=control_pb2.SnapshotOffer(header=self._snapshot[0])),
+                                gossip=gossip)
 
     async def _announce(self) -> None:
         announcement = control_pb2.PeerAnnouncement(
@@ -749,7 +840,7 @@ class FederationRunner:
         )
         try:
             await self._publish(control_pb2.ControlMessage(announcement=announcement))
-            await self._offer_snapshot()
+            await self._offer_snapshot(gossip=True)
         except Exception as exc:  # a failed announcement is retried at the next interval
             log.debug("announcement failed: %s", exc)
 
@@ -823,9 +914,16 @@ class FederationRunner:
         body = valid.body
         message = valid.message
         member = self.members.setdefault(valid.sender, MemberView(valid.sender))
+        departed_before = member.departed_ms != 0
         if not member.admit(body, message.sent_unix_ms):
             return
-        member.last_seen = time.time()
+        now_unix = time.time()
+        self._had_members = True
+        self._last_contact = asyncio.get_running_loop().time()
+        if member.last_seen and (departed_before or now_unix - member.last_seen
+                                 > RETURN_SILENCE_INTERVALS * self.announce_interval):
+            member.returning = True  # back after leaving or a long silence (a restart)
+        member.last_seen = now_unix
         member.public_key = valid.opened.sender_public_key
         if body == "announcement":
             announcement = message.announcement
@@ -833,11 +931,15 @@ class FederationRunner:
                 self._announce_now.set()  # the first we hear of this member: answer with our state
                 self._newcomer_at = asyncio.get_running_loop().time()
             member.announced_at = member.last_seen
+            if announcement.round < member.announced_round:
+                member.returning = True  # announcing an older round than before: it restarted
+            member.announced_round = announcement.round
             member.round = max(member.round, announcement.round)
+            self._maybe_rejoin(member, announcement.round)
             member.model_version = announcement.model_version
             member.multiaddrs = tuple(announcement.multiaddrs)
             member.display_name = announcement.display_name
-            self.rounds.note_member(valid.sender)
+            self.rounds.note_member(valid.sender, asyncio.get_running_loop().time())
             self._wakeup.set()
         elif body == "update":
             self._on_update_header(valid)
@@ -850,6 +952,46 @@ class FederationRunner:
         elif body == "revocation":
             self.on_event("revocation", revocation=message.revocation, peer_id=valid.sender)
         self._on_control(valid)
+
+    def _check_isolation(self, number: int) -> None:
+        """Raise IsolatedError when this node, which trained with the federation before, has
+        heard no member for alone_timeout (sooner when every member it knew has left): nobody
+        is left to close round `number` with, and waiting forever helps no one."""
+        if not self._had_members or not self.alone_timeout:
+            return
+        silent = asyncio.get_running_loop().time() - self._last_contact
+        others = [p for p in self.rounds.roster() if p != self.peer_id]
+        everyone_left = bool(others) and all(self.rounds.departed(p) for p in others)
+        if silent < (min(self.alone_timeout, 2 * self.announce_interval + 1.0) if everyone_left else self.alone_timeout):
+            return
+        why = (f"every member it trained with has left the federation ({len(others)})" if everyone_left
+               else f"no member of the federation has been heard from for {silent:.0f} s")
+        raise IsolatedError(
+            f"{why}; stopping at round {self.round} (round {number} cannot close alone). Start it again when "
+            f"members are online, or check mesh.bootstrap (federation.alone_timeout = {self.alone_timeout:.0f} s)")
+
+    def _members_behind(self, number: int) -> bool:
+        """A member heard from lately (not departed) has not closed round `number` yet."""
+        recent = self._recent_members()
+        return any(m.round < number and not self.rounds.departed(p) for p, m in self.members.items() if p in recent)
+
+    def _maybe_rejoin(self, member: MemberView, its_round: int) -> None:
+        """A member that came back and has caught up (its round at most REJOIN_WINDOW behind
+        ours) is expected again, so our rounds wait for it once (see SyncRound.rejoin). Members
+        that never left (a straggler always behind) are not: waiting for them would cost every
+        round its deadline."""
+        if not member.returning or its_round < self.round - REJOIN_WINDOW:
+            return
+        member.returning = False
+        if self.rounds.rejoin(member.peer_id, asyncio.get_running_loop().time()):
+            log.info("member %s is back at round %d; rounds wait for it again", member.peer_id[-8:], its_round,
+                     extra={"event": "member_rejoined", "peer_id": member.peer_id, "round": its_round})
+            self._wakeup.set()
+
+    def _refused(self, sender: str, number: int) -> None:
+        """The sender's update for round `number` was refused: the round need not wait for it."""
+        self.rounds.refuse(sender, number)
+        self._wakeup.set()
 
     def _left(self, peer_id: str) -> bool:
         """The member's departure is the newest message we have from it."""
@@ -872,6 +1014,7 @@ class FederationRunner:
             return  # its fetch failed lately
         member = self.members[valid.sender]
         member.round = max(member.round, header.round)
+        self._maybe_rejoin(member, header.round)
         offer = self.offers.setdefault(digest, SnapshotOffer(header))
         offer.providers.add(valid.sender)
         self._prune_offers(valid.sender)
@@ -899,6 +1042,7 @@ class FederationRunner:
         sender = valid.sender
         if header.payload_size > self.max_payload_bytes:
             self._reject(sender, Rejected(RejectReason.REJECT_OVERSIZED, f"{header.payload_size} byte payload"), header)
+            self._refused(sender, header.round)
             return
         if header.round > self.round + 16:
             # We are behind (just started or restarted); state sync will catch us up. Not the
@@ -910,17 +1054,19 @@ class FederationRunner:
                 return  # a duplicate (gossip paths, or the sender re-announcing an open round)
         except Rejected as rejected:
             self._reject(sender, rejected, header)
+            self._refused(sender, header.round)
             return
         if header.round <= self.round:
             self.rounds.record_late(sender, asyncio.get_running_loop().time(), header.round)  # admitted just now
             self._reject(sender, Rejected(RejectReason.REJECT_STALE, f"update for closed round {header.round}"), header)
             return
-        self.rounds.note_member(sender)
+        self.rounds.note_member(sender, asyncio.get_running_loop().time())
         self._spawn(self._obtain_update(sender, header), f"update-{sender[-6:]}-{header.round}")
 
     async def _obtain_update(self, sender: str, header: model_pb2.UpdateHeader) -> None:
         delta = await self._receive_payload(sender, header)
         if delta is None:
+            self._refused(sender, header.round)
             return
         if header.round <= self.round:
             self.rounds.record_late(sender, asyncio.get_running_loop().time(), header.round, revive=not self._left(sender))
@@ -968,19 +1114,34 @@ class FederationRunner:
 
     # ------------------------------------------------------------------------------ attacks
     async def _craft_attack(self, number: int, own: torch.Tensor) -> torch.Tensor:
-        """An omniscient attacker: waits for the honest updates it can see, then forges its own."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(1.0, 2 * self._last_train_seconds)
-        while loop.time() < deadline and not self.stop.is_set():
-            others = self.book.senders(number) - {self.peer_id}
-            if others and others >= (self.rounds.expected() - {self.peer_id}):
-                break
-            self._wakeup.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=0.05)
-        honest = [u.delta for s, u in sorted(self.book.for_round(number).items()) if s != self.peer_id]
-        rows = torch.stack(honest) if honest else own.unsqueeze(0)
-        return self.attack(rows).to(torch.float32)
+        """The attacker's update for round `number` (see node/federation/attacker.py): in
+        "current" timing it first waits for this round's honest updates, as long as its own can
+        still arrive before the round closes."""
+        attacker = self.attack
+        assert attacker is not None
+        if attacker.timing == "current":
+            loop = asyncio.get_running_loop()
+            while not self.stop.is_set():
+                started = self.rounds.started_at
+                if loop.time() >= started + WAIT_SHARE * (self.rounds.deadline() - started):
+                    break
+                names = self._member_names()
+                honest = {p for p in self.rounds.expected() if not attacker.is_colluder(p, names.get(p, ""))}
+                if set(self._honest_updates(number)) >= honest - {self.peer_id}:
+                    break
+                self._wakeup.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=0.05)
+        return attacker.forge(number, self._honest_updates(number), own)
+
+    def _honest_updates(self, number: int) -> dict[str, torch.Tensor]:
+        """Round `number`'s updates from members that are not us or our colluders (attackers)."""
+        assert self.attack is not None
+        updates = {sender: update.delta for sender, update in self.book.for_round(number).items()}
+        return self.attack.honest(updates, self.peer_id, self._member_names())
+
+    def _member_names(self) -> dict[str, str]:
+        return {peer: member.display_name for peer, member in self.members.items()}
 
     # ------------------------------------------------------------------------------ membership
     async def _discover_members(self) -> None:
@@ -1080,9 +1241,25 @@ class FederationRunner:
             if not task.done():
                 task.cancel()
 
+    async def _await_snapshot(self) -> None:
+        """Members completed a round this node has not (their snapshot's fetch failed and is
+        set aside for a while): wait for an adoptable offer (it may come again, or a newer one)
+        instead of closing that round with fewer updates, which would leave this node on a model
+        of its own. Bounded like every wait on peers (federation.alone_timeout)."""
+        log.info("members completed round %d; waiting to fetch their model instead of closing it without them",
+                 self._completed_elsewhere)
+        while not self.stop.is_set() and self._best_offer() is None:
+            self._check_isolation(self.round + 1)
+            self._wakeup.clear()
+            with contextlib.suppress(asyncio.TimeoutError):  # offers come with announcements
+                await asyncio.wait_for(self._wakeup.wait(), timeout=1.0)
+
     def _mark_unavailable(self, digest: bytes) -> None:
         """Forget a snapshot whose fetch failed and ignore offers of it for a while (longer each
         time it fails again)."""
+        offer = self.offers.get(digest)
+        if offer is not None and len(offer.providers) >= self.snapshot_quorum:
+            self._completed_elsewhere = max(self._completed_elsewhere, offer.header.round)
         now = asyncio.get_running_loop().time()
         _, last = self._unavailable_snapshots.get(digest, (now, 0.0))
         set_aside = SNAPSHOT_RETRY_FIRST_S if last == 0.0 else min(2 * last, SNAPSHOT_RETRY_MAX_S)
@@ -1092,12 +1269,29 @@ class FederationRunner:
         self._unavailable_snapshots[digest] = (now + set_aside, set_aside)
         self.offers.pop(digest, None)
 
-    async def _sync_from_peers(self) -> bool:
+    def _fetchable_offer(self) -> SnapshotOffer | None:
+        """The snapshot to fetch: the best offer, unless none of its providers could be reached
+        lately and an adoptable offer with a provider that could exists (a little older, as a
+        rule: the newest round is often offered by one member only, a moment after it closed)."""
         best = self._best_offer()
+        now = asyncio.get_running_loop().time()
+        if best is None or any(self._unreachable_providers.get(p, 0.0) <= now for p in best.providers):
+            return best
+        reachable = [(o.header.round, digest, len(o.providers)) for digest, o in self.offers.items()
+                     if any(self._unreachable_providers.get(p, 0.0) <= now for p in o.providers)]
+        chosen = adoptable_snapshot(reachable, self.snapshot_quorum)
+        return best if chosen is None else self.offers[chosen[1]]
+
+    async def _sync_from_peers(self) -> bool:
+        best = self._fetchable_offer()
         if best is None:
             return False
         header = best.header
-        providers = sorted(best.providers)
+        # Providers a fetch reached lately first, then directly connected ones (their fast path
+        # answers at once; opening a stream to another can take the whole I/O timeout).
+        now = asyncio.get_running_loop().time()
+        providers = sorted(best.providers, key=lambda peer: (
+            self._unreachable_providers.get(peer, 0.0) > now, peer not in self._connected, peer))
         digest = bytes(header.payload_sha256)
         try:
             data = await self._unless_stopping(self.mesh.fetch_blob(digest, providers, max_size=self.max_payload_bytes))
@@ -1110,6 +1304,10 @@ class FederationRunner:
                 log.info("state sync given up: the node is stopping")
                 return False
             log.warning("state sync from %d peer(s) failed (%s); will retry with another snapshot", len(providers), exc)
+            failed_at = asyncio.get_running_loop().time()
+            for peer, reason in (getattr(exc, "reasons", None) or {}).items():
+                if reason != "not_found":
+                    self._unreachable_providers[peer] = failed_at + UNREACHABLE_PROVIDER_S
             self._mark_unavailable(digest)
             await asyncio.sleep(min(self.announce_interval, 1.0))
             return False
@@ -1118,9 +1316,12 @@ class FederationRunner:
         self.round = header.round
         self.model_version = header.model_version
         self.compressor.reset()  # the residual refers to a model we no longer have
+        self.rounds.synced(self.round)
         self.book.prune(self.round + 1)
         self.offers = {d: o for d, o in self.offers.items() if o.header.round > self.round}
         self.syncs += 1
+        if self.on_synced is not None:
+            self.on_synced()
         self._serve(digest, data)
         self._snapshot = (header, data)
         self._own_hashes[self.round] = digest
@@ -1143,8 +1344,3 @@ def raw_float32_payload(vector: torch.Tensor) -> tensor_pb2.TensorPayload:
     )
 
 
-def build_attack(name: str, params: dict[str, Any]) -> Any:
-    """The configured attack, or None for an honest node."""
-    if not name:
-        return None
-    return attack_registry.build(name, **params)

@@ -35,7 +35,8 @@ from fednode.aggregators import AggregationError
 from fednode.aggregators import build as build_aggregator
 from fednode.node.compression import UpdateCompressor, build_codec
 from fednode.node.config import FednodeConfig
-from fednode.node.federation.runner import FederationRunner, RoundOutcome, build_attack
+from fednode.node.federation.attacker import build_attacker
+from fednode.node.federation.runner import FederationRunner, RoundOutcome
 from fednode.node.identity import Identity
 from fednode.node.mesh.memory import InMemoryMesh, InMemoryNetwork, Traffic
 from fednode.node.model import flatten_parameters, model_layout
@@ -146,12 +147,13 @@ class SimulatedFederation:
         task_cfg, training, federation = config.task, config.training, config.federation
         shard = index % self.shards
         task = load_task(task_cfg.name, TaskContext(shard, self.shards, task_cfg.seed), dict(task_cfg.params))
-        attack = build_attack(config.attack.name, dict(config.attack.params)) if byzantine else None
+        attack = (build_attacker(config.attack.name, dict(config.attack.params), config.attack.timing,
+                                 list(config.attack.colluders)) if byzantine else None)
         if attack is not None and attack.kind == "data":
             labels = getattr(task.train_data, "labels", None)
             if not isinstance(labels, torch.Tensor):
                 raise ValueError(f"attack {config.attack.name!r} needs a task whose training data has .labels")
-            task.train_data.labels = attack.transform_labels(labels)  # type: ignore[attr-defined]
+            task.train_data.labels = attack.attack.transform_labels(labels)  # type: ignore[attr-defined]
         model = task.model_factory()
         layout = model_layout(model)
         trainer = LocalTrainer(

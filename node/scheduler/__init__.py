@@ -25,6 +25,7 @@ from fednode.node.scheduler.sync import (
     SyncPolicy,
     SyncRound,
     adoptable_snapshot,
+    byzantine_budget,
     outvoted_round,
 )
 
@@ -45,6 +46,7 @@ __all__ = [
     "SyncRound",
     "UpdateRef",
     "adoptable_snapshot",
+    "byzantine_budget",
     "outvoted_round",
     "staleness_weight",
 ]

@@ -44,6 +44,9 @@ from fednode.node.worker.remote_mesh import RemoteMesh
 from fednode.proto.v1 import worker_pb2
 
 log = logging.getLogger("fednode.worker")
+# The final checkpoint (at shutdown) is tried this many times, this long apart, before the
+# daemon is told it failed (it then exits non-zero): a full disk may be cleared meanwhile.
+FINAL_CHECKPOINT_RETRIES = (0.5, 1.0, 2.0)
 
 
 def peak_rss_mb() -> float:
@@ -85,6 +88,8 @@ class TrainingWorker:
         self._session: asyncio.Task[None] | None = None
         self._reported_round = 0  # the last round reported to the daemon
         self.exit = asyncio.Event()
+        # Checkpoint writes (updated by the writer thread; read by the event loop)
+        self.checkpoint_health = worker_pb2.CheckpointHealth(written_round=-1)
 
     # ------------------------------------------------------------------------------ set-up
     def setup(self) -> worker_pb2.WorkerReady:
@@ -104,7 +109,7 @@ class TrainingWorker:
             labels = getattr(self.task.train_data, "labels", None)
             if not isinstance(labels, torch.Tensor):
                 raise ConfigError(f"attack {self.config.attack.name!r} needs a task whose training data has .labels")
-            self.task.train_data.labels = self.attack.transform_labels(labels)
+            self.task.train_data.labels = self.attack.attack.transform_labels(labels)
         self.model = self.task.model_factory().to(self.device)
         self.layout = model_layout(self.model)
         self.trainer = LocalTrainer(
@@ -125,13 +130,13 @@ class TrainingWorker:
         )
 
     def _build_attack(self) -> Any:
-        from fednode.node.federation.runner import build_attack
+        from fednode.node.federation.attacker import build_attacker
 
         spec = self.config.attack
         if not spec.name:
             return None
         try:
-            return build_attack(spec.name, dict(spec.params))
+            return build_attacker(spec.name, dict(spec.params), spec.timing, list(spec.colluders))
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"invalid attack.name / attack.params: {exc}") from exc
 
@@ -164,7 +169,11 @@ class TrainingWorker:
         except (AggregationError, TypeError, ValueError) as exc:
             raise ConfigError(f"invalid aggregation settings: {exc}") from exc
         needed = aggregator.minimum_rows()
-        if settings["min_participants"] < needed:
+        # Synchronous rounds work out per round what the rule needs (the members found faulty are
+        # no longer among the valid updates, see SyncRound.needed): a floor of 2f+3 for Krum would
+        # let f crashed members of a 2f+3-member federation stall it. FedCompass groups still
+        # wait for min_participants members before training, so it must cover the rule.
+        if settings["schedule"] == "fedcompass" and settings["min_participants"] < needed:
             raise ConfigError(
                 f"aggregation rule {settings['rule']!r} with f = {settings['f']} needs at least {needed} updates "
                 f"per round, but min_participants = {settings['min_participants']}; raise min_participants or lower f"
@@ -315,6 +324,7 @@ class TrainingWorker:
                 await self._run_alone()
         except FednodeError as exc:
             ended.error, ended.exit_code = exc.message, int(exc.exit_code)
+            ended.stop_reason = getattr(exc, "stop_reason", "") or ended.stop_reason
         except Exception as exc:
             log.exception("training session failed")
             ended.error, ended.exit_code = f"training failed: {exc}", int(ExitCode.INTERNAL)
@@ -346,6 +356,9 @@ class TrainingWorker:
 
         settings = settings_from_proto(start.settings)
         aggregator, compressor = self.components(settings)
+        if settings["f"] and aggregator.caveats():
+            log.warning("aggregation rule %r: %s", settings["rule"], aggregator.caveats(),
+                        extra={"event": "rule_caveat", "rule": settings["rule"]})
         federation = self.config.federation
         runner_class: Any = FederationRunner
         options: dict[str, Any] = {}
@@ -371,12 +384,16 @@ class TrainingWorker:
             federation_id=start.federation_id, identity=self.identity, mesh=self.mesh, model=self.model,
             trainer=self.trainer, layout=self.layout, aggregator=aggregator, compressor=compressor,
             local_steps=self.config.training.local_steps,
-            policy=SyncPolicy(min_participants=settings["min_participants"]),
+            policy=SyncPolicy(min_participants=settings["min_participants"], f=settings["f"],
+                              rows_needed=lambda byzantine: aggregator.with_f(byzantine).minimum_rows()),
             announce_interval=federation.announce_interval, push=federation.push,
             max_clock_skew=federation.max_clock_skew, stop=self.session_stop, attack=self.attack,
             on_round=self._on_federated_round, display_name=start.display_name, trust=trust,
             certificate=start.certificate if start.HasField("certificate") else None,
-            on_event=self._forward_event, **options,
+            on_event=self._forward_event, alone_timeout=federation.alone_timeout, **options,
+            # FedCompass keeps its own model state (master copy, schedule): it checkpoints after
+            # its aggregations only.
+            on_synced=self._on_synced if settings["schedule"] == "sync" else None,
         )
         self.runner.on_sync = self._record_synced_model
         if self.extra_state.get("federation_id") == start.federation_id:
@@ -405,6 +422,13 @@ class TrainingWorker:
             await runner.close()
             self.extra_state = {**self.extra_state, **runner.checkpoint_extra()}
             self.runner = None
+
+    def _on_synced(self) -> None:
+        """A state sync moved the model: checkpoint it, as after a round (a member that only ever
+        synced would otherwise restart from wherever its last own round was, or from zero)."""
+        if self.runner is not None:
+            self.round, self.model_version = self.runner.round, self.runner.model_version
+            self.save_checkpoint(background=True)
 
     async def _record_synced_model(self) -> None:
         """A state sync can carry the model past the last round this node closed itself (the
@@ -493,6 +517,7 @@ class TrainingWorker:
         report.accuracy, report.loss = evaluation.accuracy, evaluation.loss
         report.rss_mb = current_rss_mb()
         report.cpu_seconds = time.process_time()
+        report.checkpoint.CopyFrom(self.checkpoint_health)  # up to the last round's write
         self.metrics = {"accuracy": evaluation.accuracy, "loss": evaluation.loss}
         reply = await self.link.call("round_done", report)
         self._reported_round = report.round
@@ -503,7 +528,9 @@ class TrainingWorker:
 
     # ------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, background: bool = False) -> None:
-        """Serialize now; write (fsync, rename) in the checkpoint thread, in order."""
+        """Serialize now; write (fsync, rename) in the checkpoint thread, in order. A failed
+        write is logged and counted (`checkpoint_health`, reported with every round); in the
+        background the next round's write is the retry, otherwise the error is raised."""
         extra: dict[str, Any] = dict(self.extra_state)
         extra["train_generator"] = self.trainer.generator_state()
         if self.runner is not None:
@@ -511,27 +538,55 @@ class TrainingWorker:
         data = Checkpoint(round=self.round, model_version=self.model_version, layout_digest=self.layout.digest,
                           parameters=flatten_parameters(self.model), metrics=dict(self.metrics),
                           extra=extra).to_bytes()
-        queued = self._checkpoint_writer.submit(self.checkpoints.write, data)
+        queued: Future[None] = self._checkpoint_writer.submit(self._write_checkpoint, data, self.round)
         if background:
-            queued.add_done_callback(_log_checkpoint_failure)
+            queued.add_done_callback(lambda written: written.exception())  # reported by _write_checkpoint
         else:
             queued.result()
+
+    def _write_checkpoint(self, data: bytes, round_number: int) -> None:
+        """In the checkpoint thread: write, and keep the health record that reports it."""
+        health = self.checkpoint_health
+        try:
+            self.checkpoints.write(data)
+        except Exception as exc:
+            health.failures += 1
+            health.failures_total += 1
+            health.error = f"{type(exc).__name__}: {exc}"
+            on_disk = f"round {health.written_round}" if health.written_round >= 0 else "none from this run"
+            log.error("checkpoint of round %d not written (%s, %d failure(s) in a row) in %s; the newest one on "
+                      "disk is %s; the next one is tried after the next round. Free space or fix the state dir.",
+                      round_number, health.error, health.failures, self.checkpoints.directory, on_disk,
+                      extra={"event": "checkpoint_failed", "round": round_number, "error": health.error})
+            raise
+        if health.failures:
+            log.warning("checkpoint written again (round %d) after %d failed write(s)", round_number, health.failures,
+                        extra={"event": "checkpoint_recovered", "round": round_number})
+        health.failures, health.error, health.written_round = 0, "", round_number
 
     async def shutdown(self, request: worker_pb2.Shutdown) -> worker_pb2.WorkerTotals:
         self.stop_session(self.stop_reason or "shutdown")
         if self._session is not None:
             with suppress(Exception):
                 await self._session
+        totals = worker_pb2.WorkerTotals(peak_rss_mb=peak_rss_mb())
         if request.checkpoint:
-            await asyncio.to_thread(self.save_checkpoint)
+            totals.checkpoint_error = await self._final_checkpoint()
+        totals.checkpoint.CopyFrom(self.checkpoint_health)
         self.exit.set()
-        return worker_pb2.WorkerTotals(peak_rss_mb=peak_rss_mb())
+        return totals
 
-
-def _log_checkpoint_failure(written: Future[None]) -> None:
-    exc = written.exception()
-    if exc is not None:
-        log.error("checkpoint not written: %s", exc)
+    async def _final_checkpoint(self) -> str:
+        """Write the final checkpoint, retrying a failed write a few times; "" or why it failed."""
+        for pause in (*FINAL_CHECKPOINT_RETRIES, None):
+            try:
+                await asyncio.to_thread(self.save_checkpoint)
+                return ""
+            except Exception:
+                if pause is None:
+                    break
+                await asyncio.sleep(pause)
+        return self.checkpoint_health.error or "the final checkpoint could not be written"
 
 
 def _die_with_parent() -> None:

@@ -74,6 +74,8 @@ class WorkerProcess:
         self.link: Link | None = None
         self.ready: worker_pb2.WorkerReady | None = None
         self.mesh: Any = None
+        self.final_checkpoint_error = ""  # set by shutdown(): why the final checkpoint failed
+        self.checkpoint_health = worker_pb2.CheckpointHealth(written_round=-1)
         self._validators: dict[str, Any] = {}  # topic -> validator (the daemon's)
         self._validator_factory: Callable[[str], Any] | None = None
         self._loop = asyncio.get_running_loop()
@@ -124,13 +126,17 @@ class WorkerProcess:
         return self.link is not None and not self.link.closed
 
     async def shutdown(self, checkpoint: bool = True) -> float:
-        """Stop the worker (final checkpoint first); returns its peak RSS in MiB (NaN if unknown)."""
+        """Stop the worker (final checkpoint first); returns its peak RSS in MiB (NaN if unknown).
+        `final_checkpoint_error` says why the final checkpoint could not be written ("" if it was)."""
         peak = float("nan")
         if self.alive:
             assert self.link is not None
             try:
                 reply = await self.link.call("shutdown", worker_pb2.Shutdown(checkpoint=checkpoint), timeout=60.0)
-                peak = reply_body(reply, "worker_totals").peak_rss_mb
+                totals = reply_body(reply, "worker_totals")
+                peak = totals.peak_rss_mb
+                self.final_checkpoint_error = totals.checkpoint_error
+                self.checkpoint_health = totals.checkpoint
             except (LinkClosed, RemoteError, asyncio.TimeoutError, ValueError) as exc:
                 log.error("training worker did not shut down cleanly: %s", exc)
         await self.kill(grace=WORKER_EXIT_TIMEOUT)

@@ -12,7 +12,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("peer_id", "version", "uptime_seconds", "listen_multiaddrs", "reachability", "device", "task", "model_version", "round", "accuracy", "loss", "connected_peers", "federations", "state", "state_dir", "phase", "role", "ready")
+    __slots__ = ("peer_id", "version", "uptime_seconds", "listen_multiaddrs", "reachability", "device", "task", "model_version", "round", "accuracy", "loss", "connected_peers", "federations", "state", "state_dir", "phase", "role", "ready", "checkpoint_error", "checkpoint_failures", "checkpoint_round")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,9 @@ class NodeStatus(_message.Message):
     PHASE_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_ERROR_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_ROUND_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     version: str
     uptime_seconds: int
@@ -49,7 +52,10 @@ class NodeStatus(_message.Message):
     phase: str
     role: str
     ready: bool
-    def __init__(self, peer_id: _Optional[str] = ..., version: _Optional[str] = ..., uptime_seconds: _Optional[int] = ..., listen_multiaddrs: _Optional[_Iterable[str]] = ..., reachability: _Optional[str] = ..., device: _Optional[str] = ..., task: _Optional[str] = ..., model_version: _Optional[int] = ..., round: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., connected_peers: _Optional[int] = ..., federations: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., state_dir: _Optional[str] = ..., phase: _Optional[str] = ..., role: _Optional[str] = ..., ready: _Optional[bool] = ...) -> None: ...
+    checkpoint_error: str
+    checkpoint_failures: int
+    checkpoint_round: int
+    def __init__(self, peer_id: _Optional[str] = ..., version: _Optional[str] = ..., uptime_seconds: _Optional[int] = ..., listen_multiaddrs: _Optional[_Iterable[str]] = ..., reachability: _Optional[str] = ..., device: _Optional[str] = ..., task: _Optional[str] = ..., model_version: _Optional[int] = ..., round: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., connected_peers: _Optional[int] = ..., federations: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., state_dir: _Optional[str] = ..., phase: _Optional[str] = ..., role: _Optional[str] = ..., ready: _Optional[bool] = ..., checkpoint_error: _Optional[str] = ..., checkpoint_failures: _Optional[int] = ..., checkpoint_round: _Optional[int] = ...) -> None: ...
 
 class ListPeersRequest(_message.Message):
     __slots__ = ()

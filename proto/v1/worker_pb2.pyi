@@ -369,7 +369,7 @@ class SessionState(_message.Message):
     def __init__(self, round: _Optional[int] = ..., model_version: _Optional[int] = ..., expected: _Optional[_Iterable[str]] = ..., group_id: _Optional[bytes] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., contributions: _Optional[_Iterable[_Union[Contribution, _Mapping]]] = ...) -> None: ...
 
 class RoundDone(_message.Message):
-    __slots__ = ("round", "model_version", "accuracy", "loss", "train_loss", "train_seconds", "round_seconds", "participants", "left_out", "aggregation_seconds", "close_reason", "state", "rss_mb", "federated", "synced", "cpu_seconds")
+    __slots__ = ("round", "model_version", "accuracy", "loss", "train_loss", "train_seconds", "round_seconds", "participants", "left_out", "aggregation_seconds", "close_reason", "state", "rss_mb", "federated", "synced", "cpu_seconds", "checkpoint")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
@@ -386,6 +386,7 @@ class RoundDone(_message.Message):
     FEDERATED_FIELD_NUMBER: _ClassVar[int]
     SYNCED_FIELD_NUMBER: _ClassVar[int]
     CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     round: int
     model_version: int
     accuracy: float
@@ -402,7 +403,20 @@ class RoundDone(_message.Message):
     federated: bool
     synced: bool
     cpu_seconds: float
-    def __init__(self, round: _Optional[int] = ..., model_version: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., train_loss: _Optional[float] = ..., train_seconds: _Optional[float] = ..., round_seconds: _Optional[float] = ..., participants: _Optional[int] = ..., left_out: _Optional[int] = ..., aggregation_seconds: _Optional[float] = ..., close_reason: _Optional[str] = ..., state: _Optional[_Union[SessionState, _Mapping]] = ..., rss_mb: _Optional[float] = ..., federated: _Optional[bool] = ..., synced: _Optional[bool] = ..., cpu_seconds: _Optional[float] = ...) -> None: ...
+    checkpoint: CheckpointHealth
+    def __init__(self, round: _Optional[int] = ..., model_version: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., train_loss: _Optional[float] = ..., train_seconds: _Optional[float] = ..., round_seconds: _Optional[float] = ..., participants: _Optional[int] = ..., left_out: _Optional[int] = ..., aggregation_seconds: _Optional[float] = ..., close_reason: _Optional[str] = ..., state: _Optional[_Union[SessionState, _Mapping]] = ..., rss_mb: _Optional[float] = ..., federated: _Optional[bool] = ..., synced: _Optional[bool] = ..., cpu_seconds: _Optional[float] = ..., checkpoint: _Optional[_Union[CheckpointHealth, _Mapping]] = ...) -> None: ...
+
+class CheckpointHealth(_message.Message):
+    __slots__ = ("failures", "failures_total", "error", "written_round")
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_ROUND_FIELD_NUMBER: _ClassVar[int]
+    failures: int
+    failures_total: int
+    error: str
+    written_round: int
+    def __init__(self, failures: _Optional[int] = ..., failures_total: _Optional[int] = ..., error: _Optional[str] = ..., written_round: _Optional[int] = ...) -> None: ...
 
 class RoundVerdict(_message.Message):
     __slots__ = ("stop", "reason", "linger", "finish")
@@ -517,9 +531,13 @@ class Shutdown(_message.Message):
     def __init__(self, checkpoint: _Optional[bool] = ...) -> None: ...
 
 class WorkerTotals(_message.Message):
-    __slots__ = ("peak_rss_mb", "rss_mb")
+    __slots__ = ("peak_rss_mb", "rss_mb", "checkpoint_error", "checkpoint")
     PEAK_RSS_MB_FIELD_NUMBER: _ClassVar[int]
     RSS_MB_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_ERROR_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     peak_rss_mb: float
     rss_mb: float
-    def __init__(self, peak_rss_mb: _Optional[float] = ..., rss_mb: _Optional[float] = ...) -> None: ...
+    checkpoint_error: str
+    checkpoint: CheckpointHealth
+    def __init__(self, peak_rss_mb: _Optional[float] = ..., rss_mb: _Optional[float] = ..., checkpoint_error: _Optional[str] = ..., checkpoint: _Optional[_Union[CheckpointHealth, _Mapping]] = ...) -> None: ...

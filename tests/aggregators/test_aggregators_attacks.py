@@ -137,11 +137,14 @@ def test_attack_registry() -> None:
     catalogue = {info.name: info for info in attacks.available()}
     assert set(catalogue) == {
         "alie", "ipm", "sign_flip", "negative_mean", "gaussian", "label_flip",
-        "min_max", "min_sum", "mimic", "nan", "inf",
+        "min_max", "min_sum", "adaptive_min_max", "adaptive_min_sum", "mimic", "nan", "inf",
     }  # fmt: skip
     assert catalogue["label_flip"].kind == "data"
     assert catalogue["ipm"].kind == "update" and catalogue["ipm"].parameters == {"eps": 0.1}
     assert catalogue["min_max"].parameters == {"perturbation": "std", "gamma_init": 10.0, "tol": 1e-5}
+    assert catalogue["adaptive_min_max"].parameters == {
+        "perturbation": "std", "tol": 1e-3, "copies": 1, "rule": "", "f": 0, "rule_params": None,
+    }  # fmt: skip
     with pytest.raises(attacks.AttackError, match="unknown attack"):
         attacks.build("bogus")
     with pytest.raises(attacks.AttackError, match="does not accept"):
@@ -149,3 +152,65 @@ def test_attack_registry() -> None:
     with pytest.raises(attacks.AttackError, match="2-D"):
         attacks.build("ipm")(torch.zeros(3))
     assert math.isnan(float(attacks.build("nan")(honest_rows())[0]))
+
+
+# ------------------------------------------------------------------ attacks tailored to the rule
+
+
+def gamma_of(vector: torch.Tensor, honest: torch.Tensor) -> float:
+    """The gamma of mu + gamma * (-sigma) that `vector` is."""
+    direction = -honest.std(dim=0, correction=1)
+    return float(((vector - honest.mean(dim=0)) * direction).sum() / (direction * direction).sum())
+
+
+def spread_rows(n: int = 5, d: int = 400, seed: int = 1) -> torch.Tensor:
+    # Non-IID-like: a shared direction plus large individual parts.
+    generator = torch.Generator().manual_seed(seed)
+    return 0.3 + torch.randn(n, d, generator=generator, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", ["adaptive_min_max", "adaptive_min_sum"])
+def test_adaptive_attack_stays_selected_by_the_rule_it_attacks(name: str) -> None:
+    """Against Multi-Krum the adaptive vector is the farthest one the rule still selects: it is
+    selected, and a 10% larger gamma is not (the search is within its tolerance of the edge)."""
+    honest = spread_rows()
+    attack = attacks.build(name, rule="multi_krum", f=2, copies=2)
+    vector = attack(honest)
+    gamma = gamma_of(vector, honest)
+    rule = build("multi_krum", f=2)
+
+    def selected(g: float) -> bool:
+        b = honest.mean(dim=0) - g * honest.std(dim=0, correction=1)
+        chosen = rule(torch.cat([honest, b.expand(2, -1)])).selected
+        return any(index >= 5 for index in chosen)
+
+    assert gamma > 0 and selected(gamma) and not selected(1.1 * gamma)
+
+
+def test_adaptive_attack_goes_further_than_the_agnostic_one_against_a_rule_that_lets_it_in() -> None:
+    """The mean never filters anything: the adaptive search ends at the top of its range, twice
+    the agnostic attack's gamma; against Multi-Krum it keeps the vector selected, which the
+    agnostic budget does not know about."""
+    honest = spread_rows()
+    agnostic = gamma_of(attacks.build("min_max")(honest), honest)
+    against_mean = gamma_of(attacks.build("adaptive_min_max", rule="mean", copies=2)(honest), honest)
+    assert against_mean == pytest.approx(2 * agnostic, rel=1e-2)
+    against_median = gamma_of(attacks.build("adaptive_min_max", rule="median", f=2, copies=2)(honest), honest)
+    assert 0 < against_median < against_mean
+
+
+def test_adaptive_attacks_bind_the_rule_in_use() -> None:
+    honest = spread_rows()
+    unbound = attacks.build("adaptive_min_sum")
+    with pytest.raises(attacks.AttackError, match="needs the rule it attacks"):
+        unbound(honest)
+    rule = build("multi_krum", f=2)
+    bound = unbound.for_rule(rule, copies=2)
+    torch.testing.assert_close(bound(honest), attacks.build("adaptive_min_sum", rule="multi_krum", f=2, copies=2)(honest))
+    named = attacks.build("adaptive_min_sum", rule="mean", copies=2)
+    assert named.for_rule(rule, copies=2) is named  # a rule named in the parameters wins
+    assert attacks.build("ipm").for_rule(rule, copies=2) == attacks.build("ipm")
+    with pytest.raises(attacks.AttackError, match="unknown aggregation rule"):
+        attacks.build("adaptive_min_max", rule="nope")
+    with pytest.raises(attacks.AttackError, match="copies"):
+        attacks.build("adaptive_min_max", copies=0)

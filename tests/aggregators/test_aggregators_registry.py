@@ -58,3 +58,12 @@ def test_wrappers_forward_base_parameters() -> None:
     gas_cc = build("gas", f=1, base="centered_clipping", base_params={"tau": 0.5}, p=4)
     assert gas_cc.uses_center
     gas_cc(updates, seed=1, center=torch.zeros(40))
+
+
+def test_the_krum_family_carries_its_known_weakness_and_wrappers_report_their_bases() -> None:
+    catalogue = {info.name: info for info in available()}
+    assert {name for name, info in catalogue.items() if info.caveat} == {"krum", "multi_krum", "bulyan"}
+    assert "identical colluding updates" in catalogue["multi_krum"].caveat
+    assert build("gas", f=1, base="krum", p=10).caveats() == catalogue["krum"].caveat
+    assert build("nnm", f=1, base="multi_krum").caveats() == catalogue["multi_krum"].caveat
+    assert build("gas", f=1, base="median").caveats() == "" and build("trimmed_mean", f=1).caveats() == ""

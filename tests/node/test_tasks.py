@@ -162,3 +162,31 @@ def test_digits_split_without_a_writable_cache_is_computed_anyway(tmp_path: Path
     x_train, y_train, x_test, y_test = digits.load_digits_arrays()
     assert x_train.shape == (1437, 64) and x_test.shape == (360, 64)
     assert sorted(set(y_train.tolist())) == sorted(set(y_test.tolist())) == list(range(10))
+
+
+SYNTHETIC = "fednode.node.tasks.synthetic:build_task"
+
+
+def test_synthetic_task_is_the_same_data_everywhere_split_non_iid_and_learnable() -> None:
+    shards = [load_task(SYNTHETIC, TaskContext(i, 4, 0), {}) for i in range(4)]
+    tests = {bytes(t.test_data.features.numpy().tobytes()) for t in shards}  # type: ignore[attr-defined]
+    assert len(tests) == 1  # one test set for every member
+    sizes = [len(t.train_data) for t in shards]  # type: ignore[arg-type]
+    assert sum(sizes) == 4000 and len(set(sizes)) > 1
+    first = [flatten_parameters(t.model_factory()) for t in shards]
+    assert all(torch.equal(first[0], p) for p in first[1:])
+    trainer = LocalTrainer(load_task(SYNTHETIC, TaskContext(0, 1, 0), {}), torch.device("cpu"),
+                           batch_size=32, lr=0.05, momentum=0.9)
+    model = shards[0].model_factory()
+    before = trainer.evaluate(model).accuracy
+    trainer.train_round(model, 300)
+    after = trainer.evaluate(model).accuracy
+    # Ten classes: chance is 0.1; the label noise and the overlap keep it well below 1.
+    assert before < 0.3 and 0.55 < after < 0.9, (before, after)
+
+
+def test_synthetic_task_rejects_bad_parameters() -> None:
+    with pytest.raises(TaskError, match="informative"):
+        load_task(SYNTHETIC, TaskContext(), {"informative": 50})
+    with pytest.raises(TaskError, match="label_noise"):
+        load_task(SYNTHETIC, TaskContext(), {"label_noise": 1.5})

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
-from fednode.node.scheduler import SyncPolicy, SyncRound, adoptable_snapshot, outvoted_round
+from fednode.node.scheduler import SyncPolicy, SyncRound, adoptable_snapshot, byzantine_budget, outvoted_round
 
 ME, A, B, C = "me", "peer-a", "peer-b", "peer-c"
 
@@ -243,3 +245,181 @@ def test_the_adopted_snapshot_is_the_majority_hash_then_the_smallest_whatever_th
     assert adoptable_snapshot(tie, quorum=1) == adoptable_snapshot(list(reversed(tie)), quorum=1) == (7, X)
     with pytest.raises(ValueError, match="quorum"):
         adoptable_snapshot(offers, quorum=0)
+
+
+# ------------------------------------------------------------------ liveness under f faults
+
+MEMBERS = [f"peer-{i}" for i in range(6)]  # six others: a federation of seven with us
+
+
+def krum_rows(byzantine: int) -> int:
+    return 2 * byzantine + 3
+
+
+def seven_members(min_participants: int = 4, **kw: float) -> SyncRound:
+    rounds = SyncRound(ME, SyncPolicy(min_participants=min_participants, f=2, rows_needed=krum_rows, **kw))
+    for peer in MEMBERS:
+        rounds.note_member(peer)
+    return rounds
+
+
+def test_members_whose_updates_are_refused_do_not_stall_a_round_f_tolerates() -> None:
+    """Seven members, f = 2, Multi-Krum (2f+3 = 7 rows): two members send NaN. Their refused
+    updates are answers, and with both found faulty the five valid updates hold no Byzantine
+    one: the round closes with them at once, instead of waiting for 7 valid updates forever."""
+    rounds = seven_members()
+    rounds.start(1, 0.0, own_train_seconds=0.1)
+    rounds.record(ME, 0.1, 1)
+    for peer in MEMBERS[:4]:
+        rounds.record(peer, 0.2, 1)
+    rounds.refuse(MEMBERS[4], 1)
+    assert not rounds.decide(0.2).close  # one member has not answered yet
+    rounds.refuse(MEMBERS[5], 1)
+    decision = rounds.decide(0.25)
+    assert decision.close and "2 update(s) refused" in decision.reason
+    assert rounds.needed(2) == 4  # min_participants; the rule alone would need 2*0+3
+    # A refused member's valid update later in the round counts as usual.
+    rounds.record(MEMBERS[5], 0.3, 1)
+    assert MEMBERS[5] in rounds.reported and MEMBERS[5] not in rounds.refused
+
+
+def test_silent_members_count_as_faults_once_the_deadline_passed() -> None:
+    rounds = seven_members(min_wait=0.5, first_contact_wait=0.5)
+    rounds.start(1, 0.0, own_train_seconds=0.1)
+    rounds.record(ME, 0.1, 1)
+    for peer in MEMBERS[:4]:
+        rounds.record(peer, 0.2, 1)  # two members crashed: silent
+    before = rounds.decide(0.3)
+    assert not before.close and not before.short and set(before.missing) == set(MEMBERS[4:])
+    after = rounds.decide(rounds.deadline())
+    assert after.close and "deadline passed; 2 member(s) missing" in after.reason
+
+
+def test_a_round_short_of_valid_updates_keeps_waiting_and_says_why() -> None:
+    """Three faulty members when f = 2: the four valid updates may still hold a Byzantine one
+    (f - 3 < 0 only says the bound was exceeded), Krum needs 2*0+3 = 3 rows, and the operator's
+    floor is 5: the round waits, and the decision says for what."""
+    rounds = seven_members(min_participants=5)
+    rounds.start(1, 0.0, own_train_seconds=0.1)
+    rounds.record(ME, 0.1, 1)
+    for peer in MEMBERS[:3]:
+        rounds.record(peer, 0.2, 1)
+    for peer in MEMBERS[3:]:
+        rounds.refuse(peer, 1)
+    decision = rounds.decide(100.0)
+    assert not decision.close and decision.short and decision.wait_until > 100.0
+    assert "have 4 valid update(s) of 7 known member(s), 5 needed" in decision.reason
+    assert "min_participants = 5" in decision.reason
+
+
+def test_with_few_members_known_the_rule_needs_its_full_f() -> None:
+    # Only two members heard of yet: nobody is known to be faulty, so Krum with f = 2 needs 7.
+    rounds = SyncRound(ME, SyncPolicy(min_participants=2, f=2, rows_needed=krum_rows))
+    rounds.note_member(A)
+    rounds.note_member(B)
+    rounds.start(1, 0.0, own_train_seconds=0.1)
+    for peer in (ME, A, B):
+        rounds.record(peer, 0.1, 1)
+    decision = rounds.decide(0.1)
+    assert not decision.close and decision.short
+    assert "7 needed" in decision.reason and "tolerate 2 Byzantine" in decision.reason
+
+
+def test_members_no_longer_expected_count_as_unusable() -> None:
+    """A member that crashed rounds ago is no longer expected, but it is still one of the f
+    faults: later rounds keep closing with the others instead of asking for 2f+3 again."""
+    rounds = seven_members(min_wait=0.5, first_contact_wait=0.5, absent_after=1)
+    t = 0.0
+    for number in range(1, 5):
+        rounds.start(number, t, own_train_seconds=0.1)
+        for peer in (ME, *MEMBERS[:4]):
+            rounds.record(peer, t + 0.1, number)
+        decision = rounds.decide(t + 0.1)
+        while not decision.close:
+            t = decision.wait_until
+            decision = rounds.decide(t)
+        t += 0.2
+    assert MEMBERS[4] not in rounds.expected() and MEMBERS[5] not in rounds.expected()
+    assert rounds.decide(t).reason == "all expected members reported"
+
+
+def test_byzantine_budget_is_the_largest_f_the_rows_allow() -> None:
+    assert byzantine_budget(7, 2, krum_rows) == 2
+    assert byzantine_budget(6, 2, krum_rows) == 1
+    assert byzantine_budget(5, 2, krum_rows) == 1
+    assert byzantine_budget(3, 2, krum_rows) == 0
+    assert byzantine_budget(2, 2, krum_rows) is None
+    assert byzantine_budget(1, 0, lambda f: 1) == 0
+
+
+# ------------------------------------------------------------------ catching up
+
+
+def test_a_member_back_and_level_is_expected_again_with_the_first_contact_wait() -> None:
+    """A member restarted and synced: rounds that close in milliseconds without it would never
+    let it contribute. Seen level again (an announcement or snapshot offer), it is expected from
+    this round, as a newcomer: the round waits for it up to first_contact_wait."""
+    rounds = tracker(min_participants=2, min_wait=0.5, absent_after=1, first_contact_wait=4.0)
+    rounds.note_member(A)
+    rounds.note_member(B)
+    for number in (1, 2, 3):
+        rounds.start(number, float(number), own_train_seconds=0.1)
+        for peer in (ME, A, B) if number == 1 else (ME, A):
+            rounds.record(peer, number + 0.1, number)
+    assert B not in rounds.expected()
+    rounds.start(4, 4.0, own_train_seconds=0.1)
+    assert rounds.rejoin(B)
+    assert B in rounds.expected() and not rounds.rejoin(B)  # once is enough
+    rounds.record(ME, 4.1, 4)
+    rounds.record(A, 4.1, 4)
+    assert rounds.deadline() == pytest.approx(8.0)  # its old arrival time is forgotten
+    assert not rounds.decide(7.9).close
+    rounds.record(B, 7.9, 4)
+    assert rounds.decide(7.9).close
+
+
+def test_a_member_taken_back_that_never_delivers_is_taken_back_ever_more_rarely() -> None:
+    rounds = tracker(min_participants=1, absent_after=1)
+    rounds.note_member(B)
+    taken_back = []
+    for number in range(1, 40):
+        rounds.start(number, float(number), own_train_seconds=0.1)
+        rounds.record(ME, number + 0.1, number)
+        if rounds.rejoin(B):  # it announces every round, never sends an update
+            taken_back.append(number)
+    gaps = [b - a for a, b in itertools.pairwise(taken_back)]
+    assert gaps == sorted(gaps) and gaps[-1] > 2 * gaps[0], taken_back
+    rounds.record(B, 40.0, 39)  # it delivers: the next rejoin is granted at once again
+    for number in (40, 41, 42):
+        rounds.start(number, float(number), own_train_seconds=0.1)
+    assert rounds.rejoin(B)
+
+
+def test_after_a_state_sync_every_known_member_is_expected_afresh() -> None:
+    rounds = tracker(min_participants=2, absent_after=2)
+    rounds.note_member(A)
+    rounds.note_member(B)
+    rounds.start(1, 0.0, own_train_seconds=0.1)
+    rounds.start(9, 1.0, own_train_seconds=0.1)  # restarted at round 0, synced to round 8
+    assert rounds.expected() == {ME}
+    rounds.synced(8)
+    rounds.start(9, 1.0, own_train_seconds=0.1)
+    assert rounds.expected() == {ME, A, B}
+
+
+def test_a_member_seen_a_moment_ago_is_not_taken_for_silent() -> None:
+    """The first node up is long past its round's deadline when the others appear: they are not
+    faulty for being new, so the round does not count them out (and lower the rule's f) before
+    first_contact_wait has passed since each was first seen."""
+    rounds = SyncRound(ME, SyncPolicy(min_participants=2, f=1, rows_needed=krum_rows, first_contact_wait=5.0,
+                                      max_wait=10.0))
+    rounds.start(1, 0.0, own_train_seconds=0.1)
+    rounds.record(ME, 0.1, 1)
+    for peer in (A, B, C):
+        rounds.note_member(peer, at=60.0)
+    rounds.record(A, 60.5, 1)
+    rounds.record(B, 60.6, 1)
+    decision = rounds.decide(61.0)  # 3 valid; C is new, so Krum must still tolerate f = 1 (5 rows)
+    assert not decision.close and not decision.short and decision.wait_until == pytest.approx(65.0)
+    decision = rounds.decide(65.0)  # C silent 5 s after it was first seen: one of the f faults
+    assert decision.close and decision.missing == (C,)
