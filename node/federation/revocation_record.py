@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from fednode.node.envelope import Rejected
 from fednode.node.membership import (
@@ -25,6 +24,7 @@ from fednode.node.membership import (
     revocation_record_key,
 )
 from fednode.node.membership.revocations import revocation_digest
+from fednode.node.mesh.port import MeshPort
 from fednode.proto.v1 import membership_pb2
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class RevocationRecord:
 
     def __init__(
         self,
-        mesh: Any,
+        mesh: MeshPort,
         federation_id: str,
         *,
         known: Callable[[], Sequence[membership_pb2.Revocation]],

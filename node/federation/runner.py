@@ -52,6 +52,7 @@ from fednode.node.federation.protocol import (
 from fednode.node.federation.revocation_record import REPUBLISH_INTERVAL_S, RevocationRecord
 from fednode.node.federation.updates import PeerContribution, ReceivedUpdate, UpdateBook, snapshot_payload
 from fednode.node.identity import Identity
+from fednode.node.mesh.port import MeshPort
 from fednode.node.model import assign_parameters, flatten_parameters
 from fednode.node.scheduler import SyncPolicy, SyncRound, adoptable_snapshot, outvoted_round
 from fednode.node.trainer import LocalTrainer, TrainResult
@@ -180,7 +181,7 @@ class FederationRunner:
         *,
         federation_id: str,
         identity: Identity,
-        mesh: Any,  # fednode.node.mesh.Mesh (kept untyped here so tests can pass a real one built elsewhere)
+        mesh: MeshPort,  # the daemon's Mesh, the worker's RemoteMesh, or an InMemoryMesh
         model: torch.nn.Module,
         trainer: LocalTrainer,
         layout: model_pb2.ModelLayout,

@@ -68,6 +68,12 @@ NAT traversal (docs/nat-traversal.md)
     ``MeshConfig.relay_admission(peer_id) -> bool`` (or the hook given to
     ``mesh.set_relay_admission``) before every reservation and circuit; no hook = open relay.
 
+Port and in-memory mesh (docs/simulation.md)
+    ``MeshPort`` (:mod:`.port`) is the typed subset federation code uses; ``Mesh``, the worker's
+    ``RemoteMesh`` and ``InMemoryMesh`` implement it. ``InMemoryNetwork`` (:mod:`.memory`) runs
+    many members in one asyncio loop over a simulated network (latency, bandwidth, loss,
+    partitions) for unit-speed tests and simulations at scale; it imports no libp2p.
+
 Design (details in docs/mesh.md)
 --------------------------------
 * py-libp2p 0.8.1 runs in a dedicated ``trio.run`` thread (:mod:`.bridge`); calls cross with
@@ -94,6 +100,8 @@ from .errors import (
     MessageTooLargeError,
     StreamOpenError,
 )
+from .memory import InMemoryMesh, InMemoryNetwork, LinkConditions, Traffic
+from .port import MeshPort, ReachabilityView
 from .types import (
     ConnectionKind,
     GossipMessage,
@@ -118,11 +126,15 @@ __all__ = [
     "FetchError",
     "GossipConfig",
     "GossipMessage",
+    "InMemoryMesh",
+    "InMemoryNetwork",
+    "LinkConditions",
     "Mesh",
     "MeshClosedError",
     "MeshConfig",
     "MeshError",
     "MeshEvent",
+    "MeshPort",
     "MeshStats",
     "MessageTooLargeError",
     "PeerConnected",
@@ -131,9 +143,11 @@ __all__ = [
     "Reachability",
     "ReachabilityChanged",
     "ReachabilityStatus",
+    "ReachabilityView",
     "RecordValidator",
     "RelayLimits",
     "StreamOpenError",
+    "Traffic",
     "Validator",
     "peer_id_from_public_key",
 ]
