@@ -47,16 +47,22 @@ def assign_owners(
     peers: Sequence[str],
     parts: int,
     *,
-    replicas: int,
     federation_id: str,
     round_number: int,
+    f: int = 0,
+    replicas: int | None = None,
     group_id: bytes = b"",
 ) -> PartOwners:
-    """The r = `replicas` owners of each of `parts` parts among the round's members `peers`.
+    """The r owners of each of `parts` parts among the round's members `peers`; r = `replicas`,
+    by default f + 1.
 
     The result does not depend on the order of `peers` (ids must be distinct). Raises ValueError
-    for an empty member list, duplicate ids, parts < 1, or replicas outside [1, len(peers)].
+    for an empty member list, duplicate ids, parts < 1, f < 0, or r outside [1, len(peers)].
     """
+    if isinstance(f, bool) or not isinstance(f, int) or f < 0:
+        raise ValueError(f"assign_owners: f must be a non-negative int, got {f!r}")
+    if replicas is None:
+        replicas = f + 1
     members = list(peers)
     if not members:
         raise ValueError("assign_owners needs at least one member")

@@ -51,8 +51,9 @@ def test_the_assignment_changes_with_the_round_and_the_federation() -> None:
     assert primaries("fed", 7) == primaries("fed", 7)
     assert len({primaries("fed", r) for r in range(10)}) == 10
     assert primaries("fed", 7) != primaries("other", 7)
-    # m = n with r = f + 1 = 2: every member owns exactly two parts.
-    assignment = assign_owners(PEERS[:16], 16, replicas=2, federation_id="fed", round_number=3)
+    # m = n with r = f + 1 = 2 (the default r): every member owns exactly two parts.
+    assignment = assign_owners(PEERS[:16], 16, f=1, federation_id="fed", round_number=3)
+    assert all(len(owners) == 2 for owners in assignment.owners)
     assert all(len(assignment.parts_of(peer)) == 2 for peer in PEERS[:16])
 
 
@@ -72,8 +73,13 @@ def test_seed_is_domain_separated_and_length_prefixed() -> None:
         (["a", "b"], 0, 1, "parts must be a positive int"),
         (["a", "b"], 2, 3, r"replicas must be in \[1, 2\]"),
         (["a", "b"], 2, 0, "replicas"),
+        (["a", "b"], 2, None, r"replicas must be in \[1, 2\].*got 3"),  # f = 2 -> r = 3 > n
     ],
 )
-def test_bad_arguments_raise_one_line_errors(peers: list[str], parts: int, replicas: int, message: str) -> None:
+def test_bad_arguments_raise_one_line_errors(
+    peers: list[str], parts: int, replicas: int | None, message: str
+) -> None:
     with pytest.raises(ValueError, match=message):
-        assign_owners(peers, parts, replicas=replicas, federation_id="fed", round_number=1)
+        assign_owners(peers, parts, f=2, replicas=replicas, federation_id="fed", round_number=1)
+    with pytest.raises(ValueError, match="f must be"):
+        assign_owners(["a"], 1, f=-1, federation_id="fed", round_number=1)
