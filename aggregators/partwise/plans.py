@@ -25,9 +25,9 @@ from ..errors import AggregationError
 from ..flag import FlagAggregator
 from ..gas import GradientSplitting, needs_seed
 from ..geometric_median import GeometricMedian
-from ..krum import Bulyan, Krum, MultiKrum, iterated_krum, krum_scores
+from ..krum import Bulyan, Krum, MultiKrum
 from ..nnm import NearestNeighbourMixing, mixing_matrix
-from ..numerics import WORK_DTYPE, ordered_sum, squared_distances, stable_order
+from ..numerics import WORK_DTYPE, ordered_sum, squared_distances
 from ..partition import PartLayout
 from .protocol import (
     Columnwise,
@@ -83,30 +83,19 @@ def _columnwise(rule: Median | TrimmedMean, source: Source, context: CallContext
 
 
 def _krum(rule: Krum, source: Source, context: CallContext, layout: PartLayout) -> Plan:
-    distances = squared_distances((yield from gram_plan(source, context, centered=True)))
-    scores = krum_scores(distances, rule.f)
-    winner = int(stable_order(scores)[0])
+    winner, scores = rule.decide(squared_distances((yield from gram_plan(source, context, centered=True))))
     return Ruling(CopyRow(source, winner), scores, (winner,))
 
 
 def _multi_krum(rule: MultiKrum, source: Source, context: CallContext, layout: PartLayout) -> Plan:
-    k = source.count
-    count = k - rule.f if rule.m is None else rule.m
-    scores = krum_scores(squared_distances((yield from gram_plan(source, context, centered=True))), rule.f)
-    chosen = stable_order(scores)[:count]
-    weights = torch.zeros(k, dtype=WORK_DTYPE)
-    weights[chosen] = context.normalized_weights(k)[chosen]
-    if not float(weights.sum()) > 0.0:
-        raise AggregationError("rule 'multi_krum': every selected row has weight zero")
-    return Ruling(Combine(source, weights / weights.sum()), scores, tuple(int(i) for i in chosen))
+    distances = squared_distances((yield from gram_plan(source, context, centered=True)))
+    coefficients, scores, selected = rule.decide(distances, context)
+    return Ruling(Combine(source, coefficients), scores, selected)
 
 
 def _bulyan(rule: Bulyan, source: Source, context: CallContext, layout: PartLayout) -> Plan:
-    distances = squared_distances((yield from gram_plan(source, context, centered=True)))
-    theta = source.count - 2 * rule.f
-    chosen = tuple(sorted(iterated_krum(distances, rule.f, theta)))
-    decision = Columnwise(source, chosen, "around_median", theta - 2 * rule.f)
-    return Ruling(decision, krum_scores(distances, rule.f), chosen)
+    chosen, beta, scores = rule.decide(squared_distances((yield from gram_plan(source, context, centered=True))))
+    return Ruling(Columnwise(source, chosen, "around_median", beta), scores, chosen)
 
 
 def _geometric_median(rule: GeometricMedian, source: Source, context: CallContext, layout: PartLayout) -> Plan:
