@@ -276,3 +276,35 @@ def lied(partial: Any, relative: float) -> Any:
     flags = partial.non_finite.clone()
     flags[0] = ~flags[0]
     return replace(partial, non_finite=flags)
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "rounds"),
+    [
+        ("krum", {"f": 1}, 2),  # the scan, then the kept rows' Gram matrix
+        ("gas", {"f": 1, "base": "krum", "p": 12, "within_parts": 3}, 2),  # the scan, the split scores
+        ("nnm", {"f": 1, "base": "krum"}, 3),  # the scan, the kept rows' Gram, the mixed rows' Gram
+    ],
+)
+def test_a_session_fed_with_decoded_bytes_returns_the_call_result(
+    name: str, params: dict[str, Any], rounds: int
+) -> None:
+    """Every partial through its canonical bytes, as over the wire: the result is the call's."""
+    generator = torch.Generator().manual_seed(8)
+    rows = torch.randn(8, 90, generator=generator)
+    rows[6, 40] = float("nan")  # a rejected row: Krum then asks for the kept rows' Gram matrix
+    rule = build(name, **params)
+    layout = PartLayout(90, 3)
+    parts = [PartInput.cut(rows, layout, j) for j in range(3)]
+    session = Session(rule, layout, 8, dtype=rows.dtype, seed=4)
+    while session.request is not None:
+        wire = [encode_partial(compute_partial(session.request, part)) for part in parts]
+        session.receive([decode_partial(data, session.expected_shapes(j)) for j, data in enumerate(wire)])
+    expected = rule(rows, seed=4)
+    result = session.assemble([apply_decision(session.outcome.decision, part) for part in parts])
+    assert result.rejected == expected.rejected == (6,)
+    assert result.selected == expected.selected
+    # NNM's mixed rows on parts that are not block-aligned: one float32 rounding apart at most.
+    tolerance = 4 * torch.finfo(torch.float32).eps if name == "nnm" else 0.0
+    torch.testing.assert_close(result.aggregate, expected.aggregate, rtol=tolerance, atol=tolerance)
+    assert session.rounds == rounds
