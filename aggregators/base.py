@@ -175,8 +175,17 @@ class Aggregator(ABC):
             scan_gram, scan_norms = gram_and_norms(
                 matrix, centered=self.scan_gram == "centered", extra=self.scan_extra(matrix, center)
             )
-        rejection = self.rejection.find(matrix, scan_norms)
-        rejected = rejection.indices
+        rejected = self.rejection.find(matrix, scan_norms).indices
+        kept, kept_weights = self.keep_rows(n, rejected, weight_vector)
+        rows = matrix.index_select(0, kept) if rejected else matrix
+        context = CallContext(kept_weights, seed, center, None if rejected else scan_gram)
+        return self.combine(rows, context), kept, rejected
+
+    def keep_rows(
+        self, n: int, rejected: tuple[int, ...], weight_vector: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The kept row indices and their weights after rejection; raises when nothing usable is
+        left or the precondition fails on the kept rows (the partwise path shares it)."""
         if rejected:
             dropped = set(rejected)
             kept = torch.tensor([i for i in range(n) if i not in dropped], dtype=torch.long)
@@ -184,16 +193,13 @@ class Aggregator(ABC):
                 raise AggregationError(
                     f"rule {self.name!r}: all {n} rows were rejected as non-finite or absurd"
                 )
-            rows = matrix.index_select(0, kept)
         else:
             kept = torch.arange(n)
-            rows = matrix
         kept_weights = None if weight_vector is None else weight_vector[kept]
         if kept_weights is not None and not float(kept_weights.sum()) > 0.0:
             raise AggregationError(f"rule {self.name!r}: the weights of the kept rows sum to zero")
-        self.check_rows(rows.shape[0], rejected=len(rejected))
-        context = CallContext(kept_weights, seed, center, None if rejected else scan_gram)
-        return self.combine(rows, context), kept, rejected
+        self.check_rows(kept.numel(), rejected=len(rejected))
+        return kept, kept_weights
 
 
 

@@ -51,13 +51,20 @@ class CenteredClipping(Aggregator):
         return center
 
     def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
-        n = rows.shape[0]
         center = self._centre(rows, context.center)
-        # Row n of the augmented Gram matrix is the centre; v is kept as coefficients over the
-        # n rows plus the centre, so each step costs O(n^2).
         gram_matrix = context.gram
         if gram_matrix is None:
             gram_matrix = gram(rows, centered=True, extra=center[None, :])
+        v, scores = self.decide(gram_matrix, context)
+        n = rows.shape[0]
+        aggregate = row_combination(rows, v[:n], extra=center[None, :], extra_coefficients=v[n:])
+        return Combination(aggregate=aggregate, scores=scores)
+
+    def decide(self, gram_matrix: torch.Tensor, context: CallContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """The clipping steps on the centred Gram matrix of the n rows with the centre appended
+        as row n: the output's n + 1 coefficients (rows, then centre) and each row's distance
+        to it. v is kept as coefficients, so each step costs O(n^2)."""
+        n = gram_matrix.shape[0] - 1
         weights = context.normalized_weights(n)
         unit = torch.eye(n + 1, dtype=WORK_DTYPE)
         v = unit[n].clone()
@@ -67,8 +74,4 @@ class CenteredClipping(Aggregator):
             clip = torch.where(distances > self.tau, self.tau / distances.clamp_min(1e-300), 1.0)
             v = v + ((weights * clip)[:, None] * offsets).sum(dim=0)
         final_offsets = unit[:n] - v[None, :]
-        aggregate = row_combination(rows, v[:n], extra=center[None, :], extra_coefficients=v[n:])
-        return Combination(
-            aggregate=aggregate,
-            scores=quadratic_forms(gram_matrix, final_offsets).clamp_min(0.0).sqrt(),
-        )
+        return v, quadratic_forms(gram_matrix, final_offsets).clamp_min(0.0).sqrt()

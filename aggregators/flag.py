@@ -129,9 +129,17 @@ class FlagAggregator(Aggregator):
         return math.ceil(n / 2) if self.r is None else self.r
 
     def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
-        n = rows.shape[0]
-        r = self.subspace_dimension(n)
         raw = context.gram if context.gram is not None else gram(rows, centered=False)
+        coefficients, scores, diagnostics = self.decide(raw)
+        return Combination(
+            aggregate=row_combination(rows, coefficients), scores=scores, diagnostics=diagnostics
+        )
+
+    def decide(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """FlagIRLS on the raw Gram matrix of the rows: the output's coefficients over the rows
+        (as given, not unit-normalised), 1 - v_i per row, and the diagnostics."""
+        n = raw.shape[0]
+        r = self.subspace_dimension(n)
         norms = raw.diagonal().clamp_min(0.0).sqrt()
         inverse = 1.0 / norms.clamp_min(NORM_FLOOR)
         gram_hat = raw * inverse[:, None] * inverse[None, :]
@@ -142,13 +150,10 @@ class FlagAggregator(Aggregator):
         if self.scale == "norm":
             coefficients = coefficients * (median_value(norms) * r / n)
         ratios = (projection * projection).sum(dim=0).clamp(0.0, 1.0)
-        return Combination(
-            aggregate=row_combination(rows, coefficients * inverse),
-            scores=1.0 - ratios,
-            diagnostics={
-                "objective": subspace.objective,
-                "iterations": float(subspace.iterations),
-                "subspace_rank": float(z.shape[1]),
-                "relative_eigengap": subspace.relative_gap,
-            },
-        )
+        diagnostics = {
+            "objective": subspace.objective,
+            "iterations": float(subspace.iterations),
+            "subspace_rank": float(z.shape[1]),
+            "relative_eigengap": subspace.relative_gap,
+        }
+        return coefficients * inverse, 1.0 - ratios, diagnostics

@@ -49,8 +49,18 @@ class GeometricMedian(Aggregator):
         return 2 * self.f + 1
 
     def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
-        n = rows.shape[0]
         gram_matrix = context.gram if context.gram is not None else gram(rows, centered=True)
+        coefficients, scores, diagnostics = self.decide(gram_matrix, context)
+        return Combination(
+            aggregate=row_combination(rows, coefficients), scores=scores, diagnostics=diagnostics
+        )
+
+    def decide(
+        self, gram_matrix: torch.Tensor, context: CallContext
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """Weiszfeld on the centred Gram matrix: the output's coefficients over the rows, each
+        row's distance to it, and the diagnostics."""
+        n = gram_matrix.shape[0]
         alpha = context.normalized_weights(n)
         spread = math.sqrt(max(float(gram_matrix.diagonal().sum()) / n, 0.0))
         coefficients = alpha.clone()
@@ -63,8 +73,5 @@ class GeometricMedian(Aggregator):
             coefficients = updated
             iterations += 1
             converged = float(step) <= self.tol * spread
-        return Combination(
-            aggregate=row_combination(rows, coefficients),
-            scores=distances_to_combination(gram_matrix, coefficients),
-            diagnostics={"iterations": float(iterations), "converged": float(converged)},
-        )
+        scores = distances_to_combination(gram_matrix, coefficients)
+        return coefficients, scores, {"iterations": float(iterations), "converged": float(converged)}

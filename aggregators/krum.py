@@ -102,14 +102,18 @@ class Krum(Aggregator):
 
     def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
         distances = pairwise_squared_distances(rows, context)
-        scores = krum_scores(distances, self.f)
-        winner = int(stable_order(scores)[0])
+        winner, scores = self.decide(distances)
         return Combination(
             aggregate=rows[winner].to(result_dtype(rows)).clone(),  # exact: the winner row itself
             scores=scores,
             selected=(winner,),
             distances=distances[:, winner].sqrt(),
         )
+
+    def decide(self, distances: torch.Tensor) -> tuple[int, torch.Tensor]:
+        """The winning row and every row's Krum score, from the squared distances."""
+        scores = krum_scores(distances, self.f)
+        return int(stable_order(scores)[0]), scores
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,16 +142,23 @@ class MultiKrum(Aggregator):
         return f"n >= max(2f+3, m) with m={self.m} (= {self.minimum_rows()} rows)"
 
     def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
-        n = rows.shape[0]
+        coefficients, scores, selected = self.decide(pairwise_squared_distances(rows, context), context)
+        return Combination(aggregate=row_combination(rows, coefficients), scores=scores, selected=selected)
+
+    def decide(
+        self, distances: torch.Tensor, context: CallContext
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+        """The output's coefficients over the rows (the normalised weights of the chosen rows),
+        the Krum scores and the chosen rows, from the squared distances."""
+        n = distances.shape[0]
         count = n - self.f if self.m is None else self.m
-        scores = krum_scores(pairwise_squared_distances(rows, context), self.f)
+        scores = krum_scores(distances, self.f)
         chosen = stable_order(scores)[:count]
         weights = torch.zeros(n, dtype=WORK_DTYPE)
         weights[chosen] = context.normalized_weights(n)[chosen]
         if not float(weights.sum()) > 0.0:
             raise AggregationError("rule 'multi_krum': every selected row has weight zero")
-        aggregate = row_combination(rows, weights / weights.sum())
-        return Combination(aggregate=aggregate, scores=scores, selected=tuple(int(i) for i in chosen))
+        return weights / weights.sum(), scores, tuple(int(i) for i in chosen)
 
 
 def mean_around_median(count: int) -> SortedReducer:
@@ -215,14 +226,13 @@ class Bulyan(Aggregator):
         return 4 * self.f + 3
 
     def combine(self, rows: torch.Tensor, context: CallContext) -> Combination:
-        n = rows.shape[0]
-        distances = pairwise_squared_distances(rows, context)
-        theta = n - 2 * self.f
-        chosen = torch.tensor(sorted(iterated_krum(distances, self.f, theta)))
-        beta = theta - 2 * self.f
-        out = map_sorted_columns(rows, mean_around_median(beta), rows=chosen)
-        return Combination(
-            aggregate=out,
-            scores=krum_scores(distances, self.f),
-            selected=tuple(int(i) for i in chosen),
-        )
+        chosen, beta, scores = self.decide(pairwise_squared_distances(rows, context))
+        out = map_sorted_columns(rows, mean_around_median(beta), rows=torch.tensor(chosen))
+        return Combination(aggregate=out, scores=scores, selected=chosen)
+
+    def decide(self, distances: torch.Tensor) -> tuple[tuple[int, ...], int, torch.Tensor]:
+        """The theta rows chosen by iterated Krum (ascending), beta (how many values per
+        coordinate the second stage averages) and the Krum scores, from the squared distances."""
+        theta = distances.shape[0] - 2 * self.f
+        chosen = tuple(sorted(iterated_krum(distances, self.f, theta)))
+        return chosen, theta - 2 * self.f, krum_scores(distances, self.f)

@@ -59,11 +59,17 @@ class RejectionPolicy:
         # can also overflow it (entries above ~1e154); only such rows get an entry-wise check.
         if squared_norms is None or not bool(torch.isfinite(squared_norms).all()):
             squared_norms = row_squared_norms(matrix)
-        norms = squared_norms.to(device="cpu", dtype=torch.float64).sqrt()
-        suspicious = torch.nonzero(~torch.isfinite(norms)).flatten()
+        squared_norms = squared_norms.to(device="cpu", dtype=torch.float64)
+        suspicious = torch.nonzero(~torch.isfinite(squared_norms.sqrt())).flatten()
         non_finite_mask = torch.zeros(matrix.shape[0], dtype=torch.bool)
         if suspicious.numel():
             non_finite_mask[suspicious] = ~finite_rows(matrix[suspicious.to(matrix.device)]).cpu()
+        return self.classify(squared_norms, non_finite_mask)
+
+    def classify(self, squared_norms: torch.Tensor, non_finite_mask: torch.Tensor) -> RowRejection:
+        """Rows to drop, given every row's float64 squared norm and whether it has a non-finite
+        entry (`find` computes both from the rows; the partwise path sums them over parts)."""
+        norms = squared_norms.to(device="cpu", dtype=torch.float64).sqrt()
         too_large_mask = ~non_finite_mask & ~torch.isfinite(norms)
         if self.max_norm is not None:
             too_large_mask |= norms > self.max_norm

@@ -21,6 +21,7 @@ def test_available_lists_every_rule_with_defaults() -> None:
         assert info.parameters["f"] == 0
     assert catalogue["gas"].parameters == {
         "f": 0, "max_norm": 1e12, "max_norm_ratio": 1e4, "base": "bulyan", "p": 1000, "base_params": {},
+        "within_parts": None,
     }  # fmt: skip
     assert catalogue["flag"].parameters["r"] is None
     assert catalogue["flag"].parameters["scale"] == "reference"
