@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fednode.proto.v1 import membership_pb2 as fednode_dot_proto_dot_v1_dot_membership__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x64node/proto/v1/admin.proto\x12\nfednode.v1\x1a!fednode/proto/v1/membership.proto\"\x12\n\x10GetStatusRequest\"\xab\x02\n\nNodeStatus\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x03 \x01(\x04\x12\x19\n\x11listen_multiaddrs\x18\x04 \x03(\t\x12\x14\n\x0creachability\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x0c\n\x04task\x18\x07 \x01(\t\x12\x15\n\rmodel_version\x18\x08 \x01(\x04\x12\r\n\x05round\x18\t \x01(\x04\x12\x10\n\x08\x61\x63\x63uracy\x18\n \x01(\x01\x12\x0c\n\x04loss\x18\x0b \x01(\x01\x12\x17\n\x0f\x63onnected_peers\x18\x0c \x01(\r\x12\x13\n\x0b\x66\x65\x64\x65rations\x18\r \x03(\t\x12\r\n\x05state\x18\x0e \x01(\t\x12\x11\n\tstate_dir\x18\x0f \x01(\t\"\x12\n\x10ListPeersRequest\"\xca\x01\n\nPeerStatus\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x12\n\nmultiaddrs\x18\x02 \x03(\t\x12\x12\n\nconnection\x18\x03 \x01(\t\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\x19\n\x11last_seen_unix_ms\x18\x05 \x01(\x04\x12\x12\n\nreputation\x18\x06 \x01(\x01\x12\x14\n\x0c\x64isplay_name\x18\x07 \x01(\t\x12\x13\n\x0b\x66\x65\x64\x65rations\x18\x08 \x03(\t\x12\x15\n\rmodel_version\x18\t \x01(\x04\":\n\x11ListPeersResponse\x12%\n\x05peers\x18\x01 \x03(\x0b\x32\x16.fednode.v1.PeerStatus\"\x18\n\x16ListFederationsRequest\"\xd8\x01\n\x10\x46\x65\x64\x65rationStatus\x12\x34\n\ndescriptor\x18\x01 \x01(\x0b\x32 .fednode.v1.FederationDescriptor\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x10\n\x08group_id\x18\x03 \x01(\x0c\x12\x15\n\rmodel_version\x18\x04 \x01(\x04\x12\x14\n\x0cparticipants\x18\x05 \x03(\t\x12\x0c\n\x04role\x18\x06 \x01(\t\x12\x32\n\x0b\x63\x65rtificate\x18\x07 \x01(\x0b\x32\x1d.fednode.v1.MemberCertificate\"L\n\x17ListFederationsResponse\x12\x31\n\x0b\x66\x65\x64\x65rations\x18\x01 \x03(\x0b\x32\x1c.fednode.v1.FederationStatus\"-\n\x14GetFederationRequest\x12\x15\n\rfederation_id\x18\x01 \x01(\t\"\xa7\x01\n\x17\x43reateFederationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\naggregator\x18\x02 \x01(\t\x12\x1e\n\x16\x61ggregator_params_json\x18\x03 \x01(\t\x12\x10\n\x08schedule\x18\x04 \x01(\t\x12\x18\n\x10min_participants\x18\x05 \x01(\r\x12\r\n\x05\x63odec\x18\x06 \x01(\t\x12\x0f\n\x07private\x18\x07 \x01(\x08\"S\n\x13\x43reateInviteRequest\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x04\x12\x10\n\x08max_uses\x18\x03 \x01(\r\">\n\x14\x43reateInviteResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x17\n\x0f\x65xpires_unix_ms\x18\x02 \x01(\x04\"<\n\x15JoinFederationRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\"/\n\x16LeaveFederationRequest\x12\x15\n\rfederation_id\x18\x01 \x01(\t\"\x19\n\x17LeaveFederationResponse\"M\n\x13RevokeMemberRequest\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"B\n\x14RevokeMemberResponse\x12*\n\nrevocation\x18\x01 \x01(\x0b\x32\x16.fednode.v1.Revocation\"#\n\x12WatchEventsRequest\x12\r\n\x05kinds\x18\x01 \x03(\t\"\xa6\x01\n\x05\x45vent\x12\x0f\n\x07unix_ms\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x15\n\rfederation_id\x18\x03 \x01(\t\x12\x0f\n\x07peer_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\r\n\x05round\x18\x06 \x01(\x04\x12\x15\n\rmodel_version\x18\x07 \x01(\x04\x12\x10\n\x08\x61\x63\x63uracy\x18\x08 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\t \x01(\t\";\n\x12\x45xportModelRequest\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\"e\n\nModelChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\x12\x15\n\rmodel_version\x18\x05 \x01(\x04\"\x11\n\x0fShutdownRequest\"\x12\n\x10ShutdownResponse2\xc8\x07\n\x0c\x41\x64minService\x12\x41\n\tGetStatus\x12\x1c.fednode.v1.GetStatusRequest\x1a\x16.fednode.v1.NodeStatus\x12H\n\tListPeers\x12\x1c.fednode.v1.ListPeersRequest\x1a\x1d.fednode.v1.ListPeersResponse\x12Z\n\x0fListFederations\x12\".fednode.v1.ListFederationsRequest\x1a#.fednode.v1.ListFederationsResponse\x12O\n\rGetFederation\x12 .fednode.v1.GetFederationRequest\x1a\x1c.fednode.v1.FederationStatus\x12U\n\x10\x43reateFederation\x12#.fednode.v1.CreateFederationRequest\x1a\x1c.fednode.v1.FederationStatus\x12Q\n\x0c\x43reateInvite\x12\x1f.fednode.v1.CreateInviteRequest\x1a .fednode.v1.CreateInviteResponse\x12Q\n\x0eJoinFederation\x12!.fednode.v1.JoinFederationRequest\x1a\x1c.fednode.v1.FederationStatus\x12Z\n\x0fLeaveFederation\x12\".fednode.v1.LeaveFederationRequest\x1a#.fednode.v1.LeaveFederationResponse\x12Q\n\x0cRevokeMember\x12\x1f.fednode.v1.RevokeMemberRequest\x1a .fednode.v1.RevokeMemberResponse\x12\x42\n\x0bWatchEvents\x12\x1e.fednode.v1.WatchEventsRequest\x1a\x11.fednode.v1.Event0\x01\x12G\n\x0b\x45xportModel\x12\x1e.fednode.v1.ExportModelRequest\x1a\x16.fednode.v1.ModelChunk0\x01\x12\x45\n\x08Shutdown\x12\x1b.fednode.v1.ShutdownRequest\x1a\x1c.fednode.v1.ShutdownResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x64node/proto/v1/admin.proto\x12\nfednode.v1\x1a!fednode/proto/v1/membership.proto\"\x12\n\x10GetStatusRequest\"\xab\x02\n\nNodeStatus\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x03 \x01(\x04\x12\x19\n\x11listen_multiaddrs\x18\x04 \x03(\t\x12\x14\n\x0creachability\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x0c\n\x04task\x18\x07 \x01(\t\x12\x15\n\rmodel_version\x18\x08 \x01(\x04\x12\r\n\x05round\x18\t \x01(\x04\x12\x10\n\x08\x61\x63\x63uracy\x18\n \x01(\x01\x12\x0c\n\x04loss\x18\x0b \x01(\x01\x12\x17\n\x0f\x63onnected_peers\x18\x0c \x01(\r\x12\x13\n\x0b\x66\x65\x64\x65rations\x18\r \x03(\t\x12\r\n\x05state\x18\x0e \x01(\t\x12\x11\n\tstate_dir\x18\x0f \x01(\t\"\x12\n\x10ListPeersRequest\"\xca\x01\n\nPeerStatus\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x12\n\nmultiaddrs\x18\x02 \x03(\t\x12\x12\n\nconnection\x18\x03 \x01(\t\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\x19\n\x11last_seen_unix_ms\x18\x05 \x01(\x04\x12\x12\n\nreputation\x18\x06 \x01(\x01\x12\x14\n\x0c\x64isplay_name\x18\x07 \x01(\t\x12\x13\n\x0b\x66\x65\x64\x65rations\x18\x08 \x03(\t\x12\x15\n\rmodel_version\x18\t \x01(\x04\":\n\x11ListPeersResponse\x12%\n\x05peers\x18\x01 \x03(\x0b\x32\x16.fednode.v1.PeerStatus\"\x18\n\x16ListFederationsRequest\"\xd8\x01\n\x10\x46\x65\x64\x65rationStatus\x12\x34\n\ndescriptor\x18\x01 \x01(\x0b\x32 .fednode.v1.FederationDescriptor\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x10\n\x08group_id\x18\x03 \x01(\x0c\x12\x15\n\rmodel_version\x18\x04 \x01(\x04\x12\x14\n\x0cparticipants\x18\x05 \x03(\t\x12\x0c\n\x04role\x18\x06 \x01(\t\x12\x32\n\x0b\x63\x65rtificate\x18\x07 \x01(\x0b\x32\x1d.fednode.v1.MemberCertificate\"L\n\x17ListFederationsResponse\x12\x31\n\x0b\x66\x65\x64\x65rations\x18\x01 \x03(\x0b\x32\x1c.fednode.v1.FederationStatus\"-\n\x14GetFederationRequest\x12\x15\n\rfederation_id\x18\x01 \x01(\t\"\xd2\x01\n\x17\x43reateFederationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\naggregator\x18\x02 \x01(\t\x12\x1e\n\x16\x61ggregator_params_json\x18\x03 \x01(\t\x12\x10\n\x08schedule\x18\x04 \x01(\t\x12\x18\n\x10min_participants\x18\x05 \x01(\r\x12\r\n\x05\x63odec\x18\x06 \x01(\t\x12\x0f\n\x07private\x18\x07 \x01(\x08\x12)\n\x05outer\x18\x14 \x01(\x0b\x32\x1a.fednode.v1.OuterOptimizer\"S\n\x13\x43reateInviteRequest\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x04\x12\x10\n\x08max_uses\x18\x03 \x01(\r\">\n\x14\x43reateInviteResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x17\n\x0f\x65xpires_unix_ms\x18\x02 \x01(\x04\"<\n\x15JoinFederationRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\"/\n\x16LeaveFederationRequest\x12\x15\n\rfederation_id\x18\x01 \x01(\t\"\x19\n\x17LeaveFederationResponse\"M\n\x13RevokeMemberRequest\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"B\n\x14RevokeMemberResponse\x12*\n\nrevocation\x18\x01 \x01(\x0b\x32\x16.fednode.v1.Revocation\"#\n\x12WatchEventsRequest\x12\r\n\x05kinds\x18\x01 \x03(\t\"\xa6\x01\n\x05\x45vent\x12\x0f\n\x07unix_ms\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x15\n\rfederation_id\x18\x03 \x01(\t\x12\x0f\n\x07peer_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\r\n\x05round\x18\x06 \x01(\x04\x12\x15\n\rmodel_version\x18\x07 \x01(\x04\x12\x10\n\x08\x61\x63\x63uracy\x18\x08 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\t \x01(\t\";\n\x12\x45xportModelRequest\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\"e\n\nModelChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\x12\x15\n\rmodel_version\x18\x05 \x01(\x04\"\x11\n\x0fShutdownRequest\"\x12\n\x10ShutdownResponse2\xc8\x07\n\x0c\x41\x64minService\x12\x41\n\tGetStatus\x12\x1c.fednode.v1.GetStatusRequest\x1a\x16.fednode.v1.NodeStatus\x12H\n\tListPeers\x12\x1c.fednode.v1.ListPeersRequest\x1a\x1d.fednode.v1.ListPeersResponse\x12Z\n\x0fListFederations\x12\".fednode.v1.ListFederationsRequest\x1a#.fednode.v1.ListFederationsResponse\x12O\n\rGetFederation\x12 .fednode.v1.GetFederationRequest\x1a\x1c.fednode.v1.FederationStatus\x12U\n\x10\x43reateFederation\x12#.fednode.v1.CreateFederationRequest\x1a\x1c.fednode.v1.FederationStatus\x12Q\n\x0c\x43reateInvite\x12\x1f.fednode.v1.CreateInviteRequest\x1a .fednode.v1.CreateInviteResponse\x12Q\n\x0eJoinFederation\x12!.fednode.v1.JoinFederationRequest\x1a\x1c.fednode.v1.FederationStatus\x12Z\n\x0fLeaveFederation\x12\".fednode.v1.LeaveFederationRequest\x1a#.fednode.v1.LeaveFederationResponse\x12Q\n\x0cRevokeMember\x12\x1f.fednode.v1.RevokeMemberRequest\x1a .fednode.v1.RevokeMemberResponse\x12\x42\n\x0bWatchEvents\x12\x1e.fednode.v1.WatchEventsRequest\x1a\x11.fednode.v1.Event0\x01\x12G\n\x0b\x45xportModel\x12\x1e.fednode.v1.ExportModelRequest\x1a\x16.fednode.v1.ModelChunk0\x01\x12\x45\n\x08Shutdown\x12\x1b.fednode.v1.ShutdownRequest\x1a\x1c.fednode.v1.ShutdownResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,33 +51,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETFEDERATIONREQUEST']._serialized_start=1009
   _globals['_GETFEDERATIONREQUEST']._serialized_end=1054
   _globals['_CREATEFEDERATIONREQUEST']._serialized_start=1057
-  _globals['_CREATEFEDERATIONREQUEST']._serialized_end=1224
-  _globals['_CREATEINVITEREQUEST']._serialized_start=1226
-  _globals['_CREATEINVITEREQUEST']._serialized_end=1309
-  _globals['_CREATEINVITERESPONSE']._serialized_start=1311
-  _globals['_CREATEINVITERESPONSE']._serialized_end=1373
-  _globals['_JOINFEDERATIONREQUEST']._serialized_start=1375
-  _globals['_JOINFEDERATIONREQUEST']._serialized_end=1435
-  _globals['_LEAVEFEDERATIONREQUEST']._serialized_start=1437
-  _globals['_LEAVEFEDERATIONREQUEST']._serialized_end=1484
-  _globals['_LEAVEFEDERATIONRESPONSE']._serialized_start=1486
-  _globals['_LEAVEFEDERATIONRESPONSE']._serialized_end=1511
-  _globals['_REVOKEMEMBERREQUEST']._serialized_start=1513
-  _globals['_REVOKEMEMBERREQUEST']._serialized_end=1590
-  _globals['_REVOKEMEMBERRESPONSE']._serialized_start=1592
-  _globals['_REVOKEMEMBERRESPONSE']._serialized_end=1658
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=1660
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=1695
-  _globals['_EVENT']._serialized_start=1698
-  _globals['_EVENT']._serialized_end=1864
-  _globals['_EXPORTMODELREQUEST']._serialized_start=1866
-  _globals['_EXPORTMODELREQUEST']._serialized_end=1925
-  _globals['_MODELCHUNK']._serialized_start=1927
-  _globals['_MODELCHUNK']._serialized_end=2028
-  _globals['_SHUTDOWNREQUEST']._serialized_start=2030
-  _globals['_SHUTDOWNREQUEST']._serialized_end=2047
-  _globals['_SHUTDOWNRESPONSE']._serialized_start=2049
-  _globals['_SHUTDOWNRESPONSE']._serialized_end=2067
-  _globals['_ADMINSERVICE']._serialized_start=2070
-  _globals['_ADMINSERVICE']._serialized_end=3038
+  _globals['_CREATEFEDERATIONREQUEST']._serialized_end=1267
+  _globals['_CREATEINVITEREQUEST']._serialized_start=1269
+  _globals['_CREATEINVITEREQUEST']._serialized_end=1352
+  _globals['_CREATEINVITERESPONSE']._serialized_start=1354
+  _globals['_CREATEINVITERESPONSE']._serialized_end=1416
+  _globals['_JOINFEDERATIONREQUEST']._serialized_start=1418
+  _globals['_JOINFEDERATIONREQUEST']._serialized_end=1478
+  _globals['_LEAVEFEDERATIONREQUEST']._serialized_start=1480
+  _globals['_LEAVEFEDERATIONREQUEST']._serialized_end=1527
+  _globals['_LEAVEFEDERATIONRESPONSE']._serialized_start=1529
+  _globals['_LEAVEFEDERATIONRESPONSE']._serialized_end=1554
+  _globals['_REVOKEMEMBERREQUEST']._serialized_start=1556
+  _globals['_REVOKEMEMBERREQUEST']._serialized_end=1633
+  _globals['_REVOKEMEMBERRESPONSE']._serialized_start=1635
+  _globals['_REVOKEMEMBERRESPONSE']._serialized_end=1701
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=1703
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=1738
+  _globals['_EVENT']._serialized_start=1741
+  _globals['_EVENT']._serialized_end=1907
+  _globals['_EXPORTMODELREQUEST']._serialized_start=1909
+  _globals['_EXPORTMODELREQUEST']._serialized_end=1968
+  _globals['_MODELCHUNK']._serialized_start=1970
+  _globals['_MODELCHUNK']._serialized_end=2071
+  _globals['_SHUTDOWNREQUEST']._serialized_start=2073
+  _globals['_SHUTDOWNREQUEST']._serialized_end=2090
+  _globals['_SHUTDOWNRESPONSE']._serialized_start=2092
+  _globals['_SHUTDOWNRESPONSE']._serialized_end=2110
+  _globals['_ADMINSERVICE']._serialized_start=2113
+  _globals['_ADMINSERVICE']._serialized_end=3081
 # @@protoc_insertion_point(module_scope)

@@ -112,7 +112,7 @@ class GetFederationRequest(_message.Message):
     def __init__(self, federation_id: _Optional[str] = ...) -> None: ...
 
 class CreateFederationRequest(_message.Message):
-    __slots__ = ("name", "aggregator", "aggregator_params_json", "schedule", "min_participants", "codec", "private")
+    __slots__ = ("name", "aggregator", "aggregator_params_json", "schedule", "min_participants", "codec", "private", "outer")
     NAME_FIELD_NUMBER: _ClassVar[int]
     AGGREGATOR_FIELD_NUMBER: _ClassVar[int]
     AGGREGATOR_PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +120,7 @@ class CreateFederationRequest(_message.Message):
     MIN_PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
     PRIVATE_FIELD_NUMBER: _ClassVar[int]
+    OUTER_FIELD_NUMBER: _ClassVar[int]
     name: str
     aggregator: str
     aggregator_params_json: str
@@ -127,7 +128,8 @@ class CreateFederationRequest(_message.Message):
     min_participants: int
     codec: str
     private: bool
-    def __init__(self, name: _Optional[str] = ..., aggregator: _Optional[str] = ..., aggregator_params_json: _Optional[str] = ..., schedule: _Optional[str] = ..., min_participants: _Optional[int] = ..., codec: _Optional[str] = ..., private: _Optional[bool] = ...) -> None: ...
+    outer: _membership_pb2.OuterOptimizer
+    def __init__(self, name: _Optional[str] = ..., aggregator: _Optional[str] = ..., aggregator_params_json: _Optional[str] = ..., schedule: _Optional[str] = ..., min_participants: _Optional[int] = ..., codec: _Optional[str] = ..., private: _Optional[bool] = ..., outer: _Optional[_Union[_membership_pb2.OuterOptimizer, _Mapping]] = ...) -> None: ...
 
 class CreateInviteRequest(_message.Message):
     __slots__ = ("federation_id", "ttl_seconds", "max_uses")
