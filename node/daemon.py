@@ -166,6 +166,7 @@ class FederationSettings:
     min_participants: int
     codec: str
     codec_params: dict[str, Any]
+    outer: Any = None  # OuterConfig (fednode.node.federation.outer_config); None = plain FedAvg
 
 
 @dataclass(frozen=True)
@@ -326,18 +327,28 @@ class Daemon:
             rule=cfg.aggregation.rule, rule_params=dict(cfg.aggregation.params), f=cfg.aggregation.f,
             schedule=cfg.federation.schedule, min_participants=cfg.federation.min_participants,
             codec=cfg.compression.codec, codec_params=dict(cfg.compression.params),
+            outer=cfg.aggregation.outer_config(),
         )
 
     def _descriptor_settings(self, descriptor: Any) -> FederationSettings:
+        from fednode.node.federation.outer_config import config_from_proto
+
         params = json.loads(descriptor.aggregator_params_json or "{}")
         f = int(params.pop("f", 0))
         same_codec = descriptor.codec in ("", self.config.compression.codec)
+        try:
+            # The descriptor's, whatever this node's config says: every member applies the same.
+            outer = config_from_proto(descriptor.outer if descriptor.HasField("outer") else None)
+        except ValueError as exc:
+            raise ConfigError(f"the federation's descriptor names an unusable outer optimizer ({exc}); "
+                              f"this fednode may be older than the federation's creator's: upgrade it") from exc
         return FederationSettings(
             rule=descriptor.aggregator or self.config.aggregation.rule, rule_params=params, f=f,
             schedule=descriptor.schedule or self.config.federation.schedule,
             min_participants=max(1, descriptor.min_participants or self.config.federation.min_participants),
             codec=descriptor.codec or self.config.compression.codec,
             codec_params=dict(self.config.compression.params) if same_codec else {},
+            outer=outer,
         )
 
     def _initial_session(self) -> FederationSession | None:
@@ -688,7 +699,8 @@ class Daemon:
 
         def validator_for(topic: str) -> ControlValidator:
             # Every message is checked here, in the daemon, before the mesh delivers or forwards it.
-            return ControlValidator(session.federation_id, federation.max_clock_skew, self.layout_digest, trust)
+            return ControlValidator(session.federation_id, federation.max_clock_skew, self.layout_digest, trust,
+                                    session.settings.outer.digest() if session.settings.outer is not None else "")
 
         start = worker_pb2.StartSession(federation_id=session.federation_id, settings=settings_to_proto(session.settings),
                                         certified=session.certified, display_name=self.display_name)

@@ -191,7 +191,7 @@ class SimulatedFederation:
             policy=SyncPolicy(min_participants=federation.min_participants),
             announce_interval=federation.announce_interval, max_clock_skew=federation.max_clock_skew,
             stop=stop, push=federation.push, attack=attack, on_round=on_round, display_name=f"member-{index}",
-            on_event=on_event, **options,
+            on_event=on_event, outer=config.aggregation.outer_config(), **options,
         )
         member = SimulatedMember(index, identity, mesh, runner, trainer, task, byzantine, stop)
         member_box.append(member)

@@ -51,10 +51,16 @@ def peak_rss_mb() -> float:
 
 
 def settings_from_proto(message: worker_pb2.Settings) -> dict[str, Any]:
+    from fednode.node.federation.outer_config import config_from_proto
+
+    try:
+        outer = config_from_proto(message.outer if message.HasField("outer") else None)
+    except ValueError as exc:
+        raise ConfigError(f"invalid outer optimizer settings: {exc}") from exc
     return {
         "rule": message.rule, "rule_params": json.loads(message.rule_params_json or "{}"), "f": message.f,
         "schedule": message.schedule, "min_participants": message.min_participants, "codec": message.codec,
-        "codec_params": json.loads(message.codec_params_json or "{}"),
+        "codec_params": json.loads(message.codec_params_json or "{}"), "outer": outer,
     }
 
 
@@ -220,11 +226,25 @@ class TrainingWorker:
             torch.save({k: v.detach().cpu() for k, v in self.model.state_dict().items()}, buffer)
             return worker_pb2.ModelBytes(data=buffer.getvalue(), model_version=self.model_version)
         if fmt == "raw":
-            from fednode.node.federation.updates import snapshot_payload
-
-            return worker_pb2.ModelBytes(data=snapshot_payload(flatten_parameters(self.model)),
-                                         model_version=self.model_version)
+            return worker_pb2.ModelBytes(data=self._raw_model(), model_version=self.model_version)
         raise ValueError(f'format must be "pt" or "raw", got {fmt!r}')
+
+    def _raw_model(self) -> bytes:
+        """The lossless model as state sync serves it: with the outer optimizer's state when the
+        federation's optimizer keeps one (a ModelState), else a TensorPayload."""
+        from fednode.node.federation.outer import OuterConfig, OuterStateError, saved_state
+        from fednode.node.federation.updates import model_state_payload
+
+        parameters = flatten_parameters(self.model)
+        if self.runner is not None:
+            return model_state_payload(parameters, self.runner.outer, self.runner.outer_state)
+        saved = self.extra_state.get("outer_state")
+        if saved is not None:  # the last session's (checkpointed) state
+            try:
+                return model_state_payload(parameters, *saved_state(saved, self.layout.numel))
+            except OuterStateError as exc:
+                log.warning("exporting the model without its outer optimizer state: %s", exc)
+        return model_state_payload(parameters, OuterConfig(), None)
 
     async def publish_revocation(self, revocation: Any) -> None:
         runner = self.runner
@@ -331,8 +351,10 @@ class TrainingWorker:
             max_clock_skew=federation.max_clock_skew, stop=self.session_stop, attack=self.attack,
             on_round=self._on_federated_round, display_name=start.display_name, trust=trust,
             certificate=start.certificate if start.HasField("certificate") else None,
-            on_event=self._forward_event, **options,
+            on_event=self._forward_event, outer=settings["outer"], **options,
         )
+        if not settings["outer"].is_identity:
+            log.info("outer optimizer: %s", settings["outer"].describe())
         if self.extra_state.get("federation_id") == start.federation_id:
             self.runner.restore(self.round, self.model_version, self.extra_state)
         else:
