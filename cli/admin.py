@@ -210,6 +210,22 @@ def _federation_table(federations: list[admin_pb2.FederationStatus]) -> Table:
     return table
 
 
+def _outer_request(name: str, lr: float, config: Path | None) -> Any:
+    """--outer/--outer-lr with the momentum, betas and epsilon of the local config."""
+    from fednode.node.config import load_config
+    from fednode.node.errors import ConfigError
+    from fednode.node.federation.outer_config import OuterConfig, config_to_proto
+
+    try:
+        section = load_config(config)[0].aggregation
+        return config_to_proto(OuterConfig.build(name, lr=lr, momentum=section.outer_momentum,
+                                                 betas=section.outer_betas, epsilon=section.outer_epsilon))
+    except ValueError as error:
+        raise fail(ConfigError(f"--outer: {error}")) from None
+    except FednodeError as error:
+        raise fail(error) from None
+
+
 @federation_app.command("create")
 def federation_create(
     name: Annotated[str, typer.Argument(help="a label for the federation")],
@@ -219,6 +235,9 @@ def federation_create(
     min_participants: Annotated[int, typer.Option("--min-participants", min=0)] = 0,
     codec: Annotated[str, typer.Option("--codec", help="update codec (default: the daemon's)")] = "",
     private: Annotated[bool, typer.Option("--private/--public", help="relays serve members only")] = True,
+    outer: Annotated[str, typer.Option(
+        "--outer", help="outer optimizer: sgd, momentum, nesterov, adam, yogi, adagrad (default: the daemon's)")] = "",
+    outer_lr: Annotated[float, typer.Option("--outer-lr", min=0, help="outer learning rate; 0 = the optimizer's default")] = 0.0,
     config: ConfigOption = None, state_dir: StateDirOption = None, admin: AdminOption = None,
     token: TokenOption = None, tls_ca: TlsCaOption = None, output: FormatOption = "human",
 ) -> None:
@@ -227,6 +246,8 @@ def federation_create(
         name=name, aggregator=aggregator, aggregator_params_json=aggregator_params, schedule=schedule,
         min_participants=min_participants, codec=codec, private=private,
     )
+    if outer:  # the other outer_* hyperparameters: the daemon's aggregation.outer_* settings
+        request.outer.CopyFrom(_outer_request(outer, outer_lr, config))
     try:
         reply = call(_target(config, state_dir, admin, token, tls_ca), lambda s: s.CreateFederation, request)
     except FednodeError as error:

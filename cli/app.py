@@ -176,6 +176,29 @@ def _parse_slowdowns(text: str | None) -> list[float]:
     return values
 
 
+def _outer_settings(outer: str, outer_lr: float, preset: str) -> list[str]:
+    """--outer/--outer-lr/--preset as --set items (checked here: a typo fails before any daemon starts)."""
+    from fednode.node.config import PRESETS
+    from fednode.node.errors import ConfigError
+    from fednode.node.federation.outer_config import OuterConfig
+
+    items: list[str] = []
+    if preset:
+        if preset not in PRESETS:
+            raise ConfigError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+        items.append(f"training.preset={json.dumps(preset)}")
+    if outer or outer_lr:
+        try:
+            OuterConfig.build(outer or ("nesterov" if preset == "diloco" else "sgd"), lr=outer_lr)
+        except ValueError as exc:
+            raise ConfigError(f"--outer/--outer-lr: {exc}") from None
+        if outer:
+            items.append(f"aggregation.outer={json.dumps(outer)}")
+        if outer_lr:
+            items.append(f"aggregation.outer_lr={outer_lr!r}")
+    return items
+
+
 @app.command()
 def launch(
     nodes: Annotated[int, typer.Option("--nodes", "-n", min=1, max=64, help="daemons to start")] = 4,
@@ -194,6 +217,10 @@ def launch(
     slowdowns: Annotated[str | None, typer.Option(
         "--slowdowns", help="per-node slowness factors, cycled over the nodes, e.g. 1,2,4,8 (heterogeneity emulation)")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="run directory (default runs/<timestamp>)")] = None,
+    outer: Annotated[str, typer.Option(
+        "--outer", help="outer optimizer: sgd (FedAvg), momentum, nesterov, adam, yogi, adagrad")] = "",
+    outer_lr: Annotated[float, typer.Option("--outer-lr", min=0, help="outer learning rate; 0 = the optimizer's default")] = 0.0,
+    preset: Annotated[str, typer.Option("--preset", help="diloco: 500 local steps, outer nesterov 0.7 (docs/federation.md)")] = "",
     settings: SetOption = None,
 ) -> None:
     """Launch a local federation: N daemons on 127.0.0.1, progress, then a summary table."""
@@ -228,7 +255,7 @@ def launch(
             schedule=schedule,
             slowdowns=_parse_slowdowns(slowdowns),
             out_dir=out or Path("runs") / _time.strftime("%Y%m%d-%H%M%S"),
-            settings=list(settings or []),
+            settings=_outer_settings(outer, outer_lr, preset) + list(settings or []),
         )
         plan.derived_min_participants()
     except FednodeError as error:

@@ -21,6 +21,7 @@ from fednode.node import __version__
 from fednode.node.admin import AdminError, EventBus
 from fednode.node.envelope import Rejected, open_envelope, seal
 from fednode.node.errors import FednodeError
+from fednode.node.federation.outer_config import config_from_proto, config_to_proto
 from fednode.node.membership import (
     CONTRIBUTOR,
     InvalidInvite,
@@ -153,6 +154,9 @@ class NodeControl:
             status.descriptor.schedule = d.config.federation.schedule
             status.descriptor.codec = d.config.compression.codec
             status.descriptor.min_participants = d.config.federation.min_participants
+            outer = d.config.aggregation.outer_config()
+            if not outer.is_identity:
+                status.descriptor.outer.CopyFrom(config_to_proto(outer))
             status.role = "contributor"
         active = d.session is not None and d.session.federation_id == federation_id
         if active and d.progress is not None:
@@ -179,6 +183,8 @@ class NodeControl:
             if not isinstance(decoded, dict):
                 raise ValueError("not a JSON object")
             await d.check_aggregation(aggregator, decoded, request.min_participants or config.federation.min_participants)
+            outer = (config_from_proto(request.outer) if request.HasField("outer") and request.outer.name
+                     else config.aggregation.outer_config())
             issuer, descriptor = create_federation(
                 request.name or "federation",
                 task=config.task.name,
@@ -189,6 +195,7 @@ class NodeControl:
                 min_participants=request.min_participants or config.federation.min_participants,
                 codec=request.codec or config.compression.codec,
                 private=request.private,
+                outer=None if outer.is_identity else config_to_proto(outer),
             )
         except (ValueError, MembershipError) as exc:
             raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, f"cannot create the federation: {exc}") from exc

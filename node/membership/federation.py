@@ -120,6 +120,7 @@ def create_federation(
     codec: str = "",
     private: bool = False,
     now_unix_ms: int | None = None,
+    outer: membership_pb2.OuterOptimizer | None = None,
 ) -> tuple[Issuer, membership_pb2.FederationDescriptor]:
     """Make a new federation key and its signed descriptor.
 
@@ -139,6 +140,10 @@ def create_federation(
             raise ValueError(f"aggregator_params_json is not JSON: {exc}") from exc
         if not isinstance(params, dict):
             raise ValueError("aggregator_params_json must be a JSON object")
+    if outer is not None:
+        from fednode.node.federation.outer_config import config_from_proto
+
+        config_from_proto(outer)  # ValueError: unknown optimizer, lr out of range, ...
     issuer = Issuer.from_federation_key(Ed25519PrivateKey.generate())
     descriptor = membership_pb2.FederationDescriptor(
         federation_id=issuer.federation_id,
@@ -154,6 +159,8 @@ def create_federation(
         codec=codec,
         private=private,
     )
+    if outer is not None and outer.name:
+        descriptor.outer.CopyFrom(outer)  # unset = plain FedAvg, as in descriptors that predate it
     sign(issuer.private_key, descriptor)
     return issuer, descriptor
 

@@ -42,6 +42,10 @@ class Task:
     test_data: Dataset[tuple[torch.Tensor, torch.Tensor]]
     loss_fn: LossFn = field(default_factory=lambda: nn.functional.cross_entropy)
     description: str = ""
+    # The local (inner) optimizer the task is meant to train with, used when
+    # training.optimizer = "task" (the DiLoCo preset): e.g. {"name": "adamw", "lr": 4e-4,
+    # "weight_decay": 0.1, "betas": [0.9, 0.95]}. Empty: momentum SGD with the training.* values.
+    inner_optimizer: dict[str, Any] = field(default_factory=dict)
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ from fednode.node.identity import identity_path, load_identity
 from fednode.node.logs import current_rss_mb
 from fednode.node.model import assign_parameters, flatten_parameters, model_layout
 from fednode.node.tasks import TaskContext, load_task
-from fednode.node.trainer import LocalTrainer, resolve_device
+from fednode.node.trainer import LocalTrainer, resolve_device, resolve_inner_optimizer
 from fednode.node.worker.link import Link
 from fednode.node.worker.remote_mesh import RemoteMesh
 from fednode.proto.v1 import worker_pb2
@@ -107,12 +107,17 @@ class TrainingWorker:
             self.task.train_data.labels = self.attack.transform_labels(labels)
         self.model = self.task.model_factory().to(self.device)
         self.layout = model_layout(self.model)
+        try:
+            inner = resolve_inner_optimizer(training.optimizer, self.task, lr=training.lr, momentum=training.momentum,
+                                            weight_decay=training.weight_decay)
+        except ValueError as exc:
+            raise TaskError(str(exc)) from exc
         self.trainer = LocalTrainer(
             self.task, self.device, batch_size=training.batch_size, lr=training.lr, momentum=training.momentum,
             weight_decay=training.weight_decay,
             # Batches differ per shard but are reproducible for a given seed and shard.
             seed=task_cfg.seed * 1_000_003 + task_cfg.shard_index,
-            slowdown=training.slowdown, emulated_step_seconds=training.emulated_step_ms / 1000.0,
+            slowdown=training.slowdown, emulated_step_seconds=training.emulated_step_ms / 1000.0, optimizer=inner,
         )
         resumed = self._resume()
         return worker_pb2.WorkerReady(
