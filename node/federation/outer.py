@@ -193,6 +193,7 @@ class OuterSequence:
         self._keys: list[Key] = []
         self._gradients: list[torch.Tensor] = []
         self._updates: list[torch.Tensor] = []
+        self.replays = 0  # changes that recomputed steps already applied (out-of-order arrivals, swaps)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -219,6 +220,8 @@ class OuterSequence:
         if add is not None:
             existing = self._index(add[0])
             start = min(start, existing if existing is not None else bisect.bisect_left(self._keys, add[0]))
+        if start < len(self._keys):
+            self.replays += 1
         state = self.state if start == len(self._keys) else self._state_before(start)
         old = {self._keys[i]: self._updates[i] for i in range(start, len(self._keys))}
         tail = {self._keys[i]: self._gradients[i] for i in range(start, len(self._keys))}
