@@ -320,6 +320,22 @@ def _federation_details(row: dict[str, Any]) -> Table:
     return rows
 
 
+def _outer_request(name: str, lr: float, config: Path | None) -> Any:
+    """--outer/--outer-lr with the momentum, betas and epsilon of the local config."""
+    from fednode.node.config import load_config
+    from fednode.node.errors import ConfigError
+    from fednode.node.federation.outer_config import OuterConfig, config_to_proto
+
+    try:
+        section = load_config(config)[0].aggregation
+        return config_to_proto(OuterConfig.build(name, lr=lr, momentum=section.outer_momentum,
+                                                 betas=section.outer_betas, epsilon=section.outer_epsilon))
+    except ValueError as error:
+        raise fail(ConfigError(f"--outer: {error}")) from None
+    except FednodeError as error:
+        raise fail(error) from None
+
+
 @federation_app.command("create")
 def federation_create(
     name: Annotated[str, typer.Argument(help="a label for the federation")],
@@ -337,6 +353,9 @@ def federation_create(
         "--min-participants", min=0, help="updates a round needs (default: the daemon's)")] = 0,
     codec: Annotated[str, typer.Option("--codec", help="update codec (default: the daemon's)")] = "",
     private: Annotated[bool, typer.Option("--private/--public", help="relays serve members only")] = True,
+    outer: Annotated[str, typer.Option(
+        "--outer", help="outer optimizer: sgd, momentum, nesterov, adam, yogi, adagrad (default: the daemon's)")] = "",
+    outer_lr: Annotated[float, typer.Option("--outer-lr", min=0, help="outer learning rate; 0 = the optimizer's default")] = 0.0,
     aggregator: Annotated[str, typer.Option("--aggregator", hidden=True)] = "",
     aggregator_params: Annotated[str, typer.Option("--aggregator-params", hidden=True)] = "",
     config: ConfigOption = None, state_dir: StateDirOption = None, admin: AdminOption = None,
@@ -358,6 +377,8 @@ def federation_create(
             min_participants=min_participants, codec=codec, private=private, max_rounds=rounds,
             target_accuracy=target_accuracy, until_unix_ms=parse_until("--until", until) if until else 0,
         )
+        if outer:  # the other outer_* hyperparameters: the daemon's aggregation.outer_* settings
+            request.outer.CopyFrom(_outer_request(outer, outer_lr, config))
         reply = call(_target(config, state_dir, admin, token, tls_ca), lambda s: s.CreateFederation, request, timeout=90)
     except FednodeError as error:
         raise fail(error) from None

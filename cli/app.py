@@ -168,6 +168,29 @@ def start(
     raise typer.Exit(int(code))
 
 
+def _outer_settings(outer: str, outer_lr: float, preset: str) -> list[str]:
+    """--outer/--outer-lr/--preset as --set items (checked here: a typo fails before any daemon starts)."""
+    from fednode.node.config import PRESETS
+    from fednode.node.errors import ConfigError
+    from fednode.node.federation.outer_config import OuterConfig
+
+    items: list[str] = []
+    if preset:
+        if preset not in PRESETS:
+            raise ConfigError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+        items.append(f"training.preset={json.dumps(preset)}")
+    if outer or outer_lr:
+        try:
+            OuterConfig.build(outer or ("nesterov" if preset == "diloco" else "sgd"), lr=outer_lr)
+        except ValueError as exc:
+            raise ConfigError(f"--outer/--outer-lr: {exc}") from None
+        if outer:
+            items.append(f"aggregation.outer={json.dumps(outer)}")
+        if outer_lr:
+            items.append(f"aggregation.outer_lr={outer_lr!r}")
+    return items
+
+
 @app.command()
 def launch(
     nodes: Annotated[int, typer.Option("--nodes", "-n", min=1, max=64, help="daemons to start")] = 4,
@@ -197,6 +220,10 @@ def launch(
         "--data", help="each node's training file (CSV/NPZ task): node-0=a.csv,node-1=b.csv or 'site-{i}.csv' or 'sites/*.csv'")] = None,
     test_data: Annotated[str | None, typer.Option(
         "--test-data", help="with --data: the test file of every node, or one per node (same forms as --data)")] = None,
+    outer: Annotated[str, typer.Option(
+        "--outer", help="outer optimizer: sgd (FedAvg), momentum, nesterov, adam, yogi, adagrad")] = "",
+    outer_lr: Annotated[float, typer.Option("--outer-lr", min=0, help="outer learning rate; 0 = the optimizer's default")] = 0.0,
+    preset: Annotated[str, typer.Option("--preset", help="diloco: 500 local steps, outer nesterov 0.7 (docs/federation.md)")] = "",
     config: ConfigOption = None,
     settings: SetOption = None,
 ) -> None:
@@ -251,7 +278,7 @@ def launch(
             schedule=schedule,
             slowdowns=parse_factors("--slowdowns", slowdowns),
             out_dir=out or Path("runs") / _time.strftime("%Y%m%d-%H%M%S"),
-            settings=list(settings or []),
+            settings=_outer_settings(outer, outer_lr, preset) + list(settings or []),
             devices=parse_devices(devices),
             data=node_files(data, nodes, "--data", shared_allowed=False) if data else [],
             test_data=node_files(test_data, nodes, "--test-data", shared_allowed=True) if test_data else [],

@@ -22,6 +22,7 @@ from fednode.node.admin import AdminError, EventBus
 from fednode.node.config import KNOWN_CODECS, KNOWN_RULES
 from fednode.node.envelope import Rejected, open_envelope, seal
 from fednode.node.errors import FednodeError
+from fednode.node.federation.outer_config import config_from_proto, config_to_proto
 from fednode.node.membership import (
     CONTRIBUTOR,
     InvalidInvite,
@@ -178,6 +179,9 @@ class NodeControl:
             status.descriptor.schedule = d.config.federation.schedule
             status.descriptor.codec = d.config.compression.codec
             status.descriptor.min_participants = d.config.federation.min_participants
+            outer = d.config.aggregation.outer_config()
+            if not outer.is_identity:
+                status.descriptor.outer.CopyFrom(config_to_proto(outer))
             status.role = "contributor"
         active = d.session is not None and d.session.federation_id == federation_id
         finished = d.finished if active else (d.store.finished(federation_id) if state is not None else None)
@@ -233,6 +237,8 @@ class NodeControl:
             if not isinstance(decoded, dict):
                 raise ValueError("the rule parameters must be a JSON object")
             await d.check_aggregation(aggregator, decoded, min_participants, codec)
+            outer = (config_from_proto(request.outer) if request.HasField("outer") and request.outer.name
+                     else config.aggregation.outer_config())
             issuer, descriptor = create_federation(
                 request.name,
                 task=config.task.name,
@@ -246,6 +252,7 @@ class NodeControl:
                 max_rounds=request.max_rounds,
                 target_accuracy=request.target_accuracy,
                 until_unix_ms=request.until_unix_ms,
+                outer=None if outer.is_identity else config_to_proto(outer),
             )
         except (ValueError, TypeError, MembershipError) as exc:
             await d.release_worker_if_idle()

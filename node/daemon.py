@@ -199,6 +199,7 @@ class FederationSettings:
         if self.until_unix_ms and now_unix_ms >= self.until_unix_ms:
             return "until"
         return ""
+    outer: Any = None  # OuterConfig (fednode.node.federation.outer_config); None = plain FedAvg
 
 
 @dataclass(frozen=True)
@@ -455,12 +456,21 @@ class Daemon:
             rule=cfg.aggregation.rule, rule_params=dict(cfg.aggregation.params), f=cfg.aggregation.f,
             schedule=cfg.federation.schedule, min_participants=cfg.federation.min_participants,
             codec=cfg.compression.codec, codec_params=dict(cfg.compression.params),
+            outer=cfg.aggregation.outer_config(),
         )
 
     def _descriptor_settings(self, descriptor: Any) -> FederationSettings:
+        from fednode.node.federation.outer_config import config_from_proto
+
         params = json.loads(descriptor.aggregator_params_json or "{}")
         f = int(params.pop("f", 0))
         same_codec = descriptor.codec in ("", self.config.compression.codec)
+        try:
+            # The descriptor's, whatever this node's config says: every member applies the same.
+            outer = config_from_proto(descriptor.outer if descriptor.HasField("outer") else None)
+        except ValueError as exc:
+            raise ConfigError(f"the federation's descriptor names an unusable outer optimizer ({exc}); "
+                              f"this fednode may be older than the federation's creator's: upgrade it") from exc
         return FederationSettings(
             rule=descriptor.aggregator or self.config.aggregation.rule, rule_params=params, f=f,
             schedule=descriptor.schedule or self.config.federation.schedule,
@@ -469,6 +479,7 @@ class Daemon:
             codec_params=dict(self.config.compression.params) if same_codec else {},
             max_rounds=descriptor.max_rounds, target_accuracy=descriptor.target_accuracy,
             until_unix_ms=descriptor.until_unix_ms,
+            outer=outer,
         )
 
     def _initial_session(self) -> FederationSession | None:
@@ -898,7 +909,8 @@ class Daemon:
 
         def validator_for(topic: str) -> ControlValidator:
             # Every message is checked here, in the daemon, before the mesh delivers or forwards it.
-            return ControlValidator(session.federation_id, federation.max_clock_skew, self.layout_digest, trust)
+            return ControlValidator(session.federation_id, federation.max_clock_skew, self.layout_digest, trust,
+                                    session.settings.outer.digest() if session.settings.outer is not None else "")
 
         start = worker_pb2.StartSession(federation_id=session.federation_id, settings=settings_to_proto(session.settings),
                                         certified=session.certified, display_name=self.display_name)

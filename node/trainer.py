@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.optim.adam import adam as adam_update
 from torch.optim.sgd import sgd as sgd_update
 
 from fednode.node.tasks import Task
@@ -47,6 +48,49 @@ def resolve_device(setting: str) -> torch.device:
     if problem:
         raise ValueError(problem)
     return torch.device(setting)
+
+
+INNER_OPTIMIZERS = ("sgd", "adamw")
+
+
+@dataclass(frozen=True)
+class InnerOptimizer:
+    """The local optimizer of a round: momentum SGD (the default) or AdamW."""
+
+    name: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9  # sgd
+    weight_decay: float = 0.0  # sgd: L2 added to the gradient; adamw: decoupled
+    betas: tuple[float, float] = (0.9, 0.999)  # adamw
+    eps: float = 1e-8  # adamw
+
+
+def resolve_inner_optimizer(setting: str, task: Task, *, lr: float, momentum: float, weight_decay: float) -> InnerOptimizer:
+    """training.optimizer ("sgd", "adamw", or "task": what the task declares in
+    `Task.inner_optimizer`, momentum SGD with the training values when it declares nothing).
+    ValueError naming the problem for a bad declaration."""
+    if setting == "adamw":
+        return InnerOptimizer("adamw", lr=lr, weight_decay=weight_decay)
+    if setting != "task" or not task.inner_optimizer:
+        return InnerOptimizer("sgd", lr=lr, momentum=momentum, weight_decay=weight_decay)
+    declared = dict(task.inner_optimizer)
+    name = str(declared.pop("name", "sgd"))
+    if name not in INNER_OPTIMIZERS:
+        raise ValueError(f"task {task.name!r} declares inner optimizer {name!r}; known: {', '.join(INNER_OPTIMIZERS)}")
+    try:
+        chosen = InnerOptimizer(name, lr=float(declared.pop("lr", lr)),
+                                momentum=float(declared.pop("momentum", momentum)),
+                                weight_decay=float(declared.pop("weight_decay", weight_decay)),
+                                betas=tuple(float(b) for b in declared.pop("betas", (0.9, 0.999))),  # type: ignore[arg-type]
+                                eps=float(declared.pop("eps", 1e-8)))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"task {task.name!r} declares an unusable inner optimizer: {exc}") from exc
+    if declared:
+        raise ValueError(f"task {task.name!r}: unknown inner optimizer keys {sorted(declared)}")
+    if not (chosen.lr > 0 and chosen.weight_decay >= 0 and len(chosen.betas) == 2
+            and all(0 <= b < 1 for b in chosen.betas) and 0 <= chosen.momentum < 1 and chosen.eps > 0):
+        raise ValueError(f"task {task.name!r} declares inner optimizer values out of range: {chosen}")
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -87,6 +131,7 @@ class LocalTrainer:
         seed: int = 0,
         slowdown: float = 1.0,
         emulated_step_seconds: float = 0.0,
+        optimizer: InnerOptimizer | None = None,
     ) -> None:
         self.task = task
         self.device = device
@@ -94,6 +139,7 @@ class LocalTrainer:
         self.lr = lr
         self.momentum = momentum
         self.weight_decay = weight_decay
+        self.inner = optimizer or InnerOptimizer("sgd", lr=lr, momentum=momentum, weight_decay=weight_decay)
         self.slowdown = slowdown
         self._slowdown = SlowdownEmulator(slowdown, emulated_step_seconds)
         self._generator = torch.Generator().manual_seed(seed)
@@ -119,11 +165,16 @@ class LocalTrainer:
                 self._step(model, optimizer, generator)
                 self._slowdown.observe(time.perf_counter() - started)
 
-    def _optimizer(self, model: nn.Module) -> MomentumSGD:
-        """A fresh SGD for a round (momentum restarts with every round's new base model)."""
-        return MomentumSGD(model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+    def _optimizer(self, model: nn.Module) -> MomentumSGD | InnerAdamW:
+        """A fresh optimizer for a round (momentum or moments restart with every round's new
+        base model)."""
+        inner = self.inner
+        if inner.name == "adamw":
+            return InnerAdamW(model.parameters(), lr=inner.lr, betas=inner.betas, eps=inner.eps,
+                              weight_decay=inner.weight_decay)
+        return MomentumSGD(model.parameters(), lr=inner.lr, momentum=inner.momentum, weight_decay=inner.weight_decay)
 
-    def _step(self, model: nn.Module, optimizer: MomentumSGD, generator: torch.Generator) -> float:
+    def _step(self, model: nn.Module, optimizer: MomentumSGD | InnerAdamW, generator: torch.Generator) -> float:
         """One SGD step on a random mini-batch; returns the loss."""
         index = torch.randint(0, self.num_train_samples, (self.batch_size,), generator=generator).to(self.device)
         optimizer.zero_grad()
@@ -224,6 +275,48 @@ class MomentumSGD:
         )
         for i, buffer in zip(stepped, buffers, strict=True):  # sgd_update fills new buffers in
             self.momentum_buffers[i] = buffer
+
+
+class InnerAdamW:
+    """AdamW (decoupled weight decay): torch.optim.AdamW's update without torch.optim.AdamW, for
+    the reason MomentumSGD gives (the optimizer class's step loads torch's compiler stack). Calls
+    the update function AdamW.step calls (torch.optim.adam.adam, decoupled weight decay,
+    multi-tensor); tests compare it with torch.optim.AdamW."""
+
+    def __init__(self, parameters: Iterable[nn.Parameter], *, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        self.parameters = [p for p in parameters if p.requires_grad]
+        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
+        self.exp_avgs = [torch.zeros_like(p) for p in self.parameters]
+        self.exp_avg_sqs = [torch.zeros_like(p) for p in self.parameters]
+        self.steps = [torch.tensor(0.0) for _ in self.parameters]
+
+    def zero_grad(self) -> None:
+        for parameter in self.parameters:
+            parameter.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        stepped = [i for i, p in enumerate(self.parameters) if p.grad is not None]
+        if not stepped:
+            return
+        adam_update(
+            [self.parameters[i] for i in stepped],
+            [self.parameters[i].grad for i in stepped],  # type: ignore[misc]
+            [self.exp_avgs[i] for i in stepped],
+            [self.exp_avg_sqs[i] for i in stepped],
+            [],
+            [self.steps[i] for i in stepped],
+            foreach=True,
+            decoupled_weight_decay=True,
+            amsgrad=False,
+            beta1=self.betas[0],
+            beta2=self.betas[1],
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            eps=self.eps,
+            maximize=False,
+        )
 
 
 class SlowdownEmulator:

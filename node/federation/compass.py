@@ -61,6 +61,7 @@ import torch
 from fednode.aggregators import AggregationError, AggregationResult, Aggregator
 from fednode.node.compression import is_finite
 from fednode.node.envelope import Rejected, RejectReason
+from fednode.node.federation.outer import OuterSequence
 from fednode.node.federation.protocol import ValidControl, now_ms, round_seed
 from fednode.node.federation.runner import FederationRunner, RoundOutcome
 from fednode.node.federation.updates import PeerContribution
@@ -96,6 +97,7 @@ PUBLISH_TIMEOUT = 5.0  # a gossip publish stuck behind a dead peer's stream is g
 MIN_GROUP_CAP_SECONDS = 60.0  # a group may always last this long (see _check_group_record)
 TRAIN_NICENESS = 5  # the training thread yields the CPU to networking (see _train)
 SINGLETON_SLACK = 1.0  # seconds a group of one may stay open after its ETA (and record slack)
+OUTER_WINDOW = 8  # group steps a stateful outer optimizer can still reorder (16 bytes/parameter each)
 
 
 def to_fixed(vector: torch.Tensor) -> torch.Tensor:
@@ -206,6 +208,7 @@ class GroupOutcome:
     applied: Candidate | None = None
     step: torch.Tensor | None = None  # fixed-point step of `applied`, kept STEP_KEEP_SECONDS for swaps
     external: bool = False  # included in an adopted snapshot: never applied again
+    outer_key: tuple[int, bytes] | None = None  # its place in the outer optimizer's order, once applied
     skipped: bool = False  # updates unobtainable: not applied (this peer drifts until it syncs)
     applied_at: float | None = None
 
@@ -282,6 +285,9 @@ class CompassRunner(FederationRunner):
         self._fetch_retry_at: dict[tuple[str, int], float] = {}
         self._steward_wakeup: asyncio.Event | None = None
         self._train_executor = ThreadPoolExecutor(1, thread_name_prefix="compass-train", initializer=_lower_priority)
+        # A stateful outer optimizer depends on the order of the steps, and groups have none:
+        # the sequence applies them in (manifest base version, group id) order (see _apply).
+        self.outer_sequence = OuterSequence(self.outer, self.outer_state, window=OUTER_WINDOW)
 
     # ------------------------------------------------------------------------------ state
     def restore(self, round_number: int, model_version: int, extra: dict[str, Any]) -> None:
@@ -295,6 +301,7 @@ class CompassRunner(FederationRunner):
         self.sched.version = model_version
         self.round = model_version
         self.seq = int(extra.get("compass_seq", 0))
+        self.outer_sequence.reset(self.outer_state)
         for hex_id in extra.get("compass_applied", []) or []:
             with contextlib.suppress(ValueError):
                 self._mark_external(bytes.fromhex(hex_id))
@@ -785,10 +792,13 @@ class CompassRunner(FederationRunner):
         aggregation_seconds = time.perf_counter() - started
         step = to_fixed(result.step) if result.step is not None else None
         swap = outcome.applied is not None
-        if swap and outcome.step is not None:
-            self.master -= outcome.step
-        if step is not None:
-            self.master += step
+        if self.outer.is_identity:
+            if swap and outcome.step is not None:
+                self.master -= outcome.step
+            if step is not None:
+                self.master += step
+        elif not self._apply_outer(group_id, outcome, manifest, step, swap):
+            return
         # Kept for a while: a preferred manifest (the creator's after a fallback's, or the smaller
         # of an equivocating signer's two) replaces this one exactly.
         final = candidate.signer == outcome.creator
@@ -828,6 +838,33 @@ class CompassRunner(FederationRunner):
         self._last_apply_at = now
         if self.on_round is not None:
             await self.on_round(outcome_record)
+
+    def _apply_outer(self, group_id: bytes, outcome: GroupOutcome, manifest: control_pb2.AggregationManifest,
+                     step: torch.Tensor | None, swap: bool) -> bool:
+        """The outer optimizer's step on a group's step (its pseudo-gradient is the step negated:
+        the staleness-weighted alpha * (k/N) * AGR(...), exactly what plain FedCompass adds), in the
+        sequence's canonical order; the master moves by every update that changed. False when a
+        swap comes too late (the step it replaces is settled): the applied manifest stays."""
+        if swap and outcome.outer_key is not None and outcome.outer_key not in self.outer_sequence:
+            log.warning("group %s: a preferred manifest arrived after the outer optimizer settled the applied one; "
+                        "keeping that one", group_id.hex()[:8])
+            assert outcome.applied is not None
+            outcome.candidates = {outcome.applied.digest: outcome.applied}
+            return False
+        key = (int(manifest.base_model_version), group_id)
+        add = None if step is None else (key, torch.neg(step.to(torch.float64) / FIXED_POINT))
+        changes = self.outer_sequence.change(remove=outcome.outer_key if swap else None, add=add)
+        for change in changes:
+            if change.old is not None:
+                self.master -= to_fixed(change.old)
+            if change.new is not None:
+                self.master += to_fixed(change.new)
+        if len(changes) > 1 + int(swap):
+            log.debug("group %s came before %d applied group(s) in the outer order; replayed them",
+                      group_id.hex()[:8], len(changes) - 1)
+        outcome.outer_key = None if step is None else key
+        self.outer_state = self.outer_sequence.state
+        return True
 
     def _account(self, result: StepResult) -> tuple[list[str], list[str]]:
         if result.result is None:
@@ -1191,6 +1228,7 @@ class CompassRunner(FederationRunner):
         assert self._snapshot is not None
         header = self._snapshot[0]
         self.master = to_fixed(flatten_parameters(self.model))
+        self.outer_sequence.reset(self.outer_state)  # the snapshot's state, adopted with its model
         self.sched.version = self.model_version
         self.round = self.model_version
         included = {bytes(g) for g in header.applied_groups}
@@ -1202,7 +1240,7 @@ class CompassRunner(FederationRunner):
         for group_id in before - included:
             outcome = self.outcomes.get(group_id)
             if outcome is not None:
-                outcome.applied, outcome.step, outcome.external = None, None, False
+                outcome.applied, outcome.step, outcome.external, outcome.outer_key = None, None, False, None
         self._snapshot_version = self.model_version
         self._poke()
         return True

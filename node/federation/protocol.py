@@ -71,11 +71,13 @@ class ControlValidator:
     """
 
     def __init__(
-        self, federation_id: str, max_clock_skew_s: float, layout_digest: str, policy: Any = None
+        self, federation_id: str, max_clock_skew_s: float, layout_digest: str, policy: Any = None,
+        outer_digest: str = "",
     ) -> None:
         self.federation_id = federation_id
         self.max_skew_ms = int(max_clock_skew_s * 1000)
         self.layout_digest = layout_digest
+        self.outer_digest = outer_digest  # OuterConfig.digest() of the federation ("" = FedAvg)
         self.policy = policy
         self.on_reject: Any = None  # on_reject(Rejected) from the networking thread; see check()
         self.signature_checks = 0  # envelopes whose Ed25519 signature was verified
@@ -183,6 +185,11 @@ class ControlValidator:
             raise Rejected(RejectReason.REJECT_WRONG_FEDERATION, "update for another federation")
         if header.layout_digest != self.layout_digest:
             raise Rejected(RejectReason.REJECT_LAYOUT_MISMATCH, "update for another model layout")
+        if header.outer_digest != self.outer_digest:
+            # Its model moves by another outer step than ours: its updates start from a model
+            # the federation does not hold.
+            raise Rejected(RejectReason.REJECT_SETTINGS_MISMATCH,
+                           f"update from a member with other outer optimizer settings ({header.outer_digest or 'fedavg'})")
         if len(header.payload_sha256) != 32:
             raise Rejected(RejectReason.REJECT_MALFORMED, "payload_sha256 must have 32 bytes")
         if header.inline_payload:

@@ -41,6 +41,15 @@ from fednode.node.compression import (
 from fednode.node.envelope import Rejected, RejectReason, reason_name, seal
 from fednode.node.errors import NetworkError
 from fednode.node.federation.attacker import WAIT_SHARE, Attacker
+from fednode.node.federation.outer import (
+    OuterConfig,
+    OuterStateError,
+    apply_outer,
+    initial_state,
+    state_from_dict,
+    state_is_finite,
+    state_to_dict,
+)
 from fednode.node.federation.protocol import (
     MAX_INLINE_PAYLOAD,
     ControlValidator,
@@ -51,7 +60,13 @@ from fednode.node.federation.protocol import (
     topic_for,
 )
 from fednode.node.federation.revocation_record import REPUBLISH_INTERVAL_S, RevocationRecord
-from fednode.node.federation.updates import PeerContribution, ReceivedUpdate, UpdateBook, snapshot_payload
+from fednode.node.federation.updates import (
+    PeerContribution,
+    ReceivedUpdate,
+    UpdateBook,
+    model_state_payload,
+    read_model_state,
+)
 from fednode.node.identity import Identity
 from fednode.node.mesh.port import MeshPort
 from fednode.node.model import assign_parameters, flatten_parameters
@@ -221,6 +236,7 @@ class FederationRunner:
         on_event: Callable[..., None] | None = None,
         alone_timeout: float = 0.0,
         on_synced: Callable[[], None] | None = None,
+        outer: OuterConfig | None = None,
     ) -> None:
         self.federation_id = federation_id
         self.identity = identity
@@ -249,7 +265,11 @@ class FederationRunner:
         self._had_members = False
         self._last_contact = 0.0  # loop time of the last message from another member
         self.topic = topic_for(federation_id)
-        self.validator = ControlValidator(federation_id, max_clock_skew, layout.digest, trust)
+        # How the model moves by a round's aggregate (fednode.node.federation.outer); its state is
+        # replicated: every member applies the same step and holds the same state.
+        self.outer = outer or OuterConfig()
+        self.outer_state = initial_state(self.outer, layout.numel)
+        self.validator = ControlValidator(federation_id, max_clock_skew, layout.digest, trust, self.outer.digest())
         self.certificate = certificate  # attached to every message of a certified federation
         # on_event(kind, **fields): daemon-side sink for admin events, the audit log and metrics
         self.on_event = on_event or (lambda kind, **fields: None)
@@ -263,6 +283,7 @@ class FederationRunner:
         self.book = UpdateBook()
         self.limits = DecodeLimits(max_numel=layout.numel)
         self.max_payload_bytes = 8 * layout.numel + 4096  # fp32 + headroom; larger is refused unread
+        self.max_snapshot_bytes = self.max_payload_bytes + self.outer.state_bytes(layout.numel)
         self.round = 0
         self.model_version = 0
         self.aggregator_center: torch.Tensor | None = None
@@ -401,11 +422,27 @@ class FederationRunner:
         center = extra.get("aggregator_center")
         if isinstance(center, torch.Tensor) and center.numel() == self.layout.numel:
             self.aggregator_center = center
+        self._restore_outer(extra.get("outer_state"))
+
+    def _restore_outer(self, saved: Any) -> None:
+        if not self.outer.stateful:
+            return
+        if saved is None:
+            if self.model_version:
+                log.warning("the checkpoint holds no %s state; it starts from zero (this node then differs from "
+                            "the federation until it adopts a snapshot)", self.outer.describe())
+            return
+        try:
+            self.outer_state = state_from_dict(self.outer, saved, self.layout.numel)
+        except OuterStateError as exc:
+            log.warning("outer optimizer state in the checkpoint is unusable (%s); starting from zero", exc)
 
     def checkpoint_extra(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"compressor": self.compressor.state_dict(), "federation_id": self.federation_id}
         if self.aggregator_center is not None:
             extra["aggregator_center"] = self.aggregator_center.clone()
+        if self.outer.stateful:
+            extra["outer_state"] = state_to_dict(self.outer, self.outer_state)
         return extra
 
     # ------------------------------------------------------------------------------ main loop
@@ -552,12 +589,15 @@ class FederationRunner:
         aggregation_seconds = time.perf_counter() - agg_started
         selected: list[str] = []
         dropped: list[str] = []
-        if result is not None and not is_finite(base + result.aggregate.to(base.dtype)):
-            log.error("round %d: the aggregate would make the model non-finite; keeping the model unchanged", number)
-            result = None
         if result is not None:
-            new = base + result.aggregate.to(base.dtype)
+            # The outer step on the robust aggregate (plain FedAvg: base + aggregate).
+            new, outer_state = apply_outer(self.outer, self.outer_state, base, result.aggregate)
+            if not is_finite(new) or not state_is_finite(outer_state):
+                log.error("round %d: the aggregate would make the model non-finite; keeping the model unchanged", number)
+                result = None
+        if result is not None:
             assign_parameters(self.model, new)
+            self.outer_state = outer_state
             if self.aggregator.name == "centered_clipping":
                 self.aggregator_center = result.aggregate.detach().clone()
             selected, dropped = self._credit_contributions(senders, result)
@@ -660,6 +700,7 @@ class FederationRunner:
             train_loss=train.mean_loss,
             created_unix_ms=now_ms(),
             seconds_per_step=train.seconds_per_step,
+            outer_digest=self.validator.outer_digest,
         )
         if len(data) <= MAX_INLINE_PAYLOAD:
             header.inline_payload = data
@@ -783,7 +824,7 @@ class FederationRunner:
             self.mesh.unserve_blob(self._served.popleft())
 
     def _refresh_snapshot(self) -> None:
-        data = snapshot_payload(flatten_parameters(self.model))
+        data = model_state_payload(flatten_parameters(self.model), self.outer, self.outer_state)
         digest = hashlib.sha256(data).digest()
         header = model_pb2.SnapshotHeader(
             federation_id=self.federation_id,
@@ -793,6 +834,7 @@ class FederationRunner:
             payload_sha256=digest,
             payload_size=len(data),
             created_unix_ms=now_ms(),
+            outer_digest=self.validator.outer_digest,
         )
         self._serve(digest, data)
         self._snapshot = (header, data)
@@ -1006,7 +1048,9 @@ class FederationRunner:
         header = valid.message.snapshot.header
         if header.layout_digest != self.layout.digest or len(header.payload_sha256) != 32:
             return
-        if header.payload_size > self.max_payload_bytes:
+        if header.outer_digest != self.validator.outer_digest:
+            return  # a model moved by other outer steps (and a state we could not use)
+        if header.payload_size > self.max_snapshot_bytes:
             return
         digest = bytes(header.payload_sha256)
         now = asyncio.get_running_loop().time()
@@ -1294,11 +1338,8 @@ class FederationRunner:
             self._unreachable_providers.get(peer, 0.0) > now, peer not in self._connected, peer))
         digest = bytes(header.payload_sha256)
         try:
-            data = await self._unless_stopping(self.mesh.fetch_blob(digest, providers, max_size=self.max_payload_bytes))
-            payload = tensor_pb2.TensorPayload.FromString(data)
-            if payload.codec != tensor_pb2.CODEC_NONE:
-                raise PayloadError("bad_codec_params", "snapshots must be lossless")
-            parameters = decode(payload, limits=self.limits, expected_numel=self.layout.numel).reshape(-1)
+            data = await self._unless_stopping(self.mesh.fetch_blob(digest, providers, max_size=self.max_snapshot_bytes))
+            parameters, outer_state = read_model_state(data, self.outer, limits=self.limits, numel=self.layout.numel)
         except Exception as exc:
             if self.stop.is_set():
                 log.info("state sync given up: the node is stopping")
@@ -1312,6 +1353,8 @@ class FederationRunner:
             await asyncio.sleep(min(self.announce_interval, 1.0))
             return False
         assign_parameters(self.model, parameters)
+        if outer_state is not None:
+            self.outer_state = outer_state  # adopted with the model: the same quorum vouched for both
         previous = self.round
         self.round = header.round
         self.model_version = header.model_version

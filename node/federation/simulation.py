@@ -42,7 +42,7 @@ from fednode.node.mesh.memory import InMemoryMesh, InMemoryNetwork, Traffic
 from fednode.node.model import flatten_parameters, model_layout
 from fednode.node.scheduler import SyncPolicy
 from fednode.node.tasks import Task, TaskContext, load_task
-from fednode.node.trainer import EvalResult, LocalTrainer
+from fednode.node.trainer import EvalResult, LocalTrainer, resolve_inner_optimizer
 
 DEFAULT_FEDERATION_ID = "simulation"
 
@@ -161,6 +161,8 @@ class SimulatedFederation:
             weight_decay=training.weight_decay, seed=task_cfg.seed * 1_000_003 + index,
             slowdown=training.slowdown if slowdown is None else slowdown,
             emulated_step_seconds=training.emulated_step_ms / 1000.0,
+            optimizer=resolve_inner_optimizer(training.optimizer, task, lr=training.lr, momentum=training.momentum,
+                                              weight_decay=training.weight_decay),
         )
         aggregator, compressor = self._components()
         identity = member_identity(seed, index)
@@ -193,7 +195,7 @@ class SimulatedFederation:
             policy=SyncPolicy(min_participants=federation.min_participants),
             announce_interval=federation.announce_interval, max_clock_skew=federation.max_clock_skew,
             stop=stop, push=federation.push, attack=attack, on_round=on_round, display_name=f"member-{index}",
-            on_event=on_event, **options,
+            on_event=on_event, outer=config.aggregation.outer_config(), **options,
         )
         member = SimulatedMember(index, identity, mesh, runner, trainer, task, byzantine, stop)
         member_box.append(member)

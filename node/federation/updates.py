@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fednode.node.compression import build_codec
+from fednode.node.compression import DecodeLimits, PayloadError, build_codec, decode
 from fednode.node.envelope import Rejected, RejectReason
-from fednode.proto.v1 import model_pb2
+from fednode.node.federation.outer import OuterConfig, OuterState, state_from_proto, state_to_proto
+from fednode.proto.v1 import model_pb2, tensor_pb2
 
 
 @dataclass(frozen=True)
@@ -91,3 +92,32 @@ def snapshot_payload(parameters: torch.Tensor) -> bytes:
     flat = parameters.detach().to("cpu", torch.float32).contiguous().reshape(-1)
     return _LOSSLESS.encode(flat).payload.SerializeToString(deterministic=True)
 
+
+
+def model_state_payload(parameters: torch.Tensor, outer: OuterConfig, state: OuterState | None) -> bytes:
+    """What state sync serves and `model export --raw` writes: the snapshot TensorPayload, or,
+    when the outer optimizer keeps state, a ModelState holding the model and that state under
+    one sha256 (so the members whose offers make a snapshot adoptable vouch for both)."""
+    if not outer.stateful:
+        return snapshot_payload(parameters)
+    assert state is not None
+    flat = parameters.detach().to("cpu", torch.float32).contiguous().reshape(-1)
+    message = model_pb2.ModelState(parameters=_LOSSLESS.encode(flat).payload, outer=state_to_proto(outer, state))
+    return message.SerializeToString(deterministic=True)
+
+
+def read_model_state(
+    data: bytes, outer: OuterConfig, *, limits: DecodeLimits, numel: int
+) -> tuple[torch.Tensor, OuterState | None]:
+    """(flat float32 parameters, outer state or None) from `model_state_payload` bytes. Raises
+    PayloadError (codec, sizes, non-finite values), OuterStateError, or protobuf's DecodeError."""
+    state: OuterState | None = None
+    if outer.stateful:
+        message = model_pb2.ModelState.FromString(data)
+        payload = message.parameters
+        state = state_from_proto(outer, message.outer, numel)
+    else:
+        payload = tensor_pb2.TensorPayload.FromString(data)
+    if payload.codec != tensor_pb2.CODEC_NONE:
+        raise PayloadError("bad_codec_params", "snapshots must be lossless")
+    return decode(payload, limits=limits, expected_numel=numel).reshape(-1), state

@@ -136,6 +136,7 @@ def create_federation(
     target_accuracy: float = 0.0,
     until_unix_ms: int = 0,
     now_unix_ms: int | None = None,
+    outer: membership_pb2.OuterOptimizer | None = None,
 ) -> tuple[Issuer, membership_pb2.FederationDescriptor]:
     """Make a new federation key and its signed descriptor.
 
@@ -159,6 +160,10 @@ def create_federation(
             raise ValueError(f"aggregator_params_json is not JSON: {exc}") from exc
         if not isinstance(params, dict):
             raise ValueError("aggregator_params_json must be a JSON object")
+    if outer is not None:
+        from fednode.node.federation.outer_config import config_from_proto
+
+        config_from_proto(outer)  # ValueError: unknown optimizer, lr out of range, ...
     issuer = Issuer.from_federation_key(Ed25519PrivateKey.generate())
     descriptor = membership_pb2.FederationDescriptor(
         federation_id=issuer.federation_id,
@@ -177,6 +182,8 @@ def create_federation(
         target_accuracy=target_accuracy,
         until_unix_ms=until_unix_ms,
     )
+    if outer is not None and outer.name:
+        descriptor.outer.CopyFrom(outer)  # unset = plain FedAvg, as in descriptors that predate it
     sign(issuer.private_key, descriptor)
     return issuer, descriptor
 

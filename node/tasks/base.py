@@ -47,6 +47,10 @@ class Task:
     # How raw features become model inputs, exported with the model (`fednode model export`) so
     # the model can be used outside fednode: e.g. {"standardize": {"mean": [...], "std": [...]}}.
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    # The local (inner) optimizer the task is meant to train with, used when
+    # training.optimizer = "task" (the DiLoCo preset): e.g. {"name": "adamw", "lr": 4e-4,
+    # "weight_decay": 0.1, "betas": [0.9, 0.95]}. Empty: momentum SGD with the training.* values.
+    inner_optimizer: dict[str, Any] = field(default_factory=dict)
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ from fednode.node.identity import identity_path, load_identity
 from fednode.node.logs import current_rss_mb
 from fednode.node.model import assign_parameters, flatten_parameters, model_layout
 from fednode.node.tasks import TaskContext, load_task
-from fednode.node.trainer import LocalTrainer, resolve_device
+from fednode.node.trainer import LocalTrainer, resolve_device, resolve_inner_optimizer
 from fednode.node.worker.link import Link
 from fednode.node.worker.remote_mesh import RemoteMesh
 from fednode.proto.v1 import worker_pb2
@@ -54,10 +54,16 @@ def peak_rss_mb() -> float:
 
 
 def settings_from_proto(message: worker_pb2.Settings) -> dict[str, Any]:
+    from fednode.node.federation.outer_config import config_from_proto
+
+    try:
+        outer = config_from_proto(message.outer if message.HasField("outer") else None)
+    except ValueError as exc:
+        raise ConfigError(f"invalid outer optimizer settings: {exc}") from exc
     return {
         "rule": message.rule, "rule_params": json.loads(message.rule_params_json or "{}"), "f": message.f,
         "schedule": message.schedule, "min_participants": message.min_participants, "codec": message.codec,
-        "codec_params": json.loads(message.codec_params_json or "{}"),
+        "codec_params": json.loads(message.codec_params_json or "{}"), "outer": outer,
     }
 
 
@@ -112,12 +118,17 @@ class TrainingWorker:
             self.task.train_data.labels = self.attack.attack.transform_labels(labels)
         self.model = self.task.model_factory().to(self.device)
         self.layout = model_layout(self.model)
+        try:
+            inner = resolve_inner_optimizer(training.optimizer, self.task, lr=training.lr, momentum=training.momentum,
+                                            weight_decay=training.weight_decay)
+        except ValueError as exc:
+            raise TaskError(str(exc)) from exc
         self.trainer = LocalTrainer(
             self.task, self.device, batch_size=training.batch_size, lr=training.lr, momentum=training.momentum,
             weight_decay=training.weight_decay,
             # Batches differ per shard but are reproducible for a given seed and shard.
             seed=task_cfg.seed * 1_000_003 + task_cfg.shard_index,
-            slowdown=training.slowdown, emulated_step_seconds=training.emulated_step_ms / 1000.0,
+            slowdown=training.slowdown, emulated_step_seconds=training.emulated_step_ms / 1000.0, optimizer=inner,
         )
         resumed = self._resume()
         return worker_pb2.WorkerReady(
@@ -264,13 +275,28 @@ class TrainingWorker:
             # Header metadata is str -> str: the full record as JSON, plus the keys tools look for.
             data = save(state, metadata={"format": "pt", "fednode": json.dumps(metadata, allow_nan=False)})
         elif fmt == "raw":
-            from fednode.node.federation.updates import snapshot_payload
-
-            data = snapshot_payload(flatten_parameters(self.model))
+            data = self._raw_model()
         else:
             raise ValueError(f'format must be "pt", "safetensors" or "raw", got {fmt!r}')
         return worker_pb2.ModelBytes(data=data, model_version=self.model_version,
                                      metadata_json=json.dumps(metadata, allow_nan=False))
+
+    def _raw_model(self) -> bytes:
+        """The lossless model as state sync serves it: with the outer optimizer's state when the
+        federation's optimizer keeps one (a ModelState), else a TensorPayload."""
+        from fednode.node.federation.outer import OuterConfig, OuterStateError, saved_state
+        from fednode.node.federation.updates import model_state_payload
+
+        parameters = flatten_parameters(self.model)
+        if self.runner is not None:
+            return model_state_payload(parameters, self.runner.outer, self.runner.outer_state)
+        saved = self.extra_state.get("outer_state")
+        if saved is not None:  # the last session's (checkpointed) state
+            try:
+                return model_state_payload(parameters, *saved_state(saved, self.layout.numel))
+            except OuterStateError as exc:
+                log.warning("exporting the model without its outer optimizer state: %s", exc)
+        return model_state_payload(parameters, OuterConfig(), None)
 
     async def publish_revocation(self, revocation: Any) -> None:
         runner = self.runner
@@ -390,12 +416,14 @@ class TrainingWorker:
             max_clock_skew=federation.max_clock_skew, stop=self.session_stop, attack=self.attack,
             on_round=self._on_federated_round, display_name=start.display_name, trust=trust,
             certificate=start.certificate if start.HasField("certificate") else None,
-            on_event=self._forward_event, alone_timeout=federation.alone_timeout, **options,
+            on_event=self._forward_event, alone_timeout=federation.alone_timeout, outer=settings["outer"], **options,
             # FedCompass keeps its own model state (master copy, schedule): it checkpoints after
             # its aggregations only.
             on_synced=self._on_synced if settings["schedule"] == "sync" else None,
         )
         self.runner.on_sync = self._record_synced_model
+        if not settings["outer"].is_identity:
+            log.info("outer optimizer: %s", settings["outer"].describe())
         if self.extra_state.get("federation_id") == start.federation_id:
             self.runner.restore(self.round, self.model_version, self.extra_state)
         else:

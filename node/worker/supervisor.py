@@ -49,12 +49,17 @@ class WorkerGone(WorkerError):
 
 
 def settings_to_proto(settings: Any) -> worker_pb2.Settings:
-    return worker_pb2.Settings(
+    message = worker_pb2.Settings(
         rule=settings.rule, rule_params_json=json.dumps(settings.rule_params, sort_keys=True), f=settings.f,
         schedule=settings.schedule, min_participants=settings.min_participants, codec=settings.codec,
         codec_params_json=json.dumps(settings.codec_params, sort_keys=True),
         max_rounds=getattr(settings, "max_rounds", 0),
     )
+    if getattr(settings, "outer", None) is not None:
+        from fednode.node.federation.outer_config import config_to_proto
+
+        message.outer.CopyFrom(config_to_proto(settings.outer))
+    return message
 
 
 class WorkerProcess:

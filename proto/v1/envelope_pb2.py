@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fednode.proto.v1 import membership_pb2 as fednode_dot_proto_dot_v1_dot_membership__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x65\x64node/proto/v1/envelope.proto\x12\nfednode.v1\x1a!fednode/proto/v1/membership.proto\"\x99\x01\n\x0eSignedEnvelope\x12\x19\n\x11sender_public_key\x18\x01 \x01(\x0c\x12\x14\n\x0cpayload_type\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x32\n\x0b\x63\x65rtificate\x18\x05 \x01(\x0b\x32\x1d.fednode.v1.MemberCertificate*\xca\x03\n\x0cRejectReason\x12\x1d\n\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x14\n\x10REJECT_MALFORMED\x10\x01\x12\x14\n\x10REJECT_OVERSIZED\x10\x02\x12\x18\n\x14REJECT_BAD_SIGNATURE\x10\x03\x12\x15\n\x11REJECT_NOT_MEMBER\x10\x04\x12\x17\n\x13REJECT_CERT_EXPIRED\x10\x05\x12\x12\n\x0eREJECT_REVOKED\x10\x06\x12\x1b\n\x17REJECT_WRONG_FEDERATION\x10\x07\x12\x10\n\x0cREJECT_STALE\x10\x08\x12\x11\n\rREJECT_REPLAY\x10\t\x12\x18\n\x14REJECT_HASH_MISMATCH\x10\n\x12\x16\n\x12REJECT_BAD_PAYLOAD\x10\x0b\x12\x15\n\x11REJECT_NON_FINITE\x10\x0c\x12\x16\n\x12REJECT_ABSURD_NORM\x10\r\x12\x1a\n\x16REJECT_LAYOUT_MISMATCH\x10\x0e\x12\x1a\n\x16REJECT_SENDER_MISMATCH\x10\x0f\x12\x17\n\x13REJECT_RATE_LIMITED\x10\x10\x12\x1d\n\x19REJECT_AGGREGATOR_OUTLIER\x10\x11\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x65\x64node/proto/v1/envelope.proto\x12\nfednode.v1\x1a!fednode/proto/v1/membership.proto\"\x99\x01\n\x0eSignedEnvelope\x12\x19\n\x11sender_public_key\x18\x01 \x01(\x0c\x12\x14\n\x0cpayload_type\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x32\n\x0b\x63\x65rtificate\x18\x05 \x01(\x0b\x32\x1d.fednode.v1.MemberCertificate*\xe8\x03\n\x0cRejectReason\x12\x1d\n\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x14\n\x10REJECT_MALFORMED\x10\x01\x12\x14\n\x10REJECT_OVERSIZED\x10\x02\x12\x18\n\x14REJECT_BAD_SIGNATURE\x10\x03\x12\x15\n\x11REJECT_NOT_MEMBER\x10\x04\x12\x17\n\x13REJECT_CERT_EXPIRED\x10\x05\x12\x12\n\x0eREJECT_REVOKED\x10\x06\x12\x1b\n\x17REJECT_WRONG_FEDERATION\x10\x07\x12\x10\n\x0cREJECT_STALE\x10\x08\x12\x11\n\rREJECT_REPLAY\x10\t\x12\x18\n\x14REJECT_HASH_MISMATCH\x10\n\x12\x16\n\x12REJECT_BAD_PAYLOAD\x10\x0b\x12\x15\n\x11REJECT_NON_FINITE\x10\x0c\x12\x16\n\x12REJECT_ABSURD_NORM\x10\r\x12\x1a\n\x16REJECT_LAYOUT_MISMATCH\x10\x0e\x12\x1a\n\x16REJECT_SENDER_MISMATCH\x10\x0f\x12\x17\n\x13REJECT_RATE_LIMITED\x10\x10\x12\x1d\n\x19REJECT_AGGREGATOR_OUTLIER\x10\x11\x12\x1c\n\x18REJECT_SETTINGS_MISMATCH\x10\x12\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,7 +33,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fednode.proto.v1.envelope_p
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REJECTREASON']._serialized_start=239
-  _globals['_REJECTREASON']._serialized_end=697
+  _globals['_REJECTREASON']._serialized_end=727
   _globals['_SIGNEDENVELOPE']._serialized_start=83
   _globals['_SIGNEDENVELOPE']._serialized_end=236
 # @@protoc_insertion_point(module_scope)

@@ -27,6 +27,7 @@ class RejectReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REJECT_SENDER_MISMATCH: _ClassVar[RejectReason]
     REJECT_RATE_LIMITED: _ClassVar[RejectReason]
     REJECT_AGGREGATOR_OUTLIER: _ClassVar[RejectReason]
+    REJECT_SETTINGS_MISMATCH: _ClassVar[RejectReason]
 REJECT_REASON_UNSPECIFIED: RejectReason
 REJECT_MALFORMED: RejectReason
 REJECT_OVERSIZED: RejectReason
@@ -45,6 +46,7 @@ REJECT_LAYOUT_MISMATCH: RejectReason
 REJECT_SENDER_MISMATCH: RejectReason
 REJECT_RATE_LIMITED: RejectReason
 REJECT_AGGREGATOR_OUTLIER: RejectReason
+REJECT_SETTINGS_MISMATCH: RejectReason
 
 class SignedEnvelope(_message.Message):
     __slots__ = ("sender_public_key", "payload_type", "payload", "signature", "certificate")

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class FederationDescriptor(_message.Message):
-    __slots__ = ("federation_id", "federation_public_key", "name", "created_unix_ms", "task", "model_layout_digest", "aggregator", "aggregator_params_json", "schedule", "min_participants", "codec", "private", "max_rounds", "target_accuracy", "until_unix_ms", "signature")
+    __slots__ = ("federation_id", "federation_public_key", "name", "created_unix_ms", "task", "model_layout_digest", "aggregator", "aggregator_params_json", "schedule", "min_participants", "codec", "private", "max_rounds", "target_accuracy", "until_unix_ms", "signature", "outer")
     FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
     FEDERATION_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class FederationDescriptor(_message.Message):
     TARGET_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     UNTIL_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    OUTER_FIELD_NUMBER: _ClassVar[int]
     federation_id: str
     federation_public_key: bytes
     name: str
@@ -41,7 +42,24 @@ class FederationDescriptor(_message.Message):
     target_accuracy: float
     until_unix_ms: int
     signature: bytes
-    def __init__(self, federation_id: _Optional[str] = ..., federation_public_key: _Optional[bytes] = ..., name: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., task: _Optional[str] = ..., model_layout_digest: _Optional[str] = ..., aggregator: _Optional[str] = ..., aggregator_params_json: _Optional[str] = ..., schedule: _Optional[str] = ..., min_participants: _Optional[int] = ..., codec: _Optional[str] = ..., private: _Optional[bool] = ..., max_rounds: _Optional[int] = ..., target_accuracy: _Optional[float] = ..., until_unix_ms: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    outer: OuterOptimizer
+    def __init__(self, federation_id: _Optional[str] = ..., federation_public_key: _Optional[bytes] = ..., name: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., task: _Optional[str] = ..., model_layout_digest: _Optional[str] = ..., aggregator: _Optional[str] = ..., aggregator_params_json: _Optional[str] = ..., schedule: _Optional[str] = ..., min_participants: _Optional[int] = ..., codec: _Optional[str] = ..., private: _Optional[bool] = ..., max_rounds: _Optional[int] = ..., target_accuracy: _Optional[float] = ..., until_unix_ms: _Optional[int] = ..., signature: _Optional[bytes] = ..., outer: _Optional[_Union[OuterOptimizer, _Mapping]] = ...) -> None: ...
+
+class OuterOptimizer(_message.Message):
+    __slots__ = ("name", "lr", "momentum", "beta1", "beta2", "epsilon")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LR_FIELD_NUMBER: _ClassVar[int]
+    MOMENTUM_FIELD_NUMBER: _ClassVar[int]
+    BETA1_FIELD_NUMBER: _ClassVar[int]
+    BETA2_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    lr: float
+    momentum: float
+    beta1: float
+    beta2: float
+    epsilon: float
+    def __init__(self, name: _Optional[str] = ..., lr: _Optional[float] = ..., momentum: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., epsilon: _Optional[float] = ...) -> None: ...
 
 class AdminDelegation(_message.Message):
     __slots__ = ("federation_id", "admin_public_key", "not_before_unix_ms", "not_after_unix_ms", "signature", "federation_public_key")

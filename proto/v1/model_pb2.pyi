@@ -27,7 +27,7 @@ class ModelLayout(_message.Message):
     def __init__(self, parameters: _Optional[_Iterable[_Union[ModelLayout.Parameter, _Mapping]]] = ..., numel: _Optional[int] = ..., digest: _Optional[str] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
-    __slots__ = ("federation_id", "sender_peer_id", "round", "group_id", "base_model_version", "layout_digest", "payload_sha256", "payload_size", "codec", "num_samples", "local_steps", "train_loss", "created_unix_ms", "seconds_per_step", "inline_payload")
+    __slots__ = ("federation_id", "sender_peer_id", "round", "group_id", "base_model_version", "layout_digest", "payload_sha256", "payload_size", "codec", "num_samples", "local_steps", "train_loss", "created_unix_ms", "seconds_per_step", "inline_payload", "outer_digest")
     FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
     SENDER_PEER_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,7 @@ class UpdateHeader(_message.Message):
     CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     SECONDS_PER_STEP_FIELD_NUMBER: _ClassVar[int]
     INLINE_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    OUTER_DIGEST_FIELD_NUMBER: _ClassVar[int]
     federation_id: str
     sender_peer_id: str
     round: int
@@ -58,10 +59,11 @@ class UpdateHeader(_message.Message):
     created_unix_ms: int
     seconds_per_step: float
     inline_payload: bytes
-    def __init__(self, federation_id: _Optional[str] = ..., sender_peer_id: _Optional[str] = ..., round: _Optional[int] = ..., group_id: _Optional[bytes] = ..., base_model_version: _Optional[int] = ..., layout_digest: _Optional[str] = ..., payload_sha256: _Optional[bytes] = ..., payload_size: _Optional[int] = ..., codec: _Optional[_Union[_tensor_pb2.Codec, str]] = ..., num_samples: _Optional[int] = ..., local_steps: _Optional[int] = ..., train_loss: _Optional[float] = ..., created_unix_ms: _Optional[int] = ..., seconds_per_step: _Optional[float] = ..., inline_payload: _Optional[bytes] = ...) -> None: ...
+    outer_digest: str
+    def __init__(self, federation_id: _Optional[str] = ..., sender_peer_id: _Optional[str] = ..., round: _Optional[int] = ..., group_id: _Optional[bytes] = ..., base_model_version: _Optional[int] = ..., layout_digest: _Optional[str] = ..., payload_sha256: _Optional[bytes] = ..., payload_size: _Optional[int] = ..., codec: _Optional[_Union[_tensor_pb2.Codec, str]] = ..., num_samples: _Optional[int] = ..., local_steps: _Optional[int] = ..., train_loss: _Optional[float] = ..., created_unix_ms: _Optional[int] = ..., seconds_per_step: _Optional[float] = ..., inline_payload: _Optional[bytes] = ..., outer_digest: _Optional[str] = ...) -> None: ...
 
 class SnapshotHeader(_message.Message):
-    __slots__ = ("federation_id", "model_version", "round", "layout_digest", "payload_sha256", "payload_size", "state_sha256", "state_size", "created_unix_ms", "applied_groups")
+    __slots__ = ("federation_id", "model_version", "round", "layout_digest", "payload_sha256", "payload_size", "state_sha256", "state_size", "created_unix_ms", "applied_groups", "outer_digest")
     FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +74,7 @@ class SnapshotHeader(_message.Message):
     STATE_SIZE_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     APPLIED_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    OUTER_DIGEST_FIELD_NUMBER: _ClassVar[int]
     federation_id: str
     model_version: int
     round: int
@@ -82,4 +85,38 @@ class SnapshotHeader(_message.Message):
     state_size: int
     created_unix_ms: int
     applied_groups: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, federation_id: _Optional[str] = ..., model_version: _Optional[int] = ..., round: _Optional[int] = ..., layout_digest: _Optional[str] = ..., payload_sha256: _Optional[bytes] = ..., payload_size: _Optional[int] = ..., state_sha256: _Optional[bytes] = ..., state_size: _Optional[int] = ..., created_unix_ms: _Optional[int] = ..., applied_groups: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    outer_digest: str
+    def __init__(self, federation_id: _Optional[str] = ..., model_version: _Optional[int] = ..., round: _Optional[int] = ..., layout_digest: _Optional[str] = ..., payload_sha256: _Optional[bytes] = ..., payload_size: _Optional[int] = ..., state_sha256: _Optional[bytes] = ..., state_size: _Optional[int] = ..., created_unix_ms: _Optional[int] = ..., applied_groups: _Optional[_Iterable[bytes]] = ..., outer_digest: _Optional[str] = ...) -> None: ...
+
+class ModelState(_message.Message):
+    __slots__ = ("parameters", "outer")
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    OUTER_FIELD_NUMBER: _ClassVar[int]
+    parameters: _tensor_pb2.TensorPayload
+    outer: OuterState
+    def __init__(self, parameters: _Optional[_Union[_tensor_pb2.TensorPayload, _Mapping]] = ..., outer: _Optional[_Union[OuterState, _Mapping]] = ...) -> None: ...
+
+class OuterState(_message.Message):
+    __slots__ = ("optimizer", "settings_digest", "steps", "beta1_power", "beta2_power", "buffers")
+    class Buffer(_message.Message):
+        __slots__ = ("name", "numel", "float64_le")
+        NAME_FIELD_NUMBER: _ClassVar[int]
+        NUMEL_FIELD_NUMBER: _ClassVar[int]
+        FLOAT64_LE_FIELD_NUMBER: _ClassVar[int]
+        name: str
+        numel: int
+        float64_le: bytes
+        def __init__(self, name: _Optional[str] = ..., numel: _Optional[int] = ..., float64_le: _Optional[bytes] = ...) -> None: ...
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    BETA1_POWER_FIELD_NUMBER: _ClassVar[int]
+    BETA2_POWER_FIELD_NUMBER: _ClassVar[int]
+    BUFFERS_FIELD_NUMBER: _ClassVar[int]
+    optimizer: str
+    settings_digest: str
+    steps: int
+    beta1_power: float
+    beta2_power: float
+    buffers: _containers.RepeatedCompositeFieldContainer[OuterState.Buffer]
+    def __init__(self, optimizer: _Optional[str] = ..., settings_digest: _Optional[str] = ..., steps: _Optional[int] = ..., beta1_power: _Optional[float] = ..., beta2_power: _Optional[float] = ..., buffers: _Optional[_Iterable[_Union[OuterState.Buffer, _Mapping]]] = ...) -> None: ...
