@@ -419,7 +419,7 @@ class _Round:
                     by_owner.setdefault(owner, []).append(j)
         sends = []
         for owner, parts in sorted(by_owner.items()):
-            offer = control_pb2.PartOffer(round=self.number, parts_root=self.own.root)
+            offer = control_pb2.PartOffer(round=self.number, parts_root=self.own.root, roster_sha256=self.roster_sha256)
             for j in parts:
                 offer.entries.add(part=j, part_sha256=self.own.digests[j], proof=merkle_proof(self.own.digests, j))
             sends.append(self.x.transport.send(control_pb2.ButterflyMessage(offer=offer), [owner]))
@@ -446,6 +446,9 @@ class _Round:
                 if sender == self.me:
                     entries.append((sender, self.own.digests[j], merkle_proof(self.own.digests, j)))
                     continue
+                if self.state.offers[sender][0].roster_sha256 != self.roster_sha256:
+                    raise ButterflyFailed(f"round {self.number}: {sender[-8:]} closed the round with another roster "
+                                          f"than ours ({len(self.roster)} members)")
                 entry = self._offer_entry(sender, j)
                 root = bytes(self.headers[sender].parts_root)
                 if entry is None or not verify_proof(root, j, self.layout.m, bytes(entry.part_sha256), list(entry.proof)):
@@ -523,7 +526,10 @@ class _Round:
         loop = asyncio.get_running_loop()
         grace = self.x.config.grace
         others = [j for j in range(self.layout.m) if j not in own_values]
-        first_seen: dict[int, float] = {}
+        # The grace runs from the first claim of a part; for our own parts, from our own claim.
+        first_seen: dict[int, float] = {j: loop.time() for j in own_values}
+        # Our own parts too: a co-owner's false claim about a part we own is seen by us as by
+        # every non-owner, so every honest member excludes the same owners.
 
         def settled(j: int) -> bool:
             claims = self._claims_for(step, j, kind)
@@ -532,11 +538,15 @@ class _Round:
                 return True
             if claims:
                 first_seen.setdefault(j, loop.time())
-                return loop.time() - first_seen[j] >= grace
-            return False
+            return j in first_seen and loop.time() - first_seen[j] >= grace
 
-        await self._wait(lambda: all(settled(j) for j in others), f"step {step} claims for every part")
+        await self._wait(lambda: all(settled(j) for j in range(self.layout.m)), f"step {step} claims for every part")
         values = dict(own_values)
+        for j, data in own_values.items():
+            digest = hashlib.sha256(data).digest()
+            for owner, (claimed_digest, _, envelope) in sorted(self._claims_for(step, j, kind).items()):
+                if claimed_digest != digest:
+                    await self._refute(owner, step, j, kind, claimed_digest, envelope, self.inputs[j], check, max_size)
 
         async def resolve(j: int) -> None:
             claims = self._claims_for(step, j, kind)
@@ -567,20 +577,26 @@ class _Round:
         truth = recompute(part)
         self.recomputed.append(j)
         for owner, (digest, _, envelope) in sorted(claims.items()):
-            if digest == hashlib.sha256(truth).digest():
-                continue
-            try:
-                claimed = bytes(await asyncio.wait_for(self.x.transport.fetch(digest, [owner], max_size(j)),
-                                                       self.x.config.timeout))
-                verdict = check(part, claimed)
-                refuted, detail = not verdict.ok, verdict.detail
-            except Exception as exc:
-                # It signed a hash and does not serve, or serves what does not parse: the hash of
-                # the correct value is known, and its claim is not that.
-                refuted, detail = True, f"claimed {kind} {digest.hex()[:16]} does not match the recomputation ({exc})"
-            if refuted:
-                self._report(owner, step, j, detail, envelope)
+            if digest != hashlib.sha256(truth).digest():
+                await self._refute(owner, step, j, kind, digest, envelope, part, check, max_size)
         return truth
+
+    async def _refute(
+        self, owner: str, step: int, j: int, kind: str, digest: bytes, envelope: bytes, part: PartInput,
+        check: Callable[[PartInput, bytes], Any], max_size: Callable[[int], int],
+    ) -> None:
+        """Check an owner's claimed value (other than ours) against the inputs; report it if false."""
+        try:
+            claimed = bytes(await asyncio.wait_for(self.x.transport.fetch(digest, [owner], max_size(j)),
+                                                   self.x.config.timeout))
+            verdict = check(part, claimed)
+            refuted, detail = not verdict.ok, verdict.detail
+        except Exception as exc:
+            # It signed a hash and does not serve, or serves what does not parse: the hash of
+            # the correct value is known, and its claim is not that.
+            refuted, detail = True, f"claimed {kind} {digest.hex()[:16]} does not match the recomputation ({exc})"
+        if refuted:
+            self._report(owner, step, j, detail, envelope)
 
     async def _local_inputs(self, j: int, claims: dict[str, tuple[bytes, bytes, bytes]]) -> PartInput:
         """Part `j`'s n input parts, from an owner's PartInputs whose every proof checks against

@@ -493,8 +493,8 @@ class FederationRunner:
         loop = asyncio.get_running_loop()
         started = loop.time()
         self.rounds.start(number, started, self._last_train_seconds)
-        for sender in self.book.senders(number):
-            # Arrived before we started: count as on time.
+        for sender in self.book.senders(number) | set(self._part_headers.get(number, {})):
+            # Arrived before we started (butterfly: its header did): count as on time.
             self.rounds.record(sender, started, number, revive=not self._left(sender))
         base = flatten_parameters(self.model)
         if self._published is not None and self._published[0] == number:

@@ -108,7 +108,7 @@ class SnapshotOffer(_message.Message):
     def __init__(self, header: _Optional[_Union[_model_pb2.SnapshotHeader, _Mapping]] = ...) -> None: ...
 
 class PartOffer(_message.Message):
-    __slots__ = ("round", "parts_root", "entries")
+    __slots__ = ("round", "parts_root", "entries", "roster_sha256")
     class Entry(_message.Message):
         __slots__ = ("part", "part_sha256", "proof")
         PART_FIELD_NUMBER: _ClassVar[int]
@@ -121,10 +121,12 @@ class PartOffer(_message.Message):
     ROUND_FIELD_NUMBER: _ClassVar[int]
     PARTS_ROOT_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    ROSTER_SHA256_FIELD_NUMBER: _ClassVar[int]
     round: int
     parts_root: bytes
     entries: _containers.RepeatedCompositeFieldContainer[PartOffer.Entry]
-    def __init__(self, round: _Optional[int] = ..., parts_root: _Optional[bytes] = ..., entries: _Optional[_Iterable[_Union[PartOffer.Entry, _Mapping]]] = ...) -> None: ...
+    roster_sha256: bytes
+    def __init__(self, round: _Optional[int] = ..., parts_root: _Optional[bytes] = ..., entries: _Optional[_Iterable[_Union[PartOffer.Entry, _Mapping]]] = ..., roster_sha256: _Optional[bytes] = ...) -> None: ...
 
 class PartInputs(_message.Message):
     __slots__ = ("round", "part", "entries")
