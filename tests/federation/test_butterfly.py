@@ -237,3 +237,23 @@ def test_an_update_cut_into_other_parts_is_refused_clearly() -> None:
     with pytest.raises(ValueError, match="cannot exceed"):
         ButterflyExchange(peer_id="a", federation_id=FEDERATION, numel=3, config=ButterflyConfig(parts=4),
                           transport=MeshLink(None, None, []))
+
+
+def test_config_refuses_butterfly_settings_that_cannot_work() -> None:
+    from pydantic import ValidationError
+
+    from fednode.node.config import FednodeConfig
+    from fednode.node.federation.butterfly import butterfly_config
+
+    base = {"id": "x", "exchange": "butterfly", "min_participants": 4}
+    assert FednodeConfig.model_validate({}).federation.exchange == "all_to_all"
+    assert butterfly_config(FednodeConfig.model_validate({}).federation) is None
+    chosen = butterfly_config(FednodeConfig.model_validate({"federation": {**base, "butterfly_replicas": 3}}).federation)
+    assert chosen == ButterflyConfig(parts=4, replicas=3, grace=1.0, timeout=60.0)  # parts = min_participants
+    with pytest.raises(ValidationError, match="schedule"):
+        FednodeConfig.model_validate({"federation": {**base, "schedule": "fedcompass"}})
+    with pytest.raises(ValidationError, match="within_parts = 6"):
+        FednodeConfig.model_validate({"federation": {**base, "butterfly_parts": 6},
+                                      "aggregation": {"rule": "gas", "f": 1, "params": {"within_parts": 4}}})
+    with pytest.raises(ValidationError, match="exchange"):
+        FednodeConfig.model_validate({"federation": {**base, "exchange": "ring"}})
