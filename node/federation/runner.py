@@ -110,6 +110,10 @@ _VIA_GOSSIP = 1
 _VIA_PUSH = 2
 _VIA_BOTH = _VIA_GOSSIP | _VIA_PUSH
 MAX_PUSH_PEERS = 32  # control messages are pushed to at most this many members (gossip reaches all)
+# A member heard from within this long may still need our messages: skipping the gossip copy
+# needs a push to reach each of them (a slow member under load can be silent for several
+# announcement intervals without having gone).
+PUSH_ONLY_HORIZON_S = 30.0
 # Bodies always gossiped, even when every member got the push: they are how members we have not
 # heard from yet (newcomers, peers behind relays) learn of us, and how leaving and revocations
 # reach everyone.
@@ -377,11 +381,13 @@ class FederationRunner:
 
     async def linger(self, max_seconds: float) -> None:
         """Before leaving, keep serving our last payloads until the members we know have closed
-        our last round too (they may still be fetching from us) or left, bounded by a few
-        announcements and by `max_seconds` (the daemon's shutdown budget)."""
+        our last round too (they may still be fetching from us) or left: while one of them is
+        still heard from, up to `max_seconds` (the daemon's shutdown budget), else a few
+        announcements."""
         loop = asyncio.get_running_loop()
         window = 2 * self.announce_interval + 1.0
-        deadline = loop.time() + min(window, max_seconds)
+        deadline = loop.time() + max_seconds
+        quiet_deadline = loop.time() + min(window, max_seconds)
         # Members of our rounds, and members heard from lately that our rounds closed without (a
         # straggler the deadlines left out): it catches up by fetching our snapshot, so we stay.
         heard = {p for p, m in self.members.items() if time.time() - m.last_seen < window}
@@ -391,6 +397,9 @@ class FederationRunner:
             behind = [p for p in recent
                       if not self.rounds.departed(p) and self.members.get(p, MemberView(p)).round < self.round]
             if not behind:
+                return
+            live = [p for p in behind if time.time() - self.members.get(p, MemberView(p)).last_seen < window]
+            if not live and loop.time() >= quiet_deadline:
                 return
             self._wakeup.clear()
             with contextlib.suppress(asyncio.TimeoutError):
@@ -804,9 +813,11 @@ class FederationRunner:
         await self.mesh.publish(self.topic, data)
 
     def _recent_members(self) -> set[str]:
-        """Members (not us) heard from within three announcement intervals."""
-        horizon = time.time() - 3 * self.announce_interval
-        return {p for p, m in self.members.items() if p != self.peer_id and m.last_seen >= horizon}
+        """Members (not us) heard from lately (three announcement intervals, at least
+        PUSH_ONLY_HORIZON_S) and not departed."""
+        horizon = time.time() - max(3 * self.announce_interval, PUSH_ONLY_HORIZON_S)
+        return {p for p, m in self.members.items()
+                if p != self.peer_id and m.last_seen >= horizon and not self.rounds.departed(p)}
 
     async def _push_then_gossip(self, data: bytes, targets: list[str], push_only: bool) -> None:
         """Push to `targets`, then gossip unless `push_only` and every target got the push."""
@@ -1372,7 +1383,7 @@ class FederationRunner:
         of its own. Bounded like every wait on peers (federation.alone_timeout)."""
         log.info("members completed round %d; waiting to fetch their model instead of closing it without them",
                  self._completed_elsewhere)
-        while not self.stop.is_set() and self._best_offer() is None:
+        while not self.stop.is_set() and not self._peers_completed(self.round + 1):
             self._check_isolation(self.round + 1)
             self._wakeup.clear()
             with contextlib.suppress(asyncio.TimeoutError):  # offers come with announcements
