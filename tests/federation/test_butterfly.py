@@ -81,7 +81,7 @@ class MeshLink:
 
 async def exchange_round(
     rows: torch.Tensor, rule: Any, *, parts: int, behaviours: dict[int, OwnerBehaviour] | None = None,
-    center: torch.Tensor | None = None, grace: float = 0.2,
+    center: torch.Tensor | None = None, grace: float = 0.2, links: dict[int, type[MeshLink]] | None = None,
 ) -> tuple[list[str], list[Any], list[ButterflyExchange]]:
     """Member i sends rows[i]; every member runs the exchange of round 1. Returns the canonical
     peer order, each member's outcome (or exception) and the exchanges."""
@@ -99,7 +99,8 @@ async def exchange_round(
     config = ButterflyConfig(parts=parts, grace=grace, timeout=20.0)
     exchanges = [
         ButterflyExchange(peer_id=peers[i], federation_id=FEDERATION, numel=rows.shape[1], config=config,
-                          transport=MeshLink(identities[i], meshes[i], peers), behaviour=(behaviours or {}).get(i))
+                          transport=(links or {}).get(i, MeshLink)(identities[i], meshes[i], peers),
+                          behaviour=(behaviours or {}).get(i))
         for i in range(n)
     ]
     pumps = []
@@ -222,6 +223,30 @@ def test_a_silent_owner_is_replaced_by_the_other_owners() -> None:
     assert isinstance(outcomes[silent], ButterflyFailed)
     for i, outcome in enumerate(outcomes):
         if i != silent:
+            assert not isinstance(outcome, BaseException), outcome
+            assert torch.allclose(outcome.result.aggregate, expected.aggregate, rtol=1e-5, atol=1e-6)
+            assert not outcome.false_claims
+
+
+class DyingLink(MeshLink):
+    """A member whose mesh stops (as at kill -9: no more messages, its blobs gone) right after it
+    sent its first claim."""
+
+    async def send(self, message: control_pb2.ButterflyMessage, to: Sequence[str] | None) -> None:
+        await super().send(message, to)
+        if message.WhichOneof("body") == "claim":
+            await self.mesh.stop()
+
+
+def test_an_owner_whose_mesh_dies_mid_round_is_replaced() -> None:
+    rows = sample_rows(7, 40, seed=11)
+    rule = build("multi_krum", f=1)
+    dying = 1
+
+    peers, outcomes, _ = asyncio.run(exchange_round(rows, rule, parts=7, links={dying: DyingLink}))
+    expected = rule(canonical(rows, peers), seed=round_seed(FEDERATION, 1))
+    for i, outcome in enumerate(outcomes):
+        if i != dying:
             assert not isinstance(outcome, BaseException), outcome
             assert torch.allclose(outcome.result.aggregate, expected.aggregate, rtol=1e-5, atol=1e-6)
             assert not outcome.false_claims
