@@ -212,7 +212,11 @@ class ButterflyTransport(Protocol):
 
 @dataclass
 class _Received:
-    offers: dict[str, tuple[control_pb2.PartOffer, bytes]] = field(default_factory=dict)
+    # sender -> part -> its offer entry. Offers a sender could not push to their owner travel by
+    # gossip and reach everyone: a member merges every offer of a sender (the Merkle proofs, not
+    # the addressing, make an entry usable).
+    offers: dict[str, dict[int, control_pb2.PartOffer.Entry]] = field(default_factory=dict)
+    offer_rosters: dict[str, bytes] = field(default_factory=dict)  # sender -> its offers' roster digest
     claims: dict[tuple[str, int], tuple[control_pb2.OwnerClaim, bytes, float]] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -316,7 +320,10 @@ class ButterflyExchange:
             return
         state = self._received.setdefault(number, _Received())
         if body == "offer":
-            state.offers.setdefault(sender, (message.offer, envelope))
+            entries = state.offers.setdefault(sender, {})
+            for entry in message.offer.entries:
+                entries.setdefault(entry.part, entry)
+            state.offer_rosters.setdefault(sender, bytes(message.offer.roster_sha256))
         else:
             key = (sender, message.claim.step)
             if key not in state.claims:  # the first claim of an owner for a step is the one it stands by
@@ -426,19 +433,16 @@ class _Round:
         await asyncio.gather(*sends)
 
     def _offer_entry(self, sender: str, part: int) -> control_pb2.PartOffer.Entry | None:
-        received = self.state.offers.get(sender)
-        if received is None:
-            return None
-        offer = received[0]
-        for entry in offer.entries:
-            if entry.part == part:
-                return entry
-        return None
+        return self.state.offers.get(sender, {}).get(part)
 
     async def _gather_inputs(self) -> None:
         """As an owner: every roster member's parts of ours, checked against its parts root."""
         needed = [s for s in self.roster if s != self.me]
-        await self._wait(lambda: all(s in self.state.offers for s in needed), "parts offers from every sender")
+        def offered() -> bool:
+            return all(self.state.offer_rosters.get(s, self.roster_sha256) != self.roster_sha256
+                       or all(j in self.state.offers.get(s, {}) for j in self.mine) for s in needed)
+
+        await self._wait(offered, "parts offers from every sender")
         for j in self.mine:
             self.layout.width(j)
             entries: list[tuple[str, bytes, list[bytes]]] = []
@@ -446,7 +450,7 @@ class _Round:
                 if sender == self.me:
                     entries.append((sender, self.own.digests[j], merkle_proof(self.own.digests, j)))
                     continue
-                if self.state.offers[sender][0].roster_sha256 != self.roster_sha256:
+                if self.state.offer_rosters[sender] != self.roster_sha256:
                     raise ButterflyFailed(f"round {self.number}: {sender[-8:]} closed the round with another roster "
                                           f"than ours ({len(self.roster)} members)")
                 entry = self._offer_entry(sender, j)
