@@ -251,6 +251,7 @@ class Daemon:
         self.layout_digest = ""
         self._checkpoint_federation = ""  # the federation the worker's checkpoint is from
         self._worker_deaths: list[float] = []  # time.monotonic() of each unexpected worker exit
+        self._ranks: list[Any] = []  # the training job's processes, as the worker last reported them
         self._worker_lock = asyncio.Lock()  # admin calls and the session loop may start it together
         self.round = 0
         self.model_version = 0
@@ -1019,6 +1020,17 @@ class Daemon:
             with suppress(Exception):
                 progress.state = await self.worker.session_state()
         return progress
+
+    async def training_ranks(self) -> list[Any]:
+        """The training job's processes (worker_pb2.RankHealth) when training.world_size > 1: asked
+        from the worker, else the last ones it reported; [] for one process or without a worker."""
+        if self.config.training.world_size <= 1:
+            return []
+        if self.worker is not None and self.worker.alive:
+            with suppress(Exception):
+                self._ranks = list((await self.worker.session_state(timeout=2.0)).ranks)
+                return self._ranks
+        return list(self._ranks) if self.worker is not None and self.worker.alive else []
 
     async def member_public_key(self, peer_id: str) -> bytes | None:
         """The Ed25519 key a member signs with (seen in its messages), for revocations."""
