@@ -697,6 +697,7 @@ class Daemon:
         assert self.identity is not None and summary is not None
         metrics.set_identity(version=__version__, peer_id=self.identity.peer_id, device=summary.device,
                              task=summary.task, display_name=self.display_name)
+        metrics.training_world_size.set(self.config.training.world_size)
         federation_id = self._checkpoint_federation
         if summary.resumed_from_round and federation_id and (self.session is None
                                                              or self.session.federation_id == federation_id):
@@ -1021,6 +1022,13 @@ class Daemon:
                 progress.state = await self.worker.session_state()
         return progress
 
+    def _note_ranks(self, ranks: list[Any]) -> None:
+        """The training job's processes as the worker reported them: status and metrics."""
+        self._ranks = ranks
+        if self.metrics is not None:
+            with suppress(Exception):
+                self.metrics.record_ranks(ranks)
+
     async def training_ranks(self) -> list[Any]:
         """The training job's processes (worker_pb2.RankHealth) when training.world_size > 1: asked
         from the worker, else the last ones it reported; [] for one process or without a worker."""
@@ -1028,7 +1036,7 @@ class Daemon:
             return []
         if self.worker is not None and self.worker.alive:
             with suppress(Exception):
-                self._ranks = list((await self.worker.session_state(timeout=2.0)).ranks)
+                self._note_ranks(list((await self.worker.session_state(timeout=2.0)).ranks))
                 return self._ranks
         return list(self._ranks) if self.worker is not None and self.worker.alive else []
 
@@ -1108,6 +1116,8 @@ class Daemon:
         self.round, self.model_version = report.round, report.model_version
         if report.HasField("checkpoint"):
             self._note_checkpoint(report.checkpoint)
+        if report.ranks:
+            self._note_ranks(list(report.ranks))
         if report.synced:
             self._record_synced(report)
             finish = self._budget_verdict(report.round, report.accuracy)

@@ -585,6 +585,7 @@ class TrainingWorker:
         report.rss_mb = current_rss_mb()
         report.cpu_seconds = time.process_time()
         report.checkpoint.CopyFrom(self.checkpoint_health)  # up to the last round's write
+        report.ranks.extend(self.rank_health())
         self.metrics = {"accuracy": evaluation.accuracy, "loss": evaluation.loss}
         reply = await self.link.call("round_done", report)
         self._reported_round = report.round

@@ -393,7 +393,7 @@ class SessionState(_message.Message):
     def __init__(self, round: _Optional[int] = ..., model_version: _Optional[int] = ..., expected: _Optional[_Iterable[str]] = ..., group_id: _Optional[bytes] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., contributions: _Optional[_Iterable[_Union[Contribution, _Mapping]]] = ..., ranks: _Optional[_Iterable[_Union[RankHealth, _Mapping]]] = ...) -> None: ...
 
 class RoundDone(_message.Message):
-    __slots__ = ("round", "model_version", "accuracy", "loss", "train_loss", "train_seconds", "round_seconds", "participants", "left_out", "aggregation_seconds", "close_reason", "state", "rss_mb", "federated", "synced", "cpu_seconds", "checkpoint")
+    __slots__ = ("round", "model_version", "accuracy", "loss", "train_loss", "train_seconds", "round_seconds", "participants", "left_out", "aggregation_seconds", "close_reason", "state", "rss_mb", "federated", "synced", "cpu_seconds", "checkpoint", "ranks")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
@@ -411,6 +411,7 @@ class RoundDone(_message.Message):
     SYNCED_FIELD_NUMBER: _ClassVar[int]
     CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
     round: int
     model_version: int
     accuracy: float
@@ -428,7 +429,8 @@ class RoundDone(_message.Message):
     synced: bool
     cpu_seconds: float
     checkpoint: CheckpointHealth
-    def __init__(self, round: _Optional[int] = ..., model_version: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., train_loss: _Optional[float] = ..., train_seconds: _Optional[float] = ..., round_seconds: _Optional[float] = ..., participants: _Optional[int] = ..., left_out: _Optional[int] = ..., aggregation_seconds: _Optional[float] = ..., close_reason: _Optional[str] = ..., state: _Optional[_Union[SessionState, _Mapping]] = ..., rss_mb: _Optional[float] = ..., federated: _Optional[bool] = ..., synced: _Optional[bool] = ..., cpu_seconds: _Optional[float] = ..., checkpoint: _Optional[_Union[CheckpointHealth, _Mapping]] = ...) -> None: ...
+    ranks: _containers.RepeatedCompositeFieldContainer[RankHealth]
+    def __init__(self, round: _Optional[int] = ..., model_version: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., train_loss: _Optional[float] = ..., train_seconds: _Optional[float] = ..., round_seconds: _Optional[float] = ..., participants: _Optional[int] = ..., left_out: _Optional[int] = ..., aggregation_seconds: _Optional[float] = ..., close_reason: _Optional[str] = ..., state: _Optional[_Union[SessionState, _Mapping]] = ..., rss_mb: _Optional[float] = ..., federated: _Optional[bool] = ..., synced: _Optional[bool] = ..., cpu_seconds: _Optional[float] = ..., checkpoint: _Optional[_Union[CheckpointHealth, _Mapping]] = ..., ranks: _Optional[_Iterable[_Union[RankHealth, _Mapping]]] = ...) -> None: ...
 
 class CheckpointHealth(_message.Message):
     __slots__ = ("failures", "failures_total", "error", "written_round")

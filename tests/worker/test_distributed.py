@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -142,7 +143,7 @@ def test_kill_9_of_rank_1_mid_training_restarts_the_job_from_the_checkpoint(star
     the daemon restarts its worker (and with it rank 1) from the last checkpoint, training goes
     on, and a stop leaves no rank behind."""
     daemon = start_daemon(*TINY, "--solo", "--set", "training.world_size=2", "--set", "training.slowdown=3",
-                          "--log-format", "json")
+                          "--set", "metrics.port=0", "--log-format", "json")
     _wait_until(lambda: _rounds_logged(daemon) >= 2, 120, "round 2", daemon.log)
 
     def ranks_running() -> list[dict]:
@@ -157,6 +158,11 @@ def test_kill_9_of_rank_1_mid_training_restarts_the_job_from_the_checkpoint(star
     assert first[0] != first[1] and _alive(first[1])
     human = cli("status", "--state-dir", str(daemon.state_dir))
     assert "2 processes" in human.stdout, human.stdout
+    port = next(json.loads(line)["port"] for line in daemon.log().splitlines()
+                if line.startswith("{") and '"event": "metrics"' in line)
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert "fednode_training_world_size 2.0" in metrics
+    assert 'fednode_training_rank_up{rank="1"} 1.0' in metrics, metrics
 
     os.kill(first[1], signal.SIGKILL)
     daemon.wait_for_log("restarting it from the last checkpoint", timeout=60)
