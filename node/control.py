@@ -240,7 +240,7 @@ class NodeControl:
             decoded = json.loads(params)
             if not isinstance(decoded, dict):
                 raise ValueError("the rule parameters must be a JSON object")
-            await d.check_aggregation(aggregator, decoded, min_participants, codec)
+            await d.check_aggregation(aggregator, decoded, min_participants, codec, schedule)
             outer = (config_from_proto(request.outer) if request.HasField("outer") and request.outer.name
                      else config.aggregation.outer_config())
             issuer, descriptor = create_federation(

@@ -501,13 +501,14 @@ class Daemon:
         return FederationSession(federation_id, self._descriptor_settings(state.descriptor),
                                  certificate=state.certificate, certified=True, private=state.descriptor.private)
 
-    async def check_aggregation(self, rule: str, params: dict[str, Any], min_participants: int, codec: str) -> None:
-        """Raise ValueError when a federation's rule cannot work with its minimum participants,
-        or its codec is unknown."""
+    async def check_aggregation(self, rule: str, params: dict[str, Any], min_participants: int, codec: str,
+                                schedule: str = "sync") -> None:
+        """Raise ValueError when a federation's rule cannot work with its schedule and minimum
+        participants, or its codec is unknown."""
         params = dict(params)
         f = int(params.pop("f", 0))
         same_codec = codec == self.config.compression.codec
-        settings = FederationSettings(rule, params, f, "sync", min_participants, codec,
+        settings = FederationSettings(rule, params, f, schedule, min_participants, codec,
                                       dict(self.config.compression.params) if same_codec else {})
         await (await self.running_worker()).check_settings(settings)
 
