@@ -565,6 +565,8 @@ class Daemon:
                 # the identity, the mesh and the worker (torch, seconds) come up.
                 await self._start_services()
                 self.setup()
+                if self.metrics is not None:
+                    self._label_and_restore_metrics(self.metrics)
                 if self.role == "bootstrap":
                     await self._run_bootstrap()
                 else:
@@ -687,7 +689,8 @@ class Daemon:
             raise ConfigError(f"admin API: {exc.message}") from exc
         if self.config.metrics.port >= 0:
             self.metrics = NodeMetrics()
-            self._label_and_restore_metrics(self.metrics)
+            if self.summary is not None:  # else labelled by setup(), which runs after the services
+                self._label_and_restore_metrics(self.metrics)
             port = self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
             log.info("metrics on http://%s:%d/metrics", self.config.metrics.host, port,
                      extra={"event": "metrics", "port": port})
