@@ -95,6 +95,8 @@ def run_rank() -> int:
 
 def run_host(args: argparse.Namespace) -> int:
     """Another host's launcher: start its ranks, wait, start them again when the job restarts."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
     from fednode.node.config import parse_endpoint
     from fednode.node.logs import configure_logging
     from fednode.node.worker.distributed import JobPlan, failed_processes, start_local_ranks, stop_processes
@@ -109,19 +111,27 @@ def run_host(args: argparse.Namespace) -> int:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     while not stopping:
-        processes = start_local_ranks(plan, port, node_rank=args.node_rank, first_local_rank=0)
-        log.info("host %d: ranks %d..%d started, joining %s:%d", args.node_rank, args.node_rank * args.nproc_per_node,
-                 (args.node_rank + 1) * args.nproc_per_node - 1, host, port)
-        while not stopping and processes.wait(0) is None:
-            time.sleep(0.5)
-        gone = failed_processes(processes, first_local_rank=0)
-        stop_processes(processes)
+        processes = None
+        try:
+            processes = start_local_ranks(plan, port, node_rank=args.node_rank, first_local_rank=0)
+            # start_processes installs torch's own SIGTERM/SIGINT handlers (they raise); ours
+            # replace them: stop after closing the ranks, below.
+            signal.signal(signal.SIGTERM, stop)
+            signal.signal(signal.SIGINT, stop)
+            log.info("host %d: ranks %d..%d started, joining %s:%d", args.node_rank,
+                     args.node_rank * args.nproc_per_node, (args.node_rank + 1) * args.nproc_per_node - 1, host, port)
+            while not stopping and processes.wait(0) is None:
+                time.sleep(0.5)
+            gone = failed_processes(processes, first_local_rank=0)
+        except SignalException:
+            stopping, gone = True, []
+        finally:
+            stop_processes(processes)
         if not stopping:
             log.info("host %d: the job ended (%s); joining its next run", args.node_rank, "; ".join(gone) or "done")
             time.sleep(JOIN_RETRY_S)
+    log.info("host %d: stopped", args.node_rank)
     return 0
 
 
@@ -145,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         os._exit(code)
     if not 1 <= args.node_rank < args.nnodes or not args.rdzv_endpoint or args.nproc_per_node < 1:
         parser.error("a host launcher needs 1 <= --node-rank < --nnodes, --nproc-per-node >= 1 and --rdzv-endpoint")
-    return run_host(args)
+    code = run_host(args)
+    logging.shutdown()
+    os._exit(code)  # torch's threads must not keep the launcher alive
 
 
 if __name__ == "__main__":

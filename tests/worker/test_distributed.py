@@ -196,3 +196,47 @@ def test_a_federation_with_a_member_of_world_size_2_trains_as_usual(tmp_path: Pa
         assert node["accuracy"] >= 0.85, node
     assert len({node["accuracy"] for node in summary["nodes"]}) == 1
     assert "training job: 2 processes" in (plan.out_dir / "node-0.log").read_text()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_a_job_across_two_hosts_joins_through_the_rendezvous_endpoint(start_daemon, cli, tmp_path: Path) -> None:
+    """nnodes = 2 on one machine: the daemon's rank 0 hosts the rendezvous on rdzv_endpoint, a
+    host launcher (`python -m fednode.node.worker.rank --node-rank 1 ...`) brings rank 1; training
+    runs, status shows the launcher's rank; when the daemon stops, the launcher waits to rejoin and
+    stops cleanly on SIGTERM."""
+    port = _free_port()
+    daemon = start_daemon(*TINY, "--solo", "--set", "training.world_size=2", "--set", "training.nnodes=2",
+                          "--set", f'training.rdzv_endpoint="127.0.0.1:{port}"', "--set", "training.slowdown=3",
+                          "--log-format", "json")
+    launcher_log = tmp_path / "host-1.log"
+    with open(launcher_log, "w") as out:
+        launcher = subprocess.Popen([sys.executable, "-m", "fednode.node.worker.rank", "--node-rank", "1", "--nnodes",
+                                     "2", "--nproc-per-node", "1", "--rdzv-endpoint", f"127.0.0.1:{port}"],
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_until(lambda: _rounds_logged(daemon) >= 2, 120, "round 2", daemon.log)
+        log = daemon.log()
+        assert "training job: 2 processes (1 on this host, 2 host(s))" in log
+        _wait_until(lambda: any(r.get("rank") == 1 and r.get("state") == "running"
+                                for r in _status(daemon, cli)["ranks"]), 60, "rank 1 running", daemon.log)
+        rank_one = next(r for r in _status(daemon, cli)["ranks"] if r.get("rank") == 1)["pid"]
+        assert Path(f"/proc/{rank_one}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(launcher.pid)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == ExitCode.OK, daemon.log()
+        _wait_until(lambda: "joining its next run" in launcher_log.read_text(), 60, "the launcher waiting to rejoin",
+                    launcher_log.read_text)
+        assert not _alive(rank_one)
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=30) == 0, launcher_log.read_text()
+        assert "host 1: stopped" in launcher_log.read_text()
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
