@@ -3,7 +3,6 @@ real rank processes, real daemons, real kill -9."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -16,9 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
-from fednode.cli.launch import LaunchPlan, LocalFederation
 from fednode.node.config import FednodeConfig
 from fednode.node.errors import ExitCode
 
@@ -181,21 +178,30 @@ def test_kill_9_of_rank_1_mid_training_restarts_the_job_from_the_checkpoint(star
 
 
 def test_a_federation_with_a_member_of_world_size_2_trains_as_usual(tmp_path: Path) -> None:
-    """Two members, one a job of two processes: both reach the accuracy the others' tests ask,
-    with the same model (the federation averages what DDP averaged)."""
-    plan = LaunchPlan(nodes=2, rounds=8, out_dir=tmp_path / "run",
-                      settings=["task.params={hidden = [64]}", "training.local_steps=10"],
-                      node_settings={0: ["training.world_size=2"]})
-    console = Console(file=io.StringIO(), width=240)
-    code = LocalFederation(plan, console).run()
-    output = console.file.getvalue()
-    assert code == 0, output + "".join(p.read_text()[-3000:] for p in sorted(plan.out_dir.glob("node-*.log")))
-    summary = json.loads((plan.out_dir / "summary.json").read_text())
+    """`fednode launch --node-set 0:training.world_size=2`: two members, one a job of two
+    processes; both reach the accuracy the other federation tests ask, with the same model."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "fednode.cli.app", "launch", "--nodes", "2", "--rounds", "8", "--out", str(out),
+               "--set", "task.params={hidden = [64]}", "--set", "training.local_steps=10",
+               "--node-set", "0:training.world_size=2"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDNODE_")}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                               start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=280)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)  # daemons and ranks die with it (PR_SET_PDEATHSIG)
+            process.wait()
+    logs = "".join(p.read_text()[-3000:] for p in sorted(out.glob("node-*.log")))
+    assert process.returncode == 0, output + logs
+    summary = json.loads((out / "summary.json").read_text())
     for node in summary["nodes"]:
         assert node["exit_code"] == 0 and node["rounds"] == 8, node
         assert node["accuracy"] >= 0.85, node
     assert len({node["accuracy"] for node in summary["nodes"]}) == 1
-    assert "training job: 2 processes" in (plan.out_dir / "node-0.log").read_text()
+    assert "training job: 2 processes" in (out / "node-0.log").read_text()
+    assert "training job" not in (out / "node-1.log").read_text()
 
 
 def _free_port() -> int:
