@@ -100,7 +100,7 @@ def federation(rounds: int) -> dict[str, Any]:
         history = json.loads((Path(node["state_dir"]) / "summary.json").read_text())["history"][1:]  # warm
         train = statistics.mean(h["seconds"] for h in history)
         whole = statistics.mean(h["round_seconds"] for h in history)
-        members.append({"world_size": 2 if node["index"] == 0 else 1, "train_s": train, "round_s": whole,
+        members.append({"world_size": 2 if node["node"] == 0 else 1, "train_s": train, "round_s": whole,
                         "federation_overhead_s": whole - train, "accuracy": node["accuracy"]})
     return {"rounds": rounds, "members": members}
 
