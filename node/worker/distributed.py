@@ -56,6 +56,7 @@ HEARTBEAT_S = 2.0
 # A rank whose heartbeat is older than this is shown as "stale" (it may be stuck or unreachable).
 STALE_AFTER_S = 15.0
 COMMAND_POLL_S = 5.0
+STOP_CHECK_STEPS = 8  # a job checks rank 0's stop flag every this many steps
 EXIT_COMMAND = "exit"
 # TCPStore key prefixes: the process group's keys, and ours (config, commands, heartbeats).
 GROUP_PREFIX, FEDNODE_PREFIX = "pg", "fednode"
@@ -204,8 +205,16 @@ class Replica:
                 tensor.copy_(self._broadcast(tensor))
         self.local.set_generator_state(self._broadcast(self.local.generator_state()))
         flag = torch.ones(1, dtype=torch.int32, device=self._wire)
+        step = 0
 
         def keep_going() -> bool:
+            # Every rank must stop at the same step (or DDP's all-reduce waits forever): rank 0's
+            # decision is broadcast, every STOP_CHECK_STEPS steps (a collective per step doubled
+            # the cost of a small model's step on a busy CPU).
+            nonlocal step
+            step += 1
+            if (step - 1) % STOP_CHECK_STEPS:
+                return True
             flag.fill_(0 if stop is not None and stop.is_set() else 1)
             dist.broadcast(flag, 0)
             return bool(flag.item())
