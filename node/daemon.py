@@ -565,12 +565,12 @@ class Daemon:
                 # the identity, the mesh and the worker (torch, seconds) come up.
                 await self._start_services()
                 self.setup()
-                if self.metrics is not None:
-                    self._label_and_restore_metrics(self.metrics)
                 if self.role == "bootstrap":
+                    self._label_and_restore_metrics()
                     await self._run_bootstrap()
                 else:
                     await self._start_worker_and_mesh()
+                    self._label_and_restore_metrics()
                     await self._run_sessions()
                 await self._finish()
             finally:
@@ -688,16 +688,16 @@ class Daemon:
             self.admin = None
             raise ConfigError(f"admin API: {exc.message}") from exc
         if self.config.metrics.port >= 0:
-            self.metrics = NodeMetrics()
-            if self.summary is not None:  # else labelled by setup(), which runs after the services
-                self._label_and_restore_metrics(self.metrics)
+            self.metrics = NodeMetrics()  # labelled once the identity and the worker are known
             port = self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
             log.info("metrics on http://%s:%d/metrics", self.config.metrics.host, port,
                      extra={"event": "metrics", "port": port})
 
-    def _label_and_restore_metrics(self, metrics: Any) -> None:
+    def _label_and_restore_metrics(self) -> None:
         """fednode_node_info's labels, and the gauges of the checkpoint this node resumed from."""
-        summary = self.summary
+        metrics, summary = self.metrics, self.summary
+        if metrics is None:
+            return
         assert self.identity is not None and summary is not None
         metrics.set_identity(version=__version__, peer_id=self.identity.peer_id, device=summary.device,
                              task=summary.task, display_name=self.display_name)

@@ -361,11 +361,13 @@ class FederationRunner:
 
     async def linger(self, max_seconds: float) -> None:
         """Before leaving, keep serving our last payloads until the members we know have closed
-        our last round too (they may still be fetching from us) or left, bounded by a few
-        announcements and by `max_seconds` (the daemon's shutdown budget)."""
+        our last round too (they may still be fetching from us) or left: while one of them is
+        still heard from, up to `max_seconds` (the daemon's shutdown budget), else a few
+        announcements."""
         loop = asyncio.get_running_loop()
         window = 2 * self.announce_interval + 1.0
-        deadline = loop.time() + min(window, max_seconds)
+        deadline = loop.time() + max_seconds
+        quiet_deadline = loop.time() + min(window, max_seconds)
         # Members of our rounds, and members heard from lately that our rounds closed without (a
         # straggler the deadlines left out): it catches up by fetching our snapshot, so we stay.
         heard = {p for p, m in self.members.items() if time.time() - m.last_seen < window}
@@ -375,6 +377,9 @@ class FederationRunner:
             behind = [p for p in recent
                       if not self.rounds.departed(p) and self.members.get(p, MemberView(p)).round < self.round]
             if not behind:
+                return
+            live = [p for p in behind if time.time() - self.members.get(p, MemberView(p)).last_seen < window]
+            if not live and loop.time() >= quiet_deadline:
                 return
             self._wakeup.clear()
             with contextlib.suppress(asyncio.TimeoutError):
@@ -1292,7 +1297,7 @@ class FederationRunner:
         of its own. Bounded like every wait on peers (federation.alone_timeout)."""
         log.info("members completed round %d; waiting to fetch their model instead of closing it without them",
                  self._completed_elsewhere)
-        while not self.stop.is_set() and self._best_offer() is None:
+        while not self.stop.is_set() and not self._peers_completed(self.round + 1):
             self._check_isolation(self.round + 1)
             self._wakeup.clear()
             with contextlib.suppress(asyncio.TimeoutError):  # offers come with announcements
