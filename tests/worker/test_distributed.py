@@ -125,10 +125,17 @@ def test_world_size_2_trains_the_model_one_process_trains(tmp_path: Path) -> Non
     assert saved["health"][1]["state"] in ("running", "starting"), saved["health"]
 
 
-def _status(daemon, cli) -> dict:
-    result = cli("status", "--state-dir", str(daemon.state_dir), "--format", "json")
-    assert result.returncode == 0, result.stdout + result.stderr
-    return json.loads(result.stdout)
+def _status(daemon) -> dict:
+    """GetStatus over the daemon's admin socket, in this process (a CLI run per poll costs seconds
+    of a loaded CPU): world size and ranks."""
+    import grpc
+
+    from fednode.proto.v1 import admin_pb2, admin_pb2_grpc
+
+    with grpc.insecure_channel(f"unix:{daemon.state_dir}/admin.sock") as channel:
+        reply = admin_pb2_grpc.AdminServiceStub(channel).GetStatus(admin_pb2.GetStatusRequest(), timeout=30)
+    return {"world_size": reply.world_size,
+            "ranks": [{"rank": r.rank, "pid": r.pid, "state": r.state} for r in reply.ranks]}
 
 
 def _rounds_logged(daemon) -> int:
@@ -144,17 +151,18 @@ def test_kill_9_of_rank_1_mid_training_restarts_the_job_from_the_checkpoint(star
     _wait_until(lambda: _rounds_logged(daemon) >= 2, 120, "round 2", daemon.log)
 
     def ranks_running() -> list[dict]:
-        status = _status(daemon, cli)
+        status = _status(daemon)
         ranks = status.get("ranks", [])
         return ranks if len(ranks) == 2 and all(r.get("state") == "running" for r in ranks) else []
 
     _wait_until(ranks_running, 60, "both ranks running in status", daemon.log)
-    status = _status(daemon, cli)
+    shown = cli("status", "--state-dir", str(daemon.state_dir), "--format", "json")
+    status = json.loads(shown.stdout)
     assert status["world_size"] == 2
-    first = {r.get("rank", 0): r["pid"] for r in status["ranks"]}
+    first = {r["rank"]: r["pid"] for r in status["ranks"]}
     assert first[0] != first[1] and _alive(first[1])
     human = cli("status", "--state-dir", str(daemon.state_dir))
-    assert "2 processes" in human.stdout, human.stdout
+    assert "2 processes" in human.stdout and "rank 1: running" in human.stdout, human.stdout
     port = next(json.loads(line)["port"] for line in daemon.log().splitlines()
                 if line.startswith("{") and '"event": "metrics"' in line)
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
@@ -169,7 +177,7 @@ def test_kill_9_of_rank_1_mid_training_restarts_the_job_from_the_checkpoint(star
     _wait_until(lambda: _rounds_logged(daemon) >= before + 2, 120, "two more rounds", daemon.log)
     assert re.search(r"resumed from checkpoint: round \d+", daemon.log())
     _wait_until(ranks_running, 60, "both new ranks running", daemon.log)
-    second = {r.get("rank", 0): r["pid"] for r in _status(daemon, cli)["ranks"]}
+    second = {r["rank"]: r["pid"] for r in _status(daemon)["ranks"]}
     assert second[1] != first[1] and second[0] != first[0]
 
     daemon.signal(signal.SIGTERM)
@@ -231,8 +239,8 @@ def test_a_job_across_two_hosts_joins_through_the_rendezvous_endpoint(start_daem
         log = daemon.log()
         assert "training job: 2 processes (1 on this host, 2 host(s))" in log
         _wait_until(lambda: any(r.get("rank") == 1 and r.get("state") == "running"
-                                for r in _status(daemon, cli)["ranks"]), 60, "rank 1 running", daemon.log)
-        rank_one = next(r for r in _status(daemon, cli)["ranks"] if r.get("rank") == 1)["pid"]
+                                for r in _status(daemon)["ranks"]), 60, "rank 1 running", daemon.log)
+        rank_one = next(r for r in _status(daemon)["ranks"] if r.get("rank") == 1)["pid"]
         assert Path(f"/proc/{rank_one}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(launcher.pid)
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(timeout=60) == ExitCode.OK, daemon.log()
