@@ -405,8 +405,9 @@ class Daemon:
                 summary.resumed_from_round = ready.round
                 summary.accuracy, summary.loss = ready.accuracy, ready.loss  # until the next round
             log.info("resumed from checkpoint: round %d, model version %d", ready.round, ready.model_version)
-        log.info("task %s on %s: %d training examples, %d parameters", ready.task, ready.device,
-                 ready.train_samples, ready.parameters)
+        log.info("task %s on %s: %d training examples, %d parameters%s", ready.task, ready.device,
+                 ready.train_samples, ready.parameters,
+                 f", {ready.world_size} training processes" if ready.world_size > 1 else "")
         if self.session is not None:
             await self._check_settings(self.session.settings, self.worker)  # fail fast on bad settings
 

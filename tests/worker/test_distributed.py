@@ -238,6 +238,7 @@ def test_a_job_across_two_hosts_joins_through_the_rendezvous_endpoint(start_daem
         _wait_until(lambda: _rounds_logged(daemon) >= 2, 120, "round 2", daemon.log)
         log = daemon.log()
         assert "training job: 2 processes (1 on this host, 2 host(s))" in log
+        assert "2 training processes" in log
         _wait_until(lambda: any(r.get("rank") == 1 and r.get("state") == "running"
                                 for r in _status(daemon)["ranks"]), 60, "rank 1 running", daemon.log)
         rank_one = next(r for r in _status(daemon)["ranks"] if r.get("rank") == 1)["pid"]
