@@ -177,11 +177,25 @@ def status(config: ConfigOption = None, state_dir: StateDirOption = None, admin:
             ("listening on", "\n".join(reply.listen_multiaddrs) or "-"), ("state dir", reply.state_dir),
             ("checkpoint", f"[bold red]FAILING[/] ({reply.checkpoint_failures} in a row): {reply.checkpoint_error}"
              if reply.checkpoint_error else (f"round {reply.checkpoint_round}" if reply.checkpoint_round >= 0 else "-")),
+            ("training", _training_processes(reply)),
         ):
             rows.add_row(f"[bold]{key}[/]", escape(value))
         out.print(rows)
 
     emit(output, proto_to_dict(reply), human)
+
+
+def _training_processes(reply: admin_pb2.NodeStatus) -> str:
+    """"1 process", or "N processes" and one line per rank (torch.distributed job)."""
+    size = reply.world_size or 1
+    if size == 1:
+        return "1 process"
+    lines = [f"{size} processes (torch.distributed)"]
+    for rank in reply.ranks:
+        beat = f", heartbeat {rank.heartbeat_age_seconds:.0f} s ago" if rank.rank and rank.heartbeat_age_seconds >= 0 else ""
+        lines.append(f"rank {rank.rank}: {rank.state} on {rank.host or '?'} pid {rank.pid or '?'}, "
+                     f"{rank.rounds} round(s){beat}")
+    return "\n".join(lines)
 
 
 def _wait_ready(target: AdminTarget, timeout: float, states: set[str]) -> admin_pb2.NodeStatus:

@@ -168,6 +168,29 @@ def start(
     raise typer.Exit(int(code))
 
 
+def _node_settings(items: list[str], nodes: int, config: Path | None, settings: list[str]) -> dict[int, list[str]]:
+    """--node-set I:section.key=value -> {I: ["section.key=value", ...]}, each checked as that
+    node's config would be (ConfigError naming the bad one)."""
+    from fednode.node.config import load_config
+    from fednode.node.errors import ConfigError
+
+    chosen: dict[int, list[str]] = {}
+    for item in items:
+        index_text, sep, setting = item.partition(":")
+        if not sep or not index_text.isdigit() or "=" not in setting:
+            raise ConfigError(f"--node-set must look like I:section.key=value (e.g. 0:training.world_size=2), "
+                              f"got {item!r}")
+        if int(index_text) >= nodes:
+            raise ConfigError(f"--node-set {item!r}: there is no node {index_text} among --nodes {nodes} (0..{nodes - 1})")
+        chosen.setdefault(int(index_text), []).append(setting)
+    for index, extra in chosen.items():
+        try:
+            load_config(config, collect_overrides(None, [*settings, *extra]))
+        except ConfigError as error:
+            raise ConfigError(f"--node-set for node {index}: {error.message}") from None
+    return chosen
+
+
 def _outer_settings(outer: str, outer_lr: float, preset: str) -> list[str]:
     """--outer/--outer-lr/--preset as --set items (checked here: a typo fails before any daemon starts)."""
     from fednode.node.config import PRESETS
@@ -226,6 +249,8 @@ def launch(
     preset: Annotated[str, typer.Option("--preset", help="diloco: 500 local steps, outer nesterov 0.7 (docs/federation.md)")] = "",
     config: ConfigOption = None,
     settings: SetOption = None,
+    node_set: Annotated[list[str] | None, typer.Option(
+        "--node-set", help="a setting for one node: I:section.key=value, e.g. 0:training.world_size=2 (repeatable)")] = None,
 ) -> None:
     """Launch a local federation: N daemons on 127.0.0.1, progress, then a summary table and report.
 
@@ -283,6 +308,7 @@ def launch(
             data=node_files(data, nodes, "--data", shared_allowed=False) if data else [],
             test_data=node_files(test_data, nodes, "--test-data", shared_allowed=True) if test_data else [],
             config_file=config,
+            node_settings=_node_settings(node_set or [], nodes, config, list(settings or [])),
         )
         plan.validate()
     except FednodeError as error:

@@ -161,6 +161,71 @@ class TrainingSection(_Section):
         description="emulate a device whose local step takes this long (x slowdown): steps are padded with sleep; "
                     "0 = off (slowdown then multiplies this machine's step). For local federations sharing few cores",
     )
+    world_size: int = Field(
+        default=1, ge=1, le=4096,
+        description="processes that train this member's model together (torch.distributed DDP); 1 = one process. "
+                    "Each step's batch_size is split between them (docs/distributed.md)",
+    )
+    nproc_per_node: int = Field(
+        default=0, ge=0, le=1024,
+        description="training processes on this host (one per GPU on CUDA); 0 = world_size / nnodes",
+    )
+    nnodes: int = Field(default=1, ge=1, le=1024, description="hosts of this member's training job")
+    rdzv_endpoint: str = Field(
+        default="",
+        description='"host:port" where this daemon\'s rank 0 hosts the job\'s rendezvous; the other hosts join it '
+                    "(needed when nnodes > 1); empty = 127.0.0.1 on a free port",
+    )
+    dist_backend: Literal["auto", "gloo", "nccl"] = Field(
+        default="auto", description="torch.distributed backend: auto = nccl on CUDA, gloo on CPU",
+    )
+
+    @model_validator(mode="after")
+    def _check_distributed(self) -> TrainingSection:
+        problem = distributed_problem(self.world_size, self.nproc_per_node, self.nnodes, self.rdzv_endpoint,
+                                      self.batch_size)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    @property
+    def local_processes(self) -> int:
+        """Training processes on this host (nproc_per_node, or world_size / nnodes)."""
+        return self.nproc_per_node or self.world_size // self.nnodes
+
+
+def parse_endpoint(value: str) -> tuple[str, int]:
+    """"host:port" (IPv6 as "[::1]:port") -> (host, port); ValueError saying what is wrong."""
+    host, sep, port_text = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f'training.rdzv_endpoint must be "host:port" (e.g. "10.0.0.5:29400"), got {value!r}')
+    return host, int(port_text)
+
+
+def distributed_problem(world_size: int, nproc_per_node: int, nnodes: int, rdzv_endpoint: str,
+                        batch_size: int) -> str | None:
+    """Why these training.* values cannot make one torch.distributed job; None when they can."""
+    if nproc_per_node and nproc_per_node * nnodes != world_size:
+        return (f"training.world_size ({world_size}) must equal training.nproc_per_node ({nproc_per_node}) x "
+                f"training.nnodes ({nnodes}); set world_size = {nproc_per_node * nnodes} or change the others")
+    if not nproc_per_node and world_size % nnodes:
+        return (f"training.world_size ({world_size}) is not a multiple of training.nnodes ({nnodes}); "
+                f"set training.nproc_per_node")
+    if batch_size % world_size:
+        return (f"training.batch_size ({batch_size}) must be a multiple of training.world_size ({world_size}): "
+                f"each process computes batch_size / world_size examples of every step")
+    if rdzv_endpoint:
+        try:
+            _, port = parse_endpoint(rdzv_endpoint)
+        except ValueError as exc:
+            return str(exc)
+        if nnodes > 1 and port == 0:
+            return "training.rdzv_endpoint needs a fixed port when training.nnodes > 1: the other hosts dial it"
+    elif nnodes > 1:
+        return ('training.nnodes > 1 needs training.rdzv_endpoint = "host:port" (this host\'s address as the other '
+                "hosts reach it, and a free port) where the other hosts join the job")
+    return None
 
 
 class MeshSection(_Section):
@@ -206,6 +271,11 @@ class FederationSection(_Section):
         default="sync", description="sync: k-of-n rounds; fedcompass: semi-asynchronous arrival groups (docs/fedcompass.md)"
     )
     announce_interval: float = Field(default=2.0, gt=0, le=300, description="seconds between liveness announcements")
+    linger: float = Field(
+        default=60.0, ge=0, le=3600,
+        description="after its last round (round budget or target accuracy), a member keeps serving its model this "
+                    "long at most, while members it still hears from catch up",
+    )
     alone_timeout: float = Field(
         default=120.0, ge=0, le=86_400,
         description="a member that trained with others and hears none of them for this long stops (exit 7); 0 = wait forever",

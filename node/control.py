@@ -64,8 +64,9 @@ class NodeControl:
         return f"fednode {command}" + (f" --state-dir {d.state_dir}" if d.config.node.state_dir else "")
 
     # ------------------------------------------------------------------------------ queries
-    def status(self) -> admin_pb2.NodeStatus:
+    async def status(self) -> admin_pb2.NodeStatus:
         d = self.daemon
+        ranks = await d.training_ranks()
         summary = d.summary
         mesh = d.mesh
         status = admin_pb2.NodeStatus(
@@ -87,6 +88,9 @@ class NodeControl:
             phase=d.phase,
             role=d.role,
             ready=d.ready,
+            world_size=d.config.training.world_size,
+            ranks=[admin_pb2.TrainingRank(rank=r.rank, local_rank=r.local_rank, host=r.host, pid=r.pid, state=r.state,
+                                          heartbeat_age_seconds=r.heartbeat_age, rounds=r.rounds) for r in ranks],
         )
         if d.session is not None and d.session.federation_id not in status.federations:
             status.federations.append(d.session.federation_id)

@@ -251,6 +251,7 @@ class Daemon:
         self.layout_digest = ""
         self._checkpoint_federation = ""  # the federation the worker's checkpoint is from
         self._worker_deaths: list[float] = []  # time.monotonic() of each unexpected worker exit
+        self._ranks: list[Any] = []  # the training job's processes, as the worker last reported them
         self._worker_lock = asyncio.Lock()  # admin calls and the session loop may start it together
         self.round = 0
         self.model_version = 0
@@ -404,8 +405,9 @@ class Daemon:
                 summary.resumed_from_round = ready.round
                 summary.accuracy, summary.loss = ready.accuracy, ready.loss  # until the next round
             log.info("resumed from checkpoint: round %d, model version %d", ready.round, ready.model_version)
-        log.info("task %s on %s: %d training examples, %d parameters", ready.task, ready.device,
-                 ready.train_samples, ready.parameters)
+        log.info("task %s on %s: %d training examples, %d parameters%s", ready.task, ready.device,
+                 ready.train_samples, ready.parameters,
+                 f", {ready.world_size} training processes" if ready.world_size > 1 else "")
         if self.session is not None:
             await self._check_settings(self.session.settings, self.worker)  # fail fast on bad settings
 
@@ -526,7 +528,9 @@ class Daemon:
         # Whatever asked for the stop (a signal, the round budget, the target accuracy, the admin
         # API), the graceful part is bounded: a stuck step must not keep the process alive.
         with suppress(RuntimeError):  # no running loop (tests driving the daemon synchronously)
-            asyncio.get_running_loop().call_later(self.config.node.shutdown_timeout, self._force_exit)
+            # A member that reached its budget first serves members still catching up (linger).
+            lingering = self.config.federation.linger if reason in LINGER_REASONS else 0.0
+            asyncio.get_running_loop().call_later(self.config.node.shutdown_timeout + lingering, self._force_exit)
         if self.worker is not None:
             self.worker.stop_session(reason, linger=reason in LINGER_REASONS)
 
@@ -700,6 +704,7 @@ class Daemon:
         assert self.identity is not None and summary is not None
         metrics.set_identity(version=__version__, peer_id=self.identity.peer_id, device=summary.device,
                              task=summary.task, display_name=self.display_name)
+        metrics.training_world_size.set(self.config.training.world_size)
         federation_id = self._checkpoint_federation
         if summary.resumed_from_round and federation_id and (self.session is None
                                                              or self.session.federation_id == federation_id):
@@ -1024,6 +1029,24 @@ class Daemon:
                 progress.state = await self.worker.session_state()
         return progress
 
+    def _note_ranks(self, ranks: list[Any]) -> None:
+        """The training job's processes as the worker reported them: status and metrics."""
+        self._ranks = ranks
+        if self.metrics is not None:
+            with suppress(Exception):
+                self.metrics.record_ranks(ranks)
+
+    async def training_ranks(self) -> list[Any]:
+        """The training job's processes (worker_pb2.RankHealth) when training.world_size > 1: asked
+        from the worker, else the last ones it reported; [] for one process or without a worker."""
+        if self.config.training.world_size <= 1:
+            return []
+        if self.worker is not None and self.worker.alive:
+            with suppress(Exception):
+                self._note_ranks(list((await self.worker.session_state(timeout=2.0)).ranks))
+                return self._ranks
+        return list(self._ranks) if self.worker is not None and self.worker.alive else []
+
     async def member_public_key(self, peer_id: str) -> bytes | None:
         """The Ed25519 key a member signs with (seen in its messages), for revocations."""
         if self.progress is None or self.worker is None:
@@ -1100,6 +1123,8 @@ class Daemon:
         self.round, self.model_version = report.round, report.model_version
         if report.HasField("checkpoint"):
             self._note_checkpoint(report.checkpoint)
+        if report.ranks:
+            self._note_ranks(list(report.ranks))
         if report.synced:
             self._record_synced(report)
             finish = self._budget_verdict(report.round, report.accuracy)

@@ -20,7 +20,7 @@ import contextlib
 import re
 import threading
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -106,6 +106,14 @@ class NodeMetrics:
         self.checkpoint_round = Gauge("checkpoint_round", "Round of the newest checkpoint written (-1: none)",
                                       namespace=ns, registry=reg)
         self.checkpoint_round.set(-1)
+        self.training_world_size = Gauge("training_world_size", "Processes that train this member's model "
+                                         "(training.world_size)", namespace=ns, registry=reg)
+        self.training_world_size.set(1)
+        self.training_rank_up = Gauge("training_rank_up", "1 while a rank of the training job runs (heartbeat "
+                                      "fresh), else 0; world_size > 1 only", ["rank"], namespace=ns, registry=reg)
+        self.training_rank_heartbeat_age = Gauge(
+            "training_rank_heartbeat_age_seconds", "Seconds since a rank of the training job last reported "
+            "(-1: not yet)", ["rank"], namespace=ns, registry=reg)
         self._checkpoint_failures_seen = 0
         self.connections = Gauge("connections", "Connected peers by best connection type", ["type"],
                                  namespace=ns, registry=reg)
@@ -162,6 +170,13 @@ class NodeMetrics:
         if new > 0:
             self.checkpoint_failures.inc(new)
         self.checkpoint_round.set(written_round)
+
+    def record_ranks(self, ranks: list[Any]) -> None:
+        """The training job's processes (worker_pb2.RankHealth: rank, state, heartbeat_age)."""
+        for rank in ranks:
+            label = str(rank.rank)
+            self.training_rank_up.labels(rank=label).set(1 if rank.state == "running" else 0)
+            self.training_rank_heartbeat_age.labels(rank=label).set(rank.heartbeat_age)
 
     def forget_federation(self, federation_id: str) -> None:
         """Drop a left federation's series (so dashboards stop showing stale gauges)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -143,6 +143,8 @@ class LocalTrainer:
         self.slowdown = slowdown
         self._slowdown = SlowdownEmulator(slowdown, emulated_step_seconds)
         self._generator = torch.Generator().manual_seed(seed)
+        # Positions of each step's batch this process computes (a data-parallel job); None: all.
+        self.share: torch.Tensor | None = None
         features, labels = _materialise(task.train_data)
         self._train_x, self._train_y = features.to(device), labels.to(device)
         test_x, test_y = _materialise(task.test_data)
@@ -174,11 +176,18 @@ class LocalTrainer:
                               weight_decay=inner.weight_decay)
         return MomentumSGD(model.parameters(), lr=inner.lr, momentum=inner.momentum, weight_decay=inner.weight_decay)
 
-    def _step(self, model: nn.Module, optimizer: MomentumSGD | InnerAdamW, generator: torch.Generator) -> float:
-        """One SGD step on a random mini-batch; returns the loss."""
-        index = torch.randint(0, self.num_train_samples, (self.batch_size,), generator=generator).to(self.device)
+    def _step(self, model: nn.Module, optimizer: MomentumSGD | InnerAdamW, generator: torch.Generator,
+              forward: nn.Module | None = None) -> float:
+        """One SGD step on a random mini-batch; returns the loss. With a `share` (one process of a
+        data-parallel job), the batch is drawn whole, as one process would, and this process
+        computes on its positions of it through `forward` (the DDP wrapper, which averages the
+        gradients of all processes: the mean over the whole batch, for a mean loss)."""
+        index = torch.randint(0, self.num_train_samples, (self.batch_size,), generator=generator)
+        if self.share is not None:
+            index = index[self.share]
+        index = index.to(self.device)
         optimizer.zero_grad()
-        loss = self.task.loss_fn(model(self._train_x[index]), self._train_y[index])
+        loss = self.task.loss_fn((forward or model)(self._train_x[index]), self._train_y[index])
         loss.backward()
         optimizer.step()
         return float(loss.detach())
@@ -193,16 +202,22 @@ class LocalTrainer:
     def set_generator_state(self, state: torch.Tensor) -> None:
         self._generator.set_state(state)
 
-    def train_round(self, model: nn.Module, steps: int, stop: threading.Event | None = None) -> TrainResult:
+    def train_round(self, model: nn.Module, steps: int, stop: threading.Event | None = None, *,
+                    forward: nn.Module | None = None, keep_going: Callable[[], bool] | None = None) -> TrainResult:
+        """`steps` steps on `model` (through `forward` when given), unless `stop` is set, or
+        `keep_going()` (which replaces `stop`: the processes of a job decide together) says no."""
         model.train()
         optimizer = self._optimizer(model)
         started = time.perf_counter()
         total_loss, done = 0.0, 0
         for _ in range(steps):
-            if stop is not None and stop.is_set():
+            if keep_going is not None:
+                if not keep_going():
+                    break
+            elif stop is not None and stop.is_set():
                 break
             step_started = time.perf_counter()
-            total_loss += self._step(model, optimizer, self._generator)
+            total_loss += self._step(model, optimizer, self._generator, forward)
             done += 1
             pause = self._slowdown.pause_after(time.perf_counter() - step_started)
             if pause > 0.0:

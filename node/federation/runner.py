@@ -318,6 +318,9 @@ class FederationRunner:
         # The newest round a quorum of members offered a snapshot for whose fetch then failed:
         # they completed it, so this node must not close it with fewer updates of its own.
         self._completed_elsewhere = 0
+        # Since when (loop time) this node, at its round, waits for that round's model.
+        self._awaiting_since: float | None = None
+        self._awaiting = (0, 0)
         self._unreachable_providers: dict[str, float] = {}  # peer -> loop time it is tried first again
         self._quorum_noted_at = float("-inf")
         self.rejections: Counter[str] = Counter()
@@ -382,8 +385,7 @@ class FederationRunner:
     async def linger(self, max_seconds: float) -> None:
         """Before leaving, keep serving our last payloads until the members we know have closed
         our last round too (they may still be fetching from us) or left: while one of them is
-        still heard from, up to `max_seconds` (the daemon's shutdown budget), else a few
-        announcements."""
+        still heard from, up to `max_seconds` (federation.linger), else a few announcements."""
         loop = asyncio.get_running_loop()
         window = 2 * self.announce_interval + 1.0
         deadline = loop.time() + max_seconds
@@ -1383,8 +1385,18 @@ class FederationRunner:
         of its own. Bounded like every wait on peers (federation.alone_timeout)."""
         log.info("members completed round %d; waiting to fetch their model instead of closing it without them",
                  self._completed_elsewhere)
+        loop = asyncio.get_running_loop()
+        if self._awaiting_since is None or self._awaiting != (self._completed_elsewhere, self.round):
+            self._awaiting_since, self._awaiting = loop.time(), (self._completed_elsewhere, self.round)
         while not self.stop.is_set() and not self._peers_completed(self.round + 1):
             self._check_isolation(self.round + 1)
+            waited = loop.time() - self._awaiting_since
+            if self.alone_timeout and waited >= self.alone_timeout:
+                # Members heard from (others behind too) do not make the model fetchable.
+                raise IsolatedError(
+                    f"members completed round {self._completed_elsewhere}, but its model could not be fetched from any "
+                    f"member for {waited:.0f} s; stopping at round {self.round}. Start it again when members are "
+                    f"online (federation.alone_timeout = {self.alone_timeout:.0f} s)")
             self._wakeup.clear()
             with contextlib.suppress(asyncio.TimeoutError):  # offers come with announcements
                 await asyncio.wait_for(self._wakeup.wait(), timeout=1.0)

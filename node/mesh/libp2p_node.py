@@ -686,7 +686,10 @@ class Libp2pNode:
         return dest
 
     async def _ensure_connected(self, peer: ID) -> None:
-        """Reuse a connection, else dial (NAT-aware, see _dial_peer), else ask the DHT and retry."""
+        """Reuse a connection, else dial (NAT-aware, see _dial_peer), else ask the DHT and retry.
+        The retry ignores the swarm's 60 s negative cache: our callers name a peer they heard
+        from lately and back off themselves, and a peer that failed once under load would
+        otherwise be refused for a minute (a member catching up then found nobody to fetch from)."""
         if self._live_conns(peer):
             return
         network = self.host.get_network()
@@ -699,11 +702,12 @@ class Libp2pNode:
             except Exception as exc:
                 errors.append(str(exc) or type(exc).__name__)
             if attempt == 0:
+                self._forget_failed_dials(peer)
                 with contextlib.suppress(Exception):
                     found = await self.dht.find_peer(peer)
                     if found is not None and found.addrs:
                         self.host.get_peerstore().add_addrs(peer, found.addrs, 3600)
-                        continue
+                continue
             break
         raise DialError(f"cannot reach {peer.to_base58()}: {'; '.join(errors) or 'no known address'}")
 

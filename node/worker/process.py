@@ -67,12 +67,70 @@ def settings_from_proto(message: worker_pb2.Settings) -> dict[str, Any]:
     }
 
 
+def device_for_rank(config: FednodeConfig, local_rank: int) -> torch.device:
+    """The device a training process uses: node.device, and on CUDA with several processes on
+    this host, one GPU per local rank (cuda:<local rank>, as torchrun's LOCAL_RANK convention)."""
+    if config.training.torch_threads:
+        torch.set_num_threads(config.training.torch_threads)
+    try:
+        device = resolve_device(config.node.device)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if device.type == "cuda" and config.training.local_processes > 1:
+        count = torch.cuda.device_count()
+        if config.training.local_processes > count:
+            raise ConfigError(f"training.nproc_per_node = {config.training.local_processes} processes on CUDA need "
+                              f"as many GPUs; torch sees {count}. Lower nproc_per_node or use node.device = \"cpu\"")
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def build_local_training(config: FednodeConfig, device: torch.device) -> tuple[Any, Any, LocalTrainer]:
+    """(task, attack or None, trainer) of this member, as every rank of its job builds them: the
+    same data, labels and seed on each, so each rank draws the same batches."""
+    training, task_cfg = config.training, config.task
+    task = load_task(task_cfg.name, TaskContext(task_cfg.shard_index, task_cfg.shard_count, task_cfg.seed),
+                     task_cfg.params, search_path=task_cfg.path)
+    attack = build_attack(config)
+    if attack is not None and attack.kind == "data":
+        labels = getattr(task.train_data, "labels", None)
+        if not isinstance(labels, torch.Tensor):
+            raise ConfigError(f"attack {config.attack.name!r} needs a task whose training data has .labels")
+        task.train_data.labels = attack.attack.transform_labels(labels)
+    try:
+        inner = resolve_inner_optimizer(training.optimizer, task, lr=training.lr, momentum=training.momentum,
+                                        weight_decay=training.weight_decay)
+    except ValueError as exc:
+        raise TaskError(str(exc)) from exc
+    trainer = LocalTrainer(
+        task, device, batch_size=training.batch_size, lr=training.lr, momentum=training.momentum,
+        weight_decay=training.weight_decay,
+        # Batches differ per shard but are reproducible for a given seed and shard.
+        seed=task_cfg.seed * 1_000_003 + task_cfg.shard_index,
+        slowdown=training.slowdown, emulated_step_seconds=training.emulated_step_ms / 1000.0, optimizer=inner,
+    )
+    return task, attack, trainer
+
+
+def build_attack(config: FednodeConfig) -> Any:
+    from fednode.node.federation.attacker import build_attacker
+
+    spec = config.attack
+    if not spec.name:
+        return None
+    try:
+        return build_attacker(spec.name, dict(spec.params), spec.timing, list(spec.colluders))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"invalid attack.name / attack.params: {exc}") from exc
+
+
 class TrainingWorker:
     """Model, trainer and runners of one node; see the module docstring."""
 
-    def __init__(self, config: FednodeConfig, link: Link) -> None:
+    def __init__(self, config: FednodeConfig, link: Link, group: Any = None) -> None:
         self.config = config
         self.link = link
+        self.group = group  # the RankGroup of a job of several processes (training.world_size > 1)
         self.state_dir = config.resolved_state_dir()
         self.mesh = RemoteMesh(link)
         self.checkpoints = CheckpointStore(self.state_dir)
@@ -101,35 +159,16 @@ class TrainingWorker:
     def setup(self) -> worker_pb2.WorkerReady:
         self.identity = load_identity(identity_path(self.state_dir))
         training = self.config.training
-        if training.torch_threads:
-            torch.set_num_threads(training.torch_threads)
-        try:
-            self.device = resolve_device(self.config.node.device)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
-        task_cfg = self.config.task
-        self.task = load_task(task_cfg.name, TaskContext(task_cfg.shard_index, task_cfg.shard_count, task_cfg.seed),
-                              task_cfg.params, search_path=task_cfg.path)
-        self.attack = self._build_attack()
-        if self.attack is not None and self.attack.kind == "data":
-            labels = getattr(self.task.train_data, "labels", None)
-            if not isinstance(labels, torch.Tensor):
-                raise ConfigError(f"attack {self.config.attack.name!r} needs a task whose training data has .labels")
-            self.task.train_data.labels = self.attack.attack.transform_labels(labels)
+        self.device = device_for_rank(self.config, 0)
+        self.task, self.attack, local = build_local_training(self.config, self.device)
         self.model = self.task.model_factory().to(self.device)
         self.layout = model_layout(self.model)
-        try:
-            inner = resolve_inner_optimizer(training.optimizer, self.task, lr=training.lr, momentum=training.momentum,
-                                            weight_decay=training.weight_decay)
-        except ValueError as exc:
-            raise TaskError(str(exc)) from exc
-        self.trainer = LocalTrainer(
-            self.task, self.device, batch_size=training.batch_size, lr=training.lr, momentum=training.momentum,
-            weight_decay=training.weight_decay,
-            # Batches differ per shard but are reproducible for a given seed and shard.
-            seed=task_cfg.seed * 1_000_003 + task_cfg.shard_index,
-            slowdown=training.slowdown, emulated_step_seconds=training.emulated_step_ms / 1000.0, optimizer=inner,
-        )
+        self.trainer: Any = local
+        if self.group is not None:
+            from fednode.node.worker.distributed import DistributedTrainer
+
+            # Blocks until every rank of the job has joined (or the join times out).
+            self.trainer = DistributedTrainer(local, self.group.join(self.device), self.task.model_factory)
         resumed = self._resume()
         return worker_pb2.WorkerReady(
             layout_digest=self.layout.digest, parameters=self.layout.numel, device=str(self.device),
@@ -137,19 +176,8 @@ class TrainingWorker:
             round=self.round, model_version=self.model_version,
             checkpoint_federation_id=str(self.extra_state.get("federation_id", "")), resumed=resumed,
             rss_mb=current_rss_mb(), accuracy=float(self.metrics.get("accuracy", float("nan"))),
-            loss=float(self.metrics.get("loss", float("nan"))),
+            loss=float(self.metrics.get("loss", float("nan"))), world_size=training.world_size,
         )
-
-    def _build_attack(self) -> Any:
-        from fednode.node.federation.attacker import build_attacker
-
-        spec = self.config.attack
-        if not spec.name:
-            return None
-        try:
-            return build_attacker(spec.name, dict(spec.params), spec.timing, list(spec.colluders))
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"invalid attack.name / attack.params: {exc}") from exc
 
     def _resume(self) -> bool:
         checkpoint = self.checkpoints.load()
@@ -446,8 +474,8 @@ class TrainingWorker:
             runner = self.runner
             self.round, self.model_version = runner.round, runner.model_version
             if self.linger and self.stop_reason in ("rounds", "target_accuracy"):
-                # Half the shutdown budget: the final checkpoint and the mesh's stop need the rest.
-                await runner.linger(self.config.node.shutdown_timeout / 2)
+                # federation.linger is granted on top of the shutdown budget (the daemon's bound).
+                await runner.linger(self.config.federation.linger)
             self._fill_session_totals(ended)
             await runner.close()
             self.extra_state = {**self.extra_state, **runner.checkpoint_extra()}
@@ -531,10 +559,13 @@ class TrainingWorker:
     def session_state(self) -> worker_pb2.SessionState:
         runner = self.runner
         if runner is None:
-            return worker_pb2.SessionState(round=self.round, model_version=self.model_version)
+            state = worker_pb2.SessionState(round=self.round, model_version=self.model_version)
+            state.ranks.extend(self.rank_health())
+            return state
         state = worker_pb2.SessionState(
             round=runner.round, model_version=runner.model_version, expected=sorted(runner.rounds.expected()),
             group_id=bytes(getattr(runner, "current_group_id", b"") or b""), contributions=self._contributions())
+        state.ranks.extend(self.rank_health())
         for member in runner.members.values():
             state.members.append(worker_pb2.Member(
                 peer_id=member.peer_id, public_key=member.public_key, multiaddrs=list(member.multiaddrs),
@@ -542,12 +573,21 @@ class TrainingWorker:
                 round=member.round))
         return state
 
+    def rank_health(self) -> list[worker_pb2.RankHealth]:
+        """The training job's processes (none when this worker trains alone)."""
+        if self.group is None:
+            return []
+        return [worker_pb2.RankHealth(rank=r["rank"], local_rank=r["local_rank"], host=r["host"], pid=r["pid"],
+                                      state=r["state"], heartbeat_age=r["heartbeat_age"], rounds=r["rounds"])
+                for r in self.group.health()]
+
     async def _after_round(self, report: worker_pb2.RoundDone) -> None:
         evaluation = self.trainer.evaluate(self.model)
         report.accuracy, report.loss = evaluation.accuracy, evaluation.loss
         report.rss_mb = current_rss_mb()
         report.cpu_seconds = time.process_time()
         report.checkpoint.CopyFrom(self.checkpoint_health)  # up to the last round's write
+        report.ranks.extend(self.rank_health())
         self.metrics = {"accuracy": evaluation.accuracy, "loss": evaluation.loss}
         reply = await self.link.call("round_done", report)
         self._reported_round = report.round
@@ -656,24 +696,52 @@ async def serve(link_fd: int) -> int:
         return int(ExitCode.INTERNAL)  # the daemon went away before configuring us
     config = FednodeConfig.model_validate_json(configure_frame.result().config_json)
     configure_logging(config.node.log_format, config.node.log_level)
+    group: Any = None
+    watching: asyncio.Task[None] | None = None
     try:
-        worker = TrainingWorker(config, link)
+        if config.training.world_size > 1:
+            from fednode.node.worker.distributed import RankGroup
+
+            # On this (the main) thread: the local ranks die with the thread that started them.
+            group = RankGroup(config)
+            watching = asyncio.ensure_future(_watch_ranks(group))
+        worker = TrainingWorker(config, link, group)
         ready = await asyncio.to_thread(worker.setup)
     except FednodeError as exc:
         link.notify("failed", worker_pb2.WorkerFailed(exit_code=int(exc.exit_code), message=exc.message))
         await link.wait_drained()
+        if group is not None:
+            group.close()
         return int(exc.exit_code)
     link.notify("ready", ready)
     exit_requested = asyncio.ensure_future(worker.exit.wait())
     await asyncio.wait({reading, exit_requested}, return_when=asyncio.FIRST_COMPLETED)
+    if watching is not None:
+        watching.cancel()
     if not exit_requested.done():
         # The daemon is gone without a shutdown: stop at once (its kill -9 would SIGKILL us anyway).
         worker.stop_session("daemon gone")
+        if group is not None:
+            group.close()
         return int(ExitCode.INTERNAL)
+    if group is not None:
+        await asyncio.to_thread(group.close)
     await asyncio.sleep(0)  # let the shutdown reply go out
     await link.wait_drained()
     link.close()
     return int(ExitCode.OK)
+
+
+async def _watch_ranks(group: Any) -> None:
+    """A local rank that exits ends the job at once, between rounds too (a round in progress
+    fails with it): the daemon then restarts this worker, and with it the job, from the checkpoint."""
+    from fednode.node.worker.distributed import fail_job
+
+    while True:
+        await asyncio.sleep(0.5)
+        failures = group.failures()
+        if failures:
+            fail_job(group)("a rank of the training job exited: " + "; ".join(failures))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("peer_id", "version", "uptime_seconds", "listen_multiaddrs", "reachability", "device", "task", "model_version", "round", "accuracy", "loss", "connected_peers", "federations", "state", "state_dir", "phase", "role", "ready", "checkpoint_error", "checkpoint_failures", "checkpoint_round")
+    __slots__ = ("peer_id", "version", "uptime_seconds", "listen_multiaddrs", "reachability", "device", "task", "model_version", "round", "accuracy", "loss", "connected_peers", "federations", "state", "state_dir", "phase", "role", "ready", "checkpoint_error", "checkpoint_failures", "checkpoint_round", "world_size", "ranks")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,8 @@ class NodeStatus(_message.Message):
     CHECKPOINT_ERROR_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FAILURES_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_ROUND_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     version: str
     uptime_seconds: int
@@ -55,7 +57,27 @@ class NodeStatus(_message.Message):
     checkpoint_error: str
     checkpoint_failures: int
     checkpoint_round: int
-    def __init__(self, peer_id: _Optional[str] = ..., version: _Optional[str] = ..., uptime_seconds: _Optional[int] = ..., listen_multiaddrs: _Optional[_Iterable[str]] = ..., reachability: _Optional[str] = ..., device: _Optional[str] = ..., task: _Optional[str] = ..., model_version: _Optional[int] = ..., round: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., connected_peers: _Optional[int] = ..., federations: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., state_dir: _Optional[str] = ..., phase: _Optional[str] = ..., role: _Optional[str] = ..., ready: _Optional[bool] = ..., checkpoint_error: _Optional[str] = ..., checkpoint_failures: _Optional[int] = ..., checkpoint_round: _Optional[int] = ...) -> None: ...
+    world_size: int
+    ranks: _containers.RepeatedCompositeFieldContainer[TrainingRank]
+    def __init__(self, peer_id: _Optional[str] = ..., version: _Optional[str] = ..., uptime_seconds: _Optional[int] = ..., listen_multiaddrs: _Optional[_Iterable[str]] = ..., reachability: _Optional[str] = ..., device: _Optional[str] = ..., task: _Optional[str] = ..., model_version: _Optional[int] = ..., round: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., connected_peers: _Optional[int] = ..., federations: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., state_dir: _Optional[str] = ..., phase: _Optional[str] = ..., role: _Optional[str] = ..., ready: _Optional[bool] = ..., checkpoint_error: _Optional[str] = ..., checkpoint_failures: _Optional[int] = ..., checkpoint_round: _Optional[int] = ..., world_size: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[TrainingRank, _Mapping]]] = ...) -> None: ...
+
+class TrainingRank(_message.Message):
+    __slots__ = ("rank", "local_rank", "host", "pid", "state", "heartbeat_age_seconds", "rounds")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_RANK_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    local_rank: int
+    host: str
+    pid: int
+    state: str
+    heartbeat_age_seconds: float
+    rounds: int
+    def __init__(self, rank: _Optional[int] = ..., local_rank: _Optional[int] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., state: _Optional[str] = ..., heartbeat_age_seconds: _Optional[float] = ..., rounds: _Optional[int] = ...) -> None: ...
 
 class ListPeersRequest(_message.Message):
     __slots__ = ()

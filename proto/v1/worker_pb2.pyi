@@ -280,7 +280,7 @@ class StopSession(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., linger: _Optional[bool] = ..., finish: _Optional[bool] = ...) -> None: ...
 
 class WorkerReady(_message.Message):
-    __slots__ = ("layout_digest", "parameters", "device", "task", "train_samples", "round", "model_version", "checkpoint_federation_id", "resumed", "rss_mb", "accuracy", "loss")
+    __slots__ = ("layout_digest", "parameters", "device", "task", "train_samples", "round", "model_version", "checkpoint_federation_id", "resumed", "rss_mb", "accuracy", "loss", "world_size")
     LAYOUT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -293,6 +293,7 @@ class WorkerReady(_message.Message):
     RSS_MB_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     layout_digest: str
     parameters: int
     device: str
@@ -305,7 +306,26 @@ class WorkerReady(_message.Message):
     rss_mb: float
     accuracy: float
     loss: float
-    def __init__(self, layout_digest: _Optional[str] = ..., parameters: _Optional[int] = ..., device: _Optional[str] = ..., task: _Optional[str] = ..., train_samples: _Optional[int] = ..., round: _Optional[int] = ..., model_version: _Optional[int] = ..., checkpoint_federation_id: _Optional[str] = ..., resumed: _Optional[bool] = ..., rss_mb: _Optional[float] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ...) -> None: ...
+    world_size: int
+    def __init__(self, layout_digest: _Optional[str] = ..., parameters: _Optional[int] = ..., device: _Optional[str] = ..., task: _Optional[str] = ..., train_samples: _Optional[int] = ..., round: _Optional[int] = ..., model_version: _Optional[int] = ..., checkpoint_federation_id: _Optional[str] = ..., resumed: _Optional[bool] = ..., rss_mb: _Optional[float] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., world_size: _Optional[int] = ...) -> None: ...
+
+class RankHealth(_message.Message):
+    __slots__ = ("rank", "local_rank", "host", "pid", "state", "heartbeat_age", "rounds")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_RANK_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_AGE_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    local_rank: int
+    host: str
+    pid: int
+    state: str
+    heartbeat_age: float
+    rounds: int
+    def __init__(self, rank: _Optional[int] = ..., local_rank: _Optional[int] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., state: _Optional[str] = ..., heartbeat_age: _Optional[float] = ..., rounds: _Optional[int] = ...) -> None: ...
 
 class WorkerFailed(_message.Message):
     __slots__ = ("exit_code", "message")
@@ -355,23 +375,25 @@ class Contribution(_message.Message):
     def __init__(self, peer_id: _Optional[str] = ..., accepted: _Optional[int] = ..., selected: _Optional[int] = ..., rejected: _Optional[_Mapping[str, int]] = ..., reputation: _Optional[float] = ...) -> None: ...
 
 class SessionState(_message.Message):
-    __slots__ = ("round", "model_version", "expected", "group_id", "members", "contributions")
+    __slots__ = ("round", "model_version", "expected", "group_id", "members", "contributions", "ranks")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_FIELD_NUMBER: _ClassVar[int]
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
     round: int
     model_version: int
     expected: _containers.RepeatedScalarFieldContainer[str]
     group_id: bytes
     members: _containers.RepeatedCompositeFieldContainer[Member]
     contributions: _containers.RepeatedCompositeFieldContainer[Contribution]
-    def __init__(self, round: _Optional[int] = ..., model_version: _Optional[int] = ..., expected: _Optional[_Iterable[str]] = ..., group_id: _Optional[bytes] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., contributions: _Optional[_Iterable[_Union[Contribution, _Mapping]]] = ...) -> None: ...
+    ranks: _containers.RepeatedCompositeFieldContainer[RankHealth]
+    def __init__(self, round: _Optional[int] = ..., model_version: _Optional[int] = ..., expected: _Optional[_Iterable[str]] = ..., group_id: _Optional[bytes] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., contributions: _Optional[_Iterable[_Union[Contribution, _Mapping]]] = ..., ranks: _Optional[_Iterable[_Union[RankHealth, _Mapping]]] = ...) -> None: ...
 
 class RoundDone(_message.Message):
-    __slots__ = ("round", "model_version", "accuracy", "loss", "train_loss", "train_seconds", "round_seconds", "participants", "left_out", "aggregation_seconds", "close_reason", "state", "rss_mb", "federated", "synced", "cpu_seconds", "checkpoint")
+    __slots__ = ("round", "model_version", "accuracy", "loss", "train_loss", "train_seconds", "round_seconds", "participants", "left_out", "aggregation_seconds", "close_reason", "state", "rss_mb", "federated", "synced", "cpu_seconds", "checkpoint", "ranks")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
@@ -389,6 +411,7 @@ class RoundDone(_message.Message):
     SYNCED_FIELD_NUMBER: _ClassVar[int]
     CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
     round: int
     model_version: int
     accuracy: float
@@ -406,7 +429,8 @@ class RoundDone(_message.Message):
     synced: bool
     cpu_seconds: float
     checkpoint: CheckpointHealth
-    def __init__(self, round: _Optional[int] = ..., model_version: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., train_loss: _Optional[float] = ..., train_seconds: _Optional[float] = ..., round_seconds: _Optional[float] = ..., participants: _Optional[int] = ..., left_out: _Optional[int] = ..., aggregation_seconds: _Optional[float] = ..., close_reason: _Optional[str] = ..., state: _Optional[_Union[SessionState, _Mapping]] = ..., rss_mb: _Optional[float] = ..., federated: _Optional[bool] = ..., synced: _Optional[bool] = ..., cpu_seconds: _Optional[float] = ..., checkpoint: _Optional[_Union[CheckpointHealth, _Mapping]] = ...) -> None: ...
+    ranks: _containers.RepeatedCompositeFieldContainer[RankHealth]
+    def __init__(self, round: _Optional[int] = ..., model_version: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., train_loss: _Optional[float] = ..., train_seconds: _Optional[float] = ..., round_seconds: _Optional[float] = ..., participants: _Optional[int] = ..., left_out: _Optional[int] = ..., aggregation_seconds: _Optional[float] = ..., close_reason: _Optional[str] = ..., state: _Optional[_Union[SessionState, _Mapping]] = ..., rss_mb: _Optional[float] = ..., federated: _Optional[bool] = ..., synced: _Optional[bool] = ..., cpu_seconds: _Optional[float] = ..., checkpoint: _Optional[_Union[CheckpointHealth, _Mapping]] = ..., ranks: _Optional[_Iterable[_Union[RankHealth, _Mapping]]] = ...) -> None: ...
 
 class CheckpointHealth(_message.Message):
     __slots__ = ("failures", "failures_total", "error", "written_round")

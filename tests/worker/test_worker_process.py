@@ -50,11 +50,20 @@ def _wait_for_checkpoint(daemon, round_number: int, timeout: float = 60) -> None
         time.sleep(0.05)
 
 
-def _worker_of(daemon) -> int:
-    workers = daemon.children()
-    assert len(workers) == 1, workers
-    assert "fednode.node.worker" in Path(f"/proc/{workers[0]}/cmdline").read_text()
-    return workers[0]
+def _worker_of(daemon, timeout: float = 30.0) -> int:
+    """The daemon's one training worker (a child just forked shows the daemon's command line
+    until it execs: wait for the worker's)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        workers = daemon.children()
+        assert len(workers) == 1, workers
+        try:
+            if "fednode.node.worker" in Path(f"/proc/{workers[0]}/cmdline").read_text():
+                return workers[0]
+        except FileNotFoundError:
+            pass
+        assert time.monotonic() < deadline, f"child {workers[0]} is not a training worker"
+        time.sleep(0.1)
 
 
 def test_kill_9_of_the_daemon_takes_the_worker_with_it(start_daemon) -> None:
