@@ -1,14 +1,20 @@
-"""Bytes per member per round and round times of the all-to-all exchange, simulated at scale.
+"""Bytes per member per round and round times of the all-to-all and butterfly exchanges, simulated at scale.
 
-    python bench/simulate.py                                  # n = 4, 16, 64
+    python bench/simulate.py                                  # n = 4, 16, 64, all-to-all
+    python bench/simulate.py --exchange all_to_all,butterfly  # both, side by side in one run
+    python bench/simulate.py --exchange all_to_all,butterfly --rule multi_krum --f 1 --byzantine 0.25
     python bench/simulate.py --sizes 4,16,64,256 --rounds 4   # 256 takes minutes on 2 cores
     python bench/simulate.py --latency 0.02 --bandwidth 12.5e6 --json
 
 Every member is a real `FederationRunner` (digits task, trainer, aggregator, compressor, as the
 training worker builds them) over one `InMemoryNetwork` in this process
-(fednode.node.federation.simulation, docs/simulation.md). This is the baseline the butterfly
-exchange of issue 21 is measured against: with today's all-to-all exchange every member fetches
-every other member's payload, so a member receives about (n - 1) payloads per round.
+(fednode.node.federation.simulation, docs/simulation.md). With the all-to-all exchange every
+member fetches every other member's payload, so a member receives about (n - 1) payloads per
+round; with the butterfly exchange (docs/butterfly.md) it receives its r = f + 1 owned parts of
+every update, the partials and the m aggregated parts: about (r + 1) payloads whatever n is.
+With --byzantine, that share of the members (the last ones) are lying owners under the butterfly
+exchange (every claim false: honest members recompute their parts and exclude them) and run
+--attack, if given, under both exchanges.
 
 Columns (per member and round, between the close of round 1 and of the last round, mean over
 members; max in brackets):
@@ -45,6 +51,7 @@ from typing import Any
 import torch
 
 from fednode.node.config import FednodeConfig
+from fednode.node.federation.butterfly import OwnerBehaviour
 from fednode.node.federation.simulation import SimulatedFederation
 from fednode.node.mesh import InMemoryNetwork, LinkConditions
 
@@ -66,33 +73,52 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per federation size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object per size instead of a table")
+    parser.add_argument("--exchange", default="all_to_all",
+                        help="exchanges to measure side by side, comma-separated: all_to_all, butterfly")
+    parser.add_argument("--byzantine", type=float, default=0.0, help="share of Byzantine members (e.g. 0.25)")
+    parser.add_argument("--attack", default="", help="update attack of the Byzantine members (e.g. sign_flip)")
     parser.add_argument("--verify-per-member", action="store_true",
                         help="every member verifies every signature itself (default: once per process, see below)")
     args = parser.parse_args(argv)
+    args.exchanges = [e for e in args.exchange.split(",") if e]
+    if not set(args.exchanges) <= {"all_to_all", "butterfly"}:
+        parser.error("--exchange takes all_to_all and/or butterfly")
     if args.rounds < 2:
         parser.error("--rounds must be >= 2 (bytes are measured from the close of round 1)")
     return args
 
 
-def config_for(args: argparse.Namespace, members: int) -> FednodeConfig:
+def config_for(args: argparse.Namespace, members: int, exchange: str = "all_to_all") -> FednodeConfig:
     from fednode.aggregators import build
 
     needed = build(args.rule, f=args.f).minimum_rows()
     hidden = [int(h) for h in args.hidden.split(",") if h]
-    return FednodeConfig.model_validate({
+    # As `fednode launch` derives it: a majority, and at least what the rule needs.
+    min_participants = max(needed, members // 2 + 1 if members > 2 else members)
+    params = {"within_parts": members} if args.rule == "gas" else {}
+    tree: dict[str, Any] = {
         "task": {"params": {"hidden": hidden}},
         "training": {"local_steps": args.local_steps},
-        "aggregation": {"rule": args.rule, "f": args.f},
+        "aggregation": {"rule": args.rule, "f": args.f, "params": params},
         "compression": {"codec": args.codec},
-        # As `fednode launch` derives it: a majority, and at least what the rule needs.
         "federation": {"id": "bench-simulate", "announce_interval": args.announce_interval,
-                       "min_participants": max(needed, members // 2 + 1 if members > 2 else members)},
-    })
+                       "min_participants": min_participants, "exchange": exchange,
+                       # One part per member: each owns about r parts (traffic ~ r x the model).
+                       "butterfly_parts": members},
+    }
+    if args.attack:
+        tree["attack"] = {"name": args.attack}
+    return FednodeConfig.model_validate(tree)
 
 
-async def measure(args: argparse.Namespace, members: int) -> dict[str, Any]:
+async def measure(args: argparse.Namespace, members: int, exchange: str = "all_to_all") -> dict[str, Any]:
     network = InMemoryNetwork(seed=args.seed, conditions=LinkConditions(args.latency, args.bandwidth, args.loss))
-    federation = SimulatedFederation(config_for(args, members), members, network=network, seed=args.seed)
+    byzantine = int(args.byzantine * members)
+    behaviour = OwnerBehaviour(lie=True) if byzantine and exchange == "butterfly" else None
+    if byzantine and behaviour is None and not args.attack:
+        byzantine = 0  # all-to-all has no owners to lie: without --attack the run is clean
+    federation = SimulatedFederation(config_for(args, members, exchange), members, network=network, seed=args.seed,
+                                     byzantine=byzantine, owner_behaviour=behaviour)
     last = args.rounds
     try:
         await federation.start()
@@ -110,10 +136,16 @@ async def measure(args: argparse.Namespace, members: int) -> dict[str, Any]:
             all_in.append((last_mark.bytes_received - first_mark.bytes_received) / span)
             all_out.append((last_mark.bytes_sent - first_mark.bytes_sent) / span)
         round_seconds = [o.round_seconds for m in federation.members for o in m.outcomes if o.round > 1]
-        accuracy = statistics.mean(federation.accuracies())
+        accuracy = statistics.mean(federation.accuracies(federation.honest()))
+        liars = {m.peer_id for m in federation.members if m.byzantine}
+        excluded = [m.runner.butterfly.excluded >= liars if m.runner.butterfly is not None else False
+                    for m in federation.honest()]
+        fallbacks = sum(m.runner.butterfly.fallbacks for m in federation.members if m.runner.butterfly is not None)
     finally:
         await federation.close()
     return {
+        "exchange": exchange, "byzantine": byzantine, "liars_excluded_everywhere": all(excluded) if liars else None,
+        "butterfly_fallbacks": fallbacks,
         "members": members, "rounds": last, "payload_bytes": int(payload),
         "measured_members": len(blob_in),
         "blob_in_per_round": statistics.mean(blob_in), "blob_in_max": max(blob_in),
@@ -147,31 +179,38 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(s) for s in args.sizes.split(",") if s]
     load = os.getloadavg()
     if not args.json:
-        print(f"in-memory mesh, all-to-all exchange: digits MLP 64-{args.hidden.replace(',', '-')}-10, codec "
+        print(f"in-memory mesh, exchanges {', '.join(args.exchanges)}, Byzantine share {args.byzantine} "
+              f"(attack {args.attack or 'none'}; lying owners under butterfly): digits MLP 64-{args.hidden.replace(',', '-')}-10, codec "
               f"{args.codec}, rule {args.rule}, {args.rounds} rounds, latency {args.latency} s, bandwidth "
               f"{args.bandwidth or 'unlimited'}, loss {args.loss}, signatures verified "
               f"{'by every member' if args.verify_per_member else 'once per process'}; load average {load[0]:.1f} at start "
               f"({os.cpu_count()} cores)")
-        print(f"{'n':>4} {'payload KB':>10} {'blob in KB':>18} {'x':>6} {'all in KB':>18} {'all out KB':>18} "
-              f"{'round s':>8} {'wall s':>7} {'cpu s':>7} {'acc':>5} {'rss MB':>7}")
+        print(f"{'exchange':>10} {'n':>4} {'byz':>3} {'payload KB':>10} {'blob in KB':>18} {'x':>6} {'all in KB':>18} {'all out KB':>18} "
+              f"{'round s':>8} {'wall s':>7} {'cpu s':>7} {'acc':>5} {'rss MB':>7} {'excluded':>8}")
     for members in sizes:
-        row = asyncio.run(measure(args, members))
-        if args.json:
-            print(json.dumps(row), flush=True)
-            continue
-        print(f"{members:>4} {row['payload_bytes'] / 1e3:>10.1f} "
-              f"{row['blob_in_per_round'] / 1e3:>9.1f} [{row['blob_in_max'] / 1e3:>6.0f}] "
-              f"{row['blob_in_over_payload']:>6.1f} "
-              f"{row['all_in_per_round'] / 1e3:>9.1f} [{row['all_in_max'] / 1e3:>6.0f}] "
-              f"{row['all_out_per_round'] / 1e3:>9.1f} [{row['all_out_max'] / 1e3:>6.0f}] "
-              f"{row['round_seconds_median']:>8.2f} {row['wall_seconds_per_round']:>7.2f} "
-              f"{row['cpu_seconds_per_round']:>7.2f} "
-              f"{row['accuracy_mean']:>5.2f} {row['peak_rss_mb']:>7.0f}", flush=True)
+        for exchange in args.exchanges:
+            print_row(args, asyncio.run(measure(args, members, exchange)))
     if not args.json:
         load = os.getloadavg()
         print(f"load average {load[0]:.1f} at the end. Bytes: payload bytes only (no daemon/worker link, "
               "no libp2p framing); times: one process doing every member's CPU work.")
     return 0
+
+
+def print_row(args: argparse.Namespace, row: dict[str, Any]) -> None:
+    if args.json:
+        print(json.dumps(row), flush=True)
+        return
+    members = row["members"]
+    excluded = {None: "-", True: "all", False: "NOT ALL"}[row["liars_excluded_everywhere"]]
+    print(f"{row['exchange']:>10} {members:>4} {row['byzantine']:>3} {row['payload_bytes'] / 1e3:>10.1f} "
+          f"{row['blob_in_per_round'] / 1e3:>9.1f} [{row['blob_in_max'] / 1e3:>6.0f}] "
+          f"{row['blob_in_over_payload']:>6.1f} "
+          f"{row['all_in_per_round'] / 1e3:>9.1f} [{row['all_in_max'] / 1e3:>6.0f}] "
+          f"{row['all_out_per_round'] / 1e3:>9.1f} [{row['all_out_max'] / 1e3:>6.0f}] "
+          f"{row['round_seconds_median']:>8.2f} {row['wall_seconds_per_round']:>7.2f} "
+          f"{row['cpu_seconds_per_round']:>7.2f} "
+          f"{row['accuracy_mean']:>5.2f} {row['peak_rss_mb']:>7.0f} {excluded:>8}", flush=True)
 
 
 if __name__ == "__main__":

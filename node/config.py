@@ -285,6 +285,27 @@ class FederationSection(_Section):
         description="also push control messages to directly connected members over the fast path (gossip alone: false)",
     )
     max_clock_skew: float = Field(default=300.0, gt=0, description="accepted difference between a message's clock and ours (s)")
+    # How a sync round's updates travel (docs/butterfly.md).
+    exchange: Literal["all_to_all", "butterfly"] = Field(
+        default="all_to_all",
+        description="all_to_all: every member fetches every update; butterfly: updates cut into parts, each part "
+                    "aggregated by its r owners, traffic per member independent of the federation's size (sync only)",
+    )
+    butterfly_parts: int = Field(
+        default=0, ge=0, le=65_536,
+        description="butterfly: parts every update is cut into, the same on every member; 0 = min_participants",
+    )
+    butterfly_replicas: int = Field(
+        default=0, ge=0, le=1_000, description="butterfly: owners per part; 0 = aggregation.f + 1",
+    )
+    butterfly_grace: float = Field(
+        default=1.0, ge=0.0, le=600.0,
+        description="butterfly: seconds an owner's claim is waited for after the first claim of its part",
+    )
+    butterfly_timeout: float = Field(
+        default=60.0, gt=0.0, le=3_600.0,
+        description="butterfly: seconds any one wait of the exchange may take before the round is aggregated all-to-all",
+    )
     # FedCompass (schedule = "fedcompass"); see docs/fedcompass.md and fednode.node.scheduler.fedcompass.
     q_min: int = Field(default=20, ge=1, le=1_000_000, description="fedcompass: fewest local steps a peer is given")
     q_max: int = Field(default=100, ge=1, le=1_000_000, description="fedcompass: most local steps a peer is given")
@@ -485,6 +506,20 @@ class FednodeConfig(BaseModel):
             if key not in table.model_fields_set:
                 setattr(table, key, value)
                 table.model_fields_set.discard(key)  # still the preset's, not the user's
+        return self
+
+    @model_validator(mode="after")
+    def _check_exchange(self) -> FednodeConfig:
+        """The butterfly exchange runs sync rounds, and GAS must draw its splits inside its parts."""
+        federation = self.federation
+        if federation.exchange != "butterfly":
+            return self
+        if federation.schedule != "sync":
+            raise ValueError('federation.exchange = "butterfly" runs with federation.schedule = "sync" only')
+        parts = federation.butterfly_parts or federation.min_participants
+        if self.aggregation.rule == "gas" and self.aggregation.params.get("within_parts") != parts:
+            raise ValueError(f'aggregation rule "gas" over the butterfly exchange needs aggregation.params.within_parts '
+                             f'= {parts} (federation.butterfly_parts, else min_participants)')
         return self
 
 

@@ -162,7 +162,7 @@ class ControlValidator:
 
             self.policy.verify(
                 self.federation_id, opened.sender_public_key, opened.certificate,
-                roles={CONTRIBUTOR} if body in ("update", "schedule", "group", "manifest") else None,
+                roles={CONTRIBUTOR} if body in ("update", "schedule", "group", "manifest", "butterfly") else None,
             )
             if body == "revocation":
                 from fednode.node.membership import verify_revocation

@@ -41,6 +41,12 @@ from fednode.node.compression import (
 from fednode.node.envelope import Rejected, RejectReason, reason_name, seal
 from fednode.node.errors import NetworkError
 from fednode.node.federation.attacker import WAIT_SHARE, Attacker
+from fednode.node.federation.butterfly import (
+    ButterflyConfig,
+    ButterflyExchange,
+    ButterflyFailed,
+    OwnerBehaviour,
+)
 from fednode.node.federation.outer import (
     OuterConfig,
     OuterStateError,
@@ -241,6 +247,8 @@ class FederationRunner:
         alone_timeout: float = 0.0,
         on_synced: Callable[[], None] | None = None,
         outer: OuterConfig | None = None,
+        butterfly: ButterflyConfig | None = None,
+        owner_behaviour: OwnerBehaviour | None = None,
     ) -> None:
         self.federation_id = federation_id
         self.identity = identity
@@ -285,6 +293,14 @@ class FederationRunner:
         )
         self.rounds = SyncRound(self.peer_id, policy)
         self.book = UpdateBook()
+        # federation.exchange = "butterfly": updates travel as parts to their owners
+        # (fednode.node.federation.butterfly); None = all-to-all. Headers of a round's updates
+        # (the round's roster) are kept here instead of fetched payloads.
+        self.butterfly = None if butterfly is None else ButterflyExchange(
+            peer_id=self.peer_id, federation_id=federation_id, numel=layout.numel, config=butterfly,
+            transport=_ButterflyLink(self), on_event=self.on_event, behaviour=owner_behaviour,
+        )
+        self._part_headers: dict[int, dict[str, model_pb2.UpdateHeader]] = {}
         self.limits = DecodeLimits(max_numel=layout.numel)
         self.max_payload_bytes = 8 * layout.numel + 4096  # fp32 + headroom; larger is refused unread
         self.max_snapshot_bytes = self.max_payload_bytes + self.outer.state_bytes(layout.numel)
@@ -488,8 +504,8 @@ class FederationRunner:
         loop = asyncio.get_running_loop()
         started = loop.time()
         self.rounds.start(number, started, self._last_train_seconds)
-        for sender in self.book.senders(number):
-            # Arrived before we started: count as on time.
+        for sender in self.book.senders(number) | set(self._part_headers.get(number, {})):
+            # Arrived before we started (butterfly: its header did): count as on time.
             self.rounds.record(sender, started, number, revive=not self._left(sender))
         base = flatten_parameters(self.model)
         if self._published is not None and self._published[0] == number:
@@ -576,27 +592,12 @@ class FederationRunner:
         self, number: int, base: torch.Tensor, train: TrainResult, started: float, close_reason: str
     ) -> RoundOutcome:
         loop = asyncio.get_running_loop()
-        updates = self.book.for_round(number)
-        senders = sorted(updates)  # canonical order: every peer stacks rows identically
-        rows = torch.stack([updates[s].delta for s in senders])
-        seed = round_seed(self.federation_id, number)
         agg_started = time.perf_counter()
-        kwargs: dict[str, Any] = {"seed": seed}
-        if self.aggregator.name == "centered_clipping":
-            kwargs["center"] = self.aggregator_center
-        try:
-            rule = self._rule_for(number, len(senders))
-            try:
-                result = await asyncio.to_thread(rule, rows, **kwargs)
-            except PreconditionError as exc:
-                if not exc.rejected:
-                    raise
-                # The rule itself dropped rows (absurd norms): their senders are faulty too.
-                rule = self._rule_for(number, len(senders) - exc.rejected)
-                result = await asyncio.to_thread(rule, rows, **kwargs)
-        except AggregationError as exc:
-            log.error("round %d: aggregation failed (%s); keeping the model unchanged", number, exc)
-            result = None
+        outcome = await self._aggregate_by_parts(number) if self.butterfly is not None else None
+        if outcome is not None:
+            senders, result, hashes = outcome
+        else:
+            senders, result, hashes = await self._aggregate_all_to_all(number)
         aggregation_seconds = time.perf_counter() - agg_started
         selected: list[str] = []
         dropped: list[str] = []
@@ -617,7 +618,7 @@ class FederationRunner:
             for index, sender in enumerate(senders):
                 self.on_event(
                     "update_aggregated", peer_id=sender, round=number,
-                    payload_sha256=bytes(updates[sender].header.payload_sha256), selected=sender in selected,
+                    payload_sha256=hashes[sender], selected=sender in selected,
                     score=float(result.scores[index]) if result.scores is not None else None,
                     reason="" if sender in selected else "aggregator_outlier",
                 )
@@ -626,6 +627,9 @@ class FederationRunner:
         self.round = number
         self.model_version += 1
         self.book.prune(number)
+        if self.butterfly is not None:
+            self.butterfly.finish(number)
+            self._part_headers = {n: h for n, h in self._part_headers.items() if n > number}
         self._refresh_snapshot()
         self._wakeup.set()
         return RoundOutcome(
@@ -639,6 +643,57 @@ class FederationRunner:
             round_seconds=loop.time() - started,
             close_reason=close_reason,
         )
+
+    async def _aggregate_all_to_all(self, number: int) -> tuple[list[str], AggregationResult | None, dict[str, bytes]]:
+        """The rule over every update of the round (canonical order), each fetched whole."""
+        updates = self.book.for_round(number)
+        senders = sorted(updates)  # canonical order: every peer stacks rows identically
+        hashes = {s: bytes(updates[s].header.payload_sha256) for s in senders}
+        rows = torch.stack([updates[s].delta for s in senders])
+        kwargs: dict[str, Any] = {"seed": round_seed(self.federation_id, number)}
+        if self.aggregator.name == "centered_clipping":
+            kwargs["center"] = self.aggregator_center
+        try:
+            rule = self._rule_for(number, len(senders))
+            try:
+                result = await asyncio.to_thread(rule, rows, **kwargs)
+            except PreconditionError as exc:
+                if not exc.rejected:
+                    raise
+                # The rule itself dropped rows (absurd norms): their senders are faulty too.
+                rule = self._rule_for(number, len(senders) - exc.rejected)
+                result = await asyncio.to_thread(rule, rows, **kwargs)
+        except AggregationError as exc:
+            log.error("round %d: aggregation failed (%s); keeping the model unchanged", number, exc)
+            result = None
+        return senders, result, hashes
+
+    async def _aggregate_by_parts(self, number: int) -> tuple[list[str], AggregationResult | None, dict[str, bytes]] | None:
+        """The butterfly exchange of round `number` over the headers that closed it; None when
+        it cannot complete (then the round is aggregated all-to-all, after fetching every
+        update of the roster whole)."""
+        assert self.butterfly is not None
+        headers = {s: h for s, h in self._part_headers.get(number, {}).items() if s not in self.butterfly.excluded}
+        own = self._published[1].header if self._published is not None and self._published[0] == number else None
+        if own is not None:
+            headers[self.peer_id] = own
+        hashes = {s: bytes(h.payload_sha256) for s, h in headers.items()}
+        try:
+            rule = self._rule_for(number, len(headers))
+            outcome = await self.butterfly.aggregate(
+                number, headers, rule, seed=round_seed(self.federation_id, number),
+                center=self.aggregator_center if self.aggregator.name == "centered_clipping" else None)
+            return outcome.roster, outcome.result, hashes
+        except ButterflyFailed as exc:
+            self.butterfly.fallbacks += 1
+            log.warning("round %d: butterfly exchange did not complete (%s); aggregating all-to-all", number, exc,
+                        extra={"event": "butterfly_fallback", "round": number})
+        except AggregationError as exc:
+            log.error("round %d: aggregation failed (%s); keeping the model unchanged", number, exc)
+            return sorted(headers), None, hashes
+        missing = [s for s in sorted(headers) if s != self.peer_id and s not in self.book.senders(number)]
+        await asyncio.gather(*(self._obtain_update(s, headers[s]) for s in missing))
+        return None
 
     def _rule_for(self, number: int, valid: int) -> Aggregator:
         """The rule told to tolerate as many Byzantine rows as `valid` rows allow, at most f
@@ -713,7 +768,12 @@ class FederationRunner:
             seconds_per_step=train.seconds_per_step,
             outer_digest=self.validator.outer_digest,
         )
-        if len(data) <= MAX_INLINE_PAYLOAD:
+        if self.butterfly is not None and not group_id:
+            # Parts go to their owners; the whole payload is only served (for a round that falls
+            # back to all-to-all), never inlined: every member would receive it with the header.
+            header.parts_root, header.parts = self.butterfly.publish(number, decoded)
+            self._serve(digest, data)
+        elif len(data) <= MAX_INLINE_PAYLOAD:
             header.inline_payload = data
         else:
             self._serve(digest, data)
@@ -1006,6 +1066,9 @@ class FederationRunner:
             self.on_event("leave", peer_id=valid.sender, detail=message.departure.reason)
         elif body == "revocation":
             self.on_event("revocation", revocation=message.revocation, peer_id=valid.sender)
+        elif body == "butterfly" and self.butterfly is not None:
+            self.butterfly.on_message(valid.sender, message.butterfly, data)
+            self._wakeup.set()
         self._on_control(valid)
 
     def _check_isolation(self, number: int) -> None:
@@ -1118,7 +1181,24 @@ class FederationRunner:
             self._reject(sender, Rejected(RejectReason.REJECT_STALE, f"update for closed round {header.round}"), header)
             return
         self.rounds.note_member(sender, asyncio.get_running_loop().time())
+        if self.butterfly is not None and not header.group_id:
+            self._on_part_header(sender, header)
+            return
         self._spawn(self._obtain_update(sender, header), f"update-{sender[-6:]}-{header.round}")
+
+    def _on_part_header(self, sender: str, header: model_pb2.UpdateHeader) -> None:
+        """Butterfly: the header itself puts its sender in the round (its parts go to owners)."""
+        assert self.butterfly is not None
+        problem = self.butterfly.header_problem(header)
+        if problem is not None:
+            self._reject(sender, Rejected(RejectReason.REJECT_SETTINGS_MISMATCH, problem), header)
+            self._refused(sender, header.round)
+            return
+        self._part_headers.setdefault(header.round, {})[sender] = header
+        self.contributions.setdefault(sender, PeerContribution()).accepted += 1
+        self.on_event("update_accepted", peer_id=sender, round=header.round, payload_sha256=bytes(header.payload_sha256))
+        self.rounds.record(sender, asyncio.get_running_loop().time(), header.round, revive=not self._left(sender))
+        self._wakeup.set()
 
     async def _obtain_update(self, sender: str, header: model_pb2.UpdateHeader) -> None:
         delta = await self._receive_payload(sender, header)
@@ -1410,3 +1490,33 @@ def raw_float32_payload(vector: torch.Tensor) -> tensor_pb2.TensorPayload:
     )
 
 
+class _ButterflyLink:
+    """The runner as the butterfly exchange's transport: signed messages (pushed to named
+    owners, or to everyone like any control message) and blobs on the runner's mesh."""
+
+    def __init__(self, runner: FederationRunner) -> None:
+        self.runner = runner
+
+    async def send(self, message: control_pb2.ButterflyMessage, to: Any) -> None:
+        runner = self.runner
+        control = control_pb2.ControlMessage(butterfly=message)
+        if to is None:
+            await runner._publish(control)
+            return
+        control.federation_id = runner.federation_id
+        control.sent_unix_ms = now_ms()
+        data = seal(runner.identity, control, runner.certificate)
+        runner._remember_envelope(hashlib.sha256(data).digest(), _VIA_BOTH, runner.peer_id)
+        targets = list(to)
+        delivered = await runner._push(data, targets) if runner.push else []
+        if not set(delivered) >= set(targets):
+            await runner._gossip(data)  # an owner we hold no connection to hears it by gossip
+
+    def serve(self, digest: bytes, data: bytes) -> None:
+        self.runner.mesh.serve_blob(digest, data)
+
+    def unserve(self, digest: bytes) -> None:
+        self.runner.mesh.unserve_blob(digest)
+
+    async def fetch(self, digest: bytes, providers: Any, max_size: int) -> bytes | bytearray:
+        return await self.runner.mesh.fetch_blob(digest, list(providers), max_size=max_size)

@@ -36,6 +36,7 @@ from fednode.aggregators import build as build_aggregator
 from fednode.node.compression import UpdateCompressor, build_codec
 from fednode.node.config import FednodeConfig
 from fednode.node.federation.attacker import build_attacker
+from fednode.node.federation.butterfly import OwnerBehaviour, butterfly_config
 from fednode.node.federation.runner import FederationRunner, RoundOutcome
 from fednode.node.identity import Identity
 from fednode.node.mesh.memory import InMemoryMesh, InMemoryNetwork, Traffic
@@ -90,7 +91,8 @@ def member_identity(seed: int, index: int) -> Identity:
 class SimulatedFederation:
     """`members` runners over one in-memory network; see the module docstring.
 
-    The last `byzantine` members run ``config.attack`` (as ``fednode launch --byzantine`` does).
+    The last `byzantine` members run ``config.attack`` (as ``fednode launch --byzantine`` does)
+    and, with the butterfly exchange, `owner_behaviour` as owners (lying or silent owners).
     Members train on ``shards`` Dirichlet shards of the task's data (default: one per member, at
     most 64, so digits' 1,437 training examples give every shard ten or more); member i uses
     shard i mod shards. ``slowdowns[i mod len]`` sets each member's training slowdown.
@@ -106,12 +108,13 @@ class SimulatedFederation:
         shards: int | None = None,
         slowdowns: Sequence[float] = (),
         seed: int = 0,
+        owner_behaviour: OwnerBehaviour | None = None,
     ) -> None:
         if members < 1:
             raise ValueError("a federation needs at least one member")
         if not 0 <= byzantine <= members:
             raise ValueError(f"byzantine must be in 0..{members}")
-        if byzantine and not config.attack.name:
+        if byzantine and not config.attack.name and owner_behaviour is None:
             raise ValueError("byzantine members need an attack: set attack.name")
         self.config = config
         self.federation_id = config.federation.id or DEFAULT_FEDERATION_ID
@@ -121,6 +124,7 @@ class SimulatedFederation:
         self._progress = asyncio.Event()
         self._runs: list[asyncio.Task[None]] = []
         self._target_round = 0
+        self.owner_behaviour = owner_behaviour  # how Byzantine members misbehave as butterfly owners
         for index in range(members):
             slowdown = slowdowns[index % len(slowdowns)] if slowdowns else None
             self.members.append(self._build_member(index, index >= members - byzantine, seed, slowdown))
@@ -148,7 +152,7 @@ class SimulatedFederation:
         shard = index % self.shards
         task = load_task(task_cfg.name, TaskContext(shard, self.shards, task_cfg.seed), dict(task_cfg.params))
         attack = (build_attacker(config.attack.name, dict(config.attack.params), config.attack.timing,
-                                 list(config.attack.colluders)) if byzantine else None)
+                                 list(config.attack.colluders)) if byzantine and config.attack.name else None)
         if attack is not None and attack.kind == "data":
             labels = getattr(task.train_data, "labels", None)
             if not isinstance(labels, torch.Tensor):
@@ -195,7 +199,8 @@ class SimulatedFederation:
             policy=SyncPolicy(min_participants=federation.min_participants),
             announce_interval=federation.announce_interval, max_clock_skew=federation.max_clock_skew,
             stop=stop, push=federation.push, attack=attack, on_round=on_round, display_name=f"member-{index}",
-            on_event=on_event, outer=config.aggregation.outer_config(), **options,
+            on_event=on_event, outer=config.aggregation.outer_config(), butterfly=butterfly_config(federation),
+            owner_behaviour=self.owner_behaviour if byzantine else None, **options,
         )
         member = SimulatedMember(index, identity, mesh, runner, trainer, task, byzantine, stop)
         member_box.append(member)

@@ -405,6 +405,7 @@ class TrainingWorker:
 
     async def _run_federated(self, start: worker_pb2.StartSession, started: asyncio.Future[None],
                              ended: worker_pb2.SessionEnded) -> None:
+        from fednode.node.federation.butterfly import butterfly_config
         from fednode.node.federation.runner import FederationRunner
         from fednode.node.scheduler import SyncPolicy
 
@@ -444,7 +445,8 @@ class TrainingWorker:
             max_clock_skew=federation.max_clock_skew, stop=self.session_stop, attack=self.attack,
             on_round=self._on_federated_round, display_name=start.display_name, trust=trust,
             certificate=start.certificate if start.HasField("certificate") else None,
-            on_event=self._forward_event, alone_timeout=federation.alone_timeout, outer=settings["outer"], **options,
+            on_event=self._forward_event, alone_timeout=federation.alone_timeout, outer=settings["outer"],
+            butterfly=butterfly_config(federation) if settings["schedule"] == "sync" else None, **options,
             # FedCompass keeps its own model state (master copy, schedule): it checkpoints after
             # its aggregations only.
             on_synced=self._on_synced if settings["schedule"] == "sync" else None,

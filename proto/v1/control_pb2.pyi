@@ -107,8 +107,79 @@ class SnapshotOffer(_message.Message):
     header: _model_pb2.SnapshotHeader
     def __init__(self, header: _Optional[_Union[_model_pb2.SnapshotHeader, _Mapping]] = ...) -> None: ...
 
+class PartOffer(_message.Message):
+    __slots__ = ("round", "parts_root", "entries", "roster_sha256")
+    class Entry(_message.Message):
+        __slots__ = ("part", "part_sha256", "proof")
+        PART_FIELD_NUMBER: _ClassVar[int]
+        PART_SHA256_FIELD_NUMBER: _ClassVar[int]
+        PROOF_FIELD_NUMBER: _ClassVar[int]
+        part: int
+        part_sha256: bytes
+        proof: _containers.RepeatedScalarFieldContainer[bytes]
+        def __init__(self, part: _Optional[int] = ..., part_sha256: _Optional[bytes] = ..., proof: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    PARTS_ROOT_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    ROSTER_SHA256_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    parts_root: bytes
+    entries: _containers.RepeatedCompositeFieldContainer[PartOffer.Entry]
+    roster_sha256: bytes
+    def __init__(self, round: _Optional[int] = ..., parts_root: _Optional[bytes] = ..., entries: _Optional[_Iterable[_Union[PartOffer.Entry, _Mapping]]] = ..., roster_sha256: _Optional[bytes] = ...) -> None: ...
+
+class PartInputs(_message.Message):
+    __slots__ = ("round", "part", "entries")
+    class Entry(_message.Message):
+        __slots__ = ("sender_peer_id", "part_sha256", "proof")
+        SENDER_PEER_ID_FIELD_NUMBER: _ClassVar[int]
+        PART_SHA256_FIELD_NUMBER: _ClassVar[int]
+        PROOF_FIELD_NUMBER: _ClassVar[int]
+        sender_peer_id: str
+        part_sha256: bytes
+        proof: _containers.RepeatedScalarFieldContainer[bytes]
+        def __init__(self, sender_peer_id: _Optional[str] = ..., part_sha256: _Optional[bytes] = ..., proof: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    part: int
+    entries: _containers.RepeatedCompositeFieldContainer[PartInputs.Entry]
+    def __init__(self, round: _Optional[int] = ..., part: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[PartInputs.Entry, _Mapping]]] = ...) -> None: ...
+
+class OwnerClaim(_message.Message):
+    __slots__ = ("round", "step", "roster_sha256", "entries")
+    class Entry(_message.Message):
+        __slots__ = ("part", "inputs_sha256", "partial_sha256", "result_sha256")
+        PART_FIELD_NUMBER: _ClassVar[int]
+        INPUTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+        PARTIAL_SHA256_FIELD_NUMBER: _ClassVar[int]
+        RESULT_SHA256_FIELD_NUMBER: _ClassVar[int]
+        part: int
+        inputs_sha256: bytes
+        partial_sha256: bytes
+        result_sha256: bytes
+        def __init__(self, part: _Optional[int] = ..., inputs_sha256: _Optional[bytes] = ..., partial_sha256: _Optional[bytes] = ..., result_sha256: _Optional[bytes] = ...) -> None: ...
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    ROSTER_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    step: int
+    roster_sha256: bytes
+    entries: _containers.RepeatedCompositeFieldContainer[OwnerClaim.Entry]
+    def __init__(self, round: _Optional[int] = ..., step: _Optional[int] = ..., roster_sha256: _Optional[bytes] = ..., entries: _Optional[_Iterable[_Union[OwnerClaim.Entry, _Mapping]]] = ...) -> None: ...
+
+class ButterflyMessage(_message.Message):
+    __slots__ = ("offer", "claim")
+    OFFER_FIELD_NUMBER: _ClassVar[int]
+    CLAIM_FIELD_NUMBER: _ClassVar[int]
+    offer: PartOffer
+    claim: OwnerClaim
+    def __init__(self, offer: _Optional[_Union[PartOffer, _Mapping]] = ..., claim: _Optional[_Union[OwnerClaim, _Mapping]] = ...) -> None: ...
+
 class ControlMessage(_message.Message):
-    __slots__ = ("federation_id", "sent_unix_ms", "announcement", "update", "schedule", "group", "manifest", "snapshot", "departure", "revocation")
+    __slots__ = ("federation_id", "sent_unix_ms", "announcement", "update", "schedule", "group", "manifest", "snapshot", "departure", "revocation", "butterfly")
     FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
     SENT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     ANNOUNCEMENT_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +190,7 @@ class ControlMessage(_message.Message):
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     DEPARTURE_FIELD_NUMBER: _ClassVar[int]
     REVOCATION_FIELD_NUMBER: _ClassVar[int]
+    BUTTERFLY_FIELD_NUMBER: _ClassVar[int]
     federation_id: str
     sent_unix_ms: int
     announcement: PeerAnnouncement
@@ -129,4 +201,5 @@ class ControlMessage(_message.Message):
     snapshot: SnapshotOffer
     departure: Departure
     revocation: _membership_pb2.Revocation
-    def __init__(self, federation_id: _Optional[str] = ..., sent_unix_ms: _Optional[int] = ..., announcement: _Optional[_Union[PeerAnnouncement, _Mapping]] = ..., update: _Optional[_Union[_model_pb2.UpdateHeader, _Mapping]] = ..., schedule: _Optional[_Union[ScheduleReport, _Mapping]] = ..., group: _Optional[_Union[GroupRecord, _Mapping]] = ..., manifest: _Optional[_Union[AggregationManifest, _Mapping]] = ..., snapshot: _Optional[_Union[SnapshotOffer, _Mapping]] = ..., departure: _Optional[_Union[Departure, _Mapping]] = ..., revocation: _Optional[_Union[_membership_pb2.Revocation, _Mapping]] = ...) -> None: ...
+    butterfly: ButterflyMessage
+    def __init__(self, federation_id: _Optional[str] = ..., sent_unix_ms: _Optional[int] = ..., announcement: _Optional[_Union[PeerAnnouncement, _Mapping]] = ..., update: _Optional[_Union[_model_pb2.UpdateHeader, _Mapping]] = ..., schedule: _Optional[_Union[ScheduleReport, _Mapping]] = ..., group: _Optional[_Union[GroupRecord, _Mapping]] = ..., manifest: _Optional[_Union[AggregationManifest, _Mapping]] = ..., snapshot: _Optional[_Union[SnapshotOffer, _Mapping]] = ..., departure: _Optional[_Union[Departure, _Mapping]] = ..., revocation: _Optional[_Union[_membership_pb2.Revocation, _Mapping]] = ..., butterfly: _Optional[_Union[ButterflyMessage, _Mapping]] = ...) -> None: ...

@@ -27,7 +27,7 @@ class ModelLayout(_message.Message):
     def __init__(self, parameters: _Optional[_Iterable[_Union[ModelLayout.Parameter, _Mapping]]] = ..., numel: _Optional[int] = ..., digest: _Optional[str] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
-    __slots__ = ("federation_id", "sender_peer_id", "round", "group_id", "base_model_version", "layout_digest", "payload_sha256", "payload_size", "codec", "num_samples", "local_steps", "train_loss", "created_unix_ms", "seconds_per_step", "inline_payload", "outer_digest")
+    __slots__ = ("federation_id", "sender_peer_id", "round", "group_id", "base_model_version", "layout_digest", "payload_sha256", "payload_size", "codec", "num_samples", "local_steps", "train_loss", "created_unix_ms", "seconds_per_step", "inline_payload", "outer_digest", "parts_root", "parts")
     FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
     SENDER_PEER_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,8 @@ class UpdateHeader(_message.Message):
     SECONDS_PER_STEP_FIELD_NUMBER: _ClassVar[int]
     INLINE_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     OUTER_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PARTS_ROOT_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
     federation_id: str
     sender_peer_id: str
     round: int
@@ -60,7 +62,9 @@ class UpdateHeader(_message.Message):
     seconds_per_step: float
     inline_payload: bytes
     outer_digest: str
-    def __init__(self, federation_id: _Optional[str] = ..., sender_peer_id: _Optional[str] = ..., round: _Optional[int] = ..., group_id: _Optional[bytes] = ..., base_model_version: _Optional[int] = ..., layout_digest: _Optional[str] = ..., payload_sha256: _Optional[bytes] = ..., payload_size: _Optional[int] = ..., codec: _Optional[_Union[_tensor_pb2.Codec, str]] = ..., num_samples: _Optional[int] = ..., local_steps: _Optional[int] = ..., train_loss: _Optional[float] = ..., created_unix_ms: _Optional[int] = ..., seconds_per_step: _Optional[float] = ..., inline_payload: _Optional[bytes] = ..., outer_digest: _Optional[str] = ...) -> None: ...
+    parts_root: bytes
+    parts: int
+    def __init__(self, federation_id: _Optional[str] = ..., sender_peer_id: _Optional[str] = ..., round: _Optional[int] = ..., group_id: _Optional[bytes] = ..., base_model_version: _Optional[int] = ..., layout_digest: _Optional[str] = ..., payload_sha256: _Optional[bytes] = ..., payload_size: _Optional[int] = ..., codec: _Optional[_Union[_tensor_pb2.Codec, str]] = ..., num_samples: _Optional[int] = ..., local_steps: _Optional[int] = ..., train_loss: _Optional[float] = ..., created_unix_ms: _Optional[int] = ..., seconds_per_step: _Optional[float] = ..., inline_payload: _Optional[bytes] = ..., outer_digest: _Optional[str] = ..., parts_root: _Optional[bytes] = ..., parts: _Optional[int] = ...) -> None: ...
 
 class SnapshotHeader(_message.Message):
     __slots__ = ("federation_id", "model_version", "round", "layout_digest", "payload_sha256", "payload_size", "state_sha256", "state_size", "created_unix_ms", "applied_groups", "outer_digest")
