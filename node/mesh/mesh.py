@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from fednode.proto.v1 import transfer_pb2
@@ -483,7 +483,7 @@ class Mesh:
 
     # ------------------------------------------------------------------ requests
 
-    def set_request_handler(self, handler: Callable[[str, bytes, str], Awaitable[bytes]] | None) -> None:
+    def set_request_handler(self, handler: Callable[[str, bytes, str], Coroutine[Any, Any, bytes]] | None) -> None:
         """Answer /fednode/request/1.0.0 requests: ``await handler(kind, data, from_peer) -> bytes``
         runs on this event loop; raising an exception sends the peer its message as a refusal.
         One handler per node (it dispatches on ``kind``); requests are at most 1 MiB."""

@@ -12,7 +12,6 @@ it exits when the daemon says so or the link closes (the daemon died).
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import io
 import json
 import logging
@@ -37,6 +36,7 @@ from fednode.node.errors import ConfigError, ExitCode, FednodeError, TaskError
 from fednode.node.identity import identity_path, load_identity
 from fednode.node.logs import current_rss_mb
 from fednode.node.model import assign_parameters, flatten_parameters, model_layout
+from fednode.node.parent_death import die_with_parent
 from fednode.node.tasks import TaskContext, load_task
 from fednode.node.trainer import LocalTrainer, resolve_device, resolve_inner_optimizer
 from fednode.node.worker.link import Link
@@ -617,15 +617,6 @@ class TrainingWorker:
         return self.checkpoint_health.error or "the final checkpoint could not be written"
 
 
-def _die_with_parent() -> None:
-    """SIGKILL this process when the daemon dies, even by kill -9 (Linux): a worker left behind
-    would keep writing checkpoints into a state dir a new daemon may be using."""
-    with suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
 async def serve(link_fd: int) -> int:
     """Run the worker until the daemon shuts it down or goes away; returns the exit code."""
     from fednode.node.logs import configure_logging, log_task_stacks
@@ -647,7 +638,8 @@ async def serve(link_fd: int) -> int:
 
     link = await Link.over_socket(sock, handle, "training worker")
     reading = asyncio.ensure_future(link.run())
-    done, _ = await asyncio.wait({configure_frame, reading}, return_when=asyncio.FIRST_COMPLETED)
+    first: set[asyncio.Future[Any]] = {configure_frame, reading}
+    done, _ = await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
     if configure_frame not in done:
         return int(ExitCode.INTERNAL)  # the daemon went away before configuring us
     config = FednodeConfig.model_validate_json(configure_frame.result().config_json)
@@ -679,7 +671,8 @@ def main(argv: list[str] | None = None) -> int:
                                      description="fednode's training worker (started by `fednode start`)")
     parser.add_argument("--link-fd", type=int, required=True, help="inherited socket to the daemon")
     args = parser.parse_args(argv)
-    _die_with_parent()
+    if not die_with_parent(signal.SIGKILL):  # the daemon's death also closes the link: we stop on EOF
+        log.debug("PR_SET_PDEATHSIG unavailable; the worker stops when its link to the daemon closes")
     # Ctrl-C reaches the whole process group; the daemon decides how the worker stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -105,14 +105,15 @@ class WorkerProcess:
         self._reading = asyncio.ensure_future(self._read_until_closed())
         self.link.notify("configure", worker_pb2.Configure(config_json=self._config_json))
         try:
-            self.ready = await asyncio.wait_for(asyncio.shield(self._ready), WORKER_START_TIMEOUT)
+            ready = await asyncio.wait_for(asyncio.shield(self._ready), WORKER_START_TIMEOUT)
         except asyncio.TimeoutError:
             await self.kill()
             raise WorkerError(f"the training worker did not start within {WORKER_START_TIMEOUT:.0f} s") from None
         except BaseException:
             await self.kill()
             raise
-        return self.ready
+        self.ready = ready
+        return ready
 
     async def _read_until_closed(self) -> None:
         assert self.link is not None and self.process is not None

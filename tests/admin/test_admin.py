@@ -125,7 +125,7 @@ def test_create_invite_join_train_leave_with_json_everywhere(start_daemon, cli) 
     # The owner received the departure: it no longer waits for the joiner.
     wait_until(lambda: joiner_status["peer_id"] not in participants(cli, owner, federation_id), what="departure seen")
     stop = json_of(cli, "stop", "--state-dir", str(owner.state_dir))
-    assert stop == {"stopping": True}
+    assert stop == {"stopping": True, "stopped": False}  # without --wait: asked, not yet stopped
     assert owner.wait(timeout=60) == 0
     no_daemon = cli("status", "--state-dir", str(owner.state_dir))
     assert no_daemon.returncode == ExitCode.NO_DAEMON and "fednode start" in no_daemon.stderr
