@@ -509,13 +509,14 @@ class Daemon:
         return FederationSession(federation_id, self._descriptor_settings(state.descriptor),
                                  certificate=state.certificate, certified=True, private=state.descriptor.private)
 
-    async def check_aggregation(self, rule: str, params: dict[str, Any], min_participants: int, codec: str) -> None:
-        """Raise ValueError when a federation's rule cannot work with its minimum participants,
-        or its codec is unknown."""
+    async def check_aggregation(self, rule: str, params: dict[str, Any], min_participants: int, codec: str,
+                                schedule: str = "sync") -> None:
+        """Raise ValueError when a federation's rule cannot work with its schedule and minimum
+        participants, or its codec is unknown."""
         params = dict(params)
         f = int(params.pop("f", 0))
         same_codec = codec == self.config.compression.codec
-        settings = FederationSettings(rule, params, f, "sync", min_participants, codec,
+        settings = FederationSettings(rule, params, f, schedule, min_participants, codec,
                                       dict(self.config.compression.params) if same_codec else {})
         await (await self.running_worker()).check_settings(settings)
 
@@ -573,9 +574,11 @@ class Daemon:
                 await self._start_services()
                 self.setup()
                 if self.role == "bootstrap":
+                    self._label_and_restore_metrics()
                     await self._run_bootstrap()
                 else:
                     await self._start_worker_and_mesh()
+                    self._label_and_restore_metrics()
                     await self._run_sessions()
                 await self._finish()
             finally:
@@ -693,15 +696,16 @@ class Daemon:
             self.admin = None
             raise ConfigError(f"admin API: {exc.message}") from exc
         if self.config.metrics.port >= 0:
-            self.metrics = NodeMetrics()
-            self._label_and_restore_metrics(self.metrics)
+            self.metrics = NodeMetrics()  # labelled once the identity and the worker are known
             port = self.metrics.serve(self.config.metrics.host, self.config.metrics.port)
             log.info("metrics on http://%s:%d/metrics", self.config.metrics.host, port,
                      extra={"event": "metrics", "port": port})
 
-    def _label_and_restore_metrics(self, metrics: Any) -> None:
+    def _label_and_restore_metrics(self) -> None:
         """fednode_node_info's labels, and the gauges of the checkpoint this node resumed from."""
-        summary = self.summary
+        metrics, summary = self.metrics, self.summary
+        if metrics is None:
+            return
         assert self.identity is not None and summary is not None
         metrics.set_identity(version=__version__, peer_id=self.identity.peer_id, device=summary.device,
                              task=summary.task, display_name=self.display_name)

@@ -633,6 +633,8 @@ async def serve(link_fd: int) -> int:
                 configure_frame.set_result(frame.configure)
             return None
         if worker is None:
+            if frame.WhichOneof("body") == "stop_session":
+                return None  # no session runs yet: nothing to stop (the daemon's shutdown follows)
             raise ValueError("the training worker is still starting")
         return await worker.handle(frame)
 

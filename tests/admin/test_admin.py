@@ -53,9 +53,10 @@ def admin_up(cli, daemon) -> dict:
         if daemon.process.poll() is not None:
             raise AssertionError(f"daemon exited:\n{daemon.log()[-3000:]}")
         result = cli("status", "--state-dir", str(daemon.state_dir), "--format", "json")
-        return json.loads(result.stdout) if result.returncode == 0 else None
+        reply = json.loads(result.stdout) if result.returncode == 0 else None
+        return reply if reply and reply.get("ready") else None  # answering while starting is not ready
 
-    return wait_until(status, what="the admin API")
+    return wait_until(status, what="the admin API of a ready daemon")
 
 
 def create_federation(cli, owner) -> str:
@@ -125,7 +126,7 @@ def test_create_invite_join_train_leave_with_json_everywhere(start_daemon, cli) 
     # The owner received the departure: it no longer waits for the joiner.
     wait_until(lambda: joiner_status["peer_id"] not in participants(cli, owner, federation_id), what="departure seen")
     stop = json_of(cli, "stop", "--state-dir", str(owner.state_dir))
-    assert stop == {"stopping": True, "stopped": False}  # without --wait: asked, not yet stopped
+    assert stop == {"stopping": True, "stopped": False}
     assert owner.wait(timeout=60) == 0
     no_daemon = cli("status", "--state-dir", str(owner.state_dir))
     assert no_daemon.returncode == ExitCode.NO_DAEMON and "fednode start" in no_daemon.stderr
