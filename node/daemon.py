@@ -35,6 +35,7 @@ from fednode.node import __version__
 from fednode.node.config import FednodeConfig
 from fednode.node.durable import atomic_write_bytes, remove_stale_temp_files
 from fednode.node.errors import ConfigError, ExitCode, NetworkError, StateDirError
+from fednode.node.federation.settings import FederationSettings
 from fednode.node.identity import Identity, load_or_create_identity
 from fednode.node.logs import (
     best_effort,
@@ -180,34 +181,6 @@ def remove_interrupted_writes(state_dir: Path) -> None:
     daemon's temp files are writes in progress."""
     remove_stale_temp_files(state_dir)
     remove_stale_temp_files(state_dir / "checkpoints")
-
-
-@dataclass(frozen=True)
-class FederationSettings:
-    """How a federation trains: from its signed descriptor, or from config for an open one."""
-
-    rule: str
-    rule_params: dict[str, Any]
-    f: int
-    schedule: str
-    min_participants: int
-    codec: str
-    codec_params: dict[str, Any]
-    # The federation's budget (certified federations: from the descriptor; 0 = none).
-    max_rounds: int = 0
-    target_accuracy: float = 0.0
-    until_unix_ms: int = 0
-
-    def budget_reached(self, round_number: int, accuracy: float, now_unix_ms: int) -> str:
-        """Which part of the budget this round reached ("rounds", "target_accuracy", "until"), or ""."""
-        if self.max_rounds and round_number >= self.max_rounds:
-            return "rounds"
-        if self.target_accuracy and accuracy >= self.target_accuracy:  # NaN never reaches it
-            return "target_accuracy"
-        if self.until_unix_ms and now_unix_ms >= self.until_unix_ms:
-            return "until"
-        return ""
-    outer: Any = None  # OuterConfig (fednode.node.federation.outer_config); None = plain FedAvg
 
 
 @dataclass(frozen=True)
@@ -912,7 +885,6 @@ class Daemon:
 
     async def _run_federated(self, session: FederationSession) -> None:
         from fednode.node.federation.protocol import ControlValidator
-        from fednode.node.worker.supervisor import settings_to_proto
 
         assert self.identity is not None
         federation = self.config.federation
@@ -930,7 +902,7 @@ class Daemon:
             return ControlValidator(session.federation_id, federation.max_clock_skew, self.layout_digest, trust,
                                     session.settings.outer.digest() if session.settings.outer is not None else "")
 
-        start = worker_pb2.StartSession(federation_id=session.federation_id, settings=settings_to_proto(session.settings),
+        start = worker_pb2.StartSession(federation_id=session.federation_id, settings=session.settings.to_proto(),
                                         certified=session.certified, display_name=self.display_name)
         if session.certificate is not None:
             start.certificate.CopyFrom(session.certificate)

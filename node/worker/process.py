@@ -33,6 +33,7 @@ from fednode.aggregators import build as build_aggregator
 from fednode.node.checkpoint import Checkpoint, CheckpointStore
 from fednode.node.config import FednodeConfig
 from fednode.node.errors import ConfigError, ExitCode, FednodeError, TaskError
+from fednode.node.federation.settings import FederationSettings
 from fednode.node.identity import identity_path, load_identity
 from fednode.node.logs import current_rss_mb
 from fednode.node.model import assign_parameters, flatten_parameters, model_layout
@@ -51,20 +52,6 @@ FINAL_CHECKPOINT_RETRIES = (0.5, 1.0, 2.0)
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def settings_from_proto(message: worker_pb2.Settings) -> dict[str, Any]:
-    from fednode.node.federation.outer_config import config_from_proto
-
-    try:
-        outer = config_from_proto(message.outer if message.HasField("outer") else None)
-    except ValueError as exc:
-        raise ConfigError(f"invalid outer optimizer settings: {exc}") from exc
-    return {
-        "rule": message.rule, "rule_params": json.loads(message.rule_params_json or "{}"), "f": message.f,
-        "schedule": message.schedule, "min_participants": message.min_participants, "codec": message.codec,
-        "codec_params": json.loads(message.codec_params_json or "{}"), "outer": outer,
-    }
 
 
 class TrainingWorker:
@@ -171,12 +158,12 @@ class TrainingWorker:
             self.trainer.set_generator_state(generator_state)
         return True
 
-    def components(self, settings: dict[str, Any]) -> tuple[Any, Any]:
+    def components(self, settings: FederationSettings) -> tuple[Any, Any]:
         """(aggregator, compressor) for a federation; ConfigError with what to change."""
         from fednode.node.compression import UpdateCompressor, build_codec
 
         try:
-            aggregator = build_aggregator(settings["rule"], f=settings["f"], **settings["rule_params"])
+            aggregator = build_aggregator(settings.rule, f=settings.f, **settings.rule_params)
         except (AggregationError, TypeError, ValueError) as exc:
             raise ConfigError(f"invalid aggregation settings: {exc}") from exc
         needed = aggregator.minimum_rows()
@@ -184,13 +171,13 @@ class TrainingWorker:
         # no longer among the valid updates, see SyncRound.needed): a floor of 2f+3 for Krum would
         # let f crashed members of a 2f+3-member federation stall it. FedCompass groups still
         # wait for min_participants members before training, so it must cover the rule.
-        if settings["schedule"] == "fedcompass" and settings["min_participants"] < needed:
+        if settings.schedule == "fedcompass" and settings.min_participants < needed:
             raise ConfigError(
-                f"aggregation rule {settings['rule']!r} with f = {settings['f']} needs at least {needed} updates "
-                f"per round, but min_participants = {settings['min_participants']}; raise min_participants or lower f"
+                f"aggregation rule {settings.rule!r} with f = {settings.f} needs at least {needed} updates "
+                f"per round, but min_participants = {settings.min_participants}; raise min_participants or lower f"
             )
         try:
-            compressor = UpdateCompressor(build_codec(settings["codec"], **settings["codec_params"]),
+            compressor = UpdateCompressor(build_codec(settings.codec, **settings.codec_params),
                                           error_feedback=self.config.compression.error_feedback)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"invalid compression settings: {exc}") from exc
@@ -211,7 +198,7 @@ class TrainingWorker:
             return await self.start_session(frame.start_session)
         elif body == "check_settings":
             try:
-                self.components(settings_from_proto(frame.check_settings))
+                self.components(FederationSettings.from_proto(frame.check_settings))
             except ConfigError as exc:
                 raise ValueError(exc.message) from None
         elif body == "export_model":
@@ -380,15 +367,15 @@ class TrainingWorker:
         from fednode.node.federation.runner import FederationRunner
         from fednode.node.scheduler import SyncPolicy
 
-        settings = settings_from_proto(start.settings)
+        settings = FederationSettings.from_proto(start.settings)
         aggregator, compressor = self.components(settings)
-        if settings["f"] and aggregator.caveats():
-            log.warning("aggregation rule %r: %s", settings["rule"], aggregator.caveats(),
-                        extra={"event": "rule_caveat", "rule": settings["rule"]})
+        if settings.f and aggregator.caveats():
+            log.warning("aggregation rule %r: %s", settings.rule, aggregator.caveats(),
+                        extra={"event": "rule_caveat", "rule": settings.rule})
         federation = self.config.federation
         runner_class: Any = FederationRunner
         options: dict[str, Any] = {}
-        if settings["schedule"] == "fedcompass":
+        if settings.schedule == "fedcompass":
             from fednode.node.federation.compass import CompassRunner, policy_from_config
 
             try:
@@ -410,20 +397,20 @@ class TrainingWorker:
             federation_id=start.federation_id, identity=self.identity, mesh=self.mesh, model=self.model,
             trainer=self.trainer, layout=self.layout, aggregator=aggregator, compressor=compressor,
             local_steps=self.config.training.local_steps,
-            policy=SyncPolicy(min_participants=settings["min_participants"], f=settings["f"],
+            policy=SyncPolicy(min_participants=settings.min_participants, f=settings.f,
                               rows_needed=lambda byzantine: aggregator.with_f(byzantine).minimum_rows()),
             announce_interval=federation.announce_interval, push=federation.push,
             max_clock_skew=federation.max_clock_skew, stop=self.session_stop, attack=self.attack,
             on_round=self._on_federated_round, display_name=start.display_name, trust=trust,
             certificate=start.certificate if start.HasField("certificate") else None,
-            on_event=self._forward_event, alone_timeout=federation.alone_timeout, outer=settings["outer"], **options,
+            on_event=self._forward_event, alone_timeout=federation.alone_timeout, outer=settings.outer, **options,
             # FedCompass keeps its own model state (master copy, schedule): it checkpoints after
             # its aggregations only.
-            on_synced=self._on_synced if settings["schedule"] == "sync" else None,
+            on_synced=self._on_synced if settings.schedule == "sync" else None,
         )
         self.runner.on_sync = self._record_synced_model
-        if not settings["outer"].is_identity:
-            log.info("outer optimizer: %s", settings["outer"].describe())
+        if not settings.outer.is_identity:
+            log.info("outer optimizer: %s", settings.outer.describe())
         if self.extra_state.get("federation_id") == start.federation_id:
             self.runner.restore(self.round, self.model_version, self.extra_state)
         else:
