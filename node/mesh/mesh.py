@@ -196,8 +196,10 @@ class Mesh:
         budget = self.config.stop_timeout_s
         self._close_idle()
         if self._fast is not None:  # stop serving first: it is quick and frees the port
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(self._fast.close(), 2.0)
+            except Exception as exc:  # stopping goes on: the bridge below still stops
+                log.warning("closing the fast path failed: %s", str(exc) or type(exc).__name__)
         if self._bridge is not None and not await self._bridge.stop(timeout=max(1.0, budget - 2.5)):
             log.error("the networking thread did not stop within %.1f s", budget)
         self._state = "stopped"

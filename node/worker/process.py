@@ -23,7 +23,6 @@ import statistics
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import suppress
 from typing import Any
 
 import torch
@@ -35,7 +34,7 @@ from fednode.node.config import FednodeConfig
 from fednode.node.errors import ConfigError, ExitCode, FednodeError, TaskError
 from fednode.node.federation.settings import FederationSettings
 from fednode.node.identity import identity_path, load_identity
-from fednode.node.logs import current_rss_mb
+from fednode.node.logs import best_effort, current_rss_mb
 from fednode.node.model import assign_parameters, flatten_parameters, model_layout
 from fednode.node.parent_death import die_with_parent
 from fednode.node.tasks import TaskContext, load_task
@@ -345,7 +344,7 @@ class TrainingWorker:
             if not started.done():
                 started.set_exception(ValueError(ended.error or "the session ended before it started"))
             ended.round, ended.model_version = self.round, self.model_version
-            with suppress(Exception):
+            with best_effort(log, "telling the daemon the session ended"):
                 self.link.notify("session_ended", ended)
 
     async def _run_alone(self) -> None:
@@ -486,7 +485,7 @@ class TrainingWorker:
         if kind == "revocation" and revocation is not None and self.runner is not None:
             policy = self.runner.validator.policy
             if policy is not None:
-                with suppress(Exception):
+                with best_effort(log, "applying a revocation to the worker's trust policy"):
                     policy.add_revocation(self.runner.federation_id, revocation)
         event = worker_pb2.RunnerEvent(
             kind=kind, peer_id=str(fields.get("peer_id", "")), round=int(fields.get("round", 0) or 0),
@@ -499,7 +498,7 @@ class TrainingWorker:
             event.score, event.has_score = float(fields["score"]), True
         if revocation is not None:
             event.revocation.CopyFrom(revocation)
-        with suppress(Exception):
+        with best_effort(log, f"forwarding a {kind} event to the daemon (audit log, metrics)"):
             self.link.notify("runner_event", event)
 
     async def _on_federated_round(self, outcome: Any) -> None:
@@ -582,7 +581,7 @@ class TrainingWorker:
     async def shutdown(self, request: worker_pb2.Shutdown) -> worker_pb2.WorkerTotals:
         self.stop_session(self.stop_reason or "shutdown")
         if self._session is not None:
-            with suppress(Exception):
+            with best_effort(log, "ending the session before shutdown"):
                 await self._session
         totals = worker_pb2.WorkerTotals(peak_rss_mb=peak_rss_mb())
         if request.checkpoint:

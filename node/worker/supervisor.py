@@ -20,6 +20,7 @@ from typing import Any
 
 from fednode.node.errors import ExitCode, FednodeError
 from fednode.node.federation.settings import FederationSettings
+from fednode.node.logs import best_effort
 from fednode.node.worker.link import Link, LinkClosed, RemoteError, reply_body
 from fednode.node.worker.remote_mesh import event_to_proto
 from fednode.proto.v1 import membership_pb2, worker_pb2
@@ -214,7 +215,7 @@ class WorkerProcess:
             for topic in list(self._validators):
                 self._validators.pop(topic, None)
                 if mesh is not None:
-                    with contextlib.suppress(Exception):
+                    with best_effort(log, f"unsubscribing from {topic}"):
                         await mesh.unsubscribe(topic)
             self._session_ended = None
 
