@@ -112,7 +112,7 @@ async def measure(task: str, optimizer: str, lr: float, seed: int, rounds: int, 
     try:
         await federation.start()
         started.append(time.perf_counter())
-        await federation.run(rounds, timeout=60 * rounds)
+        await federation.run(rounds, timeout=60 * rounds * max(1.0, local_steps / 20))  # 500 local steps: 25x a round
         run.payload_bytes = member.payload_bytes()
     finally:
         await federation.close()

@@ -206,6 +206,11 @@ class FederationSection(_Section):
         default="sync", description="sync: k-of-n rounds; fedcompass: semi-asynchronous arrival groups (docs/fedcompass.md)"
     )
     announce_interval: float = Field(default=2.0, gt=0, le=300, description="seconds between liveness announcements")
+    linger: float = Field(
+        default=60.0, ge=0, le=3600,
+        description="after its last round (round budget or target accuracy), a member keeps serving its model this "
+                    "long at most, while members it still hears from catch up",
+    )
     alone_timeout: float = Field(
         default=120.0, ge=0, le=86_400,
         description="a member that trained with others and hears none of them for this long stops (exit 7); 0 = wait forever",

@@ -508,7 +508,9 @@ class Daemon:
         # Whatever asked for the stop (a signal, the round budget, the target accuracy, the admin
         # API), the graceful part is bounded: a stuck step must not keep the process alive.
         with suppress(RuntimeError):  # no running loop (tests driving the daemon synchronously)
-            asyncio.get_running_loop().call_later(self.config.node.shutdown_timeout, self._force_exit)
+            # A member that reached its budget first serves members still catching up (linger).
+            lingering = self.config.federation.linger if reason in LINGER_REASONS else 0.0
+            asyncio.get_running_loop().call_later(self.config.node.shutdown_timeout + lingering, self._force_exit)
         if self.worker is not None:
             self.worker.stop_session(reason, linger=reason in LINGER_REASONS)
 

@@ -105,6 +105,10 @@ _VIA_GOSSIP = 1
 _VIA_PUSH = 2
 _VIA_BOTH = _VIA_GOSSIP | _VIA_PUSH
 MAX_PUSH_PEERS = 32  # control messages are pushed to at most this many members (gossip reaches all)
+# A member heard from within this long may still need our messages: skipping the gossip copy
+# needs a push to reach each of them (a slow member under load can be silent for several
+# announcement intervals without having gone).
+PUSH_ONLY_HORIZON_S = 30.0
 # Bodies always gossiped, even when every member got the push: they are how members we have not
 # heard from yet (newcomers, peers behind relays) learn of us, and how leaving and revocations
 # reach everyone.
@@ -297,6 +301,9 @@ class FederationRunner:
         # The newest round a quorum of members offered a snapshot for whose fetch then failed:
         # they completed it, so this node must not close it with fewer updates of its own.
         self._completed_elsewhere = 0
+        # Since when (loop time) this node, at its round, waits for that round's model.
+        self._awaiting_since: float | None = None
+        self._awaiting = (0, 0)
         self._unreachable_providers: dict[str, float] = {}  # peer -> loop time it is tried first again
         self._quorum_noted_at = float("-inf")
         self.rejections: Counter[str] = Counter()
@@ -360,11 +367,12 @@ class FederationRunner:
 
     async def linger(self, max_seconds: float) -> None:
         """Before leaving, keep serving our last payloads until the members we know have closed
-        our last round too (they may still be fetching from us) or left, bounded by a few
-        announcements and by `max_seconds` (the daemon's shutdown budget)."""
+        our last round too (they may still be fetching from us) or left: while one of them is
+        still heard from, up to `max_seconds` (federation.linger), else a few announcements."""
         loop = asyncio.get_running_loop()
         window = 2 * self.announce_interval + 1.0
-        deadline = loop.time() + min(window, max_seconds)
+        deadline = loop.time() + max_seconds
+        quiet_deadline = loop.time() + min(window, max_seconds)
         # Members of our rounds, and members heard from lately that our rounds closed without (a
         # straggler the deadlines left out): it catches up by fetching our snapshot, so we stay.
         heard = {p for p, m in self.members.items() if time.time() - m.last_seen < window}
@@ -374,6 +382,9 @@ class FederationRunner:
             behind = [p for p in recent
                       if not self.rounds.departed(p) and self.members.get(p, MemberView(p)).round < self.round]
             if not behind:
+                return
+            live = [p for p in behind if time.time() - self.members.get(p, MemberView(p)).last_seen < window]
+            if not live and loop.time() >= quiet_deadline:
                 return
             self._wakeup.clear()
             with contextlib.suppress(asyncio.TimeoutError):
@@ -743,9 +754,11 @@ class FederationRunner:
         await self.mesh.publish(self.topic, data)
 
     def _recent_members(self) -> set[str]:
-        """Members (not us) heard from within three announcement intervals."""
-        horizon = time.time() - 3 * self.announce_interval
-        return {p for p, m in self.members.items() if p != self.peer_id and m.last_seen >= horizon}
+        """Members (not us) heard from lately (three announcement intervals, at least
+        PUSH_ONLY_HORIZON_S) and not departed."""
+        horizon = time.time() - max(3 * self.announce_interval, PUSH_ONLY_HORIZON_S)
+        return {p for p, m in self.members.items()
+                if p != self.peer_id and m.last_seen >= horizon and not self.rounds.departed(p)}
 
     async def _push_then_gossip(self, data: bytes, targets: list[str], push_only: bool) -> None:
         """Push to `targets`, then gossip unless `push_only` and every target got the push."""
@@ -1292,8 +1305,18 @@ class FederationRunner:
         of its own. Bounded like every wait on peers (federation.alone_timeout)."""
         log.info("members completed round %d; waiting to fetch their model instead of closing it without them",
                  self._completed_elsewhere)
-        while not self.stop.is_set() and self._best_offer() is None:
+        loop = asyncio.get_running_loop()
+        if self._awaiting_since is None or self._awaiting != (self._completed_elsewhere, self.round):
+            self._awaiting_since, self._awaiting = loop.time(), (self._completed_elsewhere, self.round)
+        while not self.stop.is_set() and not self._peers_completed(self.round + 1):
             self._check_isolation(self.round + 1)
+            waited = loop.time() - self._awaiting_since
+            if self.alone_timeout and waited >= self.alone_timeout:
+                # Members heard from (others behind too) do not make the model fetchable.
+                raise IsolatedError(
+                    f"members completed round {self._completed_elsewhere}, but its model could not be fetched from any "
+                    f"member for {waited:.0f} s; stopping at round {self.round}. Start it again when members are "
+                    f"online (federation.alone_timeout = {self.alone_timeout:.0f} s)")
             self._wakeup.clear()
             with contextlib.suppress(asyncio.TimeoutError):  # offers come with announcements
                 await asyncio.wait_for(self._wakeup.wait(), timeout=1.0)

@@ -430,8 +430,8 @@ class TrainingWorker:
             runner = self.runner
             self.round, self.model_version = runner.round, runner.model_version
             if self.linger and self.stop_reason in ("rounds", "target_accuracy"):
-                # Half the shutdown budget: the final checkpoint and the mesh's stop need the rest.
-                await runner.linger(self.config.node.shutdown_timeout / 2)
+                # federation.linger is granted on top of the shutdown budget (the daemon's bound).
+                await runner.linger(self.config.federation.linger)
             self._fill_session_totals(ended)
             await runner.close()
             self.extra_state = {**self.extra_state, **runner.checkpoint_extra()}
