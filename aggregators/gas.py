@@ -13,7 +13,6 @@ import torch
 
 from .base import Aggregator, CallContext
 from .errors import AggregationError
-from .nnm import build_base
 from .numerics import (
     WORK_DTYPE,
     Scratch,
@@ -27,6 +26,7 @@ from .numerics import (
 )
 from .partition import PartLayout
 from .result import Combination
+from .wrapping import build_base
 
 
 def coordinate_parts(d: int, p: int, seed: int | None) -> list[torch.Tensor]:

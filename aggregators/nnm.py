@@ -11,10 +11,10 @@ import torch
 
 from .base import Aggregator, CallContext
 from .coordinatewise import ColumnwiseRule, SortedReducer
-from .errors import AggregationError
 from .krum import pairwise_squared_distances
 from .numerics import WORK_DTYPE, Scratch, mix_rows, result_dtype, sorted_columns, stable_order
 from .result import Combination
+from .wrapping import build_base
 
 
 def mixing_matrix(distances: torch.Tensor, f: int) -> torch.Tensor:
@@ -65,14 +65,6 @@ def mixed_column_rule(rows: torch.Tensor, f: int, context: CallContext, reducer:
 
     mix_rows(rows, mixing, reduce)
     return out
-
-
-def build_base(owner: str, base: str, f: int, base_params: Mapping[str, Any]) -> Aggregator:
-    from .registry import build  # local import: the registry imports this module
-
-    if base == owner:
-        raise AggregationError(f"rule {owner!r} cannot wrap itself")
-    return build(base, f=f, **dict(base_params))
 
 
 @dataclass(frozen=True, kw_only=True)

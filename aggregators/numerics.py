@@ -80,12 +80,12 @@ def _mkl_library() -> ctypes.CDLL | None:
         return None
 
 
-def _mkl_function(name: str, argtypes: list[type], restype: type | None) -> Callable[..., object] | None:
+def _mkl_function(name: str, argtypes: Sequence[type], restype: type | None) -> Callable[..., object] | None:
     """An exported C function of torch's MKL, or None."""
     handle = _mkl_library()
     function = getattr(handle, name, None) if handle is not None else None
     if function is not None:
-        function.argtypes = argtypes
+        function.argtypes = list(argtypes)
         function.restype = restype
     return function
 
@@ -306,6 +306,7 @@ class TransposedLoader:
     def load(self, scratch: Scratch, destination: np.ndarray, cols: slice) -> None:
         width, rows = destination.shape
         if self.address:
+            assert _TRANSPOSE_FLOAT32 is not None  # an address is only taken when MKL's transpose exists
             staging = scratch.array("staging", COLUMN_BLOCK, rows, torch.float32)
             if width < COLUMN_BLOCK:
                 staging = staging[:width]

@@ -17,6 +17,7 @@ from .gas import GradientSplitting
 from .geometric_median import GeometricMedian
 from .krum import Bulyan, Krum, MultiKrum
 from .nnm import NearestNeighbourMixing
+from .wrapping import install_builder
 
 RULES: Mapping[str, type[Aggregator]] = {
     rule.name: rule
@@ -95,3 +96,6 @@ def build(name: str, f: int = 0, **params: Any) -> Aggregator:
             f"rule {name!r} does not accept {', '.join(unknown)}; accepted: {', '.join(accepted)}"
         )
     return rule(f=f, **params)
+
+
+install_builder(build)

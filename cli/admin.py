@@ -96,8 +96,8 @@ class AdminTarget:
             return True
         return True
 
-    def metadata(self) -> list[tuple[str, str]]:
-        return [("authorization", f"Bearer {self.token}")] if self.token else []
+    def metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
 
 class NoDaemon(FednodeError):
@@ -512,7 +512,7 @@ def model_export(
     federation_id: Annotated[str, typer.Option("--federation", help="federation (default: the current model)")] = "",
     raw: Annotated[bool, typer.Option("--raw", help="write the TensorPayload protobuf instead of a .pt file")] = False,
     config: ConfigOption = None, state_dir: StateDirOption = None, admin: AdminOption = None,
-    token: TokenOption = None, tls_ca: TlsCaOption = None, output: FormatOption = "human",
+    token: TokenOption = None, tls_ca: TlsCaOption = None, output: FormatOption = OutputFormat.human,
 ) -> None:
     """Stream the current model to a file, sha256-verified, with its metadata (task, layout digest,
     federation, round, accuracy, preprocessing such as normalisation statistics)."""

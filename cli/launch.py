@@ -9,7 +9,7 @@ daemon also gets PR_SET_PDEATHSIG, so even a kill -9 of the launcher leaves no o
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import functools
 import json
 import math
 import os
@@ -27,8 +27,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from fednode.node.errors import ConfigError
+from fednode.node.parent_death import die_with_parent
 
-_PR_SET_PDEATHSIG = 1
 STALL_ROUNDS = 10
 FILES_TASK = "fednode.node.tasks.files:build_task"
 
@@ -245,12 +245,6 @@ class NodeProcess:
         return f"node-{self.index}" + (" (byzantine)" if self.byzantine else "")
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM when the launcher dies (Linux)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 class LocalFederation:
     def __init__(self, plan: LaunchPlan, console: Console) -> None:
         self.plan = plan
@@ -329,7 +323,7 @@ class LocalFederation:
             stdin=subprocess.DEVNULL,
             env=env,
             start_new_session=True,  # Ctrl-C reaches the launcher only; it stops the nodes in order
-            preexec_fn=_die_with_parent,  # PR_SET_PDEATHSIG must be set in the child
+            preexec_fn=functools.partial(die_with_parent, signal.SIGTERM),  # set in the child, before exec
         )
         node = NodeProcess(index, byzantine, state_dir, log_path, process)
         threading.Thread(target=self._follow, args=(node,), name=f"log-node-{index}", daemon=True).start()

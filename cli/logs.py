@@ -21,9 +21,9 @@ from fednode.node.errors import ExitCode
 
 def event_record(event: Any) -> dict[str, Any]:
     """An admin Event as a flat JSON-able dict, with an ISO-8601 UTC time first."""
-    from fednode.cli.admin import to_dict
+    from fednode.cli.output import proto_to_dict
 
-    data = to_dict(event)
+    data = proto_to_dict(event)
     for name in ("unix_ms", "round", "model_version"):  # uint64: MessageToDict writes them as strings
         data[name] = int(getattr(event, name))
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(event.unix_ms / 1000)) + f".{event.unix_ms % 1000:03d}Z"
@@ -62,7 +62,8 @@ def logs(
     """Print the daemon's recent events; -f follows the live stream (like `docker logs -f`)."""
     import grpc
 
-    from fednode.cli.admin import AdminTarget, _translate, err, fail
+    from fednode.cli.admin import AdminTarget, _translate
+    from fednode.cli.output import err, fail
     from fednode.node.errors import FednodeError
     from fednode.proto.v1 import admin_pb2
 

@@ -82,7 +82,7 @@ def proto_to_dict(message: Message) -> dict[str, Any]:
     data: dict[str, Any] = {}
     for field in message.DESCRIPTOR.fields:
         value = getattr(message, field.name)
-        if field.label == field.LABEL_REPEATED:
+        if field.is_repeated:
             if field.message_type is not None and field.message_type.GetOptions().map_entry:
                 value_field = field.message_type.fields_by_name["value"]
                 data[field.name] = {str(k): _field_value(value_field, v) for k, v in value.items()}

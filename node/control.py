@@ -1,8 +1,10 @@
 """The daemon's side of the admin API: status, peers, federation lifecycle, model export.
 
-`NodeControl` implements `fednode.node.admin.AdminBackend` over a running `Daemon`. Federation
-lifecycle (create / join / leave / revoke) goes through the membership library
-(`fednode.node.membership`) and the daemon's `switch_federation`, which stops the current
+`NodeControl` implements `fednode.node.admin.AdminBackend`. It does not know the daemon: it
+reads the node through `NodeView` and acts on it through `NodeLifecycle`, two narrow interfaces
+declared here (the daemon implements both; tests/node/admin_conformance.py has mypy check it).
+Federation lifecycle (create / join / leave / revoke) goes through the membership library
+(`fednode.node.membership`) and `NodeLifecycle.switch_federation`, which stops the current
 training session and starts the new one.
 """
 
@@ -13,13 +15,15 @@ import json
 import logging
 import math
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
 from fednode.node import __version__
 from fednode.node.admin import AdminError, EventBus
-from fednode.node.config import KNOWN_CODECS, KNOWN_RULES
+from fednode.node.config import KNOWN_CODECS, KNOWN_RULES, FednodeConfig
 from fednode.node.envelope import Rejected, open_envelope, seal
 from fednode.node.errors import FednodeError
 from fednode.node.federation.outer_config import config_from_proto, config_to_proto
@@ -39,10 +43,120 @@ from fednode.node.membership import (
 )
 from fednode.node.membership.federation import MAX_MIN_PARTICIPANTS, SCHEDULES, check_budget
 from fednode.node.membership.signing import now_ms
-from fednode.proto.v1 import admin_pb2, membership_pb2
+from fednode.proto.v1 import admin_pb2, membership_pb2, worker_pb2
 
 if TYPE_CHECKING:
-    from fednode.node.daemon import Daemon
+    from fednode.node.identity import Identity
+    from fednode.node.membership.store import MembershipStore
+    from fednode.node.mesh.port import ReachabilityView
+    from fednode.node.mesh.types import PeerInfo
+
+
+class SessionView(Protocol):
+    """The federation the node trains in now."""
+
+    @property
+    def federation_id(self) -> str: ...
+    @property
+    def certified(self) -> bool: ...
+
+
+class SummaryView(Protocol):
+    @property
+    def device(self) -> str: ...
+    @property
+    def task(self) -> str: ...
+    @property
+    def accuracy(self) -> float: ...
+    @property
+    def loss(self) -> float: ...
+
+
+class ProgressView(Protocol):
+    """Where the federated session stands, as the training worker last reported it."""
+
+    @property
+    def state(self) -> worker_pb2.SessionState: ...
+    @property
+    def members(self) -> Mapping[str, Any]: ...  # peer id -> worker_pb2.SessionState.Member
+    @property
+    def contributions(self) -> Mapping[str, Any]: ...  # peer id -> worker_pb2.Contribution
+
+
+class AdminMesh(Protocol):
+    """What the admin backend uses of the mesh (beyond fednode.node.mesh.port.MeshPort)."""
+
+    @property
+    def running(self) -> bool: ...
+    def peers(self) -> list[PeerInfo]: ...
+    def listen_multiaddrs(self) -> list[str]: ...
+    def reachability(self) -> ReachabilityView: ...
+    async def request(self, target: str, kind: str, data: bytes, *, max_response: int = ...) -> bytes: ...
+
+
+class ModelSource(Protocol):
+    async def export_model(self, fmt: str) -> tuple[bytes, int, str]: ...
+
+
+class NodeView(Protocol):
+    """What the admin backend reads of the node. `display_name` and `bootstrap_hints` are the
+    two values it sets (a join names the node and tells it whom to dial first)."""
+
+    display_name: str
+    bootstrap_hints: list[str]
+
+    @property
+    def config(self) -> FednodeConfig: ...
+    @property
+    def state_dir(self) -> Path: ...
+    @property
+    def identity(self) -> Identity | None: ...
+    @property
+    def summary(self) -> SummaryView | None: ...
+    @property
+    def round(self) -> int: ...
+    @property
+    def model_version(self) -> int: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def phase(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def checkpoint(self) -> worker_pb2.CheckpointHealth: ...
+    @property
+    def layout_digest(self) -> str: ...
+    @property
+    def finished(self) -> Mapping[str, Any] | None: ...
+    @property
+    def progress(self) -> ProgressView | None: ...
+    @property
+    def session(self) -> SessionView | None: ...
+    @property
+    def store(self) -> MembershipStore | None: ...
+    @property
+    def mesh(self) -> AdminMesh | None: ...
+
+
+class NodeLifecycle(Protocol):
+    """What the admin backend asks the node to do."""
+
+    async def wait_ready(self, timeout: float) -> bool: ...
+    async def check_aggregation(self, rule: str, params: dict[str, Any], min_participants: int, codec: str,
+                                schedule: str = ...) -> None: ...
+    async def switch_federation(self, federation_id: str | None) -> None: ...
+    async def session_progress(self) -> ProgressView | None: ...
+    async def member_public_key(self, peer_id: str) -> bytes | None: ...
+    async def apply_revocation(self, federation_id: str, revocation: Any, *, spread: bool) -> bool: ...
+    async def running_worker(self) -> ModelSource: ...
+    async def release_worker_if_idle(self) -> None: ...
+    async def ensure_mesh(self) -> AdminMesh: ...
+    def request_stop(self, reason: str) -> None: ...
+    def record_audit(self, action: str, status: str, **fields: Any) -> None: ...  # failures reported, not raised
+
 
 log = logging.getLogger("fednode.control")
 
@@ -53,19 +167,30 @@ READY_WAIT_SECONDS = 25.0  # a call that needs a ready node waits this long for 
 
 
 class NodeControl:
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, view: NodeView, lifecycle: NodeLifecycle) -> None:
+        self.view = view
+        self.lifecycle = lifecycle
         self.events = EventBus()
         self.started = time.monotonic()
 
+    def _store(self) -> MembershipStore:
+        if self.view.store is None:  # a ready member node has one
+            raise AdminError(grpc.StatusCode.UNAVAILABLE, "the membership store is not open yet; retry once the node is ready")
+        return self.view.store
+
+    def _identity(self) -> Identity:
+        if self.view.identity is None:  # loaded in the node's first start-up phase
+            raise AdminError(grpc.StatusCode.UNAVAILABLE, "the node's identity is not loaded yet; retry in a moment")
+        return self.view.identity
+
     def _cli(self, command: str) -> str:
         """A command line for hints: with --state-dir unless this daemon uses the default one."""
-        d = self.daemon
+        d = self.view
         return f"fednode {command}" + (f" --state-dir {d.state_dir}" if d.config.node.state_dir else "")
 
     # ------------------------------------------------------------------------------ queries
     async def status(self) -> admin_pb2.NodeStatus:
-        d = self.daemon
+        d = self.view
         ranks = await d.training_ranks()
         summary = d.summary
         mesh = d.mesh
@@ -103,10 +228,10 @@ class NodeControl:
         return status
 
     async def peers(self) -> list[admin_pb2.PeerStatus]:
-        d = self.daemon
+        d = self.view
         if d.mesh is None or not d.mesh.running:
             return []
-        progress = await d.session_progress()
+        progress = await self.lifecycle.session_progress()
         members = progress.members if progress is not None else {}
         contributions = progress.contributions if progress is not None else {}
         result = []
@@ -127,8 +252,8 @@ class NodeControl:
         return result
 
     async def federations(self) -> list[admin_pb2.FederationStatus]:
-        d = self.daemon
-        await d.session_progress()
+        d = self.view
+        await self.lifecycle.session_progress()
         result = []
         ids = list(d.store.federation_ids()) if d.store else []
         if d.session is not None and d.session.federation_id not in ids:
@@ -139,7 +264,7 @@ class NodeControl:
 
     async def federation(self, federation_id: str) -> admin_pb2.FederationStatus:
         federation_id = self._resolve(federation_id)
-        await self.daemon.session_progress()
+        await self.lifecycle.session_progress()
         return self._federation_status(federation_id)
 
     def _resolve(self, federation_id: str) -> str:
@@ -147,15 +272,15 @@ class NodeControl:
         exactly one federation this node belongs to."""
         if not federation_id:
             raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, "name a federation (its id, an id prefix or its name)")
-        known = set(self.daemon.store.federation_ids()) if self.daemon.store else set()
-        if self.daemon.session is not None:
-            known.add(self.daemon.session.federation_id)
+        known = set(self.view.store.federation_ids()) if self.view.store else set()
+        if self.view.session is not None:
+            known.add(self.view.session.federation_id)
         if federation_id in known:
             return federation_id
         matches = [k for k in known if len(federation_id) >= 8 and k.startswith(federation_id)]
-        if not matches and self.daemon.store is not None:
-            for candidate in sorted(known & set(self.daemon.store.federation_ids())):
-                descriptor = self.daemon.store.descriptor(candidate)
+        if not matches and self.view.store is not None:
+            for candidate in sorted(known & set(self.view.store.federation_ids())):
+                descriptor = self.view.store.descriptor(candidate)
                 if descriptor is not None and descriptor.name == federation_id:
                     matches.append(candidate)
         if len(matches) == 1:
@@ -167,7 +292,7 @@ class NodeControl:
                          f"{federation_id!r} matches several federations; give (more characters of) the id")
 
     def _federation_status(self, federation_id: str) -> admin_pb2.FederationStatus:
-        d = self.daemon
+        d = self.view
         status = admin_pb2.FederationStatus()
         state = d.store.load(federation_id) if d.store and federation_id in d.store.federation_ids() else None
         if state is not None:
@@ -188,33 +313,33 @@ class NodeControl:
                 status.descriptor.outer.CopyFrom(config_to_proto(outer))
             status.role = "contributor"
         active = d.session is not None and d.session.federation_id == federation_id
-        finished = d.finished if active else (d.store.finished(federation_id) if state is not None else None)
+        finished = d.finished if active else (d.store.finished(federation_id) if state is not None and d.store else None)
         if finished is not None:
             status.finished, status.finished_reason = True, str(finished.get("reason", ""))
         if active and d.progress is not None:
-            state = d.progress.state
-            status.round = state.round
-            status.model_version = state.model_version
-            status.participants.extend(sorted(state.expected))
-            if state.group_id:
-                status.group_id = state.group_id
+            session_state = d.progress.state
+            status.round = session_state.round
+            status.model_version = session_state.model_version
+            status.participants.extend(sorted(session_state.expected))
+            if session_state.group_id:
+                status.group_id = session_state.group_id
         return status
 
     # ------------------------------------------------------------------------------ lifecycle
     async def _ready_member(self) -> None:
         """Lifecycle calls need a member node that is ready (a starting one is waited for)."""
-        d = self.daemon
+        d = self.view
         if d.role != "member":
             raise AdminError(grpc.StatusCode.FAILED_PRECONDITION,
                              "this is a bootstrap node (mesh only); run federation commands on a member node")
-        if not await d.wait_ready(READY_WAIT_SECONDS):
+        if not await self.lifecycle.wait_ready(READY_WAIT_SECONDS):
             raise AdminError(grpc.StatusCode.UNAVAILABLE,
                              f"the daemon is {d.state}{f' ({d.phase})' if d.phase else ''}; wait for it "
                              f"({self._cli('status --wait')}) and retry")
 
     async def create_federation(self, request: admin_pb2.CreateFederationRequest) -> admin_pb2.FederationStatus:
         await self._ready_member()
-        d = self.daemon
+        d = self.view
         if d.session is not None and d.session.certified:
             raise AdminError(grpc.StatusCode.FAILED_PRECONDITION,
                              f"this node trains in federation {d.session.federation_id[:16]}; leave it first "
@@ -240,7 +365,7 @@ class NodeControl:
             decoded = json.loads(params)
             if not isinstance(decoded, dict):
                 raise ValueError("the rule parameters must be a JSON object")
-            await d.check_aggregation(aggregator, decoded, min_participants, codec, schedule)
+            await self.lifecycle.check_aggregation(aggregator, decoded, min_participants, codec, schedule)
             outer = (config_from_proto(request.outer) if request.HasField("outer") and request.outer.name
                      else config.aggregation.outer_config())
             issuer, descriptor = create_federation(
@@ -259,41 +384,40 @@ class NodeControl:
                 outer=None if outer.is_identity else config_to_proto(outer),
             )
         except (ValueError, TypeError, MembershipError) as exc:
-            await d.release_worker_if_idle()
+            await self.lifecycle.release_worker_if_idle()
             raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, f"cannot create the federation: {exc}") from exc
-        certificate = issue_certificate(issuer, d.identity.public_key, display_name=d.display_name)
-        d.store.save_membership(descriptor, certificate, issuer=issuer)
-        self.events.publish("join", federation_id=descriptor.federation_id, peer_id=d.identity.peer_id,
+        certificate = issue_certificate(issuer, self._identity().public_key, display_name=d.display_name)
+        self._store().save_membership(descriptor, certificate, issuer=issuer)
+        self.events.publish("join", federation_id=descriptor.federation_id, peer_id=self._identity().peer_id,
                             detail=f"created federation {descriptor.name!r}")
-        await d.switch_federation(descriptor.federation_id)
+        await self.lifecycle.switch_federation(descriptor.federation_id)
         return self._federation_status(descriptor.federation_id)
 
     async def create_invite(self, request: admin_pb2.CreateInviteRequest) -> admin_pb2.CreateInviteResponse:
         await self._ready_member()
-        d = self.daemon
         if request.ttl_seconds > MAX_INVITE_TTL_SECONDS:
             raise AdminError(grpc.StatusCode.INVALID_ARGUMENT,
                              f"ttl_seconds must be at most {MAX_INVITE_TTL_SECONDS} (366 days), got {request.ttl_seconds}")
         federation_id = self._resolve(request.federation_id)
-        state = d.store.load(federation_id)
+        state = self._store().load(federation_id)
         if state.issuer is None:
             raise AdminError(grpc.StatusCode.PERMISSION_DENIED,
                              "this node does not hold the federation key (or an admin delegation); "
                              "ask the federation's owner for an invite")
-        mesh = await d.ensure_mesh()
+        mesh = await self.lifecycle.ensure_mesh()
         invite, record = issue_invite(
             state.issuer,
             ttl_ms=(request.ttl_seconds or 86_400) * 1000,
             max_uses=request.max_uses,
             issuer_multiaddrs=tuple(mesh.listen_multiaddrs()),
-            issuer_peer_id=d.identity.peer_id,
+            issuer_peer_id=self._identity().peer_id,
         )
-        d.store.add_invite(record)
+        self._store().add_invite(record)
         return admin_pb2.CreateInviteResponse(token=encode_token(invite), expires_unix_ms=invite.expires_unix_ms)
 
     async def join_federation(self, request: admin_pb2.JoinFederationRequest) -> admin_pb2.FederationStatus:
         await self._ready_member()
-        d = self.daemon
+        d = self.view
         try:
             invite = parse_token(request.token.strip())
         except InvalidInvite as exc:
@@ -301,17 +425,17 @@ class NodeControl:
         if d.session is not None and d.session.federation_id != invite.federation_id and d.session.certified:
             raise AdminError(grpc.StatusCode.FAILED_PRECONDITION,
                              f"this node trains in federation {d.session.federation_id[:16]}; leave it first")
-        if invite.federation_id in d.store.federation_ids():
+        if invite.federation_id in self._store().federation_ids():
             raise AdminError(grpc.StatusCode.ALREADY_EXISTS, "this node is already a member of that federation")
-        mesh = await d.ensure_mesh()
+        mesh = await self.lifecycle.ensure_mesh()
         # An idle node has no worker yet: start it meanwhile (it trains once joined, and it knows
         # the model's layout, which must be the federation's).
-        worker = asyncio.ensure_future(d.running_worker())
+        worker = asyncio.ensure_future(self.lifecycle.running_worker())
         worker.add_done_callback(lambda started: started.cancelled() or started.exception())  # errors surface below
         if request.display_name:
             d.display_name = request.display_name
-        join = make_join_request(invite, d.identity.public_key, display_name=d.display_name)
-        sealed = seal(d.identity, join)
+        join = make_join_request(invite, self._identity().public_key, display_name=d.display_name)
+        sealed = seal(self._identity(), join)
         errors = []
         response: membership_pb2.JoinResponse | None = None
         for address in invite.issuer_multiaddrs:
@@ -326,7 +450,7 @@ class NodeControl:
                              "cannot reach the issuer to redeem the invite (" + "; ".join(errors)[:500]
                              + "); check that the issuing daemon runs and is reachable, then retry")
         try:
-            certificate, descriptor = accept_join_response(response, invite, d.identity.public_key)
+            certificate, descriptor = accept_join_response(response, invite, self._identity().public_key)
         except JoinRefused as exc:
             raise AdminError(grpc.StatusCode.PERMISSION_DENIED, f"the issuer refused the invite: {exc}") from exc
         except MembershipError as exc:
@@ -337,17 +461,17 @@ class NodeControl:
             raise AdminError(grpc.StatusCode.FAILED_PRECONDITION,
                              f"the federation trains task {descriptor.task!r} with another model; "
                              f"start this daemon with that task (task.name) and join again")
-        d.store.save_membership(descriptor, certificate, list(response.revocations))
+        self._store().save_membership(descriptor, certificate, list(response.revocations))
         d.bootstrap_hints = list(response.bootstrap_multiaddrs) or list(invite.issuer_multiaddrs)
-        d.store.save_peer_addresses(descriptor.federation_id, d.bootstrap_hints)
-        self.events.publish("join", federation_id=descriptor.federation_id, peer_id=d.identity.peer_id,
+        self._store().save_peer_addresses(descriptor.federation_id, d.bootstrap_hints)
+        self.events.publish("join", federation_id=descriptor.federation_id, peer_id=self._identity().peer_id,
                             detail=f"joined federation {descriptor.name!r}")
-        await d.switch_federation(descriptor.federation_id)
+        await self.lifecycle.switch_federation(descriptor.federation_id)
         return self._federation_status(descriptor.federation_id)
 
     async def answer_join(self, data: bytes, from_peer: str) -> bytes:
         """Issuer side of a join: the request arrives over the mesh's request protocol."""
-        d = self.daemon
+        d = self.view
         try:
             opened = open_envelope(data, membership_pb2.JoinRequest, max_size=MAX_JOIN_MESSAGE)
         except Rejected as rejected:
@@ -357,7 +481,7 @@ class NodeControl:
         assert isinstance(request, membership_pb2.JoinRequest)
         addresses = list(d.mesh.listen_multiaddrs()) if d.mesh is not None else []
         try:
-            response = d.store.redeem(request, bootstrap_multiaddrs=addresses,
+            response = self._store().redeem(request, bootstrap_multiaddrs=addresses,
                                       signer_public_key=opened.sender_public_key)
         except MembershipError as exc:
             log.error("cannot answer a join request: %s", exc)
@@ -367,56 +491,54 @@ class NodeControl:
         self.events.publish("join", federation_id=request.federation_id, peer_id=opened.sender_peer_id,
                             detail=f"join {'accepted' if accepted else 'refused'}: "
                                    f"{membership_pb2.JoinResponse.Status.Name(response.status)}")
-        if accepted and d.audit is not None:
-            d.audit.record("member_joined", "accepted",
-                           actor={"id": opened.sender_peer_id},
-                           event={"federation_id": request.federation_id})
+        if accepted:
+            self.lifecycle.record_audit("member_joined", "accepted", actor={"id": opened.sender_peer_id},
+                                        event={"federation_id": request.federation_id})
         return response.SerializeToString()
 
     async def leave_federation(self, request: admin_pb2.LeaveFederationRequest) -> None:
         await self._ready_member()
-        d = self.daemon
+        d = self.view
         federation_id = self._resolve(request.federation_id)
         if d.store and federation_id in d.store.federation_ids():
             d.store.forget(federation_id)
-        self.events.publish("leave", federation_id=federation_id, peer_id=d.identity.peer_id, detail="left")
+        self.events.publish("leave", federation_id=federation_id, peer_id=self._identity().peer_id, detail="left")
         if d.session is not None and d.session.federation_id == federation_id:
-            await d.switch_federation(None)
+            await self.lifecycle.switch_federation(None)
 
     async def revoke_member(self, request: admin_pb2.RevokeMemberRequest) -> admin_pb2.RevokeMemberResponse:
         await self._ready_member()
-        d = self.daemon
         federation_id = self._resolve(request.federation_id)
-        state = d.store.load(federation_id)
+        state = self._store().load(federation_id)
         if state.issuer is None:
             raise AdminError(grpc.StatusCode.PERMISSION_DENIED,
                              "only the federation's owner (or an admin) can revoke members")
-        key = await d.member_public_key(request.peer_id)
+        key = await self.lifecycle.member_public_key(request.peer_id)
         if key is None:
             raise AdminError(grpc.StatusCode.NOT_FOUND,
                              f"no certificate of peer {request.peer_id} has been seen; it must have sent a message first")
         revocation = revoke(state.issuer, member_public_key=key, reason=request.reason)
-        await d.apply_revocation(federation_id, revocation, spread=True)
+        await self.lifecycle.apply_revocation(federation_id, revocation, spread=True)
         self.events.publish("revocation", federation_id=federation_id, peer_id=request.peer_id,
                             detail=request.reason or "revoked")
         return admin_pb2.RevokeMemberResponse(revocation=revocation)
 
     async def export_model(self, request: admin_pb2.ExportModelRequest) -> tuple[bytes, int, str]:
         await self._ready_member()
-        d = self.daemon
+        d = self.view
         if request.federation_id and (d.session is None or d.session.federation_id != self._resolve(request.federation_id)):
             raise AdminError(grpc.StatusCode.FAILED_PRECONDITION, "that federation is not the one this node trains now")
         if request.format not in ("", "pt", "safetensors", "raw"):
             raise AdminError(grpc.StatusCode.INVALID_ARGUMENT,
                              f'format must be "pt", "safetensors" or "raw", got {request.format!r}')
         try:
-            worker = await d.running_worker()  # an idle node starts its worker again for this
-            return await worker.export_model(request.format)  # type: ignore[no-any-return]
+            worker = await self.lifecycle.running_worker()  # an idle node starts its worker again for this
+            return await worker.export_model(request.format)
         except (ValueError, FednodeError) as exc:
             raise AdminError(grpc.StatusCode.UNAVAILABLE, f"cannot export the model now: {exc}; retry in a moment") from exc
 
     def shutdown(self) -> None:
-        asyncio.get_running_loop().call_soon(self.daemon.request_stop, "admin")
+        asyncio.get_running_loop().call_soon(self.lifecycle.request_stop, "admin")
 
 
-__all__ = ["CONTRIBUTOR", "JOIN_REQUEST_KIND", "NodeControl"]
+__all__ = ["CONTRIBUTOR", "JOIN_REQUEST_KIND", "NodeControl", "NodeLifecycle", "NodeView"]

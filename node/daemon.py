@@ -35,8 +35,15 @@ from fednode.node import __version__
 from fednode.node.config import FednodeConfig
 from fednode.node.durable import atomic_write_bytes, remove_stale_temp_files
 from fednode.node.errors import ConfigError, ExitCode, NetworkError, StateDirError
+from fednode.node.federation.settings import FederationSettings
 from fednode.node.identity import Identity, load_or_create_identity
-from fednode.node.logs import current_rss_mb, log_task_stacks, quiet_noisy_libraries
+from fednode.node.logs import (
+    best_effort,
+    current_rss_mb,
+    log_task_stacks,
+    note_failure,
+    quiet_noisy_libraries,
+)
 from fednode.proto.v1 import worker_pb2
 
 log = logging.getLogger("fednode.daemon")
@@ -102,6 +109,8 @@ class RunSummary:
     syncs: int = 0
     checkpoint_failures: int = 0  # checkpoint writes that failed (full disk, ...): each is also logged
     checkpoint_error: str = ""  # why the last failed write failed; empty once one succeeded again
+    audit_failures: int = 0  # audit records that could not be written (each also logged as an error)
+    audit_error: str = ""  # why the last one failed
     direct_deliveries: int = 0  # control messages that reached this node by push before gossip
     push_only_messages: int = 0  # control messages this node sent by push only (all members reached)
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -175,34 +184,6 @@ def remove_interrupted_writes(state_dir: Path) -> None:
 
 
 @dataclass(frozen=True)
-class FederationSettings:
-    """How a federation trains: from its signed descriptor, or from config for an open one."""
-
-    rule: str
-    rule_params: dict[str, Any]
-    f: int
-    schedule: str
-    min_participants: int
-    codec: str
-    codec_params: dict[str, Any]
-    # The federation's budget (certified federations: from the descriptor; 0 = none).
-    max_rounds: int = 0
-    target_accuracy: float = 0.0
-    until_unix_ms: int = 0
-
-    def budget_reached(self, round_number: int, accuracy: float, now_unix_ms: int) -> str:
-        """Which part of the budget this round reached ("rounds", "target_accuracy", "until"), or ""."""
-        if self.max_rounds and round_number >= self.max_rounds:
-            return "rounds"
-        if self.target_accuracy and accuracy >= self.target_accuracy:  # NaN never reaches it
-            return "target_accuracy"
-        if self.until_unix_ms and now_unix_ms >= self.until_unix_ms:
-            return "until"
-        return ""
-    outer: Any = None  # OuterConfig (fednode.node.federation.outer_config); None = plain FedAvg
-
-
-@dataclass(frozen=True)
 class FederationSession:
     """The federation this node trains in now."""
 
@@ -272,6 +253,7 @@ class Daemon:
         self.store: Any = None  # MembershipStore
         self.trust: Any = None  # TrustPolicy
         self.audit: Any = None  # AuditLog
+        self.audit_failures = 0  # records the audit log could not take (each one reported)
         self.history: Any = None  # JsonLinesLog of history.jsonl: every round, rotated by size
         self.tracking: Any = None  # Tracking ([tracking] sinks) or None
         self.metrics: Any = None  # NodeMetrics
@@ -668,7 +650,7 @@ class Daemon:
         from fednode.node.control import JOIN_REQUEST_KIND, NodeControl
         from fednode.node.metrics import NodeMetrics
 
-        self.control = NodeControl(self)
+        self.control = NodeControl(view=self, lifecycle=self)
         self._join_kind = JOIN_REQUEST_KIND
         admin = self.config.admin
         tcp = None
@@ -718,27 +700,30 @@ class Daemon:
         for task in (getattr(self, "_reachability_task", None), getattr(self, "_audit_sync_task", None)):
             if task is not None:
                 task.cancel()
+        # Stopping goes on past a part that fails: each failure is logged, the next part still stops.
         if self.admin is not None:
-            with suppress(Exception):
+            with best_effort(log, "reporting NOT_SERVING to health checks"):
                 await self.admin.set_serving(False)
         if self.mesh is not None:
-            with suppress(Exception):
+            with best_effort(log, "stopping the mesh"):
                 await self.mesh.stop()
             self.mesh = None
         if self.metrics is not None:
-            with suppress(Exception):
+            with best_effort(log, "closing the metrics endpoint"):
                 self.metrics.close()
         if self.audit is not None:
-            with suppress(Exception):
-                self.audit.close()
+            try:
+                self.audit.close()  # fsyncs what is not yet on disk
+            except Exception as exc:
+                self._audit_failed("last records (closing)", exc)
         if self.history is not None:
-            with suppress(Exception):
+            with best_effort(log, "closing history.jsonl"):
                 self.history.close()
         if self.tracking is not None:
-            with suppress(Exception):
+            with best_effort(log, "closing the tracking sinks"):
                 await asyncio.to_thread(self.tracking.close)
         if self.admin is not None:  # last: `status` says "stopping" until here
-            with suppress(Exception):
+            with best_effort(log, "stopping the admin API"):
                 await self.admin.stop()
 
     def _done(self) -> bool:
@@ -893,8 +878,10 @@ class Daemon:
         while True:
             await asyncio.sleep(AUDIT_SYNC_SECONDS)
             if self.audit is not None:
-                with suppress(Exception):
+                try:
                     await asyncio.to_thread(self.audit.sync)
+                except Exception as exc:
+                    self._audit_failed("fsync", exc)
 
     async def _answer_request(self, kind: str, data: bytes, from_peer: str) -> bytes:
         if kind == self._join_kind and self.control is not None:
@@ -903,7 +890,6 @@ class Daemon:
 
     async def _run_federated(self, session: FederationSession) -> None:
         from fednode.node.federation.protocol import ControlValidator
-        from fednode.node.worker.supervisor import settings_to_proto
 
         assert self.identity is not None
         federation = self.config.federation
@@ -921,7 +907,7 @@ class Daemon:
             return ControlValidator(session.federation_id, federation.max_clock_skew, self.layout_digest, trust,
                                     session.settings.outer.digest() if session.settings.outer is not None else "")
 
-        start = worker_pb2.StartSession(federation_id=session.federation_id, settings=settings_to_proto(session.settings),
+        start = worker_pb2.StartSession(federation_id=session.federation_id, settings=session.settings.to_proto(),
                                         certified=session.certified, display_name=self.display_name)
         if session.certificate is not None:
             start.certificate.CopyFrom(session.certificate)
@@ -1025,7 +1011,7 @@ class Daemon:
         not answer at once)."""
         progress = self.progress
         if progress is not None and self.worker is not None:
-            with suppress(Exception):
+            with best_effort(log, "refreshing the session state from the training worker", level=logging.DEBUG):
                 progress.state = await self.worker.session_state()
         return progress
 
@@ -1057,13 +1043,32 @@ class Daemon:
         """Remember a verified revocation (trust policy and store); True when it is new."""
         new = bool(self.trust.add_revocation(federation_id, revocation))
         if new:
-            with suppress(Exception):
+            try:
                 self.store.add_revocation(federation_id, revocation)
-            if self.audit is not None:
-                with suppress(Exception):
-                    self.audit.record("member_revoked", "applied", event={"federation_id": federation_id,
-                                                                          "reason": revocation.reason})
+            except Exception as exc:  # in force for this run; a restart would forget it: say so
+                note_failure(log, "storing a revocation (it applies until the daemon restarts)", exc, level=logging.ERROR)
+            self.record_audit("member_revoked", "applied", event={"federation_id": federation_id,
+                                                                   "reason": revocation.reason})
         return new
+
+    def record_audit(self, action: str, status: str, **fields: Any) -> None:
+        """Append an event (joins, revocations) to the audit log, if the node keeps one."""
+        if self.audit is None:
+            return
+        try:
+            self.audit.record(action, status, **fields)
+        except Exception as exc:
+            self._audit_failed(f"{action} record", exc)
+
+    def _audit_failed(self, what: str, exc: Exception) -> None:
+        """The audit log could not take a record: an error in the log (the 1st, 10th, 100th, ...
+        time), counted in summary.json (audit_failures, audit_error)."""
+        self.audit_failures += 1
+        if self.summary is not None:
+            self.summary.audit_failures = self.audit_failures
+            self.summary.audit_error = f"{what}: {exc}"
+        note_failure(log, f"audit log: writing the {what}", exc, level=logging.ERROR,
+                     extra={"event": "audit_write_failed"})
 
     async def apply_revocation(self, federation_id: str, revocation: Any, *, spread: bool) -> bool:
         """Record a revocation this node issued and gossip it to the federation."""
@@ -1079,7 +1084,7 @@ class Daemon:
         federation_id = session.federation_id if session is not None else ""
         peer = event.peer_id
         if kind in ("update_accepted", "update_rejected", "update_aggregated") and self.audit is not None:
-            with suppress(Exception):
+            try:
                 self.audit.record_update(
                     federation_id=federation_id, sender_peer_id=peer, round=event.round,
                     payload_sha256=event.payload_sha256.hex(),
@@ -1088,8 +1093,10 @@ class Daemon:
                     aggregator_score=event.score if event.has_score else None,
                     detail="aggregation" if kind == "update_aggregated" else None,
                 )
+            except Exception as exc:
+                self._audit_failed("update record", exc)
         if kind in ("update_accepted", "update_rejected") and self.metrics is not None:
-            with suppress(Exception):
+            with best_effort(log, "recording an update in the metrics"):
                 self.metrics.record_update(federation_id, accepted=kind == "update_accepted",
                                            reason=event.reason or None)
         if kind == "revocation":
@@ -1105,10 +1112,10 @@ class Daemon:
             )
 
     async def _report_reachability(self) -> None:
-        """Say whether peers can dial this node and what it does about it (issue 8), as soon as
-        AutoNAT has a verdict; after 30 s without one, say why, and report again once it comes
-        (a bootstrap node started first has nobody to ask until peers join)."""
-        with suppress(Exception):
+        """Say whether peers can dial this node and what it does about it, as soon as AutoNAT
+        has a verdict; after 30 s without one, say why, and report again once it comes (a
+        bootstrap node started first has nobody to ask until peers join)."""
+        with best_effort(log, "reporting reachability"):
             reachability = await self.mesh.wait_for_reachability(timeout=30.0)
             log.info("%s", self.mesh.reachability_report(),
                      extra={"event": "reachability_report", "status": reachability.status})
@@ -1138,7 +1145,7 @@ class Daemon:
             daemon_cpu_seconds=time.process_time(), worker_cpu_seconds=report.cpu_seconds, finished_at=time.time(),
         )
         if self.mesh is not None:
-            with suppress(Exception):
+            with best_effort(log, "reading the mesh traffic counters"):
                 stats = self.mesh.stats()
                 record.bytes_sent = stats.gossip_bytes_published + stats.blob_bytes_sent + stats.push_bytes_sent
                 record.bytes_received = stats.gossip_bytes_received + stats.blob_bytes_received + stats.push_bytes_received
@@ -1184,14 +1191,14 @@ class Daemon:
             self.summary.checkpoint_failures = max(self.summary.checkpoint_failures, health.failures_total)
             self.summary.checkpoint_error = health.error
         if self.metrics is not None:
-            with suppress(Exception):
+            with best_effort(log, "recording the checkpoint in the metrics"):
                 self.metrics.record_checkpoint(health.failures_total, health.written_round)
 
     def _after_federated_round(self, report: Any, record: RoundRecord) -> None:
         federation_id = self.session.federation_id if self.session is not None else ""
         self._remember_peer_addresses()
         if self.metrics is not None:
-            with suppress(Exception):
+            with best_effort(log, "recording the round in the metrics"):
                 self.metrics.record_round(
                     federation_id, report.round, model_version=report.model_version, accuracy=record.accuracy,
                     loss=record.loss, train_loss=record.train_loss, aggregation_seconds=report.aggregation_seconds,
@@ -1219,7 +1226,7 @@ class Daemon:
         seen = self._session_member_addresses()
         if seen == self._saved_peer_addresses:
             return  # the usual case: no disk access in the round path
-        with suppress(Exception):  # a hint: never worth failing a round over
+        with best_effort(log, "remembering the members' addresses"):  # a hint: never worth failing a round over
             self.store.remember_members(session.federation_id, seen)
             self._saved_peer_addresses = seen
 
@@ -1296,12 +1303,12 @@ class Daemon:
         if self.summary is None or self.mesh is None:
             return
         summary = self.summary
-        with suppress(Exception):
+        with best_effort(log, "reading the mesh traffic counters"):
             stats = self.mesh.stats()
             summary.bytes_sent = stats.gossip_bytes_published + stats.blob_bytes_sent + stats.push_bytes_sent
             summary.bytes_received = stats.gossip_bytes_received + stats.blob_bytes_received + stats.push_bytes_received
         summary.rejected = dict(ended.rejections)
-        with suppress(Exception):
+        with best_effort(log, "counting the messages the mesh refused"):
             # Messages the mesh's validator refused never reach the runner; count them too.
             for reason, count in self.mesh.stats().gossip_rejected.items():
                 summary.rejected[reason] = summary.rejected.get(reason, 0) + count

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import contextlib
 import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +85,8 @@ def log_task_stacks(loop: asyncio.AbstractEventLoop) -> None:
     on a daemon or worker that seems stuck)."""
     for task in sorted(asyncio.all_tasks(loop), key=lambda t: t.get_name()):
         # Task.get_stack() shows one frame of a suspended coroutine; follow the await chain.
-        where, awaited = [], task.get_coro()
+        where: list[str] = []
+        awaited: Any = task.get_coro()
         while awaited is not None and len(where) < 16:
             frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
             if frame is None:
@@ -103,3 +106,39 @@ def current_rss_mb() -> float:
     except OSError:
         pass
     return float("nan")
+
+
+_failures: dict[tuple[str, str], int] = {}
+
+
+def _worth_logging(count: int) -> bool:
+    """The 1st, 10th, 100th, ... time: a failure that repeats every round stays visible
+    without filling the log."""
+    while count % 10 == 0:
+        count //= 10
+    return count == 1
+
+
+def note_failure(log: logging.Logger, what: str, exc: BaseException, *, level: int = logging.WARNING,
+                 extra: dict[str, Any] | None = None) -> int:
+    """Log that `what` failed and why (the 1st, 10th, 100th, ... time for the same logger and
+    `what`); returns how many times it failed so far."""
+    key = (log.name, what)
+    count = _failures.get(key, 0) + 1
+    _failures[key] = count
+    if _worth_logging(count):
+        again = f" ({count} times so far)" if count > 1 else ""
+        log.log(level, "%s failed: %s%s", what, str(exc) or type(exc).__name__, again,
+                exc_info=log.isEnabledFor(logging.DEBUG), extra={"event": "best_effort_failed", **(extra or {})})
+    return count
+
+
+@contextlib.contextmanager
+def best_effort(log: logging.Logger, what: str, *, level: int = logging.WARNING) -> Iterator[None]:
+    """Work whose failure must not stop the caller (closing a sink, a metric, a hint): an exception
+    is logged with `what` (note_failure) instead of being raised. Not for durable writes: a write
+    that fails must be reported to whoever relies on it."""
+    try:
+        yield
+    except Exception as exc:
+        note_failure(log, what, exc, level=level)

@@ -26,11 +26,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from contextlib import suppress
 from typing import Any
 
 from fednode.node.envelope import Rejected
 from fednode.node.identity import Identity
+from fednode.node.logs import best_effort
 from fednode.node.membership.addresses import address_record_key, decode_address_record, make_address_record
 
 log = logging.getLogger("fednode.reconnect")
@@ -134,7 +134,7 @@ class Reconnector:
             address = await self._dial_any(record_addresses)
             source = "its DHT address record"
             if address is not None:
-                with suppress(Exception):
+                with best_effort(log, "remembering a member's address"):
                     self.store.remember_members(self.federation_id, {peer: [address, *record_addresses]})
         if address is None:
             _, backoff = self._retry_at.get(peer, (0.0, 0.0))

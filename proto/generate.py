@@ -4,7 +4,10 @@
     python -m fednode.proto.generate --check  # exit 1 if the committed code is stale
 
 Needs grpcio-tools 1.81.1 (the `dev` extra): newer releases emit gencode for protobuf 7, which
-libp2p 0.8.1 cannot import next to (it pins protobuf<7).
+libp2p 0.8.1 cannot import next to (it pins protobuf<7). The services' type stubs
+(`*_pb2_grpc.pyi`: typed stubs and servicers for mypy) come from mypy-protobuf's
+`protoc-gen-mypy_grpc` plugin (also in the `dev` extra); protoc's own `--pyi_out` writes the
+messages' stubs.
 
 The .proto files are compiled under the import path `fednode/proto/v1/...` so the generated modules
 import each other as `fednode.proto.v1.*_pb2`, whatever directory the repository sits in.
@@ -21,7 +24,7 @@ from pathlib import Path
 
 PROTO_ROOT = Path(__file__).resolve().parent
 VERSIONS = ("v1",)
-GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 
 
 def _generate_into(out_dir: Path) -> dict[str, bytes]:
@@ -39,6 +42,7 @@ def _generate_into(out_dir: Path) -> dict[str, bytes]:
             shutil.copy(proto_file, staged / proto_file.name)
             sources.append(f"fednode/proto/{version}/{proto_file.name}")
     well_known = Path(protoc.__file__).resolve().parent / "_proto"
+    grpc_stubs_plugin = _plugin("protoc-gen-mypy_grpc")
     args = [
         "grpc_tools.protoc",
         f"-I{include_root}",
@@ -46,6 +50,9 @@ def _generate_into(out_dir: Path) -> dict[str, bytes]:
         f"--python_out={generated_root}",
         f"--pyi_out={generated_root}",
         f"--grpc_python_out={generated_root}",
+        f"--plugin=protoc-gen-mypy_grpc={grpc_stubs_plugin}",
+        f"--mypy_grpc_out={generated_root}",
+        "--mypy_grpc_opt=quiet",
         *sources,
     ]
     if protoc.main(args) != 0:
@@ -56,10 +63,20 @@ def _generate_into(out_dir: Path) -> dict[str, bytes]:
         for path in sorted(folder.iterdir()):
             if not path.name.endswith(GENERATED_SUFFIXES):
                 continue
-            if path.name.endswith("_pb2_grpc.py") and not _declares_service(PROTO_ROOT / version / path.name.replace("_pb2_grpc.py", ".proto")):
+            if path.name.endswith(("_pb2_grpc.py", "_pb2_grpc.pyi")) and not _declares_service(
+                    PROTO_ROOT / version / re.sub(r"_pb2_grpc\.pyi?$", ".proto", path.name)):
                 continue  # protoc writes an import-only stub for message-only files; keep just the real ones
             result[f"{version}/{path.name}"] = path.read_bytes()
     return result
+
+
+def _plugin(name: str) -> Path:
+    """A protoc plugin installed beside this interpreter (the virtualenv's bin/), or on PATH."""
+    beside = Path(sys.executable).parent / name
+    found = beside if beside.exists() else (Path(on_path) if (on_path := shutil.which(name)) else None)
+    if found is None:
+        raise SystemExit(f"{name} not found; install the dev extra (pip install -e '.[dev]', it brings mypy-protobuf)")
+    return found
 
 
 def _declares_service(proto_file: Path) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -78,7 +78,7 @@ def _mean(rule: Mean, source: Source, context: CallContext, layout: PartLayout) 
 
 
 def _columnwise(rule: Median | TrimmedMean, source: Source, context: CallContext, layout: PartLayout) -> Ruling:
-    reducer = "median" if isinstance(rule, Median) else "trimmed_mean"
+    reducer: Literal["median", "trimmed_mean"] = "median" if isinstance(rule, Median) else "trimmed_mean"
     return Ruling(Columnwise(source, tuple(range(source.count)), reducer, rule.f))
 
 

@@ -91,9 +91,9 @@ class _TokenInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if self._token is None or handler_call_details.method.startswith(_OPEN_METHODS):
             return handler
@@ -106,7 +106,7 @@ class _TokenInterceptor(grpc.aio.ServerInterceptor):
         return _wrap_with_peer_check(handler, expected)
 
 
-def _wrap_with_peer_check(handler: grpc.RpcMethodHandler, expected: str) -> grpc.RpcMethodHandler:
+def _wrap_with_peer_check(handler: grpc.RpcMethodHandler[Any, Any], expected: str) -> grpc.RpcMethodHandler[Any, Any]:
     """Unix-socket peers pass; others without the token get UNAUTHENTICATED.
 
     The peer address is known only inside the call (context.peer()), so the check wraps the
@@ -120,8 +120,9 @@ def _wrap_with_peer_check(handler: grpc.RpcMethodHandler, expected: str) -> grpc
                 "missing or wrong admin token; pass --token (or FEDNODE_ADMIN_TOKEN) with the daemon's admin token",
             )
 
+    # The handlers are grpc.aio's coroutines; types-grpcio types RpcMethodHandler's as synchronous.
     if handler.unary_unary is not None:
-        inner = handler.unary_unary
+        inner: Any = handler.unary_unary
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await refuse_unless_local(context)
@@ -130,7 +131,7 @@ def _wrap_with_peer_check(handler: grpc.RpcMethodHandler, expected: str) -> grpc
         return grpc.unary_unary_rpc_method_handler(
             unary, handler.request_deserializer, handler.response_serializer
         )
-    inner_stream = handler.unary_stream
+    inner_stream: Any = handler.unary_stream
 
     async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         await refuse_unless_local(context)
@@ -153,9 +154,9 @@ class _RequestDecodeGuard(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_streaming or handler.request_deserializer is None:
             return handler
@@ -173,7 +174,7 @@ class _RequestDecodeGuard(grpc.aio.ServerInterceptor):
                                 "(fednode.v1 admin.proto); check the client's protocol version")
 
         if handler.unary_unary is not None:
-            inner = handler.unary_unary
+            inner: Any = handler.unary_unary  # a grpc.aio coroutine (see _wrap_with_peer_check)
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 if isinstance(request, _Undecodable):
@@ -181,7 +182,7 @@ class _RequestDecodeGuard(grpc.aio.ServerInterceptor):
                 return await inner(request, context)
 
             return grpc.unary_unary_rpc_method_handler(unary, deserialize, handler.response_serializer)
-        inner_stream = handler.unary_stream
+        inner_stream: Any = handler.unary_stream
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             if isinstance(request, _Undecodable):
@@ -251,16 +252,20 @@ class _Servicer(admin_pb2_grpc.AdminServiceServicer):
             if request.no_follow:
                 return
             while True:
-                event = await queue.get()
-                if event is None:  # the daemon is stopping
+                live = await queue.get()
+                if live is None:  # the daemon is stopping
                     return
-                if not kinds or event.kind in kinds:
-                    yield event
+                if not kinds or live.kind in kinds:
+                    yield live
 
     async def ExportModel(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[admin_pb2.ModelChunk]:
         import hashlib
 
-        data, version, metadata = await self._call(context, lambda: self.backend.export_model(request))  # type: ignore[misc]
+        exported = await self._call(context, lambda: self.backend.export_model(request))
+        assert isinstance(exported, tuple)
+        data: bytes = exported[0]
+        version: int = exported[1]
+        metadata: str = exported[2]
         chunk = 1 << 20
         total = len(data)
         for offset in range(0, max(total, 1), chunk):

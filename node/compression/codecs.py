@@ -12,7 +12,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -163,7 +163,7 @@ class Codec(ABC):
 
     def _wrap(self, n: int, fields: _Fields) -> pb.TensorPayload:
         """Build the payload, with zstd as configured ("auto": whichever serializes smaller)."""
-        header = {"shape": [n], "dtype": pb.DTYPE_FLOAT32, "codec": self.wire_codec, "params": fields.params}
+        header: dict[str, Any] = {"shape": [n], "dtype": pb.DTYPE_FLOAT32, "codec": self.wire_codec, "params": fields.params}
         packed = None
         if self.zstd != "off":
             sizes = self.field_sizes(fields.params, n)

@@ -140,7 +140,7 @@ def _positions_at_least(x: torch.Tensor, threshold: float) -> torch.Tensor:
     magnitudes = np.empty(size, dtype=np.float32)
     mask = np.empty(size, dtype=np.bool_)
     limit = np.float32(threshold)
-    found = []
+    found: list[np.ndarray] = []
     for start in range(0, values.size, _SCAN_CHUNK):
         chunk = values[start : start + _SCAN_CHUNK]
         m = chunk.size

@@ -267,7 +267,7 @@ class CompassRunner(FederationRunner):
         self.led: set[bytes] = set()
         self.own: dict[int, OwnPending] = {}
         self.claimed_speed: dict[str, float] = {}
-        self.pending_members: dict[bytes, list[tuple[str, int, int]]] = {}
+        self.pending_members: dict[bytes, list[tuple[str, int, int | None]]] = {}
         self.departed: dict[str, float] = {}
         self.last_update_of: dict[str, tuple[int, float, bytes]] = {}  # sender -> (seq, arrival, group)
         self.last_train: TrainResult | None = None
@@ -734,8 +734,8 @@ class CompassRunner(FederationRunner):
         Nothing once the node is stopping: the model stays the one the stop was decided on (the
         target accuracy reached, the round budget spent, a signal). The steward still closes the
         groups we lead and the node still serves its payloads while it lingers; only our own model
-        stops moving (CI saw a node stop at 0.908 for its target of 0.90, then apply four more
-        groups during its linger and report 0.856)."""
+        stops moving (otherwise a node that reached its target accuracy could apply more groups
+        while it lingers and report a lower one than it stopped for)."""
         loop = asyncio.get_running_loop()
         for group_id, outcome in list(self.outcomes.items()):
             if self.stop.is_set():
@@ -1198,7 +1198,7 @@ class CompassRunner(FederationRunner):
         while len(self._served_snapshots) > SNAPSHOTS_SERVED:
             self.mesh.unserve_blob(self._served_snapshots.popleft())
 
-    def _serve(self, digest: bytes, data: bytes) -> None:
+    def _serve(self, digest: bytes, data: bytes | bytearray) -> None:
         """As the base, but keeping SERVED_UPDATES payloads (fedcompass produces many)."""
         if digest in self._served:
             return

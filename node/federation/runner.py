@@ -75,6 +75,7 @@ from fednode.node.federation.updates import (
 )
 from fednode.node.identity import Identity
 from fednode.node.mesh.port import MeshPort
+from fednode.node.mesh.types import GossipMessage, PeerConnected, PeerDisconnected
 from fednode.node.model import assign_parameters, flatten_parameters
 from fednode.node.scheduler import SyncPolicy, SyncRound, adoptable_snapshot, byzantine_budget, outvoted_round
 from fednode.node.trainer import LocalTrainer, TrainResult
@@ -141,8 +142,6 @@ SHORT_ROUND_REPORT_S = 30.0
 # behind ours: it then has caught up by state sync and can contribute (SyncRound.rejoin).
 RETURN_SILENCE_INTERVALS = 3.0
 REJOIN_WINDOW = 16
-
-_CODEC_ENUM = {name.removeprefix("CODEC_").lower(): value for name, value in tensor_pb2.Codec.items()}
 
 
 @dataclass
@@ -334,7 +333,7 @@ class FederationRunner:
         self.push_only_messages = 0  # our messages every recent member got by push: not gossiped
         self.closing = False  # set by close(): from then on every message is sent before returning
         self.syncs = 0
-        self._snapshot: tuple[model_pb2.SnapshotHeader, bytes] | None = None
+        self._snapshot: tuple[model_pb2.SnapshotHeader, bytes | bytearray] | None = None
         self._own_hashes: dict[int, bytes] = {}  # round -> sha256 of our model after it (recent)
         self._served: deque[bytes] = deque()
         self._wakeup = asyncio.Event()
@@ -610,7 +609,7 @@ class FederationRunner:
         if result is not None:
             assign_parameters(self.model, new)
             self.outer_state = outer_state
-            if self.aggregator.name == "centered_clipping":
+            if self.aggregator.uses_center:
                 self.aggregator_center = result.aggregate.detach().clone()
             selected, dropped = self._credit_contributions(senders, result)
             if dropped:
@@ -651,7 +650,7 @@ class FederationRunner:
         hashes = {s: bytes(updates[s].header.payload_sha256) for s in senders}
         rows = torch.stack([updates[s].delta for s in senders])
         kwargs: dict[str, Any] = {"seed": round_seed(self.federation_id, number)}
-        if self.aggregator.name == "centered_clipping":
+        if self.aggregator.uses_center:
             kwargs["center"] = self.aggregator_center
         try:
             rule = self._rule_for(number, len(senders))
@@ -682,7 +681,7 @@ class FederationRunner:
             rule = self._rule_for(number, len(headers))
             outcome = await self.butterfly.aggregate(
                 number, headers, rule, seed=round_seed(self.federation_id, number),
-                center=self.aggregator_center if self.aggregator.name == "centered_clipping" else None)
+                center=self.aggregator_center if self.aggregator.uses_center else None)
             return outcome.roster, outcome.result, hashes
         except ButterflyFailed as exc:
             self.butterfly.fallbacks += 1
@@ -889,7 +888,7 @@ class FederationRunner:
             await asyncio.sleep(REPUBLISH_INTERVAL_S)
             await self._sync_revocation_record(republish=True)
 
-    def _serve(self, digest: bytes, data: bytes) -> None:
+    def _serve(self, digest: bytes, data: bytes | bytearray) -> None:
         self.mesh.serve_blob(digest, data)
         self._served.append(digest)
         # Keep the last few payloads and snapshots available to late fetchers; drop the rest.
@@ -963,13 +962,13 @@ class FederationRunner:
     async def _pump_events(self) -> None:
         while True:
             event = await self.mesh.events.get()
-            kind = type(event).__name__
-            if kind == "GossipMessage" and event.topic == self.topic:
-                self._on_gossip(event.data, event.from_peer, direct=event.direct,
-                                signature_verified=event.signature_verified)
-            elif kind == "PeerConnected":
+            if isinstance(event, GossipMessage):
+                if event.topic == self.topic:
+                    self._on_gossip(event.data, event.from_peer, direct=event.direct,
+                                    signature_verified=event.signature_verified)
+            elif isinstance(event, PeerConnected):
                 self._connected.add(event.peer_id)
-            elif kind == "PeerDisconnected":
+            elif isinstance(event, PeerDisconnected):
                 self._connected.discard(event.peer_id)
 
     def note_refusal(self, sender: str, rejected: Rejected, header: model_pb2.UpdateHeader | None) -> None:
@@ -1227,6 +1226,7 @@ class FederationRunner:
         schedules."""
         digest = bytes(header.payload_sha256)
         self.timings["gossip_delivery"].append(max(0.0, (now_ms() - header.created_unix_ms) / 1000))
+        data: bytes | bytearray
         if header.inline_payload:
             data = bytes(header.inline_payload)  # hash checked by the validator
         else:
@@ -1241,7 +1241,7 @@ class FederationRunner:
                 return None
             self._serve(digest, data)  # peers that fetched an update can serve it
         try:
-            payload = tensor_pb2.TensorPayload.FromString(data)
+            payload = tensor_pb2.TensorPayload.FromString(data)  # type: ignore[arg-type]  # parses any buffer
             return decode(payload, limits=self.limits, expected_numel=self.layout.numel).reshape(-1)
         except PayloadError as exc:
             self._reject(sender, Rejected(exc.reject_reason, str(exc)), header)

@@ -296,7 +296,8 @@ class SimulatedFederation:
         return [self._evaluate(member).accuracy for member in chosen]
 
     def _evaluate(self, member: SimulatedMember) -> EvalResult:
-        return member.trainer.evaluate(member.runner.model)
+        result: EvalResult = member.trainer.evaluate(member.runner.model)
+        return result
 
     def bytes_per_round(self, member: SimulatedMember, first: int, last: int) -> tuple[float, float]:
         """(sent, received) payload bytes per round between the closes of rounds `first` and

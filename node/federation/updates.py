@@ -107,17 +107,17 @@ def model_state_payload(parameters: torch.Tensor, outer: OuterConfig, state: Out
 
 
 def read_model_state(
-    data: bytes, outer: OuterConfig, *, limits: DecodeLimits, numel: int
+    data: bytes | bytearray, outer: OuterConfig, *, limits: DecodeLimits, numel: int
 ) -> tuple[torch.Tensor, OuterState | None]:
     """(flat float32 parameters, outer state or None) from `model_state_payload` bytes. Raises
     PayloadError (codec, sizes, non-finite values), OuterStateError, or protobuf's DecodeError."""
     state: OuterState | None = None
     if outer.stateful:
-        message = model_pb2.ModelState.FromString(data)
+        message = model_pb2.ModelState.FromString(data)  # type: ignore[arg-type]  # parses any buffer
         payload = message.parameters
         state = state_from_proto(outer, message.outer, numel)
     else:
-        payload = tensor_pb2.TensorPayload.FromString(data)
+        payload = tensor_pb2.TensorPayload.FromString(data)  # type: ignore[arg-type]  # parses any buffer
     if payload.codec != tensor_pb2.CODEC_NONE:
         raise PayloadError("bad_codec_params", "snapshots must be lossless")
     return decode(payload, limits=limits, expected_numel=numel).reshape(-1), state

@@ -107,7 +107,7 @@ def issue_certificate(
         member_public_key=member_public_key,
         member_peer_id=peer_id_from_public_key(member_public_key),
         serial=serial,
-        role=role,
+        role=Role.Name(role),  # validated above; the name types as the enum
         not_before_unix_ms=now,
         not_after_unix_ms=not_after,
         display_name=display_name,

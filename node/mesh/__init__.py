@@ -88,6 +88,8 @@ Design (details in docs/mesh.md)
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .config import GossipConfig, MeshConfig, RelayLimits
 from .errors import (
     BlobNotFoundError,
@@ -151,6 +153,10 @@ __all__ = [
     "Validator",
     "peer_id_from_public_key",
 ]
+
+if TYPE_CHECKING:  # at run time loaded on first use (below)
+    from .identity import peer_id_from_public_key
+    from .mesh import Mesh
 
 
 def __getattr__(name: str) -> object:

@@ -758,7 +758,7 @@ class Libp2pNode:
 
         A NATed peer advertises its private LAN address next to its relay address. Dialing the
         direct addresses first and the relay only after they failed made every connection to a
-        NATed peer wait out the whole time-out (netns tests, issue 8). Here the relay dial
+        NATed peer wait out the whole time-out (tests/netns). Here the relay dial
         starts ``_RELAY_DIAL_DELAY_S`` after the direct one (at once without direct addresses)
         and the first connection wins. The direct dial runs in the node's nursery, not the
         caller's: when the relay wins, a direct connection that completes later (same LAN, a
@@ -1029,7 +1029,7 @@ class Libp2pNode:
     async def _autonat_loop(self) -> None:
         """Ask directly connected peers to dial us back; turn their answers into a verdict.
 
-        Differences from the library's ``check_reachability`` (netns tests, issue 8):
+        Differences from the library's ``check_reachability`` (what tests/netns showed it needs):
 
         * the verdict needs ``min(autonat_confirmations, servers that answered)`` agreeing
           votes: a federation behind one bootstrap node has a single AutoNAT server, and with
@@ -1052,7 +1052,7 @@ class Libp2pNode:
             await trio.sleep(cfg.autonat_interval_s if decided else min(3.0, cfg.autonat_interval_s))
 
     def _autonat_servers(self) -> list[ID]:
-        servers = []
+        servers: list[ID] = []
         for peer in list(self.host.get_network().connections):
             if len(servers) >= _AUTONAT_MAX_SERVERS:
                 break
@@ -1091,9 +1091,12 @@ class Libp2pNode:
         candidates = self._autonat_candidates()
         reached: list[str] = []
 
+        autonat = self.autonat
+        assert autonat is not None
+
         async def ask(server: ID) -> None:
             try:
-                status, addr = await self.autonat.query_server(server, candidates, timeout=2 * self.config.io_timeout_s)
+                status, addr = await autonat.query_server(server, candidates, timeout=2 * self.config.io_timeout_s)
             except Exception as exc:
                 log.debug("AutoNAT query to %s failed: %s", server, exc)
                 return
@@ -1394,7 +1397,9 @@ class Libp2pNode:
                 answer = b"\x01no request handler on this node"
             else:
                 try:
-                    result = await trio.to_thread.run_sync(handler, kind, data, peer, abandon_on_cancel=True)
+                    # trio-typing's stubs (a libp2p dependency) shadow trio's own types and predate abandon_on_cancel
+                    result = await trio.to_thread.run_sync(  # type: ignore[call-arg]
+                        handler, kind, data, peer, abandon_on_cancel=True)
                     answer = b"\x00" + result
                 except Exception as exc:
                     answer = b"\x01" + str(exc)[:500].encode()

@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from fednode.proto.v1 import transfer_pb2
@@ -196,8 +196,10 @@ class Mesh:
         budget = self.config.stop_timeout_s
         self._close_idle()
         if self._fast is not None:  # stop serving first: it is quick and frees the port
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(self._fast.close(), 2.0)
+            except Exception as exc:  # stopping goes on: the bridge below still stops
+                log.warning("closing the fast path failed: %s", str(exc) or type(exc).__name__)
         if self._bridge is not None and not await self._bridge.stop(timeout=max(1.0, budget - 2.5)):
             log.error("the networking thread did not stop within %.1f s", budget)
         self._state = "stopped"
@@ -483,7 +485,7 @@ class Mesh:
 
     # ------------------------------------------------------------------ requests
 
-    def set_request_handler(self, handler: Callable[[str, bytes, str], Awaitable[bytes]] | None) -> None:
+    def set_request_handler(self, handler: Callable[[str, bytes, str], Coroutine[Any, Any, bytes]] | None) -> None:
         """Answer /fednode/request/1.0.0 requests: ``await handler(kind, data, from_peer) -> bytes``
         runs on this event loop; raising an exception sends the peer its message as a refusal.
         One handler per node (it dispatches on ``kind``); requests are at most 1 MiB."""

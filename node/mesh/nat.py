@@ -1,7 +1,7 @@
 """NAT traversal pieces of py-libp2p 0.8.1, corrected where the netns tests showed they fail.
 
-Each class subclasses the library's own service and changes only what issue 8's experiments on
-emulated NATs (tests/netns) proved wrong or unsafe; docs/nat-traversal.md has the evidence.
+Each class subclasses the library's own service and changes only what experiments on emulated
+NATs (tests/netns) proved wrong or unsafe; docs/nat-traversal.md has the evidence.
 
 * :class:`AdmissionRelay` (circuit relay v2 hop): asks an admission hook before it grants a
   reservation or opens a circuit, so the relay of a private federation is no open proxy; caps

@@ -1,8 +1,8 @@
 """What to tell an operator about this node's reachability: a verdict plus what happens next.
 
 Pure functions over plain values (no libp2p), so the wording is tested without a network. The
-daemon logs :meth:`~fednode.node.mesh.Mesh.reachability_report` once AutoNAT has a verdict
-(issue 8: "at start-up the daemon says whether it is reachable and what it will do about it").
+daemon logs :meth:`~fednode.node.mesh.Mesh.reachability_report` once AutoNAT has a verdict: at
+start-up it says whether it is reachable and what it will do about it.
 Every message names the evidence (how many peers dialed back) and, when something is missing,
 the setting that fixes it; none guesses.
 """

@@ -90,7 +90,7 @@ def load_run(path: Path) -> RunData:
         raise RunNotFound(f"{path} is not a directory; pass a run directory (runs/<time>) or a node's state dir")
     summary = _read_json(path / SUMMARY_FILE)
     if isinstance(summary.get("nodes"), list):
-        members = []
+        members: list[MemberData] = []
         for row in summary["nodes"]:
             state_dir = Path(row.get("state_dir") or path / f"node-{row.get('node', len(members))}")
             if not state_dir.is_absolute() and not state_dir.exists():

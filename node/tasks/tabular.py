@@ -54,7 +54,7 @@ MOMENTS_KIND = "fednode-feature-moments"
 def feature_moments(features: np.ndarray, source: str = "") -> dict[str, Any]:
     """Per-feature count, mean and M2 (sum of squared deviations) of one site's training rows:
     enough to merge sites exactly, without any row."""
-    values = features.astype(np.float64)
+    values: np.ndarray = features.astype(np.float64)
     mean = values.mean(axis=0) if len(values) else np.zeros(values.shape[1])
     m2 = ((values - mean) ** 2).sum(axis=0)
     return {"kind": MOMENTS_KIND, "version": 1, "count": len(values), "features": int(values.shape[1]),

@@ -12,7 +12,6 @@ it exits when the daemon says so or the link closes (the daemon died).
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import io
 import json
 import logging
@@ -24,7 +23,6 @@ import statistics
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import suppress
 from typing import Any
 
 import torch
@@ -34,9 +32,11 @@ from fednode.aggregators import build as build_aggregator
 from fednode.node.checkpoint import Checkpoint, CheckpointStore
 from fednode.node.config import FednodeConfig
 from fednode.node.errors import ConfigError, ExitCode, FednodeError, TaskError
+from fednode.node.federation.settings import FederationSettings
 from fednode.node.identity import identity_path, load_identity
-from fednode.node.logs import current_rss_mb
+from fednode.node.logs import best_effort, current_rss_mb
 from fednode.node.model import assign_parameters, flatten_parameters, model_layout
+from fednode.node.parent_death import die_with_parent
 from fednode.node.tasks import TaskContext, load_task
 from fednode.node.trainer import LocalTrainer, resolve_device, resolve_inner_optimizer
 from fednode.node.worker.link import Link
@@ -51,20 +51,6 @@ FINAL_CHECKPOINT_RETRIES = (0.5, 1.0, 2.0)
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def settings_from_proto(message: worker_pb2.Settings) -> dict[str, Any]:
-    from fednode.node.federation.outer_config import config_from_proto
-
-    try:
-        outer = config_from_proto(message.outer if message.HasField("outer") else None)
-    except ValueError as exc:
-        raise ConfigError(f"invalid outer optimizer settings: {exc}") from exc
-    return {
-        "rule": message.rule, "rule_params": json.loads(message.rule_params_json or "{}"), "f": message.f,
-        "schedule": message.schedule, "min_participants": message.min_participants, "codec": message.codec,
-        "codec_params": json.loads(message.codec_params_json or "{}"), "outer": outer,
-    }
 
 
 def device_for_rank(config: FednodeConfig, local_rank: int) -> torch.device:
@@ -199,12 +185,12 @@ class TrainingWorker:
             self.trainer.set_generator_state(generator_state)
         return True
 
-    def components(self, settings: dict[str, Any]) -> tuple[Any, Any]:
+    def components(self, settings: FederationSettings) -> tuple[Any, Any]:
         """(aggregator, compressor) for a federation; ConfigError with what to change."""
         from fednode.node.compression import UpdateCompressor, build_codec
 
         try:
-            aggregator = build_aggregator(settings["rule"], f=settings["f"], **settings["rule_params"])
+            aggregator = build_aggregator(settings.rule, f=settings.f, **settings.rule_params)
         except (AggregationError, TypeError, ValueError) as exc:
             raise ConfigError(f"invalid aggregation settings: {exc}") from exc
         needed = aggregator.minimum_rows()
@@ -212,13 +198,13 @@ class TrainingWorker:
         # no longer among the valid updates, see SyncRound.needed): a floor of 2f+3 for Krum would
         # let f crashed members of a 2f+3-member federation stall it. FedCompass groups still
         # wait for min_participants members before training, so it must cover the rule.
-        if settings["schedule"] == "fedcompass" and settings["min_participants"] < needed:
+        if settings.schedule == "fedcompass" and settings.min_participants < needed:
             raise ConfigError(
-                f"aggregation rule {settings['rule']!r} with f = {settings['f']} needs at least {needed} updates "
-                f"per round, but min_participants = {settings['min_participants']}; raise min_participants or lower f"
+                f"aggregation rule {settings.rule!r} with f = {settings.f} needs at least {needed} updates "
+                f"per round, but min_participants = {settings.min_participants}; raise min_participants or lower f"
             )
         try:
-            compressor = UpdateCompressor(build_codec(settings["codec"], **settings["codec_params"]),
+            compressor = UpdateCompressor(build_codec(settings.codec, **settings.codec_params),
                                           error_feedback=self.config.compression.error_feedback)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"invalid compression settings: {exc}") from exc
@@ -239,7 +225,7 @@ class TrainingWorker:
             return await self.start_session(frame.start_session)
         elif body == "check_settings":
             try:
-                self.components(settings_from_proto(frame.check_settings))
+                self.components(FederationSettings.from_proto(frame.check_settings))
             except ConfigError as exc:
                 raise ValueError(exc.message) from None
         elif body == "export_model":
@@ -386,7 +372,7 @@ class TrainingWorker:
             if not started.done():
                 started.set_exception(ValueError(ended.error or "the session ended before it started"))
             ended.round, ended.model_version = self.round, self.model_version
-            with suppress(Exception):
+            with best_effort(log, "telling the daemon the session ended"):
                 self.link.notify("session_ended", ended)
 
     async def _run_alone(self) -> None:
@@ -409,15 +395,15 @@ class TrainingWorker:
         from fednode.node.federation.runner import FederationRunner
         from fednode.node.scheduler import SyncPolicy
 
-        settings = settings_from_proto(start.settings)
+        settings = FederationSettings.from_proto(start.settings)
         aggregator, compressor = self.components(settings)
-        if settings["f"] and aggregator.caveats():
-            log.warning("aggregation rule %r: %s", settings["rule"], aggregator.caveats(),
-                        extra={"event": "rule_caveat", "rule": settings["rule"]})
+        if settings.f and aggregator.caveats():
+            log.warning("aggregation rule %r: %s", settings.rule, aggregator.caveats(),
+                        extra={"event": "rule_caveat", "rule": settings.rule})
         federation = self.config.federation
         runner_class: Any = FederationRunner
         options: dict[str, Any] = {}
-        if settings["schedule"] == "fedcompass":
+        if settings.schedule == "fedcompass":
             from fednode.node.federation.compass import CompassRunner, policy_from_config
 
             try:
@@ -439,21 +425,21 @@ class TrainingWorker:
             federation_id=start.federation_id, identity=self.identity, mesh=self.mesh, model=self.model,
             trainer=self.trainer, layout=self.layout, aggregator=aggregator, compressor=compressor,
             local_steps=self.config.training.local_steps,
-            policy=SyncPolicy(min_participants=settings["min_participants"], f=settings["f"],
+            policy=SyncPolicy(min_participants=settings.min_participants, f=settings.f,
                               rows_needed=lambda byzantine: aggregator.with_f(byzantine).minimum_rows()),
             announce_interval=federation.announce_interval, push=federation.push,
             max_clock_skew=federation.max_clock_skew, stop=self.session_stop, attack=self.attack,
             on_round=self._on_federated_round, display_name=start.display_name, trust=trust,
             certificate=start.certificate if start.HasField("certificate") else None,
-            on_event=self._forward_event, alone_timeout=federation.alone_timeout, outer=settings["outer"],
-            butterfly=butterfly_config(federation) if settings["schedule"] == "sync" else None, **options,
+            on_event=self._forward_event, alone_timeout=federation.alone_timeout, outer=settings.outer,
+            butterfly=butterfly_config(federation) if settings.schedule == "sync" else None, **options,
             # FedCompass keeps its own model state (master copy, schedule): it checkpoints after
             # its aggregations only.
-            on_synced=self._on_synced if settings["schedule"] == "sync" else None,
+            on_synced=self._on_synced if settings.schedule == "sync" else None,
         )
         self.runner.on_sync = self._record_synced_model
-        if not settings["outer"].is_identity:
-            log.info("outer optimizer: %s", settings["outer"].describe())
+        if not settings.outer.is_identity:
+            log.info("outer optimizer: %s", settings.outer.describe())
         if self.extra_state.get("federation_id") == start.federation_id:
             self.runner.restore(self.round, self.model_version, self.extra_state)
         else:
@@ -529,7 +515,7 @@ class TrainingWorker:
         if kind == "revocation" and revocation is not None and self.runner is not None:
             policy = self.runner.validator.policy
             if policy is not None:
-                with suppress(Exception):
+                with best_effort(log, "applying a revocation to the worker's trust policy"):
                     policy.add_revocation(self.runner.federation_id, revocation)
         event = worker_pb2.RunnerEvent(
             kind=kind, peer_id=str(fields.get("peer_id", "")), round=int(fields.get("round", 0) or 0),
@@ -542,7 +528,7 @@ class TrainingWorker:
             event.score, event.has_score = float(fields["score"]), True
         if revocation is not None:
             event.revocation.CopyFrom(revocation)
-        with suppress(Exception):
+        with best_effort(log, f"forwarding a {kind} event to the daemon (audit log, metrics)"):
             self.link.notify("runner_event", event)
 
     async def _on_federated_round(self, outcome: Any) -> None:
@@ -637,7 +623,7 @@ class TrainingWorker:
     async def shutdown(self, request: worker_pb2.Shutdown) -> worker_pb2.WorkerTotals:
         self.stop_session(self.stop_reason or "shutdown")
         if self._session is not None:
-            with suppress(Exception):
+            with best_effort(log, "ending the session before shutdown"):
                 await self._session
         totals = worker_pb2.WorkerTotals(peak_rss_mb=peak_rss_mb())
         if request.checkpoint:
@@ -657,15 +643,6 @@ class TrainingWorker:
                     break
                 await asyncio.sleep(pause)
         return self.checkpoint_health.error or "the final checkpoint could not be written"
-
-
-def _die_with_parent() -> None:
-    """SIGKILL this process when the daemon dies, even by kill -9 (Linux): a worker left behind
-    would keep writing checkpoints into a state dir a new daemon may be using."""
-    with suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 async def serve(link_fd: int) -> int:
@@ -691,7 +668,8 @@ async def serve(link_fd: int) -> int:
 
     link = await Link.over_socket(sock, handle, "training worker")
     reading = asyncio.ensure_future(link.run())
-    done, _ = await asyncio.wait({configure_frame, reading}, return_when=asyncio.FIRST_COMPLETED)
+    first: set[asyncio.Future[Any]] = {configure_frame, reading}
+    done, _ = await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
     if configure_frame not in done:
         return int(ExitCode.INTERNAL)  # the daemon went away before configuring us
     config = FednodeConfig.model_validate_json(configure_frame.result().config_json)
@@ -751,7 +729,8 @@ def main(argv: list[str] | None = None) -> int:
                                      description="fednode's training worker (started by `fednode start`)")
     parser.add_argument("--link-fd", type=int, required=True, help="inherited socket to the daemon")
     args = parser.parse_args(argv)
-    _die_with_parent()
+    if not die_with_parent(signal.SIGKILL):  # the daemon's death also closes the link: we stop on EOF
+        log.debug("PR_SET_PDEATHSIG unavailable; the worker stops when its link to the daemon closes")
     # Ctrl-C reaches the whole process group; the daemon decides how the worker stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import socket
 import sys
@@ -20,6 +19,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fednode.node.errors import ExitCode, FednodeError
+from fednode.node.federation.settings import FederationSettings
+from fednode.node.logs import best_effort
 from fednode.node.worker.link import Link, LinkClosed, RemoteError, reply_body
 from fednode.node.worker.remote_mesh import event_to_proto
 from fednode.proto.v1 import membership_pb2, worker_pb2
@@ -46,20 +47,6 @@ class WorkerError(FednodeError):
 
 class WorkerGone(WorkerError):
     """The training worker process died (killed, out of memory, crashed)."""
-
-
-def settings_to_proto(settings: Any) -> worker_pb2.Settings:
-    message = worker_pb2.Settings(
-        rule=settings.rule, rule_params_json=json.dumps(settings.rule_params, sort_keys=True), f=settings.f,
-        schedule=settings.schedule, min_participants=settings.min_participants, codec=settings.codec,
-        codec_params_json=json.dumps(settings.codec_params, sort_keys=True),
-        max_rounds=getattr(settings, "max_rounds", 0),
-    )
-    if getattr(settings, "outer", None) is not None:
-        from fednode.node.federation.outer_config import config_to_proto
-
-        message.outer.CopyFrom(config_to_proto(settings.outer))
-    return message
 
 
 class WorkerProcess:
@@ -105,14 +92,15 @@ class WorkerProcess:
         self._reading = asyncio.ensure_future(self._read_until_closed())
         self.link.notify("configure", worker_pb2.Configure(config_json=self._config_json))
         try:
-            self.ready = await asyncio.wait_for(asyncio.shield(self._ready), WORKER_START_TIMEOUT)
+            ready = await asyncio.wait_for(asyncio.shield(self._ready), WORKER_START_TIMEOUT)
         except asyncio.TimeoutError:
             await self.kill()
             raise WorkerError(f"the training worker did not start within {WORKER_START_TIMEOUT:.0f} s") from None
         except BaseException:
             await self.kill()
             raise
-        return self.ready
+        self.ready = ready
+        return ready
 
     async def _read_until_closed(self) -> None:
         assert self.link is not None and self.process is not None
@@ -175,10 +163,10 @@ class WorkerProcess:
         except LinkClosed as exc:
             raise WorkerGone(f"the training worker went away: {exc}") from None
 
-    async def check_settings(self, settings: Any) -> None:
+    async def check_settings(self, settings: FederationSettings) -> None:
         """ValueError saying what to change when a federation's settings cannot work."""
         try:
-            await self._call("check_settings", settings_to_proto(settings))
+            await self._call("check_settings", settings.to_proto())
         except RemoteError as exc:
             raise ValueError(str(exc)) from None
 
@@ -227,7 +215,7 @@ class WorkerProcess:
             for topic in list(self._validators):
                 self._validators.pop(topic, None)
                 if mesh is not None:
-                    with contextlib.suppress(Exception):
+                    with best_effort(log, f"unsubscribing from {topic}"):
                         await mesh.unsubscribe(topic)
             self._session_ended = None
 

@@ -71,8 +71,10 @@ def test_metrics_are_labelled_have_process_series_no_created_and_survive_a_resta
     # Each local step now takes 5 s: no new round comes before the scrape.
     second = start_daemon(*ALONE_IN_A_FEDERATION, "--set", "training.emulated_step_ms=5000", name="node")
     port = metrics_port(second)
-    restored = wait_until(lambda: scrape(port), what="the restarted node's metrics")
     federation = (("federation", "ops-test"),)
+    # The metrics port is up at start; the gauges are restored once the worker has read its checkpoint.
+    restored = wait_until(lambda: (s := scrape(port)) and ("fednode_round", federation) in s and s,
+                          what="the restarted node's restored metrics")
     assert restored[("fednode_round", federation)] == summary["rounds"] >= 2
     assert restored[("fednode_accuracy", federation)] == pytest.approx(summary["accuracy"])
     assert restored[("fednode_loss", (("federation", "ops-test"), ("split", "eval")))] == pytest.approx(summary["loss"])

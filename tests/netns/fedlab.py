@@ -167,7 +167,7 @@ ROUNDS = 10
 #: The daemons run until the lab stops them: after ROUNDS rounds *and* once every daemon has its
 #: AutoNAT verdict and hole punching had its chance (the tests check both once every daemon has
 #: stopped). Tuning the run's length by slowing the steps instead raced those events: a faster
-#: machine, or a calibrated step, ended 10 rounds before the verdicts (CI saw 'unknown').
+#: machine, or a calibrated step, could end 10 rounds before the verdicts (reachability 'unknown').
 PUNCH_WINDOW = 30.0  # seconds after the verdicts for DCUtR to succeed (not every topology can; a
 #                      failing attempt took up to 21 s in the lab, docs/nat-traversal.md)
 ROUNDS_AFTER = 3  # rounds every member trains once settled, so updates cross the final paths

@@ -69,7 +69,7 @@ def test_audit_log_rotates_and_the_chain_runs_across_files(tmp_path: Path) -> No
 
 
 def test_daemon_rotates_history_and_audit_and_keeps_every_round(start_daemon) -> None:
-    daemon = start_daemon("--rounds", "8", "--set", "task.params={hidden = [16]}", "--set", "training.local_steps=3",
+    daemon = start_daemon("--solo", "--rounds", "8", "--set", "task.params={hidden = [16]}", "--set", "training.local_steps=3",
                           "--set", "rotation.history_max_mb=0.001", "--log-format", "json")
     assert daemon.wait(timeout=240) == ExitCode.OK, daemon.log()
     history = daemon.state_dir / "history.jsonl"

@@ -39,8 +39,7 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 def _wait_for_checkpoint(daemon, round_number: int, timeout: float = 60) -> None:
     """Wait until the checkpoint of `round_number` (or later) is on disk. The daemon logs a round
     before the worker writes its checkpoint (in the background), so the log line alone does not
-    say a checkpoint of that round exists yet (seen in CI: a kill right after "round 2" found
-    round 1's)."""
+    say a checkpoint of that round exists yet (a kill right after "round 2" can find round 1's)."""
     deadline = time.monotonic() + timeout
     while True:
         checkpoint = CheckpointStore(daemon.state_dir).load()
