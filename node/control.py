@@ -139,6 +139,7 @@ class NodeView(Protocol):
     def store(self) -> MembershipStore | None: ...
     @property
     def mesh(self) -> AdminMesh | None: ...
+    async def training_ranks(self) -> list[Any]: ...  # the torch.distributed job's ranks (worker_pb2.RankHealth)
 
 
 class NodeLifecycle(Protocol):

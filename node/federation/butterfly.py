@@ -664,8 +664,10 @@ class _Round:
             request = session.request
             # The numerics run off the event loop (as the all-to-all rule does): a large part's
             # Gram matrix takes long enough to delay every message this member handles.
-            own = await asyncio.to_thread(
-                lambda request=request: {j: encode_partial(compute_partial(request, self.inputs[j])) for j in self.mine})
+            def own_partials(request: Any = request) -> dict[int, bytes]:
+                return {j: encode_partial(compute_partial(request, self.inputs[j])) for j in self.mine}
+
+            own = await asyncio.to_thread(own_partials)
             await self._claim(step, own, "partial")
             if self._silent(step):
                 raise ButterflyFailed(f"round {self.number}: this owner went silent (owner behaviour)")

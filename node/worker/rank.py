@@ -27,9 +27,11 @@ JOIN_RETRY_S = 2.0  # a host launcher waits this long between attempts to reach 
 
 
 def _die_with_parent() -> None:
-    from fednode.node.worker.process import _die_with_parent as die
+    import signal
 
-    die()
+    from fednode.node.parent_death import die_with_parent
+
+    die_with_parent(signal.SIGKILL)
     parent = os.environ.get("FEDNODE_PARENT_PID")
     if parent and parent.isdigit() and os.getppid() != int(parent):
         os._exit(1)  # the parent died before we could ask to die with it
