@@ -111,10 +111,6 @@ _VIA_GOSSIP = 1
 _VIA_PUSH = 2
 _VIA_BOTH = _VIA_GOSSIP | _VIA_PUSH
 MAX_PUSH_PEERS = 32  # control messages are pushed to at most this many members (gossip reaches all)
-# A member heard from within this long may still need our messages: skipping the gossip copy
-# needs a push to reach each of them (a slow member under load can be silent for several
-# announcement intervals without having gone).
-PUSH_ONLY_HORIZON_S = 30.0
 # Bodies always gossiped, even when every member got the push: they are how members we have not
 # heard from yet (newcomers, peers behind relays) learn of us, and how leaving and revocations
 # reach everyone.
@@ -814,11 +810,9 @@ class FederationRunner:
         await self.mesh.publish(self.topic, data)
 
     def _recent_members(self) -> set[str]:
-        """Members (not us) heard from lately (three announcement intervals, at least
-        PUSH_ONLY_HORIZON_S) and not departed."""
-        horizon = time.time() - max(3 * self.announce_interval, PUSH_ONLY_HORIZON_S)
-        return {p for p, m in self.members.items()
-                if p != self.peer_id and m.last_seen >= horizon and not self.rounds.departed(p)}
+        """Members (not us) heard from within three announcement intervals."""
+        horizon = time.time() - 3 * self.announce_interval
+        return {p for p, m in self.members.items() if p != self.peer_id and m.last_seen >= horizon}
 
     async def _push_then_gossip(self, data: bytes, targets: list[str], push_only: bool) -> None:
         """Push to `targets`, then gossip unless `push_only` and every target got the push."""
