@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,13 +34,23 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_full_disk_is_reported_and_a_lost_final_checkpoint_exits_5(small_disk: Path, start_daemon, cli) -> None:
-    daemon = start_daemon("--state-dir", str(small_disk), "--rounds", "4", "--log-format", "json",
+    daemon = start_daemon("--state-dir", str(small_disk), "--solo", "--rounds", "4", "--log-format", "json",
                           "--set", "training.emulated_step_ms=60")
     daemon.wait_for_log('"event": "checkpoint_failed"', timeout=120)
-    status = cli("status", "--state-dir", str(small_disk), "--format", "json")
-    if status.returncode == 0:  # the daemon may already be past its last round
-        reply = json.loads(status.stdout)
-        assert reply["checkpoint_failures"] >= 1 and "No space left" in reply["checkpoint_error"], reply
+    # The worker writes checkpoints in a thread and reports their health with its next round, so
+    # status shows the failure a round after the log line; the daemon may be done by then.
+    deadline = time.monotonic() + 60
+    settled = False  # status showed the failure, or the daemon is gone
+    while not settled and time.monotonic() < deadline:
+        status = cli("status", "--state-dir", str(small_disk), "--format", "json")
+        if status.returncode != 0 or daemon.process.poll() is not None:
+            settled = True  # past its last round
+        elif json.loads(status.stdout)["checkpoint_failures"] >= 1:
+            assert "No space left" in json.loads(status.stdout)["checkpoint_error"], status.stdout
+            settled = True
+        else:
+            time.sleep(0.2)
+    assert settled, f"status never showed the failed checkpoint: {status.stdout}"
     assert daemon.wait(timeout=120) == 5, daemon.log()[-3000:]
     log = daemon.log()
     assert "not written (OSError: [Errno 28] No space left on device" in log

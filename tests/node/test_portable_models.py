@@ -119,7 +119,7 @@ def test_task_new_scaffold_runs_from_anywhere_without_pythonpath(tmp_path: Path,
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEDNODE_") and k != "PYTHONPATH"}
     done = subprocess.run([sys.executable, "-m", "fednode.cli.app", "start", "--config", written["config"],
-                           "--state-dir", str(tmp_path / "state"), "--rounds", "3"],
+                           "--state-dir", str(tmp_path / "state"), "--solo", "--rounds", "3"],
                           cwd=elsewhere, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "state" / "summary.json").read_text())

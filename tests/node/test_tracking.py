@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def test_daemon_rounds_reach_tensorboard_and_mlflow(start_daemon) -> None:
-    daemon = start_daemon("--rounds", "4", "--set", "task.params={hidden = [16]}", "--set", "training.local_steps=5",
+    daemon = start_daemon("--solo", "--rounds", "4", "--set", "task.params={hidden = [16]}", "--set", "training.local_steps=5",
                           "--set", "tracking.tensorboard=true", "--set", "tracking.mlflow=true",
                           "--set", 'tracking.run_name="trial-7"', "--log-format", "json")
     assert daemon.wait(timeout=240) == ExitCode.OK, daemon.log()
