@@ -306,6 +306,10 @@ class FederationSection(_Section):
         default=60.0, gt=0.0, le=3_600.0,
         description="butterfly: seconds any one wait of the exchange may take before the round is aggregated all-to-all",
     )
+    butterfly_roster_wait: float = Field(
+        default=20.0, gt=0.0, le=3_600.0,
+        description="butterfly: seconds a round leader's roster proposal is waited for before the next leader's is taken",
+    )
     # FedCompass (schedule = "fedcompass"); see docs/fedcompass.md and fednode.node.scheduler.fedcompass.
     q_min: int = Field(default=20, ge=1, le=1_000_000, description="fedcompass: fewest local steps a peer is given")
     q_max: int = Field(default=100, ge=1, le=1_000_000, description="fedcompass: most local steps a peer is given")

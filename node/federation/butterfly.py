@@ -39,7 +39,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -57,7 +57,7 @@ from fednode.aggregators.partwise import (
     encode_partial,
 )
 from fednode.aggregators.partwise.verify import check_aggregated_part, check_partial
-from fednode.node.scheduler.owners import PartOwners, assign_owners
+from fednode.node.scheduler.owners import PartOwners, assign_owners, leader_order
 from fednode.proto.v1 import control_pb2, model_pb2
 
 log = logging.getLogger("fednode.federation.butterfly")
@@ -158,18 +158,22 @@ class ButterflyConfig:
     """`parts`: m, the same for every member (a header with another count is refused);
     `replicas`: owners per part (None: the rule's f + 1); `grace`: seconds an owner's claim is
     waited for after the first claim of its part; `timeout`: seconds any one wait of the exchange
-    may take before the round falls back to all-to-all."""
+    may take before the round falls back to all-to-all; `roster_wait`: seconds each round leader's
+    roster proposal is waited for before the next leader's is taken (`agree_roster`)."""
 
     parts: int
     replicas: int | None = None
     grace: float = 1.0
     timeout: float = 60.0
+    roster_wait: float = 20.0
 
     def __post_init__(self) -> None:
         if self.parts < 1:
             raise ValueError(f"butterfly parts must be >= 1, got {self.parts}")
         if self.replicas is not None and self.replicas < 1:
             raise ValueError(f"butterfly replicas must be >= 1, got {self.replicas}")
+        if not self.roster_wait > 0:
+            raise ValueError(f"butterfly roster_wait must be > 0 seconds, got {self.roster_wait}")
 
 
 def butterfly_config(federation: Any) -> ButterflyConfig | None:
@@ -181,6 +185,7 @@ def butterfly_config(federation: Any) -> ButterflyConfig | None:
         replicas=federation.butterfly_replicas or None,
         grace=federation.butterfly_grace,
         timeout=federation.butterfly_timeout,
+        roster_wait=federation.butterfly_roster_wait,
     )
 
 
@@ -188,10 +193,13 @@ def butterfly_config(federation: Any) -> ButterflyConfig | None:
 class OwnerBehaviour:
     """How a Byzantine member misbehaves as an owner (tests, simulation, benchmarks): `lie`
     perturbs every partial and aggregated part it claims; `silent_from_step` stops its claims
-    (and serving) from that step of the session on."""
+    (and serving) from that step of the session on; `withhold_roster` / `forge_roster`: as a round
+    leader it proposes no roster, or one with a parts root its sender did not sign."""
 
     lie: bool = False
     silent_from_step: int | None = None
+    withhold_roster: bool = False  # as a round leader, proposes no roster
+    forge_roster: bool = False  # as a round leader, proposes a wrong parts root for another member
 
 
 class ButterflyTransport(Protocol):
@@ -218,6 +226,8 @@ class _Received:
     offers: dict[str, dict[int, control_pb2.PartOffer.Entry]] = field(default_factory=dict)
     offer_rosters: dict[str, bytes] = field(default_factory=dict)  # sender -> its offers' roster digest
     claims: dict[tuple[str, int], tuple[control_pb2.OwnerClaim, bytes, float]] = field(default_factory=dict)
+    proposals: dict[str, bytes] = field(default_factory=dict)  # leader -> its first roster proposal (serialized)
+    equivocated: set[str] = field(default_factory=set)  # leaders that signed two different proposals
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -238,6 +248,7 @@ class ButterflyOutcome:
     recomputed_parts: list[int]
     false_claims: list[str]
     steps: int
+    payload_sha256: dict[str, bytes] = field(default_factory=dict)  # roster member -> its header's payload hash
 
 
 @dataclass(frozen=True)
@@ -281,6 +292,7 @@ class ButterflyExchange:
         self._own: dict[int, _OwnPublication] = {}
         self._served: dict[int, list[bytes]] = {}
         self._newest = 0
+        self._agreed: dict[int, list[str]] = {}  # rounds aggregated by parts -> their (agreed) roster
         self.fallbacks = 0
 
     # ------------------------------------------------------------------ sender side
@@ -315,11 +327,21 @@ class ButterflyExchange:
         if sender in self.excluded:
             return
         body = message.WhichOneof("body")
-        number = message.offer.round if body == "offer" else message.claim.round if body == "claim" else None
+        number = (message.offer.round if body == "offer" else message.claim.round if body == "claim"
+                  else message.proposal.round if body == "proposal" else None)
         if number is None or number + 2 < self._newest or number > self._newest + MAX_ROUNDS_AHEAD:
             return
         state = self._received.setdefault(number, _Received())
-        if body == "offer":
+        if body == "proposal":
+            data = message.proposal.SerializeToString(deterministic=True)
+            first = state.proposals.setdefault(sender, data)
+            if first != data and sender not in state.equivocated:
+                state.equivocated.add(sender)
+                log.warning("round %d: leader %s signed two different roster proposals; it is not followed",
+                            number, sender[-8:], extra={"event": "roster_equivocation", "round": number,
+                                                        "peer_id": sender})
+                self.on_event("roster_equivocation", peer_id=sender, round=number, proof=envelope)
+        elif body == "offer":
             entries = state.offers.setdefault(sender, {})
             for entry in message.offer.entries:
                 entries.setdefault(entry.part, entry)
@@ -337,6 +359,8 @@ class ButterflyExchange:
             del self._received[old]
         for old in [n for n in self._own if n <= number]:
             del self._own[old]
+        for old in [n for n in self._agreed if n < number]:
+            del self._agreed[old]
         for old in [n for n in self._served if n < number]:
             for digest in self._served.pop(old):
                 self.transport.unserve(digest)
@@ -346,32 +370,149 @@ class ButterflyExchange:
         self._served.setdefault(number, []).append(digest)
 
     # ------------------------------------------------------------------ the round
+    # ------------------------------------------------------------------ roster agreement
+    def _usable(self, headers: Mapping[str, model_pb2.UpdateHeader]) -> dict[str, model_pb2.UpdateHeader]:
+        return {p: h for p, h in headers.items() if p not in self.excluded and self.header_problem(h) is None}
+
+    async def _propose(self, number: int, headers: Mapping[str, model_pb2.UpdateHeader]) -> None:
+        """As round `number`'s leader: sign and send the roster we closed the round on."""
+        proposal = control_pb2.RosterProposal(round=number)
+        for peer, header in sorted(self._usable(headers).items()):
+            root = bytes(header.parts_root)
+            if self.behaviour.forge_roster and peer != self.peer_id:
+                root = hashlib.sha256(b"forged" + root).digest()
+            proposal.entries.add(sender_peer_id=peer, parts_root=root)
+        state = self._received.setdefault(number, _Received())
+        state.proposals.setdefault(self.peer_id, proposal.SerializeToString(deterministic=True))
+        if self.behaviour.withhold_roster:
+            return
+        await self.transport.send(control_pb2.ButterflyMessage(proposal=proposal), None)
+
+    def _proposal_verdict(
+        self, number: int, leader: str, headers: Mapping[str, model_pb2.UpdateHeader],
+    ) -> tuple[str, str, dict[str, model_pb2.UpdateHeader]]:
+        """("ok" | "pending" | "invalid", why, the roster's headers) for `leader`'s proposal. The
+        verdict "invalid" is the same on every honest member (it rests on signed messages alone:
+        the proposal and the senders' headers), "pending" waits for headers still on their way."""
+        state = self._received.setdefault(number, _Received())
+        if leader in state.equivocated:
+            return "invalid", "it signed two different proposals", {}
+        data = state.proposals.get(leader)
+        if data is None:
+            return "pending", "no proposal yet", {}
+        proposal = control_pb2.RosterProposal.FromString(data)
+        peers = [e.sender_peer_id for e in proposal.entries]
+        if not peers or peers != sorted(set(peers)):
+            return "invalid", "its roster is empty or not in canonical order", {}
+        chosen: dict[str, model_pb2.UpdateHeader] = {}
+        missing = []
+        for entry in proposal.entries:
+            peer = entry.sender_peer_id
+            if peer in self.excluded:
+                return "invalid", f"it lists {peer[-8:]}, excluded for a false owner claim", {}
+            header = headers.get(peer)
+            if header is None:
+                missing.append(peer)
+                continue
+            if bytes(header.parts_root) != bytes(entry.parts_root):
+                return "invalid", f"it lists a parts root {peer[-8:]} did not sign", {}
+            problem = self.header_problem(header)
+            if problem is not None:
+                return "invalid", f"it lists {peer[-8:]}, whose header is unusable ({problem})", {}
+            chosen[peer] = header
+        if missing:
+            return "pending", f"headers of {', '.join(p[-8:] for p in missing)} not here yet", {}
+        return "ok", "", chosen
+
+    async def agree_roster(
+        self, number: int, headers: Callable[[], Mapping[str, model_pb2.UpdateHeader]], leaders: int,
+    ) -> tuple[list[str], dict[str, model_pb2.UpdateHeader], str]:
+        """Round `number`'s roster, the same on every honest member under the precondition below:
+        (roster in canonical order, its headers, the leader whose proposal it is).
+
+        Leaders: the previous round's agreed roster (the one aggregated by parts here; else the
+        headers we closed on), ranked by `leader_order` (federation, round), first `leaders` of
+        them (f + 1: at least one honest one). Leader i's signed proposal is waited for until
+        `roster_wait` x (i + 1) after we started (the headers it lists one `roster_wait` more); a
+        leader that proposes nothing in its slot, or a proposal every honest member finds invalid
+        from signed messages alone (a root its sender did not sign, two different proposals, an
+        excluded member), passes the turn to the next. A leader whose proposal is absent while a
+        later leader's is here is skipped at once (that later leader gave up on it). We adopt the
+        first usable proposal in leader order; each leader, in its turn, proposes the headers it
+        holds. Precondition for agreement: the previous round's roster is agreed, and the
+        adopted leader's proposal reaches every honest member within its slot. When it does not
+        hold, members adopt different rosters, the roster digests of offers and claims differ,
+        and the round falls back to all-to-all (ButterflyFailed), as without this step; f faulty
+        leaders delay a round by at most f x roster_wait."""
+        loop = asyncio.get_running_loop()
+        state = self._received.setdefault(number, _Received())
+        previous = self._agreed.get(number - 1)
+        pool = [p for p in (previous if previous is not None else self._usable(headers())) if p not in self.excluded]
+        if not pool:
+            raise ButterflyFailed(f"round {number}: no member to lead the roster agreement")
+        ranked = leader_order(pool, federation_id=self.federation_id, round_number=number)[:max(1, leaders)]
+        wait = self.config.roster_wait
+        start = loop.time()
+        for i, leader in enumerate(ranked):
+            deadline = start + (i + 1) * wait
+            while True:
+                later = any(p in state.proposals for p in ranked[i + 1:])
+                if leader == self.peer_id and leader not in state.proposals and not later:
+                    await self._propose(number, headers())
+                verdict, why, chosen = self._proposal_verdict(number, leader, headers())
+                if verdict != "pending":
+                    break
+                if leader not in state.proposals and later:
+                    why = "a later leader proposed already"
+                    break
+                limit = deadline + (wait if leader in state.proposals else 0.0)
+                if loop.time() >= limit:
+                    break
+                state.changed.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(state.changed.wait(), timeout=min(0.5, max(0.0, limit - loop.time())))
+            if verdict == "ok":
+                if i:
+                    log.info("round %d: roster of leader %s (turn %d) adopted", number, leader[-8:], i + 1)
+                return sorted(chosen), chosen, leader
+            log.info("round %d: roster of leader %s not taken (%s)", number, leader[-8:], why,
+                     extra={"event": "roster_leader_skipped", "round": number, "peer_id": leader})
+        raise ButterflyFailed(f"round {number}: none of the {len(ranked)} round leaders' roster proposals was usable")
+
+    # ------------------------------------------------------------------ the round
     async def aggregate(
         self,
         number: int,
-        headers: dict[str, model_pb2.UpdateHeader],
+        headers: Mapping[str, model_pb2.UpdateHeader] | Callable[[], Mapping[str, model_pb2.UpdateHeader]],
         rule: Aggregator,
         *,
         seed: int | None,
         center: torch.Tensor | None = None,
+        rule_for: Callable[[int], Aggregator] | None = None,
     ) -> ButterflyOutcome:
-        """Aggregate round `number` over the roster `headers` (sender -> its header; ours
-        included) by parts; what `rule(rows, seed=, center=)` returns on the decoded rows in
-        canonical order, up to the bound documented in fednode.aggregators.partwise."""
+        """Aggregate round `number` by parts over the roster agreed from `headers` (sender -> its
+        header, ours included; or a callable giving the headers held now, which may grow while
+        the roster is agreed); what `rule(rows, seed=, center=)` returns on the decoded rows in
+        canonical order, up to the bound documented in fednode.aggregators.partwise. `rule_for`
+        (n): the rule for an agreed roster of n members (default: `rule`)."""
+        view: Callable[[], Mapping[str, model_pb2.UpdateHeader]] = (
+            headers if callable(headers) else (lambda: headers))  # type: ignore[assignment,return-value]
+        leaders = self.config.replicas or (rule.f + 1)
+        roster, chosen, _ = await self.agree_roster(number, view, leaders)
+        if rule_for is not None:
+            rule = rule_for(len(roster))
         own = self._own.get(number)
-        if own is None or self.peer_id not in headers:
+        if self.peer_id in roster and own is None:
             raise ButterflyFailed(f"round {number}: no update of ours was cut into parts")
-        roster = sorted(headers)
-        for sender in roster:
-            problem = self.header_problem(headers[sender])
-            if problem is not None:
-                raise ButterflyFailed(f"round {number}: {sender[-8:]}'s header: {problem}")
         n, m = len(roster), self.layout.m
         replicas = min(n, self.config.replicas or (rule.f + 1))
         owners = assign_owners(roster, m, federation_id=self.federation_id, round_number=number, replicas=replicas)
-        digest = roster_digest([(p, bytes(headers[p].parts_root)) for p in roster])
-        round_ = _Round(self, number, roster, headers, owners, digest, own, rule, seed, center)
-        return await round_.run()
+        digest = roster_digest([(p, bytes(chosen[p].parts_root)) for p in roster])
+        round_ = _Round(self, number, roster, chosen, owners, digest, own, rule, seed, center)
+        outcome = await round_.run()
+        outcome.payload_sha256 = {p: bytes(chosen[p].payload_sha256) for p in roster}
+        self._agreed[number] = roster
+        return outcome
 
 
 class _Round:
@@ -379,7 +520,7 @@ class _Round:
 
     def __init__(
         self, exchange: ButterflyExchange, number: int, roster: list[str], headers: dict[str, model_pb2.UpdateHeader],
-        owners: PartOwners, digest: bytes, own: _OwnPublication, rule: Aggregator, seed: int | None,
+        owners: PartOwners, digest: bytes, own: _OwnPublication | None, rule: Aggregator, seed: int | None,
         center: torch.Tensor | None,
     ) -> None:
         self.x = exchange
@@ -419,6 +560,9 @@ class _Round:
 
     # -------------------------------------------------------------- reduce-scatter
     async def _send_offers(self) -> None:
+        if self.own is None or self.me not in self.roster:
+            return  # our update is not in the agreed roster: we only fetch the aggregate
+        own = self.own
         by_owner: dict[str, list[int]] = {}
         for j, part_owners in enumerate(self.owners.owners):
             for owner in part_owners:
@@ -426,9 +570,9 @@ class _Round:
                     by_owner.setdefault(owner, []).append(j)
         sends = []
         for owner, parts in sorted(by_owner.items()):
-            offer = control_pb2.PartOffer(round=self.number, parts_root=self.own.root, roster_sha256=self.roster_sha256)
+            offer = control_pb2.PartOffer(round=self.number, parts_root=own.root, roster_sha256=self.roster_sha256)
             for j in parts:
-                offer.entries.add(part=j, part_sha256=self.own.digests[j], proof=merkle_proof(self.own.digests, j))
+                offer.entries.add(part=j, part_sha256=own.digests[j], proof=merkle_proof(own.digests, j))
             sends.append(self.x.transport.send(control_pb2.ButterflyMessage(offer=offer), [owner]))
         await asyncio.gather(*sends)
 
@@ -448,6 +592,7 @@ class _Round:
             entries: list[tuple[str, bytes, list[bytes]]] = []
             for sender in self.roster:
                 if sender == self.me:
+                    assert self.own is not None  # we are in the roster only with an update of ours
                     entries.append((sender, self.own.digests[j], merkle_proof(self.own.digests, j)))
                     continue
                 if self.state.offer_rosters[sender] != self.roster_sha256:
@@ -471,6 +616,7 @@ class _Round:
 
     async def _fetch_part(self, sender: str, j: int, digest: bytes, providers: list[str]) -> torch.Tensor:
         if sender == self.me:
+            assert self.own is not None
             return self.own.dense[self.layout.part(j)]
         width = self.layout.width(j)
         try:

@@ -664,28 +664,35 @@ class FederationRunner:
         return senders, result, hashes
 
     async def _aggregate_by_parts(self, number: int) -> tuple[list[str], AggregationResult | None, dict[str, bytes]] | None:
-        """The butterfly exchange of round `number` over the headers that closed it; None when
-        it cannot complete (then the round is aggregated all-to-all, after fetching every
-        update of the roster whole)."""
+        """The butterfly exchange of round `number` over the roster the members agree on from the
+        headers (ButterflyExchange.agree_roster); None when it cannot complete (then the round is
+        aggregated all-to-all, after fetching every update of the headers we closed on whole)."""
         assert self.butterfly is not None
-        headers = {s: h for s, h in self._part_headers.get(number, {}).items() if s not in self.butterfly.excluded}
-        own = self._published[1].header if self._published is not None and self._published[0] == number else None
-        if own is not None:
-            headers[self.peer_id] = own
-        hashes = {s: bytes(h.payload_sha256) for s, h in headers.items()}
+        butterfly = self.butterfly
+
+        def headers_now() -> dict[str, model_pb2.UpdateHeader]:
+            # Headers still arriving count: the agreed roster may list one we had not yet got.
+            held = {s: h for s, h in self._part_headers.get(number, {}).items() if s not in butterfly.excluded}
+            own = self._published[1].header if self._published is not None and self._published[0] == number else None
+            if own is not None:
+                held[self.peer_id] = own
+            return held
+
+        headers = headers_now()
         try:
             rule = self._rule_for(number, len(headers))
-            outcome = await self.butterfly.aggregate(
-                number, headers, rule, seed=round_seed(self.federation_id, number),
-                center=self.aggregator_center if self.aggregator.uses_center else None)
-            return outcome.roster, outcome.result, hashes
+            outcome = await butterfly.aggregate(
+                number, headers_now, rule, seed=round_seed(self.federation_id, number),
+                center=self.aggregator_center if self.aggregator.uses_center else None,
+                rule_for=lambda n: self._rule_for(number, n))
+            return outcome.roster, outcome.result, outcome.payload_sha256
         except ButterflyFailed as exc:
-            self.butterfly.fallbacks += 1
+            butterfly.fallbacks += 1
             log.warning("round %d: butterfly exchange did not complete (%s); aggregating all-to-all", number, exc,
                         extra={"event": "butterfly_fallback", "round": number})
         except AggregationError as exc:
             log.error("round %d: aggregation failed (%s); keeping the model unchanged", number, exc)
-            return sorted(headers), None, hashes
+            return sorted(headers), None, {s: bytes(h.payload_sha256) for s, h in headers.items()}
         missing = [s for s in sorted(headers) if s != self.peer_id and s not in self.book.senders(number)]
         await asyncio.gather(*(self._obtain_update(s, headers[s]) for s in missing))
         return None

@@ -86,3 +86,19 @@ def assign_owners(
         tuple(order[(j * replicas + k) % n] for k in range(replicas)) for j in range(parts)
     )
     return PartOwners(owners)
+
+
+_LEADER_DOMAIN = b"fednode/v1/roster-leader"
+
+
+def leader_order(candidates: Sequence[str], *, federation_id: str, round_number: int) -> list[str]:
+    """The order in which `candidates` lead round `round_number`'s roster agreement: ranked by
+    sha256 over a seed of (federation, round) and the peer id, so no member chooses its rank and
+    the order changes every round. Pure; does not depend on the order of `candidates`."""
+    seed = owners_seed(federation_id, round_number, _LEADER_DOMAIN)
+
+    def rank(peer_id: str) -> tuple[bytes, str]:
+        encoded = peer_id.encode()
+        return hashlib.sha256(seed + len(encoded).to_bytes(8, "little") + encoded).digest(), peer_id
+
+    return sorted(set(candidates), key=rank)

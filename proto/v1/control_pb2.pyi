@@ -170,13 +170,30 @@ class OwnerClaim(_message.Message):
     entries: _containers.RepeatedCompositeFieldContainer[OwnerClaim.Entry]
     def __init__(self, round: _Optional[int] = ..., step: _Optional[int] = ..., roster_sha256: _Optional[bytes] = ..., entries: _Optional[_Iterable[_Union[OwnerClaim.Entry, _Mapping]]] = ...) -> None: ...
 
+class RosterProposal(_message.Message):
+    __slots__ = ("round", "entries")
+    class Entry(_message.Message):
+        __slots__ = ("sender_peer_id", "parts_root")
+        SENDER_PEER_ID_FIELD_NUMBER: _ClassVar[int]
+        PARTS_ROOT_FIELD_NUMBER: _ClassVar[int]
+        sender_peer_id: str
+        parts_root: bytes
+        def __init__(self, sender_peer_id: _Optional[str] = ..., parts_root: _Optional[bytes] = ...) -> None: ...
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    entries: _containers.RepeatedCompositeFieldContainer[RosterProposal.Entry]
+    def __init__(self, round: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[RosterProposal.Entry, _Mapping]]] = ...) -> None: ...
+
 class ButterflyMessage(_message.Message):
-    __slots__ = ("offer", "claim")
+    __slots__ = ("offer", "claim", "proposal")
     OFFER_FIELD_NUMBER: _ClassVar[int]
     CLAIM_FIELD_NUMBER: _ClassVar[int]
+    PROPOSAL_FIELD_NUMBER: _ClassVar[int]
     offer: PartOffer
     claim: OwnerClaim
-    def __init__(self, offer: _Optional[_Union[PartOffer, _Mapping]] = ..., claim: _Optional[_Union[OwnerClaim, _Mapping]] = ...) -> None: ...
+    proposal: RosterProposal
+    def __init__(self, offer: _Optional[_Union[PartOffer, _Mapping]] = ..., claim: _Optional[_Union[OwnerClaim, _Mapping]] = ..., proposal: _Optional[_Union[RosterProposal, _Mapping]] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
     __slots__ = ("federation_id", "sent_unix_ms", "announcement", "update", "schedule", "group", "manifest", "snapshot", "departure", "revocation", "butterfly")

@@ -33,6 +33,7 @@ from fednode.node.federation.protocol import (
 )
 from fednode.node.federation.simulation import member_identity
 from fednode.node.mesh.memory import InMemoryNetwork
+from fednode.node.scheduler.owners import leader_order
 from fednode.proto.v1 import control_pb2, model_pb2
 
 pytestmark = pytest.mark.timeout(120)
@@ -82,9 +83,12 @@ class MeshLink:
 async def exchange_round(
     rows: torch.Tensor, rule: Any, *, parts: int, behaviours: dict[int, OwnerBehaviour] | None = None,
     center: torch.Tensor | None = None, grace: float = 0.2, links: dict[int, type[MeshLink]] | None = None,
+    hidden: dict[int, tuple[set[int], float]] | None = None, roster_wait: float = 5.0,
 ) -> tuple[list[str], list[Any], list[ButterflyExchange]]:
     """Member i sends rows[i]; every member runs the exchange of round 1. Returns the canonical
-    peer order, each member's outcome (or exception) and the exchanges."""
+    peer order, each member's outcome (or exception) and the exchanges. `hidden[i] = (senders,
+    seconds)`: member i closes the round without those senders' headers, which reach it that many
+    seconds later (a straggler's header under load; inf: never)."""
     n = rows.shape[0]
     identities = [member_identity(7, i) for i in range(n)]
     peers = [identity.peer_id for identity in identities]
@@ -96,7 +100,7 @@ async def exchange_round(
         for peer in peers:
             if peer != mesh.peer_id:
                 await mesh.connect_peer(peer)
-    config = ButterflyConfig(parts=parts, grace=grace, timeout=20.0)
+    config = ButterflyConfig(parts=parts, grace=grace, timeout=20.0, roster_wait=roster_wait)
     exchanges = [
         ButterflyExchange(peer_id=peers[i], federation_id=FEDERATION, numel=rows.shape[1], config=config,
                           transport=(links or {}).get(i, MeshLink)(identities[i], meshes[i], peers),
@@ -121,10 +125,22 @@ async def exchange_round(
         root, m = exchange.publish(1, rows[i])
         headers[peers[i]] = model_pb2.UpdateHeader(federation_id=FEDERATION, sender_peer_id=peers[i], round=1,
                                                    parts_root=root, parts=m)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    def view(i: int) -> Any:
+        senders, delay = (hidden or {}).get(i, (set(), 0.0))
+
+        def held() -> dict[str, model_pb2.UpdateHeader]:
+            late = loop.time() - started < delay
+            return {p: h for k, (p, h) in enumerate(headers.items()) if not (late and k in senders)}
+
+        return held
+
     try:
         outcomes = await asyncio.gather(
-            *(exchange.aggregate(1, dict(headers), rule, seed=round_seed(FEDERATION, 1), center=center)
-              for exchange in exchanges),
+            *(exchange.aggregate(1, view(i), rule, seed=round_seed(FEDERATION, 1), center=center)
+              for i, exchange in enumerate(exchanges)),
             return_exceptions=True)
     finally:
         for task in pumps:
@@ -274,7 +290,9 @@ def test_config_refuses_butterfly_settings_that_cannot_work() -> None:
     assert FednodeConfig.model_validate({}).federation.exchange == "all_to_all"
     assert butterfly_config(FednodeConfig.model_validate({}).federation) is None
     chosen = butterfly_config(FednodeConfig.model_validate({"federation": {**base, "butterfly_replicas": 3}}).federation)
-    assert chosen == ButterflyConfig(parts=4, replicas=3, grace=1.0, timeout=60.0)  # parts = min_participants
+    assert chosen == ButterflyConfig(parts=4, replicas=3, grace=1.0, timeout=60.0, roster_wait=20.0)  # parts = min_participants
+    with pytest.raises(ValidationError, match="butterfly_roster_wait"):
+        FednodeConfig.model_validate({"federation": {**base, "butterfly_roster_wait": 0}})
     with pytest.raises(ValidationError, match="schedule"):
         FednodeConfig.model_validate({"federation": {**base, "schedule": "fedcompass"}})
     with pytest.raises(ValidationError, match="within_parts = 6"):
@@ -282,3 +300,85 @@ def test_config_refuses_butterfly_settings_that_cannot_work() -> None:
                                       "aggregation": {"rule": "gas", "f": 1, "params": {"within_parts": 4}}})
     with pytest.raises(ValidationError, match="exchange"):
         FednodeConfig.model_validate({"federation": {**base, "exchange": "ring"}})
+
+
+# ---------------------------------------------------------------------- roster agreement
+
+
+def leaders_of(peers: list[str]) -> list[str]:
+    return leader_order(peers, federation_id=FEDERATION, round_number=1)
+
+
+def assert_all_equal_rule(outcomes: list[Any], rows: torch.Tensor, peers: list[str], rule: Any,
+                          roster: list[str], skip: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+    """Every member (but `skip`) ends with rule(rows of `roster`), with `roster` as its roster."""
+    index = {p: i for i, p in enumerate(peers)}
+    expected = rule(rows[[index[p] for p in sorted(roster)]], seed=round_seed(FEDERATION, 1))
+    for i, outcome in enumerate(outcomes):
+        if i in skip:
+            continue
+        assert not isinstance(outcome, BaseException), outcome
+        assert outcome.roster == sorted(roster)
+        assert torch.allclose(outcome.result.aggregate, expected.aggregate, rtol=1e-5, atol=1e-6)
+        assert torch.equal(outcome.result.aggregate, outcomes[min(set(range(len(outcomes))) - set(skip))].result.aggregate)
+
+
+@pytest.mark.parametrize("leader_has_it", [True, False])
+def test_members_that_closed_on_different_headers_agree_on_the_leaders_roster(leader_has_it: bool) -> None:
+    """Half the members close the round without a straggler's header (it reaches them 1 s later).
+    Before roster agreement they derived other owners and the round fell back to all-to-all; now
+    every member adopts the first leader's roster: with the straggler when the leader had its
+    header (the others wait for it), without it otherwise (the straggler then only fetches the
+    aggregate)."""
+    rows = sample_rows(7, 40, seed=13)
+    rule = build("median", f=1)
+    peers = [member_identity(7, i).peer_id for i in range(7)]
+    leader = peers.index(leaders_of(peers)[0])
+    straggler = next(i for i in range(7) if i != leader)
+    lagging = [i for i in range(7) if i not in (leader, straggler)][:3]
+    if not leader_has_it:
+        lagging.append(leader)
+    hidden = {i: ({straggler}, 1.0 if i != leader else float("inf")) for i in lagging}
+    peers, outcomes, exchanges = asyncio.run(exchange_round(rows, rule, parts=7, hidden=hidden))
+    roster = peers if leader_has_it else [p for k, p in enumerate(peers) if k != straggler]
+    assert_all_equal_rule(outcomes, rows, peers, rule, roster)
+    assert all(exchange.fallbacks == 0 for exchange in exchanges)
+
+
+@pytest.mark.parametrize("fault", ["withhold", "forge"])
+def test_a_faulty_leader_passes_the_turn_to_the_next(fault: str) -> None:
+    """A first leader that proposes nothing, or a roster with a parts root its sender did not
+    sign: every member takes the second leader's roster (f = 1: two leaders)."""
+    rows = sample_rows(7, 40, seed=17)
+    rule = build("multi_krum", f=1)
+    peers = [member_identity(7, i).peer_id for i in range(7)]
+    leader = peers.index(leaders_of(peers)[0])
+    behaviour = OwnerBehaviour(withhold_roster=True) if fault == "withhold" else OwnerBehaviour(forge_roster=True)
+    peers, outcomes, _ = asyncio.run(
+        exchange_round(rows, rule, parts=7, behaviours={leader: behaviour}, roster_wait=0.5))
+    # The forger checks its own proposal against the signed headers like everyone else.
+    assert_all_equal_rule(outcomes, rows, peers, rule, peers)
+
+
+def test_a_leader_that_signs_two_rosters_is_not_followed() -> None:
+    exchange = ButterflyExchange(peer_id="a", federation_id=FEDERATION, numel=10, config=ButterflyConfig(parts=2),
+                                 transport=MeshLink(None, None, []))
+    header = model_pb2.UpdateHeader(sender_peer_id="b", parts=2, parts_root=bytes(32))
+    one = control_pb2.RosterProposal(round=1)
+    one.entries.add(sender_peer_id="b", parts_root=bytes(32))
+    exchange.on_message("L", control_pb2.ButterflyMessage(proposal=one), b"first")
+    assert exchange._proposal_verdict(1, "L", {"b": header})[0] == "ok"
+    assert exchange._proposal_verdict(1, "L", {})[0] == "pending"  # b's header not here yet
+    two = control_pb2.RosterProposal(round=1)
+    two.entries.add(sender_peer_id="b", parts_root=bytes(32))
+    two.entries.add(sender_peer_id="c", parts_root=bytes(32))
+    exchange.on_message("L", control_pb2.ButterflyMessage(proposal=two), b"second")
+    assert exchange._proposal_verdict(1, "L", {"b": header})[0] == "invalid"
+
+
+def test_leader_order_is_a_pure_function_of_the_ids_federation_and_round() -> None:
+    peers = [f"peer-{i}" for i in range(20)]
+    first = leader_order(peers, federation_id="f", round_number=3)
+    assert first == leader_order(list(reversed(peers)), federation_id="f", round_number=3)
+    assert sorted(first) == sorted(peers)
+    assert first != leader_order(peers, federation_id="f", round_number=4)
