@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{'by every member' if args.verify_per_member else 'once per process'}; load average {load[0]:.1f} at start "
               f"({os.cpu_count()} cores)")
         print(f"{'exchange':>10} {'n':>4} {'byz':>3} {'payload KB':>10} {'blob in KB':>18} {'x':>6} {'all in KB':>18} {'all out KB':>18} "
-              f"{'round s':>8} {'wall s':>7} {'cpu s':>7} {'acc':>5} {'rss MB':>7} {'excluded':>8}")
+              f"{'round s':>8} {'wall s':>7} {'cpu s':>7} {'acc':>5} {'rss MB':>7} {'excluded':>8} {'fallbacks':>9}")
     for members in sizes:
         for exchange in args.exchanges:
             print_row(args, asyncio.run(measure(args, members, exchange)))
@@ -210,7 +210,8 @@ def print_row(args: argparse.Namespace, row: dict[str, Any]) -> None:
           f"{row['all_out_per_round'] / 1e3:>9.1f} [{row['all_out_max'] / 1e3:>6.0f}] "
           f"{row['round_seconds_median']:>8.2f} {row['wall_seconds_per_round']:>7.2f} "
           f"{row['cpu_seconds_per_round']:>7.2f} "
-          f"{row['accuracy_mean']:>5.2f} {row['peak_rss_mb']:>7.0f} {excluded:>8}", flush=True)
+          f"{row['accuracy_mean']:>5.2f} {row['peak_rss_mb']:>7.0f} {excluded:>8} "
+          f"{row['butterfly_fallbacks'] if row['exchange'] == 'butterfly' else '-':>9}", flush=True)
 
 
 if __name__ == "__main__":
