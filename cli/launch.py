@@ -160,6 +160,18 @@ class LaunchPlan:
                 params = dict(value) if isinstance(value, dict) else params
         return params
 
+    def exchange(self) -> str:
+        """federation.exchange as given with --set (the last one wins), else the default."""
+        from fednode.node.config import parse_value
+
+        exchange = "all_to_all"
+        for item in self.settings:
+            key, _, raw = item.partition("=")
+            if key.strip() == "federation.exchange":
+                value = parse_value(raw.strip())
+                exchange = value if isinstance(value, str) else exchange
+        return exchange
+
     def task_name_set(self) -> bool:
         return any(item.partition("=")[0].strip() == "task.name" for item in self.settings)
 
@@ -593,7 +605,7 @@ class LocalFederation:
             "nodes": rows,
             "plan": {
                 "nodes": self.plan.nodes, "rounds": self.plan.rounds, "byzantine": self.plan.byzantine,
-                "schedule": self.plan.schedule, "slowdowns": self.plan.slowdowns,
+                "schedule": self.plan.schedule, "exchange": self.plan.exchange(), "slowdowns": self.plan.slowdowns,
                 "attack": self.plan.attack, "rule": self.plan.rule, "f": self.plan.f, "codec": self.plan.codec,
                 "min_participants": self.plan.derived_min_participants(),
                 "devices": self.plan.devices, "data": self.plan.data, "test_data": self.plan.test_data,
@@ -606,7 +618,7 @@ class LocalFederation:
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         table = Table(title=f"federation {self.federation_id}: {self.plan.nodes} nodes, rule {self.plan.rule}, "
-                            f"schedule {self.plan.schedule}")
+                            f"schedule {self.plan.schedule}, exchange {self.plan.exchange()}")
         for column in ("node", "role", "rounds", "accuracy", "sent", "received", "wall", "exit"):
             table.add_column(column, justify="right" if column not in ("node", "role") else "left")
         for row in rows:

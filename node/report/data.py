@@ -99,7 +99,8 @@ def load_run(path: Path) -> RunData:
                                         byzantine=bool(row.get("byzantine"))))
         plan = summary.get("plan", {})
         title = (f"federation {summary.get('federation_id', '?')}: {plan.get('nodes', len(members))} nodes, "
-                 f"rule {plan.get('rule', '?')}, schedule {plan.get('schedule', '?')}")
+                 f"rule {plan.get('rule', '?')}, schedule {plan.get('schedule', '?')}"
+                 + (f", exchange {plan['exchange']}" if plan.get("exchange") else ""))
         return RunData(path, "launch", title, members, summary)
     from fednode.node.rotation import all_files
 

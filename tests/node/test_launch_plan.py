@@ -21,3 +21,11 @@ def test_alie_without_z_gets_z_max_for_the_launch() -> None:
     assert LaunchPlan(nodes=7, byzantine=2, attack="alie").attack_settings() == {"n": 7, "f": 2}
     assert LaunchPlan(nodes=7, byzantine=2, attack="alie", attack_params={"z": 1.5}).attack_settings() == {"z": 1.5}
     assert LaunchPlan(nodes=7, byzantine=2, attack="ipm", attack_params={"eps": 2}).attack_settings() == {"eps": 2}
+
+
+def test_the_exchange_comes_from_the_settings_and_the_last_one_wins() -> None:
+    assert LaunchPlan().exchange() == "all_to_all"
+    plan = LaunchPlan(settings=['federation.exchange="butterfly"', "federation.butterfly_parts=4"])
+    assert plan.exchange() == "butterfly"
+    plan.settings.append('federation.exchange = "all_to_all"')
+    assert plan.exchange() == "all_to_all"
