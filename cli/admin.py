@@ -326,7 +326,8 @@ def _federation_details(row: dict[str, Any]) -> Table:
         ("state", row["state"] + (f" ({row['finished_reason']})" if row.get("finished_reason") else "")),
         ("round", str(row["round"])), ("model version", str(row["model_version"])),
         ("rule", f"{d.get('aggregator', '')} {d.get('aggregator_params_json', '')}"),
-        ("schedule", d.get("schedule", "")), ("min participants", str(d.get("min_participants", ""))),
+        ("schedule", d.get("schedule", "")), ("exchange", d.get("exchange", "") or "node setting"),
+        ("min participants", str(d.get("min_participants", ""))),
         ("codec", d.get("codec", "")), ("private", str(d.get("private", ""))), ("budget", _budget_text(row["budget"])),
         ("participants", "\n".join(row["participants"]) or "-"),
     ):
@@ -366,6 +367,8 @@ def federation_create(
     min_participants: Annotated[int, typer.Option(
         "--min-participants", min=0, help="updates a round needs (default: the daemon's)")] = 0,
     codec: Annotated[str, typer.Option("--codec", help="update codec (default: the daemon's)")] = "",
+    exchange: Annotated[str, typer.Option(
+        "--exchange", help="all_to_all or butterfly: how a sync round's updates travel (default: the daemon's)")] = "",
     private: Annotated[bool, typer.Option("--private/--public", help="relays serve members only")] = True,
     outer: Annotated[str, typer.Option(
         "--outer", help="outer optimizer: sgd, momentum, nesterov, adam, yogi, adagrad (default: the daemon's)")] = "",
@@ -390,6 +393,7 @@ def federation_create(
             name=name, aggregator=rule, aggregator_params_json=params_json, schedule=schedule,
             min_participants=min_participants, codec=codec, private=private, max_rounds=rounds,
             target_accuracy=target_accuracy, until_unix_ms=parse_until("--until", until) if until else 0,
+            exchange=exchange,
         )
         if outer:  # the other outer_* hyperparameters: the daemon's aggregation.outer_* settings
             request.outer.CopyFrom(_outer_request(outer, outer_lr, config))

@@ -27,6 +27,7 @@ from fednode.node.config import KNOWN_CODECS, KNOWN_RULES, FednodeConfig
 from fednode.node.envelope import Rejected, open_envelope, seal
 from fednode.node.errors import FednodeError
 from fednode.node.federation.outer_config import config_from_proto, config_to_proto
+from fednode.node.federation.settings import exchange_problem
 from fednode.node.membership import (
     CONTRIBUTOR,
     InvalidInvite,
@@ -349,6 +350,7 @@ class NodeControl:
         aggregator = request.aggregator or config.aggregation.rule
         codec = request.codec or config.compression.codec
         schedule = request.schedule or config.federation.schedule
+        exchange = request.exchange or config.federation.exchange
         min_participants = request.min_participants or config.federation.min_participants
         params = request.aggregator_params_json or json.dumps({"f": config.aggregation.f, **config.aggregation.params})
         try:
@@ -367,6 +369,10 @@ class NodeControl:
             if not isinstance(decoded, dict):
                 raise ValueError("the rule parameters must be a JSON object")
             await self.lifecycle.check_aggregation(aggregator, decoded, min_participants, codec, schedule)
+            problem = exchange_problem(exchange, schedule, aggregator, decoded,
+                                       config.federation.butterfly_parts or min_participants)
+            if problem is not None:
+                raise ValueError(problem)
             outer = (config_from_proto(request.outer) if request.HasField("outer") and request.outer.name
                      else config.aggregation.outer_config())
             issuer, descriptor = create_federation(
@@ -383,6 +389,7 @@ class NodeControl:
                 target_accuracy=request.target_accuracy,
                 until_unix_ms=request.until_unix_ms,
                 outer=None if outer.is_identity else config_to_proto(outer),
+                exchange=exchange,
             )
         except (ValueError, TypeError, MembershipError) as exc:
             await self.lifecycle.release_worker_if_idle()

@@ -440,7 +440,7 @@ class Daemon:
             rule=cfg.aggregation.rule, rule_params=dict(cfg.aggregation.params), f=cfg.aggregation.f,
             schedule=cfg.federation.schedule, min_participants=cfg.federation.min_participants,
             codec=cfg.compression.codec, codec_params=dict(cfg.compression.params),
-            outer=cfg.aggregation.outer_config(),
+            outer=cfg.aggregation.outer_config(), exchange=cfg.federation.exchange,
         )
 
     def _descriptor_settings(self, descriptor: Any) -> FederationSettings:
@@ -463,7 +463,7 @@ class Daemon:
             codec_params=dict(self.config.compression.params) if same_codec else {},
             max_rounds=descriptor.max_rounds, target_accuracy=descriptor.target_accuracy,
             until_unix_ms=descriptor.until_unix_ms,
-            outer=outer,
+            outer=outer, exchange=descriptor.exchange or self.config.federation.exchange,
         )
 
     def _initial_session(self) -> FederationSession | None:

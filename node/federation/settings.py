@@ -34,6 +34,9 @@ class FederationSettings:
     target_accuracy: float = 0.0
     until_unix_ms: int = 0
     outer: OuterConfig = field(default_factory=OuterConfig)  # identity = plain FedAvg
+    # How a sync round's updates travel: "all_to_all", "butterfly"; "" = the member's
+    # federation.exchange (descriptors that predate the field).
+    exchange: str = ""
 
     def budget_reached(self, round_number: int, accuracy: float, now_unix_ms: int) -> str:
         """Which part of the budget this round reached ("rounds", "target_accuracy", "until"), or ""."""
@@ -50,6 +53,7 @@ class FederationSettings:
             rule=self.rule, rule_params_json=json.dumps(self.rule_params, sort_keys=True), f=self.f,
             schedule=self.schedule, min_participants=self.min_participants, codec=self.codec,
             codec_params_json=json.dumps(self.codec_params, sort_keys=True), max_rounds=self.max_rounds,
+            exchange=self.exchange,
         )
         if not self.outer.is_identity:
             message.outer.CopyFrom(config_to_proto(self.outer))
@@ -72,5 +76,23 @@ class FederationSettings:
         return cls(
             rule=message.rule, rule_params=rule_params, f=message.f, schedule=message.schedule,
             min_participants=message.min_participants, codec=message.codec, codec_params=codec_params,
-            max_rounds=message.max_rounds, outer=outer,
+            max_rounds=message.max_rounds, outer=outer, exchange=message.exchange,
         )
+
+
+EXCHANGES = ("all_to_all", "butterfly")
+
+
+def exchange_problem(exchange: str, schedule: str, rule: str, rule_params: dict[str, Any], parts: int) -> str | None:
+    """Why a federation cannot use `exchange` (None: it can; "" = the member's own setting).
+    `parts`: the butterfly's parts count (federation.butterfly_parts, else min_participants)."""
+    if exchange not in ("", *EXCHANGES):
+        return f"exchange must be one of {', '.join(EXCHANGES)}, got {exchange!r}"
+    if exchange != "butterfly":
+        return None
+    if schedule != "sync":
+        return f'the butterfly exchange runs with the sync schedule only, not {schedule!r}'
+    if rule == "gas" and rule_params.get("within_parts") != parts:
+        return (f'aggregation rule "gas" over the butterfly exchange needs within_parts = {parts} in the rule\'s '
+                f'parameters (the parts count: federation.butterfly_parts, else min_participants)')
+    return None

@@ -137,6 +137,7 @@ def create_federation(
     until_unix_ms: int = 0,
     now_unix_ms: int | None = None,
     outer: membership_pb2.OuterOptimizer | None = None,
+    exchange: str = "",
 ) -> tuple[Issuer, membership_pb2.FederationDescriptor]:
     """Make a new federation key and its signed descriptor.
 
@@ -149,6 +150,8 @@ def create_federation(
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     if not name.strip():
         raise ValueError("a federation needs a name")
+    if exchange not in ("", "all_to_all", "butterfly"):
+        raise ValueError(f"exchange must be all_to_all or butterfly, got {exchange!r}")
     if not 1 <= min_participants <= MAX_MIN_PARTICIPANTS:
         raise ValueError(f"min_participants must be between 1 and {MAX_MIN_PARTICIPANTS}, got {min_participants}")
     now = now_ms() if now_unix_ms is None else now_unix_ms
@@ -181,6 +184,7 @@ def create_federation(
         max_rounds=max_rounds,
         target_accuracy=target_accuracy,
         until_unix_ms=until_unix_ms,
+        exchange=exchange,
     )
     if outer is not None and outer.name:
         descriptor.outer.CopyFrom(outer)  # unset = plain FedAvg, as in descriptors that predate it

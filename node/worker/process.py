@@ -32,7 +32,7 @@ from fednode.aggregators import build as build_aggregator
 from fednode.node.checkpoint import Checkpoint, CheckpointStore
 from fednode.node.config import FednodeConfig
 from fednode.node.errors import ConfigError, ExitCode, FednodeError, TaskError
-from fednode.node.federation.settings import FederationSettings
+from fednode.node.federation.settings import FederationSettings, exchange_problem
 from fednode.node.identity import identity_path, load_identity
 from fednode.node.logs import best_effort, current_rss_mb
 from fednode.node.model import assign_parameters, flatten_parameters, model_layout
@@ -203,6 +203,11 @@ class TrainingWorker:
                 f"aggregation rule {settings.rule!r} with f = {settings.f} needs at least {needed} updates "
                 f"per round, but min_participants = {settings.min_participants}; raise min_participants or lower f"
             )
+        federation = self.config.federation
+        problem = exchange_problem(settings.exchange, settings.schedule, settings.rule, settings.rule_params,
+                                   federation.butterfly_parts or settings.min_participants)
+        if problem is not None:
+            raise ConfigError(f"invalid exchange settings: {problem}")
         try:
             compressor = UpdateCompressor(build_codec(settings.codec, **settings.codec_params),
                                           error_feedback=self.config.compression.error_feedback)
@@ -401,6 +406,9 @@ class TrainingWorker:
             log.warning("aggregation rule %r: %s", settings.rule, aggregator.caveats(),
                         extra={"event": "rule_caveat", "rule": settings.rule})
         federation = self.config.federation
+        if settings.exchange and settings.exchange != federation.exchange:
+            # The federation's descriptor names the exchange: every member uses the same.
+            federation = federation.model_copy(update={"exchange": settings.exchange})
         runner_class: Any = FederationRunner
         options: dict[str, Any] = {}
         if settings.schedule == "fedcompass":

@@ -150,7 +150,7 @@ class GetFederationRequest(_message.Message):
     def __init__(self, federation_id: _Optional[str] = ...) -> None: ...
 
 class CreateFederationRequest(_message.Message):
-    __slots__ = ("name", "aggregator", "aggregator_params_json", "schedule", "min_participants", "codec", "private", "max_rounds", "target_accuracy", "until_unix_ms", "outer")
+    __slots__ = ("name", "aggregator", "aggregator_params_json", "schedule", "min_participants", "codec", "private", "max_rounds", "target_accuracy", "until_unix_ms", "outer", "exchange")
     NAME_FIELD_NUMBER: _ClassVar[int]
     AGGREGATOR_FIELD_NUMBER: _ClassVar[int]
     AGGREGATOR_PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +162,7 @@ class CreateFederationRequest(_message.Message):
     TARGET_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     UNTIL_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     OUTER_FIELD_NUMBER: _ClassVar[int]
+    EXCHANGE_FIELD_NUMBER: _ClassVar[int]
     name: str
     aggregator: str
     aggregator_params_json: str
@@ -173,7 +174,8 @@ class CreateFederationRequest(_message.Message):
     target_accuracy: float
     until_unix_ms: int
     outer: _membership_pb2.OuterOptimizer
-    def __init__(self, name: _Optional[str] = ..., aggregator: _Optional[str] = ..., aggregator_params_json: _Optional[str] = ..., schedule: _Optional[str] = ..., min_participants: _Optional[int] = ..., codec: _Optional[str] = ..., private: _Optional[bool] = ..., max_rounds: _Optional[int] = ..., target_accuracy: _Optional[float] = ..., until_unix_ms: _Optional[int] = ..., outer: _Optional[_Union[_membership_pb2.OuterOptimizer, _Mapping]] = ...) -> None: ...
+    exchange: str
+    def __init__(self, name: _Optional[str] = ..., aggregator: _Optional[str] = ..., aggregator_params_json: _Optional[str] = ..., schedule: _Optional[str] = ..., min_participants: _Optional[int] = ..., codec: _Optional[str] = ..., private: _Optional[bool] = ..., max_rounds: _Optional[int] = ..., target_accuracy: _Optional[float] = ..., until_unix_ms: _Optional[int] = ..., outer: _Optional[_Union[_membership_pb2.OuterOptimizer, _Mapping]] = ..., exchange: _Optional[str] = ...) -> None: ...
 
 class CreateInviteRequest(_message.Message):
     __slots__ = ("federation_id", "ttl_seconds", "max_uses")

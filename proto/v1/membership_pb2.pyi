@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class FederationDescriptor(_message.Message):
-    __slots__ = ("federation_id", "federation_public_key", "name", "created_unix_ms", "task", "model_layout_digest", "aggregator", "aggregator_params_json", "schedule", "min_participants", "codec", "private", "max_rounds", "target_accuracy", "until_unix_ms", "signature", "outer")
+    __slots__ = ("federation_id", "federation_public_key", "name", "created_unix_ms", "task", "model_layout_digest", "aggregator", "aggregator_params_json", "schedule", "min_participants", "codec", "private", "max_rounds", "target_accuracy", "until_unix_ms", "signature", "outer", "exchange")
     FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
     FEDERATION_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class FederationDescriptor(_message.Message):
     UNTIL_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     OUTER_FIELD_NUMBER: _ClassVar[int]
+    EXCHANGE_FIELD_NUMBER: _ClassVar[int]
     federation_id: str
     federation_public_key: bytes
     name: str
@@ -43,7 +44,8 @@ class FederationDescriptor(_message.Message):
     until_unix_ms: int
     signature: bytes
     outer: OuterOptimizer
-    def __init__(self, federation_id: _Optional[str] = ..., federation_public_key: _Optional[bytes] = ..., name: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., task: _Optional[str] = ..., model_layout_digest: _Optional[str] = ..., aggregator: _Optional[str] = ..., aggregator_params_json: _Optional[str] = ..., schedule: _Optional[str] = ..., min_participants: _Optional[int] = ..., codec: _Optional[str] = ..., private: _Optional[bool] = ..., max_rounds: _Optional[int] = ..., target_accuracy: _Optional[float] = ..., until_unix_ms: _Optional[int] = ..., signature: _Optional[bytes] = ..., outer: _Optional[_Union[OuterOptimizer, _Mapping]] = ...) -> None: ...
+    exchange: str
+    def __init__(self, federation_id: _Optional[str] = ..., federation_public_key: _Optional[bytes] = ..., name: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., task: _Optional[str] = ..., model_layout_digest: _Optional[str] = ..., aggregator: _Optional[str] = ..., aggregator_params_json: _Optional[str] = ..., schedule: _Optional[str] = ..., min_participants: _Optional[int] = ..., codec: _Optional[str] = ..., private: _Optional[bool] = ..., max_rounds: _Optional[int] = ..., target_accuracy: _Optional[float] = ..., until_unix_ms: _Optional[int] = ..., signature: _Optional[bytes] = ..., outer: _Optional[_Union[OuterOptimizer, _Mapping]] = ..., exchange: _Optional[str] = ...) -> None: ...
 
 class OuterOptimizer(_message.Message):
     __slots__ = ("name", "lr", "momentum", "beta1", "beta2", "epsilon")

@@ -248,7 +248,7 @@ class StartSession(_message.Message):
     def __init__(self, federation_id: _Optional[str] = ..., settings: _Optional[_Union[Settings, _Mapping]] = ..., certificate: _Optional[_Union[_membership_pb2.MemberCertificate, _Mapping]] = ..., certified: _Optional[bool] = ..., display_name: _Optional[str] = ..., revocations: _Optional[_Iterable[_Union[_membership_pb2.Revocation, _Mapping]]] = ..., finished: _Optional[bool] = ...) -> None: ...
 
 class Settings(_message.Message):
-    __slots__ = ("rule", "rule_params_json", "f", "schedule", "min_participants", "codec", "codec_params_json", "max_rounds", "outer")
+    __slots__ = ("rule", "rule_params_json", "f", "schedule", "min_participants", "codec", "codec_params_json", "max_rounds", "outer", "exchange")
     RULE_FIELD_NUMBER: _ClassVar[int]
     RULE_PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
     F_FIELD_NUMBER: _ClassVar[int]
@@ -258,6 +258,7 @@ class Settings(_message.Message):
     CODEC_PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
     MAX_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     OUTER_FIELD_NUMBER: _ClassVar[int]
+    EXCHANGE_FIELD_NUMBER: _ClassVar[int]
     rule: str
     rule_params_json: str
     f: int
@@ -267,7 +268,8 @@ class Settings(_message.Message):
     codec_params_json: str
     max_rounds: int
     outer: _membership_pb2.OuterOptimizer
-    def __init__(self, rule: _Optional[str] = ..., rule_params_json: _Optional[str] = ..., f: _Optional[int] = ..., schedule: _Optional[str] = ..., min_participants: _Optional[int] = ..., codec: _Optional[str] = ..., codec_params_json: _Optional[str] = ..., max_rounds: _Optional[int] = ..., outer: _Optional[_Union[_membership_pb2.OuterOptimizer, _Mapping]] = ...) -> None: ...
+    exchange: str
+    def __init__(self, rule: _Optional[str] = ..., rule_params_json: _Optional[str] = ..., f: _Optional[int] = ..., schedule: _Optional[str] = ..., min_participants: _Optional[int] = ..., codec: _Optional[str] = ..., codec_params_json: _Optional[str] = ..., max_rounds: _Optional[int] = ..., outer: _Optional[_Union[_membership_pb2.OuterOptimizer, _Mapping]] = ..., exchange: _Optional[str] = ...) -> None: ...
 
 class StopSession(_message.Message):
     __slots__ = ("reason", "linger", "finish")

@@ -41,6 +41,12 @@ def test_bad_admin_requests_are_invalid_argument_and_change_nothing(start_daemon
             "rule minimum above a fedcompass min_participants": admin_pb2.CreateFederationRequest(
                 name="x", aggregator="krum", aggregator_params_json='{"f": 2}', min_participants=3,
                 schedule="fedcompass"),
+            "unknown exchange": admin_pb2.CreateFederationRequest(name="x", exchange="ring"),
+            "butterfly with fedcompass": admin_pb2.CreateFederationRequest(
+                name="x", exchange="butterfly", schedule="fedcompass"),
+            "gas over the butterfly without within_parts": admin_pb2.CreateFederationRequest(
+                name="x", exchange="butterfly", aggregator="gas", aggregator_params_json='{"f": 1}',
+                min_participants=4),
         }
         for what, request in refused.items():
             with pytest.raises(grpc.RpcError) as info:

@@ -55,3 +55,20 @@ def test_an_unusable_outer_optimizer_is_a_config_error() -> None:
     message.outer.name = "no_such_optimizer"
     with pytest.raises(ConfigError, match="outer optimizer"):
         FederationSettings.from_proto(message)
+
+
+def test_the_exchange_crosses_the_link_and_is_checked_in_one_line() -> None:
+    from fednode.node.federation.settings import exchange_problem
+    from fednode.node.membership.federation import create_federation
+
+    sent = settings(exchange="butterfly")
+    assert FederationSettings.from_proto(worker_pb2.Settings.FromString(sent.to_proto().SerializeToString())) == sent
+    assert exchange_problem("", "fedcompass", "mean", {}, 4) is None  # the member's own setting
+    assert exchange_problem("butterfly", "sync", "median", {}, 4) is None
+    assert "sync schedule only" in (exchange_problem("butterfly", "fedcompass", "mean", {}, 4) or "")
+    assert "within_parts = 4" in (exchange_problem("butterfly", "sync", "gas", {"within_parts": 3}, 4) or "")
+    assert "one of all_to_all, butterfly" in (exchange_problem("ring", "sync", "mean", {}, 4) or "")
+    _, descriptor = create_federation("x", exchange="butterfly")
+    assert descriptor.exchange == "butterfly"  # signed with the rest of the descriptor
+    with pytest.raises(ValueError, match="exchange must be"):
+        create_federation("x", exchange="ring")
