@@ -369,7 +369,6 @@ class ButterflyExchange:
         self.transport.serve(digest, data)
         self._served.setdefault(number, []).append(digest)
 
-    # ------------------------------------------------------------------ the round
     # ------------------------------------------------------------------ roster agreement
     def _usable(self, headers: Mapping[str, model_pb2.UpdateHeader]) -> dict[str, model_pb2.UpdateHeader]:
         return {p: h for p, h in headers.items() if p not in self.excluded and self.header_problem(h) is None}
@@ -432,18 +431,20 @@ class ButterflyExchange:
 
         Leaders: the previous round's agreed roster (the one aggregated by parts here; else the
         headers we closed on), ranked by `leader_order` (federation, round), first `leaders` of
-        them (f + 1: at least one honest one). Leader i's signed proposal is waited for until
-        `roster_wait` x (i + 1) after we started (the headers it lists one `roster_wait` more); a
-        leader that proposes nothing in its slot, or a proposal every honest member finds invalid
-        from signed messages alone (a root its sender did not sign, two different proposals, an
-        excluded member), passes the turn to the next. A leader whose proposal is absent while a
-        later leader's is here is skipped at once (that later leader gave up on it). We adopt the
-        first usable proposal in leader order; each leader, in its turn, proposes the headers it
-        holds. Precondition for agreement: the previous round's roster is agreed, and the
-        adopted leader's proposal reaches every honest member within its slot. When it does not
-        hold, members adopt different rosters, the roster digests of offers and claims differ,
-        and the round falls back to all-to-all (ButterflyFailed), as without this step; f faulty
-        leaders delay a round by at most f x roster_wait."""
+        them (f + 1: at least one honest one). Leader i's turn ends `roster_wait` x (i + 1) after
+        we closed the round (one `roster_wait` later when its proposal is here but lists headers
+        not yet here); a proposal every honest member finds invalid from signed messages alone
+        (a root its sender did not sign, two different proposals, an excluded member) ends it at
+        once, and so does a later leader's proposal when this leader's is absent (that later
+        leader gave up on it). We adopt the first usable proposal in leader order among the
+        leaders whose turn is not over, else the first usable one at all (a late leader's is
+        still taken while no later leader proposed), waiting up to the exchange's timeout. Each
+        leader proposes the headers it holds once the turns before its own are over.
+        Precondition for agreement: the previous round's roster is agreed, and the adopted
+        leader's proposal reaches every honest member before a later leader's does. When it does
+        not hold, members adopt different rosters, the roster digests of offers and claims
+        differ, and the round falls back to all-to-all (ButterflyFailed), as without this step;
+        f faulty leaders delay a round by at most f x roster_wait."""
         loop = asyncio.get_running_loop()
         state = self._received.setdefault(number, _Received())
         previous = self._agreed.get(number - 1)
@@ -453,31 +454,40 @@ class ButterflyExchange:
         ranked = leader_order(pool, federation_id=self.federation_id, round_number=number)[:max(1, leaders)]
         wait = self.config.roster_wait
         start = loop.time()
-        for i, leader in enumerate(ranked):
-            deadline = start + (i + 1) * wait
-            while True:
-                later = any(p in state.proposals for p in ranked[i + 1:])
-                if leader == self.peer_id and leader not in state.proposals and not later:
-                    await self._propose(number, headers())
+        # No usable proposal at all: keep waiting (a late leader's proposal is still adopted when
+        # no later leader's came) up to the exchange's timeout, or every leader's turn.
+        end = start + max(self.config.timeout, wait * len(ranked))
+        skipped: dict[str, str] = {}
+        while True:
+            now = loop.time()
+            for i, leader in enumerate(ranked):
+                if leader != self.peer_id or leader in state.proposals or now < start + i * wait:
+                    continue
+                better = [p for p in ranked[:i] if self._proposal_verdict(number, p, headers())[0] != "invalid"
+                          and p in state.proposals]
+                if not better:
+                    await self._propose(number, headers())  # our turn: the leaders before us gave up or lied
+            for i, leader in enumerate(ranked):
                 verdict, why, chosen = self._proposal_verdict(number, leader, headers())
-                if verdict != "pending":
-                    break
-                if leader not in state.proposals and later:
-                    why = "a later leader proposed already"
-                    break
-                limit = deadline + (wait if leader in state.proposals else 0.0)
-                if loop.time() >= limit:
-                    break
-                state.changed.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(state.changed.wait(), timeout=min(0.5, max(0.0, limit - loop.time())))
-            if verdict == "ok":
-                if i:
-                    log.info("round %d: roster of leader %s (turn %d) adopted", number, leader[-8:], i + 1)
-                return sorted(chosen), chosen, leader
-            log.info("round %d: roster of leader %s not taken (%s)", number, leader[-8:], why,
-                     extra={"event": "roster_leader_skipped", "round": number, "peer_id": leader})
-        raise ButterflyFailed(f"round {number}: none of the {len(ranked)} round leaders' roster proposals was usable")
+                turn_over = now >= start + (i + 1) * wait + (wait if leader in state.proposals else 0.0)
+                later = any(p in state.proposals for p in ranked[i + 1:])
+                if verdict == "ok" and not (turn_over and later):
+                    if i:
+                        log.info("round %d: roster of leader %s (turn %d) adopted", number, leader[-8:], i + 1)
+                    return sorted(chosen), chosen, leader
+                if verdict != "pending" or turn_over or (later and leader not in state.proposals):
+                    if leader not in skipped:
+                        skipped[leader] = why if verdict == "invalid" or not later else "a later leader proposed"
+                        log.info("round %d: roster of leader %s passed over (%s)", number, leader[-8:], skipped[leader],
+                                 extra={"event": "roster_leader_skipped", "round": number, "peer_id": leader})
+                    continue
+                break  # this leader's turn is still on: wait for it
+            if now >= end:
+                raise ButterflyFailed(f"round {number}: none of the {len(ranked)} round leaders' roster proposals "
+                                      f"was usable within {end - start:.0f} s")
+            state.changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(state.changed.wait(), timeout=min(0.5, max(0.0, end - loop.time())))
 
     # ------------------------------------------------------------------ the round
     async def aggregate(

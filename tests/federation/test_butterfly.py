@@ -382,3 +382,25 @@ def test_leader_order_is_a_pure_function_of_the_ids_federation_and_round() -> No
     assert first == leader_order(list(reversed(peers)), federation_id="f", round_number=3)
     assert sorted(first) == sorted(peers)
     assert first != leader_order(peers, federation_id="f", round_number=4)
+
+
+class LateLeaderLink(MeshLink):
+    """A leader whose proposal goes out well after every member's turn for it ended (a slow member)."""
+
+    async def send(self, message: control_pb2.ButterflyMessage, to: Sequence[str] | None) -> None:
+        if message.WhichOneof("body") == "proposal":
+            await asyncio.sleep(1.5)
+        await super().send(message, to)
+
+
+def test_a_late_leader_is_still_followed_while_no_later_leader_proposed() -> None:
+    """f = 0: one leader. Its proposal arrives after its turn (roster_wait 0.3 s) ended; with no
+    other leader to take the turn, every member still adopts it instead of falling back."""
+    rows = sample_rows(6, 30, seed=19)
+    rule = build("mean", f=0)
+    peers = [member_identity(7, i).peer_id for i in range(6)]
+    leader = peers.index(leaders_of(peers)[0])
+    peers, outcomes, exchanges = asyncio.run(
+        exchange_round(rows, rule, parts=6, links={leader: LateLeaderLink}, roster_wait=0.3))
+    assert_all_equal_rule(outcomes, rows, peers, rule, peers)
+    assert all(exchange.fallbacks == 0 for exchange in exchanges)
