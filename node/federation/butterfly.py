@@ -423,6 +423,18 @@ class ButterflyExchange:
             return "pending", f"headers of {', '.join(p[-8:] for p in missing)} not here yet", {}
         return "ok", "", chosen
 
+    def roster_proposed(self, number: int, headers: Mapping[str, model_pb2.UpdateHeader]) -> bool:
+        """A round leader's usable roster proposal for round `number` is here: a member may close
+        the round on it rather than wait for its own deadline (the senders in that roster wait
+        for nothing else to send their offers)."""
+        state = self._received.get(number)
+        if state is None or not state.proposals:
+            return False
+        previous = self._agreed.get(number - 1)
+        pool = [p for p in (previous if previous is not None else self._usable(headers)) if p not in self.excluded]
+        return any(p in state.proposals and self._proposal_verdict(number, p, headers)[0] == "ok"
+                   for p in leader_order(pool, federation_id=self.federation_id, round_number=number))
+
     async def agree_roster(
         self, number: int, headers: Callable[[], Mapping[str, model_pb2.UpdateHeader]], leaders: int,
     ) -> tuple[list[str], dict[str, model_pb2.UpdateHeader], str]:

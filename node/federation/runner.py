@@ -551,6 +551,10 @@ class FederationRunner:
                     log.info("round %d closes without the refused update(s) of %s", number,
                              ", ".join(p[-8:] for p in sorted(self.rounds.refused)))
                 return decision.reason
+            if self.butterfly is not None and self.butterfly.roster_proposed(number, self._butterfly_headers(number)):
+                # Butterfly: the round leader's roster decides who is in; owners wait for our offers.
+                log.info("round %d closes on its leader's roster proposal", number)
+                return "roster proposed"
             if decision.short and (reported_short is None or reported_short[0] != decision.reason
                                    or loop.time() - reported_short[1] >= SHORT_ROUND_REPORT_S):
                 reported_short = (decision.reason, loop.time())
@@ -672,11 +676,7 @@ class FederationRunner:
 
         def headers_now() -> dict[str, model_pb2.UpdateHeader]:
             # Headers still arriving count: the agreed roster may list one we had not yet got.
-            held = {s: h for s, h in self._part_headers.get(number, {}).items() if s not in butterfly.excluded}
-            own = self._published[1].header if self._published is not None and self._published[0] == number else None
-            if own is not None:
-                held[self.peer_id] = own
-            return held
+            return self._butterfly_headers(number)
 
         headers = headers_now()
         try:
@@ -696,6 +696,16 @@ class FederationRunner:
         missing = [s for s in sorted(headers) if s != self.peer_id and s not in self.book.senders(number)]
         await asyncio.gather(*(self._obtain_update(s, headers[s]) for s in missing))
         return None
+
+    def _butterfly_headers(self, number: int) -> dict[str, model_pb2.UpdateHeader]:
+        """Round `number`'s headers held now (ours included), without excluded senders."""
+        assert self.butterfly is not None
+        excluded = self.butterfly.excluded
+        held = {s: h for s, h in self._part_headers.get(number, {}).items() if s not in excluded}
+        own = self._published[1].header if self._published is not None and self._published[0] == number else None
+        if own is not None:
+            held[self.peer_id] = own
+        return held
 
     def _rule_for(self, number: int, valid: int) -> Aggregator:
         """The rule told to tolerate as many Byzantine rows as `valid` rows allow, at most f
