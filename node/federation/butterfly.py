@@ -430,10 +430,23 @@ class ButterflyExchange:
         state = self._received.get(number)
         if state is None or not state.proposals:
             return False
-        previous = self._agreed.get(number - 1)
-        pool = [p for p in (previous if previous is not None else self._usable(headers)) if p not in self.excluded]
         return any(p in state.proposals and self._proposal_verdict(number, p, headers)[0] == "ok"
-                   for p in leader_order(pool, federation_id=self.federation_id, round_number=number))
+                   for p in self._leaders(number, headers, None))
+
+    def _leaders(self, number: int, headers: Mapping[str, model_pb2.UpdateHeader], leaders: int | None) -> list[str]:
+        """Round `number`'s leaders in turn order: the previous round's agreed roster ranked,
+        its first `leaders`; without one (first round, after a fallback), every sender whose
+        header or proposal is here, ranked (members with other headers then converge on the
+        best-ranked proposer, since every proposer's proposal reaches everyone)."""
+        previous = self._agreed.get(number - 1)
+        if previous is not None:
+            pool = [p for p in previous if p not in self.excluded]
+            ranked = leader_order(pool, federation_id=self.federation_id, round_number=number)
+            return ranked[:max(1, leaders)] if leaders is not None else ranked
+        state = self._received.get(number)
+        proposers = set(state.proposals) if state is not None else set()
+        pool = [p for p in set(self._usable(headers)) | proposers if p not in self.excluded]
+        return leader_order(pool, federation_id=self.federation_id, round_number=number)
 
     async def agree_roster(
         self, number: int, headers: Callable[[], Mapping[str, model_pb2.UpdateHeader]], leaders: int,
@@ -441,9 +454,9 @@ class ButterflyExchange:
         """Round `number`'s roster, the same on every honest member under the precondition below:
         (roster in canonical order, its headers, the leader whose proposal it is).
 
-        Leaders: the previous round's agreed roster (the one aggregated by parts here; else the
-        headers we closed on), ranked by `leader_order` (federation, round), first `leaders` of
-        them (f + 1: at least one honest one). Leader i's turn ends `roster_wait` x (i + 1) after
+        Leaders (`_leaders`): the previous round's agreed roster (the one aggregated by parts
+        here) ranked by `leader_order` (federation, round), first `leaders` of them (f + 1: at
+        least one honest one); without one, every sender whose header or proposal is here. Leader i's turn ends `roster_wait` x (i + 1) after
         we closed the round (one `roster_wait` later when its proposal is here but lists headers
         not yet here); a proposal every honest member finds invalid from signed messages alone
         (a root its sender did not sign, two different proposals, an excluded member) ends it at
@@ -459,11 +472,9 @@ class ButterflyExchange:
         f faulty leaders delay a round by at most f x roster_wait."""
         loop = asyncio.get_running_loop()
         state = self._received.setdefault(number, _Received())
-        previous = self._agreed.get(number - 1)
-        pool = [p for p in (previous if previous is not None else self._usable(headers())) if p not in self.excluded]
-        if not pool:
+        ranked = self._leaders(number, headers(), leaders)
+        if not ranked:
             raise ButterflyFailed(f"round {number}: no member to lead the roster agreement")
-        ranked = leader_order(pool, federation_id=self.federation_id, round_number=number)[:max(1, leaders)]
         wait = self.config.roster_wait
         start = loop.time()
         # No usable proposal at all: keep waiting (a late leader's proposal is still adopted when
@@ -472,6 +483,7 @@ class ButterflyExchange:
         skipped: dict[str, str] = {}
         while True:
             now = loop.time()
+            ranked = self._leaders(number, headers(), leaders)  # grows with proposals without an agreed pool
             for i, leader in enumerate(ranked):
                 if leader != self.peer_id or leader in state.proposals or now < start + i * wait:
                     continue
