@@ -69,7 +69,7 @@ def run_rank() -> int:
     backend = backend_for(config.training.dist_backend, device)
     dist.init_process_group(backend, store=dist.PrefixStore(GROUP_PREFIX, store), rank=rank, world_size=world_size,
                             timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
-    replica = Replica(local, module, rank, world_size, device, backend)
+    replica = Replica(local, module, rank, world_size, device, backend, config.training.parallel)
     heartbeat = Heartbeat(host, port, rank, local_rank)
     log.debug("rank %d of %d joined (%s on %s)", rank, world_size, backend, device)
     number = 0
