@@ -1456,7 +1456,7 @@ class FederationRunner:
         self.round = header.round
         self.model_version = header.model_version
         self.compressor.reset()  # the residual refers to a model we no longer have
-        self.rounds.synced(self.round)
+        self.rounds.synced(previous, self.round)
         self.book.prune(self.round + 1)
         self.offers = {d: o for d, o in self.offers.items() if o.header.round > self.round}
         self.syncs += 1

@@ -168,10 +168,19 @@ class SyncRound:
         self.arrivals.forget(peer_id)
         return True
 
-    def synced(self, round_number: int) -> None:
-        """This node adopted the federation's model at `round_number`: the members it knows made
-        it while this node was away, so it expects each of them afresh (as newcomers) instead of
-        judging them by contributions it never saw."""
+    def synced(self, previous_round: int, round_number: int) -> None:
+        """This node adopted the federation's model at `round_number`, coming from
+        `previous_round`.
+
+        After a long absence (more than `absent_after` rounds skipped, e.g. a restart) the
+        members it knows made those rounds while it was away, so it expects each of them afresh
+        (as newcomers) instead of judging them by contributions it never saw. A short catch-up
+        (it fell a round or two behind) changes nothing: its own record is recent, and resetting
+        it would keep a member the others have stopped waiting for (a dead one) expected here
+        for good: this node would wait for it each round, fall behind, sync again, and never
+        close a round of its own."""
+        if round_number - previous_round <= self.policy.absent_after:
+            return
         for peer in self._since:
             if peer not in self._departed:
                 self._since[peer] = max(self._since[peer], round_number)

@@ -95,9 +95,6 @@ def _wait_round(daemon, number: int, timeout: float = 300) -> None:
     raise AssertionError(f"round {number} not reached:\n{daemon.log()[-3000:]}")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "fails since this stop's merges: after the kill, node 0 reaches every round by state sync instead of closing "
-    "it itself, so its log has no round records to wait for; the federation goes on; being investigated"))
 def test_kill_9_a_daemon_others_go_on_and_it_resyncs(start_federation, start_daemon) -> None:
     # More rounds than the test will ever see: it does not race the federation's end (a fast
     # machine finished 60 rounds before the restarted peer was back, so it only synced the end).

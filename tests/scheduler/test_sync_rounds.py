@@ -402,9 +402,28 @@ def test_after_a_state_sync_every_known_member_is_expected_afresh() -> None:
     rounds.start(1, 0.0, own_train_seconds=0.1)
     rounds.start(9, 1.0, own_train_seconds=0.1)  # restarted at round 0, synced to round 8
     assert rounds.expected() == {ME}
-    rounds.synced(8)
+    rounds.synced(0, 8)
     rounds.start(9, 1.0, own_train_seconds=0.1)
     assert rounds.expected() == {ME, A, B}
+
+
+def test_a_short_catch_up_does_not_bring_back_a_member_the_others_stopped_waiting_for() -> None:
+    """A node a round behind syncs; a member that died rounds ago must not be expected again,
+    else the node waits for it every round, falls behind, syncs, and never closes a round."""
+    rounds = tracker(min_participants=2, absent_after=2)
+    rounds.note_member(A)
+    rounds.note_member(B)
+    for number in range(1, 5):
+        rounds.start(number, float(number), own_train_seconds=0.1)
+        for peer in (ME, A, B):
+            rounds.record(peer, number + 0.1, number)
+    for number in range(5, 20):  # B died after round 4; A goes on; each round is one sync away
+        rounds.synced(number - 1, number)
+        rounds.start(number + 1, float(number), own_train_seconds=0.1)
+        rounds.record(A, number + 0.1, number + 1)
+    assert rounds.expected() == {ME, A}
+    rounds.record(ME, 20.2, 20)
+    assert rounds.decide(20.3).close
 
 
 def test_a_member_seen_a_moment_ago_is_not_taken_for_silent() -> None:
