@@ -313,9 +313,10 @@ class RankGroup:
         # rank 0's monotonic clock, so clocks of other hosts do not matter.
         self._beats: dict[int, tuple[bytes, float]] = {}
         self._beats_lock = threading.Lock()
-        log.info("training job: %d processes (%d on this host, %d host(s)), rendezvous %s:%d",
-                 self.plan.world_size, self.plan.local_processes, self.plan.nnodes, self.plan.host, self.port,
-                 extra={"event": "job_started", "world_size": self.plan.world_size})
+        log.info("training job: %d processes (%d on this host, %d host(s)), %s, rendezvous %s:%d",
+                 self.plan.world_size, self.plan.local_processes, self.plan.nnodes, self.plan.parallel, self.plan.host,
+                 self.port, extra={"event": "job_started", "world_size": self.plan.world_size,
+                                   "parallel": self.plan.parallel})
 
     def join(self, device: torch.device) -> RankGroup:
         """Join the process group as rank 0 (blocks until all ranks have joined)."""
@@ -451,12 +452,20 @@ class DistributedTrainer:
             return result
 
 
+_failing = threading.Lock()  # held by the first thread that ends the job
+
+
 def fail_job(group: RankGroup, event: str = "rank_failed", **fields: Any) -> Callable[[str], None]:
     """The job cannot go on without a rank: stop the local ranks and exit rank 0 at once, so the
     daemon's restart policy starts the job again from the last checkpoint (a process group that
     lost a member cannot be repaired in place). `event` and `fields` go into the log record."""
 
     def fail(reason: str) -> None:
+        if not _failing.acquire(blocking=False):
+            # Another thread is already ending the job (the round that fails because the watcher
+            # killed a hung rank): one reason in the log; this process exits in a moment.
+            time.sleep(60)
+            os._exit(int(ExitCode.INTERNAL))
         log.error("%s; the training worker exits and the daemon restarts it from the last checkpoint", reason,
                   extra={"event": event, "reason": reason, **fields})
         stop_processes(group.processes)

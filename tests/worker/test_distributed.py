@@ -205,10 +205,12 @@ def _events(daemon, name: str) -> list[dict]:
 def test_a_hung_rank_is_found_by_its_heartbeat_and_the_job_restarts(start_daemon) -> None:
     """SIGSTOP of rank 1 (alive, silent): after training.rank_timeout without its heartbeat, rank 0
     names it and how long it was silent, ends the job, and the daemon restarts it from the last
-    checkpoint with new ranks; training goes on (no 600 s collective timeout)."""
+    checkpoint with new ranks; training goes on (no 600 s collective timeout). The job is sharded
+    (parallel = fsdp), so this also runs FSDP in a real daemon: rounds, checkpoint, resume."""
     timeout = 10
     daemon = start_daemon(*TINY, "--solo", "--set", "training.world_size=2", "--set", "training.slowdown=3",
-                          "--set", f"training.rank_timeout={timeout}", "--log-format", "json")
+                          "--set", f"training.rank_timeout={timeout}", "--set", 'training.parallel="fsdp"',
+                          "--log-format", "json")
     stopped = 0
     try:
         _wait_until(lambda: _rounds_logged(daemon) >= 2, 120, "round 2", daemon.log)
@@ -226,7 +228,8 @@ def test_a_hung_rank_is_found_by_its_heartbeat_and_the_job_restarts(start_daemon
         noticed_after = time.monotonic() - stopped_at
         hung = _events(daemon, "rank_hung")
         assert len(hung) == 1, daemon.log()
-        assert hung[0]["rank"] == 1 and hung[0]["silent_seconds"] > timeout, hung
+        assert not _events(daemon, "rank_failed"), daemon.log()  # one reason, not the kill it caused
+        assert hung[0]["rank"] == 1 and hung[0]["silent_seconds"] >= timeout, hung  # rounded to 0.1 s
         assert f"rank 1 of the training job (pid {stopped} on " in hung[0]["msg"], hung
         assert "sent no heartbeat for" in hung[0]["msg"] and "rank_timeout = 10 s" in hung[0]["msg"], hung
         assert noticed_after < 300, noticed_after  # the heartbeat, not the 600 s collective timeout
@@ -239,6 +242,8 @@ def test_a_hung_rank_is_found_by_its_heartbeat_and_the_job_restarts(start_daemon
         second = {r["rank"]: r["pid"] for r in _status(daemon)["ranks"]}
         assert second[1] != first[1] and second[0] != first[0]
         assert len(_events(daemon, "rank_hung")) == 1  # the new job is healthy
+        assert all(e["parallel"] == "fsdp" for e in _events(daemon, "job_started")), daemon.log()
+        assert len(_events(daemon, "job_started")) == 2
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(timeout=60) == ExitCode.OK, daemon.log()
         _wait_until(lambda: not any(_alive(pid) for pid in second.values()), 30, "every rank gone")
@@ -315,6 +320,50 @@ def test_a_job_across_two_hosts_joins_through_the_rendezvous_endpoint(start_daem
         assert launcher.wait(timeout=30) == 0, launcher_log.read_text()
         assert "host 1: stopped" in launcher_log.read_text()
     finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+
+
+def test_a_hung_rank_of_another_host_is_replaced_when_the_job_restarts(start_daemon, tmp_path: Path) -> None:
+    """nnodes = 2: SIGSTOP of the host launcher's rank. Rank 0 finds it by its heartbeat and the
+    daemon restarts the job; the launcher sees the run end, kills its stopped rank and starts a
+    new one, which joins the new run: training goes on with both hosts."""
+    port = _free_port()
+    daemon = start_daemon(*TINY, "--solo", "--set", "training.world_size=2", "--set", "training.nnodes=2",
+                          "--set", f'training.rdzv_endpoint="127.0.0.1:{port}"', "--set", "training.slowdown=3",
+                          "--set", "training.rank_timeout=10", "--log-format", "json")
+    launcher_log = tmp_path / "host-1.log"
+    with open(launcher_log, "w") as out:
+        launcher = subprocess.Popen([sys.executable, "-m", "fednode.node.worker.rank", "--node-rank", "1", "--nnodes",
+                                     "2", "--nproc-per-node", "1", "--rdzv-endpoint", f"127.0.0.1:{port}"],
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    stopped = 0
+    try:
+        _wait_until(lambda: _rounds_logged(daemon) >= 2, 120, "round 2", daemon.log)
+        _wait_until(lambda: any(r["rank"] == 1 and r["state"] == "running" for r in _status(daemon)["ranks"]), 60,
+                    "rank 1 running", daemon.log)
+        stopped = next(r for r in _status(daemon)["ranks"] if r["rank"] == 1)["pid"]
+        os.kill(stopped, signal.SIGSTOP)
+        daemon.wait_for_log("restarting it from the last checkpoint", timeout=180)
+        assert [e["rank"] for e in _events(daemon, "rank_hung")] == [1], daemon.log()
+        _wait_until(lambda: f"rank 0 ended the run; stopping rank 1 (pid {stopped})" in launcher_log.read_text(),
+                    60, "the launcher stopping its hung rank", launcher_log.read_text)
+        _wait_until(lambda: not _alive(stopped), 30, "the stopped rank killed by its launcher", launcher_log.read_text)
+        before = _rounds_logged(daemon)
+        _wait_until(lambda: _rounds_logged(daemon) >= before + 2, 240, "two more rounds with a new rank 1",
+                    lambda: daemon.log() + launcher_log.read_text())
+        new = next(r for r in _status(daemon)["ranks"] if r["rank"] == 1)["pid"]
+        assert new != stopped and Path(f"/proc/{new}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(
+            launcher.pid)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == ExitCode.OK, daemon.log()
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=60) == 0, launcher_log.read_text()
+    finally:
+        if stopped and _alive(stopped):
+            os.kill(stopped, signal.SIGCONT)
+            os.kill(stopped, signal.SIGKILL)
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)
             launcher.wait()
