@@ -725,8 +725,9 @@ async def serve(link_fd: int) -> int:
 
 
 async def _watch_ranks(group: Any) -> None:
-    """A local rank that exits ends the job at once, between rounds too (a round in progress
-    fails with it): the daemon then restarts this worker, and with it the job, from the checkpoint."""
+    """A local rank that exits, or any rank silent for longer than training.rank_timeout (hung,
+    stopped, or cut off), ends the job at once, between rounds too (a round in progress fails
+    with it): the daemon then restarts this worker, and with it the job, from the checkpoint."""
     from fednode.node.worker.distributed import fail_job
 
     while True:
@@ -734,6 +735,18 @@ async def _watch_ranks(group: Any) -> None:
         failures = group.failures()
         if failures:
             fail_job(group)("a rank of the training job exited: " + "; ".join(failures))
+        try:
+            hung = group.hung_ranks()
+        except Exception as exc:  # the store is ours: a failed read is a broken job, seen below
+            log.debug("reading the ranks' heartbeats: %s", exc)
+            continue
+        if hung:
+            rank, silent, beat = hung[0]
+            where = f"pid {beat.get('pid', '?')} on {beat.get('host', '?')}"
+            fail_job(group, "rank_hung", rank=rank, silent_seconds=round(silent, 1))(
+                f"rank {rank} of the training job ({where}) sent no heartbeat for {silent:.1f} s "
+                f"(training.rank_timeout = {group.rank_timeout:g} s): it is hung, stopped or unreachable"
+                + "".join(f"; rank {r} silent for {s:.1f} s" for r, s, _ in hung[1:]))
 
 
 def main(argv: list[str] | None = None) -> int:
