@@ -12,6 +12,8 @@ Measured side by side in one run, on this machine's CPU with gloo (figures only;
   `DistributedTrainer` (world_size 2: rank 0 in this process, rank 1 started by it, as in a
   member), same task, model, global batch and steps. On a 2-core host two ranks share the two
   cores, so the ratio says what the DDP machinery costs here, not what two GPUs give.
+* the same job with training.parallel = "fsdp" (parameters, gradients and optimizer state sharded
+  with FSDP2: an all-gather per unit in forward and backward, a reduce-scatter of the gradients).
 * round overhead: `train_round(model, 0)` of the job, i.e. what a round adds to its steps (the
   command on the store, rank 0's model and batch generator broadcast, the loss all-reduce, the
   model copied into and out of the DDP module).
@@ -56,9 +58,11 @@ def _timed(trainer: Any, model: torch.nn.Module, steps: int, repeats: int) -> fl
 
 def measure(hidden: list[int], batch: int, steps: int, repeats: int) -> dict[str, Any]:
     row: dict[str, Any] = {"hidden": hidden, "batch": batch, "steps": steps}
-    for world_size in (1, 2):
+    for world_size, parallel in ((1, "ddp"), (2, "ddp"), (2, "fsdp")):
+        suffix = f"ws{world_size}" + ("_fsdp" if parallel == "fsdp" else "")
         config = FednodeConfig(task={"params": {"hidden": hidden}},
-                               training={"world_size": world_size, "batch_size": batch, "torch_threads": 1})
+                               training={"world_size": world_size, "batch_size": batch, "torch_threads": 1,
+                                         "parallel": parallel})
         device = device_for_rank(config, 0)
         task, _, trainer = build_local_training(config, device)
         model = task.model_factory()
@@ -67,20 +71,21 @@ def measure(hidden: list[int], batch: int, steps: int, repeats: int) -> dict[str
             group = RankGroup(config)
             trainer = DistributedTrainer(trainer, group.join(device), task.model_factory)
         try:
-            row[f"steps_per_s_ws{world_size}"] = _timed(trainer, model, steps, repeats)
+            row[f"steps_per_s_{suffix}"] = _timed(trainer, model, steps, repeats)
             if group is not None:
                 overheads = []
                 for _ in range(max(repeats, 5)):
                     started = time.perf_counter()
                     trainer.train_round(model, 0)
                     overheads.append(time.perf_counter() - started)
-                row["round_overhead_ms_ws2"] = 1000 * statistics.median(overheads)
+                row[f"round_overhead_ms_{suffix}"] = 1000 * statistics.median(overheads)
                 row["parameters"] = sum(p.numel() for p in model.parameters())
         finally:
             if group is not None:
                 group.close()
                 torch.distributed.destroy_process_group()
     row["ratio_ws2_over_ws1"] = row["steps_per_s_ws2"] / row["steps_per_s_ws1"]
+    row["ratio_ws2_fsdp_over_ws1"] = row["steps_per_s_ws2_fsdp"] / row["steps_per_s_ws1"]
     return row
 
 
@@ -129,12 +134,13 @@ def main() -> None:
     out = io.StringIO()
     out.write(f"load average before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, {os.cpu_count()} CPUs, gloo on CPU\n")
     out.write(f"{'model':>18} {'params':>8} {'batch':>6} {'ws1 steps/s':>12} {'ws2 steps/s':>12} {'ws2/ws1':>8} "
-              f"{'round overhead ws2':>19}\n")
+              f"{'round overhead ws2':>19} {'fsdp steps/s':>13} {'fsdp/ws1':>9} {'round overhead fsdp':>20}\n")
     for row in rows:
         model = "64-" + "-".join(str(h) for h in row["hidden"]) + "-10"
         out.write(f"{model:>18} {row['parameters']:>8} {row['batch']:>6} {row['steps_per_s_ws1']:>12.1f} "
                   f"{row['steps_per_s_ws2']:>12.1f} {row['ratio_ws2_over_ws1']:>8.2f} "
-                  f"{row['round_overhead_ms_ws2']:>16.2f} ms\n")
+                  f"{row['round_overhead_ms_ws2']:>16.2f} ms {row['steps_per_s_ws2_fsdp']:>13.1f} "
+                  f"{row['ratio_ws2_fsdp_over_ws1']:>9.2f} {row['round_overhead_ms_ws2_fsdp']:>17.2f} ms\n")
     if "federation" in result:
         out.write(f"federation of 2 launched members, {args.rounds} rounds of 20 steps (rounds 2..):\n")
         for member in result["federation"]["members"]:

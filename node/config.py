@@ -122,6 +122,12 @@ class TaskSection(_Section):
     )
 
 
+# Every rank of a job of several processes writes a heartbeat this often; a rank_timeout below a
+# few of them would end healthy jobs whose heartbeat was delayed by a busy CPU.
+RANK_HEARTBEAT_S = 2.0
+MIN_RANK_TIMEOUT_S = 5 * RANK_HEARTBEAT_S
+
+
 class TrainingSection(_Section):
     """Local training."""
 
@@ -179,6 +185,18 @@ class TrainingSection(_Section):
     dist_backend: Literal["auto", "gloo", "nccl"] = Field(
         default="auto", description="torch.distributed backend: auto = nccl on CUDA, gloo on CPU",
     )
+    rank_timeout: float = Field(
+        default=60.0, ge=0.0, le=86_400.0,
+        description="a rank of the job whose heartbeat is older than this many seconds is taken as hung: rank 0 "
+                    "ends the job and the daemon restarts it from the last checkpoint; 0 = off (a hung rank is "
+                    "then found only by the 600 s collective timeout)",
+    )
+    parallel: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description="how the processes of the job share the model: ddp = a full copy on each (gradients averaged); "
+                    "fsdp = parameters, gradients and optimizer state sharded (torch FSDP2, for a model whose "
+                    "training does not fit one device); the update is gathered whole on rank 0 for the exchange",
+    )
 
     @model_validator(mode="after")
     def _check_distributed(self) -> TrainingSection:
@@ -186,6 +204,9 @@ class TrainingSection(_Section):
                                       self.batch_size)
         if problem:
             raise ValueError(problem)
+        if 0 < self.rank_timeout < MIN_RANK_TIMEOUT_S:
+            raise ValueError(f"training.rank_timeout ({self.rank_timeout:g}) must be 0 (off) or at least "
+                             f"{MIN_RANK_TIMEOUT_S:g} s: each rank sends a heartbeat every {RANK_HEARTBEAT_S:g} s")
         return self
 
     @property

@@ -1473,7 +1473,9 @@ class FederationRunner:
         self.round = header.round
         self.model_version = header.model_version
         self.compressor.reset()  # the residual refers to a model we no longer have
-        self.rounds.synced(previous, self.round)
+        heard_lately = time.time() - RETURN_SILENCE_INTERVALS * self.announce_interval
+        self.rounds.synced(previous, self.round,
+                           live=[p for p, m in self.members.items() if m.last_seen >= heard_lately])
         self.book.prune(self.round + 1)
         self.offers = {d: o for d, o in self.offers.items() if o.header.round > self.round}
         self.syncs += 1

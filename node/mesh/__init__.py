@@ -78,7 +78,7 @@ Design (details in docs/mesh.md)
 --------------------------------
 * py-libp2p 0.8.1 runs in a dedicated ``trio.run`` thread (:mod:`.bridge`); calls cross with
   cancellation both ways, events come back with ``call_soon_threadsafe``.
-* The host is hardened (:mod:`.libp2p_node`): TCP only, Noise only (plaintext/SECIO refused),
+* The host is hardened (:mod:`.libp2p`, one module per protocol concern): TCP only, Noise only (plaintext/SECIO refused),
   Yamux only, QUIC off; GossipSub with explicit heartbeat, degree, size and spam limits; Kademlia
   DHT (server mode); circuit relay v2 (client everywhere, hop when ``relay_hop``), AutoNAT, DCUtR.
 * Blobs move over the fast path (:mod:`.fastpath`: asyncio TCP, X25519 + Ed25519 handshake bound

@@ -90,7 +90,7 @@ class MeshConfig:
     # Mesh.set_relay_admission() replaces it at run time.
     relay_admission: Callable[[str], bool] | None = None
     # Reserve a slot on every relay among the bootstrap peers (whatever AutoNAT says: see
-    # Libp2pNode._wants_relay and docs/nat-traversal.md).
+    # RelayClient.wants_relay in node/mesh/libp2p/relay.py and docs/nat-traversal.md).
     enable_relay_client: bool = True
     enable_autonat: bool = True  # ask connected peers to dial us back; serve their requests
     enable_dcutr: bool = True  # upgrade relayed connections to direct ones (hole punching)

@@ -28,7 +28,7 @@ from .errors import (
     StreamOpenError,
 )
 from .identity import NodeIdentity
-from .libp2p_node import Libp2pNode
+from .libp2p import Libp2pNode
 from .reachability import ReachabilityFacts, describe_reachability
 from .transfer import CONTENT_ID_LEN, BlobStore, FetchState, ProviderRefused, TransferProtocolError
 from .types import GossipMessage, MeshEvent, MeshStats, PeerInfo, Reachability, StatsCollector, Validator

@@ -168,22 +168,22 @@ class SyncRound:
         self.arrivals.forget(peer_id)
         return True
 
-    def synced(self, previous_round: int, round_number: int) -> None:
+    def synced(self, previous_round: int, round_number: int, live: Iterable[str] | None = None) -> None:
         """This node adopted the federation's model at `round_number`, coming from
-        `previous_round`.
+        `previous_round`: the members made the rounds in between without it, and it never saw
+        their contributions to them, so it expects them afresh (as newcomers) instead of
+        judging them by contributions it did not see.
 
-        After a long absence (more than `absent_after` rounds skipped, e.g. a restart) the
-        members it knows made those rounds while it was away, so it expects each of them afresh
-        (as newcomers) instead of judging them by contributions it never saw. A short catch-up
-        (it fell a round or two behind) changes nothing: its own record is recent, and resetting
-        it would keep a member the others have stopped waiting for (a dead one) expected here
-        for good: this node would wait for it each round, fall behind, sync again, and never
-        close a round of its own."""
-        if round_number - previous_round <= self.policy.absent_after:
-            return
-        for peer in self._since:
-            if peer not in self._departed:
-                self._since[peer] = max(self._since[peer], round_number)
+        After a long absence (more than `absent_after` rounds skipped, e.g. a restart) that is
+        every member it knows. After a short catch-up it is only the members in `live` (heard
+        from lately; None: every member): a member the others have stopped waiting for because
+        it died must not become expected here again, or this node would wait for it each
+        round, fall behind, sync again, and never close a round of its own."""
+        renewed = set(self._since) - self._departed
+        if round_number - previous_round <= self.policy.absent_after and live is not None:
+            renewed &= set(live)
+        for peer in renewed:
+            self._since[peer] = max(self._since[peer], round_number)
 
     def departed(self, peer_id: str) -> bool:
         """The peer announced it is leaving (and has not come back)."""

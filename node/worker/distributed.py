@@ -42,7 +42,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 
-from fednode.node.config import FednodeConfig, parse_endpoint
+from fednode.node.config import RANK_HEARTBEAT_S, FednodeConfig, parse_endpoint
 from fednode.node.errors import ConfigError, ExitCode
 from fednode.node.trainer import LocalTrainer, TrainResult
 
@@ -52,7 +52,7 @@ log = logging.getLogger("fednode.worker.distributed")
 JOIN_TIMEOUT_S = 300.0
 # A collective waits this long for a slow rank; a rank that died is seen at once (its sockets close).
 COLLECTIVE_TIMEOUT_S = 600.0
-HEARTBEAT_S = 2.0
+HEARTBEAT_S = RANK_HEARTBEAT_S
 # A rank whose heartbeat is older than this is shown as "stale" (it may be stuck or unreachable).
 STALE_AFTER_S = 15.0
 COMMAND_POLL_S = 5.0
@@ -76,12 +76,14 @@ class JobPlan:
     host: str
     port: int
     backend_setting: str
+    parallel: str = "ddp"
 
     @classmethod
     def from_config(cls, config: FednodeConfig) -> JobPlan:
         training = config.training
         host, port = parse_endpoint(training.rdzv_endpoint) if training.rdzv_endpoint else ("127.0.0.1", 0)
-        return cls(training.world_size, training.local_processes, training.nnodes, host, port, training.dist_backend)
+        return cls(training.world_size, training.local_processes, training.nnodes, host, port, training.dist_backend,
+                   training.parallel)
 
     def backend(self, device: torch.device) -> str:
         return backend_for(self.backend_setting, device)
@@ -147,8 +149,10 @@ def stop_processes(processes: Any) -> None:
 
 
 class Heartbeat:
-    """A rank's liveness on the store, read by rank 0 for status: its own store connection, so it
-    never waits behind the rank's commands."""
+    """A rank's liveness on the store, read by rank 0 for status and to find hung ranks
+    (training.rank_timeout): its own store connection, so it never waits behind the rank's
+    commands. It proves the process runs and reaches rank 0, not that its training thread makes
+    progress: a rank stuck inside a collective is found by the collective timeout."""
 
     def __init__(self, host: str, port: int, rank: int, local_rank: int) -> None:
         self.store = dist.PrefixStore(FEDNODE_PREFIX, dist.TCPStore(host, port, is_master=False,
@@ -171,13 +175,35 @@ class Heartbeat:
         self._stop.set()
 
 
+def shard_module(module: nn.Module, device: torch.device, world_size: int) -> nn.Module:
+    """Shard `module` in place with torch's FSDP2 (`fully_shard`) over all ranks: each direct
+    child that has parameters is one unit (its parameters are gathered for its forward and
+    backward only, then freed), the root holds the rest. Parameters become DTensors sharded on
+    dim 0; gradients are reduce-scattered and averaged over the ranks."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (world_size,))
+    for child in module.children():
+        if any(True for _ in child.parameters()):
+            fully_shard(child, mesh=mesh)
+    fully_shard(module, mesh=mesh)
+    return module
+
+
 class Replica:
-    """One rank's part of every round; all ranks make the same calls in the same order."""
+    """One rank's part of every round; all ranks make the same calls in the same order.
+
+    parallel = "ddp": every rank holds the whole model, DDP averages the gradients.
+    parallel = "fsdp": every rank holds 1/W of the parameters, gradients and optimizer state
+    (shard_module); rank 0's full model is scattered to the shards at the start of a round and
+    the result gathered whole on rank 0 (in host memory) at its end, for the exchange."""
 
     def __init__(self, local: LocalTrainer, module: nn.Module, rank: int, world_size: int, device: torch.device,
-                 backend: str) -> None:
+                 backend: str, parallel: str = "ddp") -> None:
         self.local, self.module, self.rank, self.world_size = local, module, rank, world_size
         self.device = device
+        self.parallel = parallel
         # Collectives of nccl run on the GPU: small CPU tensors (flags, generator state) go through it.
         self._wire = device if backend == "nccl" else torch.device("cpu")
         # This rank's positions of each step's global batch: DistributedSampler's split of it
@@ -185,8 +211,12 @@ class Replica:
         positions = list(DistributedSampler(range(local.batch_size), num_replicas=world_size, rank=rank,
                                             shuffle=False, drop_last=True))
         local.share = torch.tensor(positions, dtype=torch.long)
-        # Building DDP broadcasts rank 0's parameters and buffers; every round does it again.
-        self.ddp = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+        self.forward: nn.Module
+        if parallel == "fsdp":
+            self.forward = shard_module(module, device, world_size)
+        else:
+            # Building DDP broadcasts rank 0's parameters and buffers; every round does it again.
+            self.forward = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
         self.rounds = 0
 
     def _broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -197,12 +227,40 @@ class Replica:
         dist.broadcast(moved, 0)
         return moved.to(tensor.device)
 
-    def run_round(self, steps: int, stop: threading.Event | None) -> TrainResult:
-        """Rank 0's model and batch generator to every rank, `steps` DDP steps (fewer when rank 0's
-        `stop` is set), and the job's mean loss."""
+    def _start_from(self, start: dict[str, torch.Tensor] | None) -> None:
+        """Every rank's model := rank 0's `start` (its model's state dict; None on other ranks)."""
+        if self.parallel == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            # Rank 0 broadcasts each full tensor, every rank keeps its shard. The call replaces the
+            # dict's values with DTensors: it gets a dict of its own.
+            full = {name: tensor.detach().to(self.device) for name, tensor in (start or {}).items()}
+            set_model_state_dict(self.module, full if self.rank == 0 else {},
+                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+            return
         with torch.no_grad():
+            if start is not None:
+                self.module.load_state_dict(start)
             for tensor in self.module.state_dict().values():
                 tensor.copy_(self._broadcast(tensor))
+
+    def _result(self) -> dict[str, torch.Tensor] | None:
+        """The trained model's full state dict on rank 0 (None on the others); with fsdp a
+        collective that gathers the shards, into host memory."""
+        if self.parallel == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            gathered = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True,
+                                                                                  cpu_offload=True))
+            return gathered if self.rank == 0 else None
+        return self.module.state_dict() if self.rank == 0 else None
+
+    def run_round(self, steps: int, stop: threading.Event | None,
+                  start: dict[str, torch.Tensor] | None = None) -> tuple[TrainResult, dict[str, torch.Tensor] | None]:
+        """Rank 0's model (`start`, on rank 0) and batch generator to every rank, `steps`
+        data-parallel steps (fewer when rank 0's `stop` is set); the job's mean loss, and on rank 0
+        the trained model's full state dict."""
+        self._start_from(start)
         self.local.set_generator_state(self._broadcast(self.local.generator_state()))
         flag = torch.ones(1, dtype=torch.int32, device=self._wire)
         step = 0
@@ -219,15 +277,16 @@ class Replica:
             dist.broadcast(flag, 0)
             return bool(flag.item())
 
-        result = self.local.train_round(self.module, steps, forward=self.ddp, keep_going=keep_going)
+        result = self.local.train_round(self.module, steps, forward=self.forward, keep_going=keep_going)
         loss = torch.tensor([result.mean_loss * result.steps if result.steps else 0.0], dtype=torch.float64,
                             device=self._wire)
         dist.all_reduce(loss)
         self.rounds += 1
         steps_done = result.steps
         mean = float(loss.item()) / (self.world_size * steps_done) if steps_done else float("nan")
+        trained = self._result()
         return TrainResult(steps=steps_done, num_samples=steps_done * self.local.batch_size, mean_loss=mean,
-                           seconds=result.seconds)
+                           seconds=result.seconds), trained
 
 
 class RankGroup:
@@ -249,9 +308,15 @@ class RankGroup:
         self.processes = start_local_ranks(self.plan, self.port, node_rank=0, first_local_rank=1)
         self.replica: Replica | None = None
         self._round = 0
-        log.info("training job: %d processes (%d on this host, %d host(s)), rendezvous %s:%d",
-                 self.plan.world_size, self.plan.local_processes, self.plan.nnodes, self.plan.host, self.port,
-                 extra={"event": "job_started", "world_size": self.plan.world_size})
+        self.rank_timeout = config.training.rank_timeout
+        # rank -> (its last heartbeat as read, when rank 0 first read it): ages are measured on
+        # rank 0's monotonic clock, so clocks of other hosts do not matter.
+        self._beats: dict[int, tuple[bytes, float]] = {}
+        self._beats_lock = threading.Lock()
+        log.info("training job: %d processes (%d on this host, %d host(s)), %s, rendezvous %s:%d",
+                 self.plan.world_size, self.plan.local_processes, self.plan.nnodes, self.plan.parallel, self.plan.host,
+                 self.port, extra={"event": "job_started", "world_size": self.plan.world_size,
+                                   "parallel": self.plan.parallel})
 
     def join(self, device: torch.device) -> RankGroup:
         """Join the process group as rank 0 (blocks until all ranks have joined)."""
@@ -268,10 +333,36 @@ class RankGroup:
         """Why the job cannot go on (local ranks that exited); [] while it can."""
         return failed_processes(self.processes, first_local_rank=1)
 
+    def _heartbeat(self, rank: int) -> tuple[dict[str, Any], float] | None:
+        """Rank `rank`'s last heartbeat and its age in seconds (since rank 0 first read it), or None
+        before its first one."""
+        key = f"health/{rank}"
+        if not self.commands.check([key]):
+            return None
+        raw = self.commands.get(key)
+        now = time.monotonic()
+        with self._beats_lock:
+            seen = self._beats.get(rank)
+            if seen is None or seen[0] != raw:
+                seen = self._beats[rank] = (raw, now)
+        return json.loads(raw), now - seen[1]
+
+    def hung_ranks(self) -> list[tuple[int, float, dict[str, Any]]]:
+        """(rank, seconds silent, its last heartbeat) of every rank whose heartbeat is older than
+        training.rank_timeout; [] when it is 0 (off). A rank that has not sent its first heartbeat
+        yet is still joining: the join has its own timeout."""
+        if not self.rank_timeout:
+            return []
+        hung = []
+        for rank in range(1, self.plan.world_size):
+            beat = self._heartbeat(rank)
+            if beat is not None and beat[1] > self.rank_timeout:
+                hung.append((rank, beat[1], beat[0]))
+        return hung
+
     def health(self) -> list[dict[str, Any]]:
         """One record per rank: rank, local_rank, host, pid, state (running, exited, stale,
         starting), heartbeat age in seconds, rounds trained."""
-        now = time.time()
         rounds = self.replica.rounds if self.replica is not None else 0
         ranks = [{"rank": 0, "local_rank": 0, "host": socket.gethostname(), "pid": os.getpid(), "state": "running",
                   "heartbeat_age": 0.0, "rounds": rounds}]
@@ -283,12 +374,12 @@ class RankGroup:
             record: dict[str, Any] = {"rank": rank, "local_rank": rank % self.plan.local_processes, "host": "",
                                       "pid": 0, "state": "starting", "heartbeat_age": -1.0, "rounds": 0}
             try:
-                key = f"health/{rank}"
-                if self.commands.check([key]):
-                    beat = json.loads(self.commands.get(key))
+                seen = self._heartbeat(rank)
+                if seen is not None:
+                    beat, age = seen
                     record.update({k: beat[k] for k in ("host", "pid", "rounds") if k in beat})
-                    record["heartbeat_age"] = max(0.0, now - float(beat.get("unix", now)))
-                    record["state"] = "running" if record["heartbeat_age"] < STALE_AFTER_S else "stale"
+                    record["heartbeat_age"] = age
+                    record["state"] = "running" if age < STALE_AFTER_S else "stale"
             except Exception as exc:
                 log.debug("health of rank %d: %s", rank, exc)
             proc = local.get(rank)
@@ -326,7 +417,7 @@ class DistributedTrainer:
         self.group = group
         self.module = model_factory().to(group.device)
         self.replica = group.replica = Replica(local, self.module, 0, group.plan.world_size, group.device,
-                                               group.plan.backend(group.device))
+                                               group.plan.backend(group.device), group.plan.parallel)
         self.on_failure = on_failure or fail_job(group)
         self._lock = threading.Lock()  # one round at a time: the ranks follow one command stream
 
@@ -351,24 +442,32 @@ class DistributedTrainer:
         with self._lock:
             try:
                 self.group.command(str(steps))
-                self.module.load_state_dict(model.state_dict())
-                result = self.replica.run_round(steps, stop)
+                result, trained = self.replica.run_round(steps, stop, model.state_dict())
             except Exception as exc:  # a collective failed: some rank died or is unreachable
                 failures = "; ".join(self.group.failures()) or str(exc).splitlines()[0]
                 self.on_failure(f"a rank of the training job failed during a round: {failures}")
                 raise RankFailed(failures) from exc
-            model.load_state_dict(self.module.state_dict())
+            if trained is not None:
+                model.load_state_dict(trained)
             return result
 
 
-def fail_job(group: RankGroup) -> Callable[[str], None]:
+_failing = threading.Lock()  # held by the first thread that ends the job
+
+
+def fail_job(group: RankGroup, event: str = "rank_failed", **fields: Any) -> Callable[[str], None]:
     """The job cannot go on without a rank: stop the local ranks and exit rank 0 at once, so the
     daemon's restart policy starts the job again from the last checkpoint (a process group that
-    lost a member cannot be repaired in place)."""
+    lost a member cannot be repaired in place). `event` and `fields` go into the log record."""
 
     def fail(reason: str) -> None:
+        if not _failing.acquire(blocking=False):
+            # Another thread is already ending the job (the round that fails because the watcher
+            # killed a hung rank): one reason in the log; this process exits in a moment.
+            time.sleep(60)
+            os._exit(int(ExitCode.INTERNAL))
         log.error("%s; the training worker exits and the daemon restarts it from the last checkpoint", reason,
-                  extra={"event": "rank_failed", "reason": reason})
+                  extra={"event": event, "reason": reason, **fields})
         stop_processes(group.processes)
         logging.shutdown()
         os._exit(int(ExitCode.INTERNAL))

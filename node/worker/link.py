@@ -15,12 +15,12 @@ import inspect
 import itertools
 import logging
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from google.protobuf.message import DecodeError, Message
 
-from fednode.node.mesh.errors import MeshError
+from fednode.node.mesh.errors import BlobNotFoundError, BlobTooLargeError, FetchError, MeshError
 from fednode.proto.v1 import worker_pb2
 
 log = logging.getLogger("fednode.worker.link")
@@ -34,13 +34,88 @@ _HEADER = struct.Struct(">I")
 #: hold up the frames behind it); notifications run in arrival order before the next frame is read.
 Handler = Callable[[worker_pb2.LinkFrame], Any]
 
+# ---------------------------------------------------------------------------------- the RPC
+# Every body of LinkFrame (proto/v1/worker.proto) is exactly one of these: handled by the daemon
+# (sent by the worker), handled by the worker (sent by the daemon), or a reply.
+# tests/worker/test_link_rpc.py checks the three sets against the oneof and against the handler
+# tables of node/worker/supervisor.py and node/worker/process.py.
+
+#: Bodies the daemon handles (WorkerSupervisor's table): the mesh on the worker's behalf, training.
+DAEMON_HANDLES = frozenset({
+    "subscribe", "publish", "push", "fetch_blob", "provide", "find_providers", "connect_peer", "put_record",
+    "get_records", "serve_blob", "unserve_blob",
+    "ready", "round_done", "runner_event", "session_ended", "failed",
+})
+#: Bodies the worker handles (TrainingWorker's table, plus "configure" before it exists).
+WORKER_HANDLES = frozenset({
+    "configure", "start_session", "stop_session", "check_settings", "export_model", "publish_revocation",
+    "member_key", "shutdown", "session_state", "mesh_event", "mesh_info", "refused",
+})
+#: Reply bodies (a frame with reply_to).
+REPLIES = frozenset({
+    "empty", "peer_list", "blob", "key", "record_values", "round_verdict", "model_bytes", "worker_totals",
+    "state",
+})
+
+
+def table_handler(table: Mapping[str, Handler], side: str, ignore_unknown_notifications: bool = False) -> Handler:
+    """One Handler dispatching on the frame's body through ``table`` (body name -> handler).
+
+    A body with no entry fails the request ("<side> does not handle ..."); a notification with no
+    entry fails the same way (logged by the link) unless ``ignore_unknown_notifications``."""
+
+    def handle(frame: worker_pb2.LinkFrame) -> Any:
+        body = frame.WhichOneof("body")
+        handler = table.get(body) if body is not None else None
+        if handler is None:
+            if ignore_unknown_notifications and not frame.call_id:
+                return None
+            raise ValueError(f"the {side} does not handle {body!r}")
+        return handler(frame)
+
+    return handle
+
+
+# ---------------------------------------------------------------------------------- error kinds
+#: Exception types that cross the link as a kind (most specific first), so the caller raises the
+#: same type without reading the message.
+_KINDS: tuple[tuple[type[BaseException], worker_pb2.LinkErrorKind], ...] = (
+    (BlobNotFoundError, worker_pb2.LINK_ERROR_BLOB_NOT_FOUND),
+    (BlobTooLargeError, worker_pb2.LINK_ERROR_BLOB_TOO_LARGE),
+    (FetchError, worker_pb2.LINK_ERROR_FETCH),
+    (MeshError, worker_pb2.LINK_ERROR_MESH),
+)
+
+
+def error_kind(exc: BaseException) -> worker_pb2.LinkErrorKind:
+    """The LinkErrorKind of an exception: the one it carries (HandlerError, RemoteError), else by type."""
+    if isinstance(exc, (HandlerError, RemoteError)):
+        return exc.kind
+    for cls, value in _KINDS:
+        if isinstance(exc, cls):
+            return value
+    return worker_pb2.LINK_ERROR_UNSPECIFIED
+
+
+class HandlerError(ValueError):
+    """A handler's failure with an explicit kind (e.g. a mesh error reported as a one-line message)."""
+
+    def __init__(self, message: str, kind: worker_pb2.LinkErrorKind) -> None:
+        super().__init__(message)
+        self.kind = kind
+
 
 class LinkClosed(ConnectionError):
     """The other side went away (exited, crashed or closed the link)."""
 
 
 class RemoteError(RuntimeError):
-    """The other side answered a request with an error (its one-line message)."""
+    """The other side answered a request with an error (its one-line message and its kind)."""
+
+    def __init__(self, message: str, kind: worker_pb2.LinkErrorKind = worker_pb2.LINK_ERROR_UNSPECIFIED
+                 ) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class Link:
@@ -90,7 +165,7 @@ class Link:
         finally:
             self._pending.pop(call_id, None)
         if answer.error:
-            raise RemoteError(answer.error)
+            raise RemoteError(answer.error, answer.error_kind)
         return answer
 
     # ------------------------------------------------------------------------------ receiving
@@ -153,6 +228,7 @@ class Link:
             if not isinstance(exc, (ValueError, LookupError, RemoteError, ConnectionError, TimeoutError, MeshError)):
                 log.exception("%s: request %s failed", self.name, frame.WhichOneof("body"))
             reply.error = (str(exc) or type(exc).__name__)[:1000]
+            reply.error_kind = error_kind(exc)
         with contextlib.suppress(LinkClosed):
             self._send(reply)
 

@@ -12,6 +12,7 @@ it exits when the daemon says so or the link closes (the daemon died).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import json
 import logging
@@ -22,6 +23,7 @@ import socket
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -39,7 +41,7 @@ from fednode.node.model import assign_parameters, flatten_parameters, model_layo
 from fednode.node.parent_death import die_with_parent
 from fednode.node.tasks import TaskContext, load_task
 from fednode.node.trainer import LocalTrainer, resolve_device, resolve_inner_optimizer
-from fednode.node.worker.link import Link
+from fednode.node.worker.link import Link, table_handler
 from fednode.node.worker.remote_mesh import RemoteMesh
 from fednode.proto.v1 import worker_pb2
 
@@ -119,6 +121,7 @@ class TrainingWorker:
         self.group = group  # the RankGroup of a job of several processes (training.world_size > 1)
         self.state_dir = config.resolved_state_dir()
         self.mesh = RemoteMesh(link)
+        self._dispatch: Callable[[worker_pb2.LinkFrame], Any] | None = None  # from handlers(), on first use
         self.checkpoints = CheckpointStore(self.state_dir)
         self._checkpoint_writer = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
         self.round = 0
@@ -217,36 +220,47 @@ class TrainingWorker:
 
     # ------------------------------------------------------------------------------ link
     async def handle(self, frame: worker_pb2.LinkFrame) -> Any:
-        body = frame.WhichOneof("body")
-        if body == "mesh_event":
-            self.mesh.deliver(frame.mesh_event)
-        elif body == "mesh_info":
-            self.mesh.update_info(frame.mesh_info)
-        elif body == "refused":
-            self._note_refusal(frame.refused)
-        elif body == "stop_session":
-            self.stop_session(frame.stop_session.reason, frame.stop_session.linger, frame.stop_session.finish)
-        elif body == "start_session":
-            return await self.start_session(frame.start_session)
-        elif body == "check_settings":
+        """Dispatch a frame from the daemon through the worker's side of the link RPC (handlers())."""
+        if self._dispatch is None:
+            self._dispatch = table_handler(self.handlers(), "training worker", ignore_unknown_notifications=True)
+        outcome = self._dispatch(frame)
+        return await outcome if inspect.isawaitable(outcome) else outcome
+
+    def handlers(self) -> dict[str, Callable[[worker_pb2.LinkFrame], Any]]:
+        """Body -> handler for what the daemon sends (``link.WORKER_HANDLES``, but "configure",
+        which run() takes before this worker exists). A handler returns (reply body, message), or
+        None for an Empty reply or a notification; it may be a coroutine."""
+
+        async def check_settings(frame: worker_pb2.LinkFrame) -> None:
             try:
                 self.components(FederationSettings.from_proto(frame.check_settings))
             except ConfigError as exc:
                 raise ValueError(exc.message) from None
-        elif body == "export_model":
-            return "model_bytes", self.export_model(frame.export_model.format)
-        elif body == "publish_revocation":
-            await self.publish_revocation(frame.publish_revocation)
-        elif body == "member_key":
+
+        def member_key(frame: worker_pb2.LinkFrame) -> Any:
             member = self.runner.members.get(frame.member_key.peers[0]) if self.runner and frame.member_key.peers else None
             return "key", worker_pb2.Key(key=member.public_key if member is not None else b"")
-        elif body == "session_state":
-            return "state", self.session_state()
-        elif body == "shutdown":
+
+        async def start_session(frame: worker_pb2.LinkFrame) -> Any:
+            return await self.start_session(frame.start_session)
+
+        async def shutdown(frame: worker_pb2.LinkFrame) -> Any:
             return "worker_totals", await self.shutdown(frame.shutdown)
-        elif frame.call_id:
-            raise ValueError(f"the training worker does not handle {body!r}")
-        return None
+
+        return {
+            "mesh_event": lambda frame: self.mesh.deliver(frame.mesh_event),
+            "mesh_info": lambda frame: self.mesh.update_info(frame.mesh_info),
+            "refused": lambda frame: self._note_refusal(frame.refused),
+            "stop_session": lambda frame: self.stop_session(frame.stop_session.reason, frame.stop_session.linger,
+                                                            frame.stop_session.finish),
+            "start_session": start_session,
+            "check_settings": check_settings,
+            "export_model": lambda frame: ("model_bytes", self.export_model(frame.export_model.format)),
+            "publish_revocation": lambda frame: self.publish_revocation(frame.publish_revocation),
+            "member_key": member_key,
+            "session_state": lambda frame: ("state", self.session_state()),
+            "shutdown": shutdown,
+        }
 
     def _note_refusal(self, refusal: worker_pb2.ValidatorRefusal) -> None:
         from fednode.node.envelope import Rejected
@@ -719,8 +733,9 @@ async def serve(link_fd: int) -> int:
 
 
 async def _watch_ranks(group: Any) -> None:
-    """A local rank that exits ends the job at once, between rounds too (a round in progress
-    fails with it): the daemon then restarts this worker, and with it the job, from the checkpoint."""
+    """A local rank that exits, or any rank silent for longer than training.rank_timeout (hung,
+    stopped, or cut off), ends the job at once, between rounds too (a round in progress fails
+    with it): the daemon then restarts this worker, and with it the job, from the checkpoint."""
     from fednode.node.worker.distributed import fail_job
 
     while True:
@@ -728,6 +743,18 @@ async def _watch_ranks(group: Any) -> None:
         failures = group.failures()
         if failures:
             fail_job(group)("a rank of the training job exited: " + "; ".join(failures))
+        try:
+            hung = group.hung_ranks()
+        except Exception as exc:  # the store is ours: a failed read is a broken job, seen below
+            log.debug("reading the ranks' heartbeats: %s", exc)
+            continue
+        if hung:
+            rank, silent, beat = hung[0]
+            where = f"pid {beat.get('pid', '?')} on {beat.get('host', '?')}"
+            fail_job(group, "rank_hung", rank=rank, silent_seconds=round(silent, 1))(
+                f"rank {rank} of the training job ({where}) sent no heartbeat for {silent:.1f} s "
+                f"(training.rank_timeout = {group.rank_timeout:g} s): it is hung, stopped or unreachable"
+                + "".join(f"; rank {r} silent for {s:.1f} s" for r, s, _ in hung[1:]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,37 @@ from datetime import timedelta
 
 log = logging.getLogger("fednode.worker.rank")
 JOIN_RETRY_S = 2.0  # a host launcher waits this long between attempts to reach rank 0's store
+RUN_CHECK_S = 2.0  # a host launcher checks this often that the run its ranks joined is still on
+
+
+class RunWatch:
+    """Whether the run of the job that a host's ranks joined is still on: a client of rank 0's
+    store, connected once rank 0 is up; a failed read after that means rank 0 ended the run
+    (restarted or stopped). A rank that is alive sees that itself and exits, but one that is hung
+    or stopped would keep the launcher waiting, and the next run would miss this host's ranks."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.store: object | None = None
+
+    def ended(self) -> bool:
+        import torch.distributed as dist
+
+        from fednode.node.worker.distributed import FEDNODE_PREFIX
+
+        if self.store is None:
+            try:
+                store = dist.TCPStore(self.host, self.port, is_master=False, timeout=timedelta(seconds=RUN_CHECK_S))
+            except Exception:
+                return False  # rank 0 is not up yet: the ranks are waiting to join
+            store.set_timeout(timedelta(seconds=60))
+            self.store = dist.PrefixStore(FEDNODE_PREFIX, store)
+            return False
+        try:
+            self.store.check(["config"])  # type: ignore[attr-defined]
+        except Exception:
+            return True  # rank 0's store is gone: this run is over
+        return False
 
 
 def _die_with_parent() -> None:
@@ -69,7 +100,7 @@ def run_rank() -> int:
     backend = backend_for(config.training.dist_backend, device)
     dist.init_process_group(backend, store=dist.PrefixStore(GROUP_PREFIX, store), rank=rank, world_size=world_size,
                             timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
-    replica = Replica(local, module, rank, world_size, device, backend)
+    replica = Replica(local, module, rank, world_size, device, backend, config.training.parallel)
     heartbeat = Heartbeat(host, port, rank, local_rank)
     log.debug("rank %d of %d joined (%s on %s)", rank, world_size, backend, device)
     number = 0
@@ -123,9 +154,20 @@ def run_host(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGINT, stop)
             log.info("host %d: ranks %d..%d started, joining %s:%d", args.node_rank,
                      args.node_rank * args.nproc_per_node, (args.node_rank + 1) * args.nproc_per_node - 1, host, port)
+            watch, checked = RunWatch(host, port), time.monotonic()
+            ended = False
             while not stopping and processes.wait(0) is None:
                 time.sleep(0.5)
+                if time.monotonic() - checked >= RUN_CHECK_S:
+                    checked = time.monotonic()
+                    if watch.ended():
+                        ended = True
+                        break
             gone = failed_processes(processes, first_local_rank=0)
+            if ended:
+                stuck = [f"rank {args.node_rank * args.nproc_per_node + i} (pid {h.proc.pid})"
+                         for i, h in sorted(processes.subprocess_handlers.items()) if h.proc.poll() is None]
+                gone.append("rank 0 ended the run" + (f"; stopping {', '.join(stuck)}" if stuck else ""))
         except SignalException:
             stopping, gone = True, []
         finally:

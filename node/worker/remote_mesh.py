@@ -64,13 +64,15 @@ def event_to_proto(event: MeshEvent) -> worker_pb2.MeshEvent:
     return worker_pb2.MeshEvent(reachability=event.status)
 
 
-def _fetch_error(message: str) -> FetchError:
-    """The daemon's fetch failure, as the exception type the mesh itself would raise."""
-    if message.startswith("BlobNotFoundError"):
-        return BlobNotFoundError(message)
-    if message.startswith("BlobTooLargeError"):
-        return BlobTooLargeError(message)
-    return FetchError(message)
+_FETCH_ERRORS: dict[worker_pb2.LinkErrorKind, type[FetchError]] = {
+    worker_pb2.LINK_ERROR_BLOB_NOT_FOUND: BlobNotFoundError,
+    worker_pb2.LINK_ERROR_BLOB_TOO_LARGE: BlobTooLargeError,
+}
+
+
+def _fetch_error(exc: RemoteError) -> FetchError:
+    """The daemon's fetch failure, as the exception type the mesh itself would raise (by its kind)."""
+    return _FETCH_ERRORS.get(exc.kind, FetchError)(str(exc))
 
 
 class RemoteMesh:
@@ -139,7 +141,7 @@ class RemoteMesh:
         try:
             reply = await self.link.call("fetch_blob", request)
         except RemoteError as exc:
-            raise _fetch_error(str(exc)) from None
+            raise _fetch_error(exc) from None
         return reply_body(reply, "blob").data
 
     async def provide(self, key: bytes) -> None:

@@ -21,7 +21,15 @@ from typing import Any
 from fednode.node.errors import ExitCode, FednodeError
 from fednode.node.federation.settings import FederationSettings
 from fednode.node.logs import best_effort
-from fednode.node.worker.link import Link, LinkClosed, RemoteError, reply_body
+from fednode.node.worker.link import (
+    HandlerError,
+    Link,
+    LinkClosed,
+    RemoteError,
+    error_kind,
+    reply_body,
+    table_handler,
+)
 from fednode.node.worker.remote_mesh import event_to_proto
 from fednode.proto.v1 import membership_pb2, worker_pb2
 
@@ -76,6 +84,7 @@ class WorkerProcess:
         self._reading: asyncio.Task[None] | None = None
         self._pump: asyncio.Task[None] | None = None
         self.events_dropped = 0  # mesh events not forwarded because the worker was not reading
+        self._dispatch: Callable[[worker_pb2.LinkFrame], Any] | None = None  # from handlers(), on first use
 
     # ------------------------------------------------------------------------------ lifecycle
     async def start(self) -> worker_pb2.WorkerReady:
@@ -276,27 +285,44 @@ class WorkerProcess:
                 self.link.notify(field, message)
 
     async def _handle(self, frame: worker_pb2.LinkFrame) -> Any:
-        body = frame.WhichOneof("body")
-        if body == "ready":
-            if not self._ready.done():
-                self._ready.set_result(frame.ready)
-            return None
-        if body == "failed":
-            if not self._ready.done():
-                self._ready.set_exception(WorkerError(frame.failed.message, frame.failed.exit_code))
-            return None
-        if body == "round_done":
-            return "round_verdict", await self.on_round(frame.round_done)
-        if body == "runner_event":
-            self.on_event(frame.runner_event)
-            return None
-        if body == "session_ended":
-            if self._session_ended is not None and not self._session_ended.done():
-                self._session_ended.set_result(frame.session_ended)
-            return None
-        return await self._mesh_request(body, frame)
+        if self._dispatch is None:
+            self._dispatch = table_handler(self.handlers(), "daemon")
+        return await self._dispatch(frame)
 
-    async def _mesh_request(self, body: str | None, frame: worker_pb2.LinkFrame) -> Any:
+    def handlers(self) -> dict[str, Callable[[worker_pb2.LinkFrame], Awaitable[Any]]]:
+        """The daemon's side of the link RPC (``link.DAEMON_HANDLES``): body -> handler; a handler
+        returns (reply body, message), or None for an Empty reply or a notification."""
+        mesh = self._mesh_request
+        return {
+            "ready": self._on_ready,
+            "failed": self._on_failed,
+            "round_done": self._on_round_done,
+            "runner_event": self._on_runner_event,
+            "session_ended": self._on_session_ended,
+            **{body: mesh for body in ("serve_blob", "unserve_blob", "subscribe", "publish", "push", "fetch_blob",
+                                       "provide", "find_providers", "connect_peer", "put_record", "get_records")},
+        }
+
+    async def _on_ready(self, frame: worker_pb2.LinkFrame) -> None:
+        if not self._ready.done():
+            self._ready.set_result(frame.ready)
+
+    async def _on_failed(self, frame: worker_pb2.LinkFrame) -> None:
+        if not self._ready.done():
+            self._ready.set_exception(WorkerError(frame.failed.message, frame.failed.exit_code))
+
+    async def _on_round_done(self, frame: worker_pb2.LinkFrame) -> Any:
+        return "round_verdict", await self.on_round(frame.round_done)
+
+    async def _on_runner_event(self, frame: worker_pb2.LinkFrame) -> None:
+        self.on_event(frame.runner_event)
+
+    async def _on_session_ended(self, frame: worker_pb2.LinkFrame) -> None:
+        if self._session_ended is not None and not self._session_ended.done():
+            self._session_ended.set_result(frame.session_ended)
+
+    async def _mesh_request(self, frame: worker_pb2.LinkFrame) -> Any:
+        body = frame.WhichOneof("body")
         mesh = self.mesh
         if mesh is None:
             raise ValueError("this node has no mesh (it trains alone)")
@@ -326,8 +352,8 @@ class WorkerProcess:
             try:
                 data = await mesh.fetch_blob(request.content_id, list(request.candidates),
                                              max_size=request.max_size or None)
-            except Exception as exc:  # the worker raises the same exception type from the name
-                raise ValueError(f"{type(exc).__name__}: {exc}") from None
+            except Exception as exc:  # the worker raises the same exception type, from the kind
+                raise HandlerError(f"{type(exc).__name__}: {exc}", error_kind(exc)) from None
             return "blob", worker_pb2.Blob(content_id=request.content_id, data=bytes(data))
         if body == "provide":
             await mesh.provide(frame.provide.key)

@@ -1,5 +1,6 @@
 from fednode.proto.v1 import membership_pb2 as _membership_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -7,11 +8,25 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class LinkErrorKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LINK_ERROR_UNSPECIFIED: _ClassVar[LinkErrorKind]
+    LINK_ERROR_MESH: _ClassVar[LinkErrorKind]
+    LINK_ERROR_FETCH: _ClassVar[LinkErrorKind]
+    LINK_ERROR_BLOB_NOT_FOUND: _ClassVar[LinkErrorKind]
+    LINK_ERROR_BLOB_TOO_LARGE: _ClassVar[LinkErrorKind]
+LINK_ERROR_UNSPECIFIED: LinkErrorKind
+LINK_ERROR_MESH: LinkErrorKind
+LINK_ERROR_FETCH: LinkErrorKind
+LINK_ERROR_BLOB_NOT_FOUND: LinkErrorKind
+LINK_ERROR_BLOB_TOO_LARGE: LinkErrorKind
+
 class LinkFrame(_message.Message):
-    __slots__ = ("call_id", "reply_to", "error", "subscribe", "publish", "push", "fetch_blob", "provide", "find_providers", "connect_peer", "put_record", "get_records", "serve_blob", "unserve_blob", "ready", "round_done", "runner_event", "session_ended", "failed", "configure", "start_session", "stop_session", "check_settings", "export_model", "publish_revocation", "member_key", "shutdown", "session_state", "mesh_event", "mesh_info", "refused", "empty", "peer_list", "blob", "key", "record_values", "round_verdict", "model_bytes", "worker_totals", "state")
+    __slots__ = ("call_id", "reply_to", "error", "error_kind", "subscribe", "publish", "push", "fetch_blob", "provide", "find_providers", "connect_peer", "put_record", "get_records", "serve_blob", "unserve_blob", "ready", "round_done", "runner_event", "session_ended", "failed", "configure", "start_session", "stop_session", "check_settings", "export_model", "publish_revocation", "member_key", "shutdown", "session_state", "mesh_event", "mesh_info", "refused", "empty", "peer_list", "blob", "key", "record_values", "round_verdict", "model_bytes", "worker_totals", "state")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     REPLY_TO_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    ERROR_KIND_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
     PUBLISH_FIELD_NUMBER: _ClassVar[int]
     PUSH_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +67,7 @@ class LinkFrame(_message.Message):
     call_id: int
     reply_to: int
     error: str
+    error_kind: LinkErrorKind
     subscribe: Subscribe
     publish: GossipOut
     push: PushOut
@@ -89,7 +105,7 @@ class LinkFrame(_message.Message):
     model_bytes: ModelBytes
     worker_totals: WorkerTotals
     state: SessionState
-    def __init__(self, call_id: _Optional[int] = ..., reply_to: _Optional[int] = ..., error: _Optional[str] = ..., subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., publish: _Optional[_Union[GossipOut, _Mapping]] = ..., push: _Optional[_Union[PushOut, _Mapping]] = ..., fetch_blob: _Optional[_Union[BlobFetch, _Mapping]] = ..., provide: _Optional[_Union[Key, _Mapping]] = ..., find_providers: _Optional[_Union[ProviderQuery, _Mapping]] = ..., connect_peer: _Optional[_Union[PeerList, _Mapping]] = ..., put_record: _Optional[_Union[Record, _Mapping]] = ..., get_records: _Optional[_Union[Key, _Mapping]] = ..., serve_blob: _Optional[_Union[Blob, _Mapping]] = ..., unserve_blob: _Optional[_Union[Key, _Mapping]] = ..., ready: _Optional[_Union[WorkerReady, _Mapping]] = ..., round_done: _Optional[_Union[RoundDone, _Mapping]] = ..., runner_event: _Optional[_Union[RunnerEvent, _Mapping]] = ..., session_ended: _Optional[_Union[SessionEnded, _Mapping]] = ..., failed: _Optional[_Union[WorkerFailed, _Mapping]] = ..., configure: _Optional[_Union[Configure, _Mapping]] = ..., start_session: _Optional[_Union[StartSession, _Mapping]] = ..., stop_session: _Optional[_Union[StopSession, _Mapping]] = ..., check_settings: _Optional[_Union[Settings, _Mapping]] = ..., export_model: _Optional[_Union[ModelRequest, _Mapping]] = ..., publish_revocation: _Optional[_Union[_membership_pb2.Revocation, _Mapping]] = ..., member_key: _Optional[_Union[PeerList, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., session_state: _Optional[_Union[Empty, _Mapping]] = ..., mesh_event: _Optional[_Union[MeshEvent, _Mapping]] = ..., mesh_info: _Optional[_Union[MeshInfo, _Mapping]] = ..., refused: _Optional[_Union[ValidatorRefusal, _Mapping]] = ..., empty: _Optional[_Union[Empty, _Mapping]] = ..., peer_list: _Optional[_Union[PeerList, _Mapping]] = ..., blob: _Optional[_Union[Blob, _Mapping]] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., record_values: _Optional[_Union[RecordValues, _Mapping]] = ..., round_verdict: _Optional[_Union[RoundVerdict, _Mapping]] = ..., model_bytes: _Optional[_Union[ModelBytes, _Mapping]] = ..., worker_totals: _Optional[_Union[WorkerTotals, _Mapping]] = ..., state: _Optional[_Union[SessionState, _Mapping]] = ...) -> None: ...
+    def __init__(self, call_id: _Optional[int] = ..., reply_to: _Optional[int] = ..., error: _Optional[str] = ..., error_kind: _Optional[_Union[LinkErrorKind, str]] = ..., subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., publish: _Optional[_Union[GossipOut, _Mapping]] = ..., push: _Optional[_Union[PushOut, _Mapping]] = ..., fetch_blob: _Optional[_Union[BlobFetch, _Mapping]] = ..., provide: _Optional[_Union[Key, _Mapping]] = ..., find_providers: _Optional[_Union[ProviderQuery, _Mapping]] = ..., connect_peer: _Optional[_Union[PeerList, _Mapping]] = ..., put_record: _Optional[_Union[Record, _Mapping]] = ..., get_records: _Optional[_Union[Key, _Mapping]] = ..., serve_blob: _Optional[_Union[Blob, _Mapping]] = ..., unserve_blob: _Optional[_Union[Key, _Mapping]] = ..., ready: _Optional[_Union[WorkerReady, _Mapping]] = ..., round_done: _Optional[_Union[RoundDone, _Mapping]] = ..., runner_event: _Optional[_Union[RunnerEvent, _Mapping]] = ..., session_ended: _Optional[_Union[SessionEnded, _Mapping]] = ..., failed: _Optional[_Union[WorkerFailed, _Mapping]] = ..., configure: _Optional[_Union[Configure, _Mapping]] = ..., start_session: _Optional[_Union[StartSession, _Mapping]] = ..., stop_session: _Optional[_Union[StopSession, _Mapping]] = ..., check_settings: _Optional[_Union[Settings, _Mapping]] = ..., export_model: _Optional[_Union[ModelRequest, _Mapping]] = ..., publish_revocation: _Optional[_Union[_membership_pb2.Revocation, _Mapping]] = ..., member_key: _Optional[_Union[PeerList, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., session_state: _Optional[_Union[Empty, _Mapping]] = ..., mesh_event: _Optional[_Union[MeshEvent, _Mapping]] = ..., mesh_info: _Optional[_Union[MeshInfo, _Mapping]] = ..., refused: _Optional[_Union[ValidatorRefusal, _Mapping]] = ..., empty: _Optional[_Union[Empty, _Mapping]] = ..., peer_list: _Optional[_Union[PeerList, _Mapping]] = ..., blob: _Optional[_Union[Blob, _Mapping]] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., record_values: _Optional[_Union[RecordValues, _Mapping]] = ..., round_verdict: _Optional[_Union[RoundVerdict, _Mapping]] = ..., model_bytes: _Optional[_Union[ModelBytes, _Mapping]] = ..., worker_totals: _Optional[_Union[WorkerTotals, _Mapping]] = ..., state: _Optional[_Union[SessionState, _Mapping]] = ...) -> None: ...
 
 class Empty(_message.Message):
     __slots__ = ()

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,29 +14,9 @@ from rich.console import Console
 from fednode.cli.launch import LaunchPlan, LocalFederation
 from fednode.node.logs import read_json_log, record_time
 
+from .conftest import SMALL, launch
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-
-SMALL = ["--set", "task.params={hidden = [64]}", "--set", "training.local_steps=10"]
-
-
-def launch(tmp_path: Path, *args: str, timeout: float = 600) -> dict:
-    """Run the README's main job (`fednode launch`) and return its JSON summary."""
-    out = tmp_path / "run"
-    command = [sys.executable, "-m", "fednode.cli.app", "launch", "--out", str(out), *args]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDNODE_")}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                               start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)  # daemons die with it (PR_SET_PDEATHSIG)
-            process.wait()
-    if process.returncode != 0:
-        # The launcher shows the failing nodes' tails; a node that exited 0 can be the cause.
-        tails = "".join(f"\n--- {log.name}:\n{log.read_text()[-4000:]}" for log in sorted(out.glob("node-*.log")))
-        raise AssertionError(f"launch exited {process.returncode}:\n{output}{tails}")
-    return json.loads((out / "summary.json").read_text())
 
 
 def test_four_daemons_reach_090_accuracy(tmp_path: Path) -> None:

@@ -5,10 +5,7 @@ adopts it with the model, and a member with other outer settings is refused."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,28 +16,9 @@ from fednode.node.checkpoint import CheckpointStore
 from fednode.node.federation.outer import OPTIMIZERS, OuterConfig
 from fednode.node.logs import read_json_log
 
+from .conftest import SMALL, launch
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-
-SMALL = ["--set", "task.params={hidden = [64]}", "--set", "training.local_steps=10"]
-
-
-def launch(tmp_path: Path, *args: str, timeout: float = 600) -> dict:
-    """`fednode launch` (the README's main job); its JSON summary."""
-    out = tmp_path / "run"
-    command = [sys.executable, "-m", "fednode.cli.app", "launch", "--out", str(out), *args]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDNODE_")}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                               start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)  # daemons die with it (PR_SET_PDEATHSIG)
-            process.wait()
-    if process.returncode != 0:
-        tails = "".join(f"\n--- {log.name}:\n{log.read_text()[-4000:]}" for log in sorted(out.glob("node-*.log")))
-        raise AssertionError(f"launch exited {process.returncode}:\n{output}{tails}")
-    return json.loads((out / "summary.json").read_text())
 
 
 def final_state(state_dir: Path) -> tuple[int, torch.Tensor, dict | None]:

@@ -10,8 +10,8 @@ from libp2p.peer.peerstore import env_to_send_in_RPC
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.utils import maybe_consume_signed_record
 
-from fednode.node.mesh import peer_records
-from fednode.node.mesh.peer_records import VerifiedRecordCache
+from fednode.node.mesh.libp2p import peer_records
+from fednode.node.mesh.libp2p.peer_records import VerifiedRecordCache
 
 
 def _rpc_with_record(record: bytes) -> rpc_pb2.RPC:

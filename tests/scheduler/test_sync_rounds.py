@@ -418,12 +418,27 @@ def test_a_short_catch_up_does_not_bring_back_a_member_the_others_stopped_waitin
         for peer in (ME, A, B):
             rounds.record(peer, number + 0.1, number)
     for number in range(5, 20):  # B died after round 4; A goes on; each round is one sync away
-        rounds.synced(number - 1, number)
+        rounds.synced(number - 1, number, live=[A])
         rounds.start(number + 1, float(number), own_train_seconds=0.1)
         rounds.record(A, number + 0.1, number + 1)
     assert rounds.expected() == {ME, A}
     rounds.record(ME, 20.2, 20)
     assert rounds.decide(20.3).close
+
+
+def test_a_short_catch_up_expects_the_live_members_afresh() -> None:
+    """Early rounds a node synced past: it saw none of the members' contributions to them, but
+    they are alive and still expected (it would otherwise close its rounds without them)."""
+    rounds = tracker(min_participants=2, absent_after=2)
+    rounds.note_member(A)
+    rounds.note_member(B)
+    for number in (1, 2):
+        rounds.start(number, float(number), own_train_seconds=0.1)
+        rounds.synced(number - 1, number, live=[A, B])
+    rounds.start(3, 3.0, own_train_seconds=0.1)
+    rounds.synced(2, 3, live=[A, B])
+    rounds.start(4, 4.0, own_train_seconds=0.1)
+    assert rounds.expected() == {ME, A, B}
 
 
 def test_a_member_seen_a_moment_ago_is_not_taken_for_silent() -> None:

@@ -50,6 +50,8 @@ def _wait_until(condition, timeout: float, what: str, log=lambda: "") -> None:
     ({"world_size": 4, "nnodes": 2, "rdzv_endpoint": "10.0.0.5:0"}, "needs a fixed port"),
     ({"world_size": 2, "rdzv_endpoint": "no-port"}, 'must be "host:port"'),
     ({"world_size": 3, "nnodes": 2, "batch_size": 36, "rdzv_endpoint": "h:1"}, "not a multiple of training.nnodes"),
+    ({"world_size": 2, "rank_timeout": 3}, "training.rank_timeout (3) must be 0 (off) or at least 10 s"),
+    ({"world_size": 2, "parallel": "zero"}, "parallel"),
 ])
 def test_a_job_that_cannot_work_is_refused_with_what_to_change(settings: dict, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -63,15 +65,16 @@ def test_world_sizes_that_work_are_accepted() -> None:
 
 
 JOB = textwrap.dedent('''
-    import sys, torch
+    import sys, torch, torch.distributed
     from fednode.node.config import FednodeConfig
     from fednode.node.model import flatten_parameters
     from fednode.node.worker.distributed import DistributedTrainer, RankGroup
     from fednode.node.worker.process import build_local_training, device_for_rank
 
     results = {}
-    for world_size in (1, 2):
-        config = FednodeConfig(task={"params": {"hidden": [32]}}, training={"world_size": world_size, "batch_size": 32})
+    for label, world_size, parallel in (("one", 1, "ddp"), ("ddp", 2, "ddp"), ("fsdp", 2, "fsdp")):
+        config = FednodeConfig(task={"params": {"hidden": [32]}},
+                               training={"world_size": world_size, "batch_size": 32, "parallel": parallel})
         device = device_for_rank(config, 0)
         task, _, trainer = build_local_training(config, device)
         torch.manual_seed(0)
@@ -87,17 +90,21 @@ JOB = textwrap.dedent('''
         import threading
         stop = threading.Event(); stop.set()
         stopped = trainer.train_round(model, 10, stop).steps
-        results[world_size] = (flatten_parameters(model), start, losses, stopped)
+        results[label] = (flatten_parameters(model), start, losses, stopped)
         if group is not None:
             ranks = [(r["rank"], r["pid"]) for r in group.health()]
             group.close()
-    torch.save({"results": results, "ranks": ranks, "health": health}, sys.argv[1])
+            torch.distributed.destroy_process_group()
+            saved_ranks, saved_health = (ranks, health) if label == "ddp" else (saved_ranks, saved_health)
+    torch.save({"results": results, "ranks": saved_ranks, "health": saved_health}, sys.argv[1])
 ''')
 
 
 def test_world_size_2_trains_the_model_one_process_trains(tmp_path: Path) -> None:
     """Same global batch (32), same steps, same seed: world_size 2 (each rank computes 16 examples
-    of each batch, DDP averages the gradients) ends with the parameters of one process."""
+    of each batch, DDP averages the gradients) ends with the parameters of one process; so does
+    world_size 2 with parallel = "fsdp" (each rank holds half of every parameter, the gradients are
+    reduce-scattered, the result gathered whole on rank 0)."""
     import torch
 
     out = tmp_path / "result.pt"
@@ -112,12 +119,17 @@ def test_world_size_2_trains_the_model_one_process_trains(tmp_path: Path) -> Non
     assert process.returncode == 0, output
     saved = torch.load(out)
     (one, start, losses_one, stopped_one), (two, start_two, losses_two, stopped_two) = (
-        saved["results"][1], saved["results"][2])
+        saved["results"]["one"], saved["results"]["ddp"])
     assert torch.equal(start, start_two)
     assert (one - start).abs().max() > 0.01  # it trained
     assert (one - two).abs().max() <= PARAMETER_TOLERANCE, (one - two).abs().max()
     assert losses_two == pytest.approx(losses_one, rel=1e-5)  # the job's mean loss over both halves
     assert stopped_one == stopped_two == 0
+    sharded, start_sharded, losses_sharded, stopped_sharded = saved["results"]["fsdp"]
+    assert torch.equal(start, start_sharded)
+    assert (one - sharded).abs().max() <= PARAMETER_TOLERANCE, (one - sharded).abs().max()
+    assert losses_sharded == pytest.approx(losses_one, rel=1e-5)
+    assert stopped_sharded == 0
     assert [rank for rank, _ in saved["ranks"]] == [0, 1]
     rank_one_pid = saved["ranks"][1][1]
     assert rank_one_pid > 0 and not _alive(rank_one_pid)  # close() ended it
@@ -183,6 +195,62 @@ def test_kill_9_of_rank_1_mid_training_restarts_the_job_from_the_checkpoint(star
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(timeout=60) == ExitCode.OK, daemon.log()
     _wait_until(lambda: not any(_alive(pid) for pid in second.values()), 30, "every rank gone")
+
+
+def _events(daemon, name: str) -> list[dict]:
+    return [json.loads(line) for line in daemon.log().splitlines()
+            if line.startswith("{") and f'"event": "{name}"' in line]
+
+
+def test_a_hung_rank_is_found_by_its_heartbeat_and_the_job_restarts(start_daemon) -> None:
+    """SIGSTOP of rank 1 (alive, silent): after training.rank_timeout without its heartbeat, rank 0
+    names it and how long it was silent, ends the job, and the daemon restarts it from the last
+    checkpoint with new ranks; training goes on (no 600 s collective timeout). The job is sharded
+    (parallel = fsdp), so this also runs FSDP in a real daemon: rounds, checkpoint, resume."""
+    timeout = 10
+    daemon = start_daemon(*TINY, "--solo", "--set", "training.world_size=2", "--set", "training.slowdown=3",
+                          "--set", f"training.rank_timeout={timeout}", "--set", 'training.parallel="fsdp"',
+                          "--log-format", "json")
+    stopped = 0
+    try:
+        _wait_until(lambda: _rounds_logged(daemon) >= 2, 120, "round 2", daemon.log)
+
+        def ranks_running() -> list[dict]:
+            ranks = _status(daemon)["ranks"]
+            return ranks if len(ranks) == 2 and all(r["state"] == "running" for r in ranks) else []
+
+        _wait_until(ranks_running, 60, "both ranks running in status", daemon.log)
+        first = {r["rank"]: r["pid"] for r in _status(daemon)["ranks"]}
+        stopped = first[1]
+        os.kill(stopped, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        daemon.wait_for_log("restarting it from the last checkpoint", timeout=180)
+        noticed_after = time.monotonic() - stopped_at
+        hung = _events(daemon, "rank_hung")
+        assert len(hung) == 1, daemon.log()
+        assert not _events(daemon, "rank_failed"), daemon.log()  # one reason, not the kill it caused
+        assert hung[0]["rank"] == 1 and hung[0]["silent_seconds"] >= timeout, hung  # rounded to 0.1 s
+        assert f"rank 1 of the training job (pid {stopped} on " in hung[0]["msg"], hung
+        assert "sent no heartbeat for" in hung[0]["msg"] and "rank_timeout = 10 s" in hung[0]["msg"], hung
+        assert noticed_after < 300, noticed_after  # the heartbeat, not the 600 s collective timeout
+        _wait_until(lambda: not _alive(stopped), 30, "the stopped rank killed with its job", daemon.log)
+        _wait_until(lambda: not _alive(first[0]), 30, "the old rank 0 gone", daemon.log)
+        before = _rounds_logged(daemon)
+        _wait_until(lambda: _rounds_logged(daemon) >= before + 2, 180, "two more rounds", daemon.log)
+        assert re.search(r"resumed from checkpoint: round \d+", daemon.log())
+        _wait_until(ranks_running, 60, "both new ranks running", daemon.log)
+        second = {r["rank"]: r["pid"] for r in _status(daemon)["ranks"]}
+        assert second[1] != first[1] and second[0] != first[0]
+        assert len(_events(daemon, "rank_hung")) == 1  # the new job is healthy
+        assert all(e["parallel"] == "fsdp" for e in _events(daemon, "job_started")), daemon.log()
+        assert len(_events(daemon, "job_started")) == 2
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == ExitCode.OK, daemon.log()
+        _wait_until(lambda: not any(_alive(pid) for pid in second.values()), 30, "every rank gone")
+    finally:
+        if stopped and _alive(stopped):
+            os.kill(stopped, signal.SIGCONT)
+            os.kill(stopped, signal.SIGKILL)
 
 
 def test_a_federation_with_a_member_of_world_size_2_trains_as_usual(tmp_path: Path) -> None:
@@ -252,6 +320,50 @@ def test_a_job_across_two_hosts_joins_through_the_rendezvous_endpoint(start_daem
         assert launcher.wait(timeout=30) == 0, launcher_log.read_text()
         assert "host 1: stopped" in launcher_log.read_text()
     finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+
+
+def test_a_hung_rank_of_another_host_is_replaced_when_the_job_restarts(start_daemon, tmp_path: Path) -> None:
+    """nnodes = 2: SIGSTOP of the host launcher's rank. Rank 0 finds it by its heartbeat and the
+    daemon restarts the job; the launcher sees the run end, kills its stopped rank and starts a
+    new one, which joins the new run: training goes on with both hosts."""
+    port = _free_port()
+    daemon = start_daemon(*TINY, "--solo", "--set", "training.world_size=2", "--set", "training.nnodes=2",
+                          "--set", f'training.rdzv_endpoint="127.0.0.1:{port}"', "--set", "training.slowdown=3",
+                          "--set", "training.rank_timeout=10", "--log-format", "json")
+    launcher_log = tmp_path / "host-1.log"
+    with open(launcher_log, "w") as out:
+        launcher = subprocess.Popen([sys.executable, "-m", "fednode.node.worker.rank", "--node-rank", "1", "--nnodes",
+                                     "2", "--nproc-per-node", "1", "--rdzv-endpoint", f"127.0.0.1:{port}"],
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    stopped = 0
+    try:
+        _wait_until(lambda: _rounds_logged(daemon) >= 2, 120, "round 2", daemon.log)
+        _wait_until(lambda: any(r["rank"] == 1 and r["state"] == "running" for r in _status(daemon)["ranks"]), 60,
+                    "rank 1 running", daemon.log)
+        stopped = next(r for r in _status(daemon)["ranks"] if r["rank"] == 1)["pid"]
+        os.kill(stopped, signal.SIGSTOP)
+        daemon.wait_for_log("restarting it from the last checkpoint", timeout=180)
+        assert [e["rank"] for e in _events(daemon, "rank_hung")] == [1], daemon.log()
+        _wait_until(lambda: f"rank 0 ended the run; stopping rank 1 (pid {stopped})" in launcher_log.read_text(),
+                    60, "the launcher stopping its hung rank", launcher_log.read_text)
+        _wait_until(lambda: not _alive(stopped), 30, "the stopped rank killed by its launcher", launcher_log.read_text)
+        before = _rounds_logged(daemon)
+        _wait_until(lambda: _rounds_logged(daemon) >= before + 2, 240, "two more rounds with a new rank 1",
+                    lambda: daemon.log() + launcher_log.read_text())
+        new = next(r for r in _status(daemon)["ranks"] if r["rank"] == 1)["pid"]
+        assert new != stopped and Path(f"/proc/{new}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(
+            launcher.pid)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == ExitCode.OK, daemon.log()
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=60) == 0, launcher_log.read_text()
+    finally:
+        if stopped and _alive(stopped):
+            os.kill(stopped, signal.SIGCONT)
+            os.kill(stopped, signal.SIGKILL)
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)
             launcher.wait()
