@@ -36,9 +36,9 @@ def _wait_round(daemon, number: int, timeout: float = 300) -> None:
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "fails on the 2-core machine under load (4 of 4 runs at load 10-25): a member left behind when the others "
-    "finish cannot fetch the final model over libp2p in time, or a restarted member stays a straggler and is left "
-    "out of every round after its restart; open in issue 22"))
+    "fails on the 2-core machine under load: a member left behind when the others finish cannot fetch the final "
+    "model over libp2p while they linger (a fetch tries providers one after the other, and stream negotiation on "
+    "a half-dead connection takes the whole I/O timeout); open in issue 22"))
 def test_two_of_eight_members_killed_and_restarted_finish_with_the_federation(start_federation, start_daemon,
                                                                                 multiaddr_of) -> None:
     seed = random.randrange(1 << 16)

@@ -109,7 +109,8 @@ def test_a_dead_worker_is_restarted_from_the_checkpoint_then_given_up_on(start_d
         if death == 4:
             break
         deadline = time.monotonic() + 60
-        while not (len(daemon.children()) == 1 and daemon.children()[0] != current):
+        # One read of the children per check: the dead worker is reaped between two reads.
+        while not ((children := daemon.children()) and len(children) == 1 and children[0] != current):
             assert time.monotonic() < deadline and daemon.process.poll() is None, daemon.log()
             time.sleep(0.05)
     code = daemon.wait(timeout=60)
